@@ -1,0 +1,29 @@
+# Two entry points for a fresh machine (see README): `make demo` and `make test`.
+# Each creates .venv from nothing when it is missing, installs the package, then runs.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+PY := $(VENV)/bin/python
+
+.PHONY: demo test test-fast venv clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
+	$(VENV)/bin/pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	RAY_AUTH_MODE=disabled $(VENV)/bin/promptkd-ray demo
+
+test: $(STAMP)
+	RAY_AUTH_MODE=disabled $(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) runs
