@@ -98,9 +98,12 @@ class Student(nn.Module):
         features = self.image_encoder(images)  # shape = [B, d_s]
         return F.normalize(self.projector(features.float()), dim=-1)
 
-    def forward(self, images: torch.Tensor, class_vectors: torch.Tensor) -> torch.Tensor:
-        """images [B, 3, H, W], class vectors [N, teacher_dim] (normalised) → logits [B, N]."""
-        return self.logit_scale * self.encode_image(images) @ class_vectors.t().to(torch.float32)
+    def forward(self, images: torch.Tensor, class_vectors: torch.Tensor, return_features: bool = False):
+        """images [B, 3, H, W], class vectors [N, teacher_dim] (normalised) → logits [B, N]
+        (and the normalised features [B, teacher_dim] with return_features=True)."""
+        features = self.encode_image(images)
+        logits = self.logit_scale * features @ class_vectors.t().to(torch.float32)
+        return (logits, features) if return_features else logits
 
 
 def clip_logit_scale(clip: nn.Module) -> float:
