@@ -1,0 +1,86 @@
+"""Losses against values computed by hand on small tensors (no Ray, no models)."""
+
+import math
+
+import pytest
+import torch
+
+from promptkd_ray import losses
+from promptkd_ray.step import LOSS_PRESETS, LossConfig, compute_loss
+
+S = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
+T = torch.tensor([[2.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
+
+
+def _softmax(row):
+    e = [math.exp(v) for v in row]
+    return [x / sum(e) for x in e]
+
+
+def _kl(p, q):  # KL(p ‖ q)
+    return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+
+
+def _kl_sum(s, t, temp):
+    return sum(_kl(_softmax([v / temp for v in tr]), _softmax([v / temp for v in sr]))
+               for sr, tr in zip(s.tolist(), t.tolist()))
+
+
+@pytest.mark.parametrize("temp", [1.0, 2.5])
+def test_kd_kl_authors_normalisation_is_sum_over_b_times_n(temp):
+    expected = 7.0 * _kl_sum(S, T, temp) * temp ** 2 / (2 * 3)
+    got = losses.kd_kl(S, T, temperature=temp, normalization="authors", weight=7.0)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("temp", [1.0, 2.5])
+def test_kd_kl_batchmean_normalisation_is_sum_over_b(temp):
+    expected = _kl_sum(S, T, temp) * temp ** 2 / 2
+    got = losses.kd_kl(S, T, temperature=temp, normalization="batchmean")
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_kd_kl_is_zero_for_equal_logits_and_rejects_bad_args():
+    assert losses.kd_kl(S, S).item() == pytest.approx(0.0, abs=1e-7)
+    with pytest.raises(ValueError, match="normalization"):
+        losses.kd_kl(S, T, normalization="mean")
+    with pytest.raises(ValueError, match="same shape"):
+        losses.kd_kl(S, T[:, :2])
+
+
+def test_symmetric_kl_matches_hand_value_and_is_symmetric():
+    expected = sum(0.5 * _kl(_softmax(t), _softmax(s)) + 0.5 * _kl(_softmax(s), _softmax(t))
+                   for s, t in zip(S.tolist(), T.tolist())) / 2
+    assert losses.symmetric_kl(S, T).item() == pytest.approx(expected, rel=1e-5)
+    assert losses.symmetric_kl(S, T).item() == pytest.approx(losses.symmetric_kl(T, S).item(), rel=1e-6)
+
+
+def test_feature_losses_match_hand_values():
+    a = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    b = torch.tensor([[0.0, 2.0], [5.0, 1.0]])
+    assert losses.feature_loss(a, b, "l1").item() == pytest.approx((1 + 0 + 2 + 3) / 4)
+    assert losses.feature_loss(a, b, "mse").item() == pytest.approx((1 + 0 + 4 + 9) / 4)
+
+
+def test_ifalign_is_zero_for_equal_statistics_and_matches_hand_value():
+    a = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    permuted = a[[1, 0]]  # same batch statistics, different rows
+    assert losses.ifalign(a, permuted).item() == pytest.approx(0.0, abs=1e-7)
+    b = torch.tensor([[0.0, 0.0], [2.0, 0.0]])
+    # μ_a = (2, 3), μ_b = (1, 0); σ²_a = (1, 1), σ²_b = (1, 0)
+    assert losses.ifalign(a, b).item() == pytest.approx((1 + 3) + (0 + 1))
+
+
+def test_class_agnostic_topk_picks_highest_mean_teacher_probabilities():
+    t = torch.tensor([[5.0, 0.0, 4.0, -1.0], [5.0, 0.0, 4.5, -2.0]])
+    assert sorted(losses.class_agnostic_topk(t, 2).tolist()) == [0, 2]
+
+
+def test_loss_config_composes_terms_and_validates():
+    total, parts = compute_loss(S, T, torch.randn(2, 4), torch.randn(2, 4), LOSS_PRESETS["comkd"])
+    assert set(parts) == {"kd", "ifalign"}
+    assert total.item() == pytest.approx(parts["kd"] + parts["ifalign"], rel=1e-5)
+    with pytest.raises(ValueError, match="loss.kd must be one of"):
+        LossConfig(kd="l2")
+    with pytest.raises(ValueError, match="enables no term"):
+        compute_loss(S, T, S, T, LossConfig(kd="none"))
