@@ -1,0 +1,152 @@
+"""Evaluation protocols (PROTOCOL.md) on encoded test images, and their reports.
+
+- base-to-novel: base = first ⌈N/2⌉ classes; base-class test images are scored against the base
+  class vectors only, novel-class images against the novel ones; HM = 2bn/(b+n);
+- cross-dataset: all classes of the target dataset;
+- domain generalisation: ImageNet-V2/-Sketch/-A/-R scored against the ImageNet class vectors
+  restricted (by class name) to the classes the variant has.
+Results of several seeds are reported as mean ± std. No checkpoint is ever selected on test data:
+each student given is evaluated as it is. Reports are Markdown + CSV + a PNG bar chart, with the
+published PromptKD numbers beside ours where they exist.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .classvectors import ClassVectors, check_class_vectors
+from .metrics import accuracy, base_novel_accuracy
+from .data.splits import num_base_classes
+
+log = logging.getLogger(__name__)
+
+# PromptKD (ViT-B/16 student, ViT-L/14 teacher), base / novel / HM — PROTOCOL.md
+PUBLISHED_B2N = {
+    "Average": (86.96, 80.73, 83.73), "ImageNet": (80.83, 74.66, 77.62), "Caltech101": (98.91, 96.65, 97.77),
+    "OxfordPets": (96.30, 98.01, 97.15), "StanfordCars": (82.80, 83.37, 83.13),
+    "Flowers102": (99.42, 82.62, 90.24), "Food101": (92.43, 93.68, 93.05), "FGVCAircraft": (49.12, 41.81, 45.17),
+    "SUN397": (83.69, 81.54, 82.60), "DTD": (85.84, 71.37, 77.94), "EuroSAT": (97.54, 82.08, 89.14),
+    "UCF101": (89.71, 82.27, 86.10),
+}
+PUBLISHED_CROSS_DATASET_AVERAGE = 71.33
+
+
+@dataclass(frozen=True)
+class Score:
+    dataset: str
+    model: str  # e.g. "student", "teacher", "student zero-shot"
+    seed: int
+    metrics: dict  # {"base", "novel", "hm"} or {"accuracy"}
+
+
+def base_to_novel(features: torch.Tensor, labels: torch.Tensor, class_vectors: ClassVectors,
+                  classnames: Sequence[str]) -> dict[str, float]:
+    check_class_vectors(class_vectors, expected_classnames=classnames, source="class vectors")
+    return base_novel_accuracy(features, labels, class_vectors.vectors, num_base_classes(len(classnames)))
+
+
+def all_classes(features: torch.Tensor, labels: torch.Tensor, class_vectors: ClassVectors,
+                classnames: Sequence[str]) -> dict[str, float]:
+    check_class_vectors(class_vectors, expected_classnames=classnames, source="class vectors")
+    return {"accuracy": accuracy(features.float() @ class_vectors.vectors.float().t(), labels)}
+
+
+def restrict_by_name(class_vectors: ClassVectors, classnames: Sequence[str]) -> ClassVectors:
+    """The class vectors of `classnames` (e.g. ImageNet-A's 200) picked by name from a larger set."""
+    index = {name: i for i, name in enumerate(class_vectors.classnames)}
+    missing = [n for n in classnames if n not in index]
+    if missing:
+        from .classvectors import ClassVectorsError
+
+        raise ClassVectorsError(
+            f"class vectors lack {len(missing)} of the dataset's classes (first: {missing[0]!r})."
+        )
+    return class_vectors.subset([index[n] for n in classnames])
+
+
+def summarize(scores: Sequence[Score]) -> list[dict]:
+    """Mean ± std over seeds per (dataset, model)."""
+    groups: dict[tuple[str, str], list[Score]] = {}
+    for s in scores:
+        groups.setdefault((s.dataset, s.model), []).append(s)
+    rows = []
+    for (dataset, model), group in groups.items():
+        row = {"dataset": dataset, "model": model, "seeds": len(group)}
+        for key in group[0].metrics:
+            values = [g.metrics[key] for g in group]
+            row[key] = statistics.fmean(values)
+            row[f"{key}_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
+        rows.append(row)
+    return rows
+
+
+def write_report(scores: Sequence[Score], out_dir: "str | Path", title: str, published: dict | None = None) -> dict:
+    """Write report.md, results.csv (per seed), summary.csv and report.png; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = summarize(scores)
+    keys = list(scores[0].metrics) if scores else []
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["dataset", "model", "seed", *keys])
+        for s in scores:
+            writer.writerow([s.dataset, s.model, s.seed, *[f"{s.metrics[k]:.2f}" for k in keys]])
+    with open(out / "summary.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["dataset", "model", "seeds", *[c for k in keys for c in (k, f"{k}_std")]])
+        for r in rows:
+            writer.writerow([r["dataset"], r["model"], r["seeds"], *[f"{r[c]:.2f}" for k in keys
+                                                                     for c in (k, f"{k}_std")]])
+    (out / "report.md").write_text(_markdown(rows, keys, title, published))
+    _bar_chart(rows, keys, out / "report.png", title)
+    log.info("report written to %s", out / "report.md")
+    return {"markdown": out / "report.md", "csv": out / "results.csv", "summary": out / "summary.csv",
+            "plot": out / "report.png"}
+
+
+def _markdown(rows: list[dict], keys: list[str], title: str, published: dict | None) -> str:
+    lines = [f"# {title}", "", "Mean ± std over seeds; no checkpoint was selected on test data.", ""]
+    header = ["dataset", "model", "seeds", *keys]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [r["dataset"], r["model"], str(r["seeds"])]
+        cells += [f"{r[k]:.2f} ± {r[k + '_std']:.2f}" for k in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    shown = [r["dataset"] for r in rows if published and r["dataset"] in published]
+    if shown and keys == ["base", "novel", "hm"]:
+        lines += ["", "Published PromptKD (ViT-L/14 → ViT-B/16), for reference:", "",
+                  "| dataset | base | novel | hm |", "|---|---|---|---|"]
+        for name in dict.fromkeys(shown):
+            b, n, h = published[name]
+            lines.append(f"| {name} | {b:.2f} | {n:.2f} | {h:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _bar_chart(rows: list[dict], keys: list[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['dataset']}\n{r['model']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(rows) * max(1, len(keys)) / 2), 4.5))
+    width = 0.8 / max(1, len(keys))
+    for j, key in enumerate(keys):
+        xs = [i + (j - (len(keys) - 1) / 2) * width for i in range(len(rows))]
+        bars = ax.bar(xs, [r[key] for r in rows], width, yerr=[r[key + "_std"] for r in rows], label=key, capsize=3)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks(range(len(rows)), labels, fontsize=8)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
