@@ -131,7 +131,8 @@ def read_weights_file(path: "str | os.PathLike") -> dict:
     except ModelSpecError:
         raise
     except Exception as exc:
-        raise ModelSpecError(f"Weights file {path} is not readable ({type(exc).__name__}: {exc}).") from exc
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise ModelSpecError(f"Weights file {path} is not readable ({type(exc).__name__}: {first}).") from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not state:
