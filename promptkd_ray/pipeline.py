@@ -1,0 +1,199 @@
+"""Stage II on Ray Data: unlabeled images → decode + augment (CPU tasks) → teacher pool → trainers.
+
+    from_items(paths) | read_parquet(uri)            one row per image (paths are tiny rows)
+      └─ random_shuffle | randomize_block_order      a new order every epoch (paths | Parquet blocks)
+          └─ map_batches(decode_and_augment)         CPU tasks: read bytes (local or URI), decode,
+              │                                      draw a view, render it as uint8; skip + count
+              │                                      unreadable files in the `BadImageLedger`
+              └─ map_batches(TeacherPredictor,       actor pool (ActorPoolStrategy), num_gpus=1 where
+                  │  compute=ActorPoolStrategy)      GPUs exist, optional custom resource {"teacher": 1};
+                  │                                  bf16 autocast on GPU; adds the normalised teacher
+                  │                                  image feature of the row's view as fp16
+                  └─ select_columns(image, teacher_feature) ─► TorchTrainer(datasets={"train": …})
+                                                     each worker reads its streaming split
+
+Design decisions:
+- The teacher emits features, not logits (DESIGN.md): logits are a matmul on the trainer, so the
+  class set and the temperature never reach the pipeline.
+- The pipeline is re-executed every epoch (streaming): new views each epoch, and no epoch of
+  pixels is ever materialised. The price: Ray Data starts the teacher actors again each epoch
+  (seconds; the trainer reports it as `startup_s`), negligible on real epochs, visible on toy ones. Only the held-out slice (a few hundred images, fixed full views)
+  is materialised once, teacher features included.
+- Bad images are counted exactly by a small actor holding the set of distinct unreadable ids: a
+  re-executed epoch or a restarted task records the same ids again without changing the count.
+- Decode runs in CPU tasks spread over the cluster, never fused into the teacher actors (the
+  teacher's GPUs do not wait on JPEG decoding); the teacher pool size is fixed or autoscaled.
+- Nothing runs at import; Ray is imported inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .config import DistillJob, TeacherPoolConfig
+from .decode import BadImageError, decode_views, to_model_input
+from .sources import ImageSource, is_heldout_bytes
+
+log = logging.getLogger(__name__)
+
+TRAIN_COLUMNS = ["image", "teacher_feature"]
+
+
+@dataclass(frozen=True)
+class TeacherSource:
+    """How a teacher actor builds its teacher: a Stage I artifact or a zero-shot model spec."""
+
+    kind: str  # "artifact" or "zeroshot"
+    source: str  # artifact path or MODEL[:PRETRAINED]
+
+    def build(self, device: str = "cpu"):
+        if self.kind == "artifact":
+            from .artifacts import load_teacher
+            from .runstore import localize_artifact
+
+            return load_teacher(localize_artifact(self.source), device=device)[0]
+        from .models import build_teacher
+
+        return build_teacher(self.source, device=device)
+
+
+class BadImageLedger:
+    """Distinct unreadable image ids seen by the decode tasks (a Ray actor; see `start_ledger`)."""
+
+    def __init__(self):
+        self._bad: dict[str, str] = {}
+
+    def record(self, bad: list) -> int:
+        for ident, reason in bad:
+            self._bad.setdefault(ident, reason)
+        return len(self._bad)
+
+    def count(self) -> int:
+        return len(self._bad)
+
+    def items(self) -> dict[str, str]:
+        return dict(self._bad)
+
+
+def start_ledger():
+    import ray
+
+    return ray.remote(num_cpus=0)(BadImageLedger).remote()
+
+
+def decode_and_augment(batch: dict, size: int, mode: str, on_bad_image: str, ledger=None,
+                       heldout_fraction: float = 0.0, image_column: Optional[str] = None,
+                       image_field: Optional[str] = None) -> dict:
+    """Ray Data task: decode a batch of paths (or Parquet bytes) into views; skip or fail on bad files.
+
+    Parquet batches are first reduced to the training or held-out rows (`heldout_fraction`)."""
+    if image_column is not None:
+        batch = _parquet_rows(batch, image_column, image_field, mode, heldout_fraction)
+    rows, bad = decode_views(batch, size, mode)
+    if bad:
+        if on_bad_image == "fail":
+            ident, reason = bad[0]
+            raise BadImageError(f"{ident} is not a readable image ({reason}); set data.on_bad_image=skip "
+                                "to skip and count such files.")
+        for ident, reason in bad:
+            log.warning("skipping unreadable image %s (%s)", ident, reason)
+        if ledger is not None:
+            import ray
+
+            ray.get(ledger.record.remote(bad))
+    return rows
+
+
+def _parquet_rows(batch: dict, column: str, field: Optional[str], mode: str, fraction: float) -> dict:
+    """Parquet columns → {"id", "bytes"}, keeping the rows of `mode` (train or held-out)."""
+    import hashlib
+
+    values = batch[column]
+    blobs = [v[field] if field is not None else v for v in values]
+    blobs = [bytes(b) if b is not None else b"" for b in blobs]
+    keep = [i for i, b in enumerate(blobs) if is_heldout_bytes(b, fraction) == (mode == "heldout")]
+    ids = [f"parquet:{hashlib.sha1(blobs[i]).hexdigest()[:16]}" for i in keep]
+    return {"id": np.asarray(ids, dtype=object), "bytes": np.asarray([blobs[i] for i in keep], dtype=object)}
+
+
+class TeacherPredictor:
+    """Ray Data callable class: one teacher per actor; adds each row's normalised teacher image
+    feature of the row's own view, as fp16 `teacher_feature` [d]."""
+
+    def __init__(self, teacher: TeacherSource, precision: str = "auto"):
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.teacher = teacher.build(self.device).eval()
+        self.autocast_dtype = autocast_dtype(precision, self.device)
+
+    @torch.inference_mode()
+    def __call__(self, batch: dict) -> dict:
+        images = to_model_input(torch.from_numpy(np.asarray(batch["image"])).to(self.device))
+        with torch.autocast(self.device, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            features = self.teacher.encode_image(images)  # shape = [B, d], L2-normalised, float32
+        batch["teacher_feature"] = features.to(torch.float16).cpu().numpy()
+        return batch
+
+
+def autocast_dtype(precision: str, device: str) -> Optional[torch.dtype]:
+    """"auto" → bf16 on GPU, none on CPU; "bf16" / "fp16" → that dtype; "fp32" → none."""
+    if precision == "auto":
+        return torch.bfloat16 if device == "cuda" else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+
+def teacher_pool_options(pool: TeacherPoolConfig, cluster_has_gpus: bool) -> dict:
+    """map_batches keyword arguments that place and size the teacher pool."""
+    import ray
+
+    if pool.max_size:
+        compute = ray.data.ActorPoolStrategy(min_size=pool.size, max_size=pool.max_size)
+    else:
+        compute = ray.data.ActorPoolStrategy(size=pool.size)
+    num_gpus = pool.num_gpus if pool.num_gpus >= 0 else (1.0 if cluster_has_gpus else 0.0)
+    options = {"compute": compute, "batch_size": pool.batch_size, "num_cpus": pool.num_cpus, "num_gpus": num_gpus}
+    if pool.resources:
+        options["resources"] = dict(pool.resources)
+    return options
+
+
+def _read_rows(source: ImageSource, paths: tuple[str, ...], limit: int, num_blocks: int):
+    import ray
+
+    if source.is_parquet:
+        ds = ray.data.read_parquet(source.parquet, columns=[source.image_column])
+        return ds.limit(limit) if limit else ds
+    return ray.data.from_items([{"id": p} for p in paths], override_num_blocks=max(1, min(num_blocks, len(paths))))
+
+
+def image_dataset(job: DistillJob, source: ImageSource, teacher: TeacherSource, size: int, mode: str,
+                  ledger, cluster_has_gpus: bool):
+    """The Ray Dataset of one stage-II stream: rows with uint8 views, their view params and the
+    teacher's feature. `mode` "train" (random views, shuffled) or "heldout" (full views)."""
+    d = job.data
+    paths = source.train_paths if mode == "train" else source.heldout_paths
+    blocks = max(4, len(paths) // (4 * d.decode_batch_size))
+    ds = _read_rows(source, paths, d.limit if mode == "train" else 0, blocks)
+    if mode == "train" and d.shuffle:  # paths: a full shuffle of tiny rows; Parquet: block order only
+        ds = ds.randomize_block_order() if source.is_parquet else ds.random_shuffle()
+    parquet = {"image_column": source.image_column, "image_field": source.image_field} if source.is_parquet else {}
+    # Decode tasks reserve memory for a batch of full-size decoded images; asking for it also keeps
+    # Ray Data from fusing decode into the teacher actors (their remote arguments differ).
+    ds = ds.map_batches(decode_and_augment, batch_size=d.decode_batch_size, batch_format="numpy", num_cpus=1,
+                        memory=d.decode_memory_mb * 1024**2,
+                        fn_kwargs={"size": size, "mode": mode, "on_bad_image": d.on_bad_image, "ledger": ledger,
+                                   "heldout_fraction": source.heldout_fraction, **parquet})
+    ds = ds.map_batches(TeacherPredictor, batch_format="numpy",
+                        fn_constructor_kwargs={"teacher": teacher, "precision": job.teacher_pool.precision},
+                        **teacher_pool_options(job.teacher_pool, cluster_has_gpus))
+    return ds
+
+
+def train_feed(ds):
+    """Only what the trainer reads (image view + teacher feature); ids and views stay upstream."""
+    return ds.select_columns(TRAIN_COLUMNS)

@@ -1,0 +1,81 @@
+"""Tiny unlabeled-image datasets for the Stage II tests: varied PNGs in the split-JSON layout,
+optionally with unreadable files (corrupt bytes, truncated PNGs, text files named .png)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+BAD_KINDS = ("corrupt", "truncated", "not_image")
+
+
+def png_bytes(rng: np.random.Generator, width: int = 40, height: int = 36) -> bytes:
+    """A small random image: a coloured rectangle on a noisy background."""
+    pixels = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+    top, left = rng.integers(0, height // 2), rng.integers(0, width // 2)
+    pixels[top:top + height // 2, left:left + width // 2] = rng.integers(0, 255, 3, dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+def bad_bytes(kind: str, rng: np.random.Generator) -> bytes:
+    if kind == "corrupt":
+        return bytes(rng.integers(0, 255, 300, dtype=np.uint8))
+    if kind == "truncated":
+        return png_bytes(rng)[:120]
+    if kind == "not_image":
+        return b"this is a text file, not an image\n"
+    raise ValueError(kind)
+
+
+def make_split_json(root: Path, classnames=("red", "green", "blue", "yellow"), per_class: int = 20,
+                    bad_per_kind: int = 0, seed: int = 0) -> tuple[Path, list[str]]:
+    """`root/toy/images/…` + `root/toy/split.json` ({"train", "test"}); bad files go in train.
+    Returns (root, absolute paths of the bad files)."""
+    rng = np.random.default_rng(seed)
+    image_dir = root / "toy" / "images"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    split: dict = {"train": [], "val": [], "test": []}
+    bad: list[str] = []
+    for label, name in enumerate(classnames):
+        for part, count in (("train", per_class), ("test", 2)):
+            for i in range(count):
+                rel = f"{name}/{part}_{i}.png"
+                (image_dir / name).mkdir(exist_ok=True)
+                (image_dir / rel).write_bytes(png_bytes(rng))
+                split[part].append([rel, label, name])
+    for kind in BAD_KINDS:
+        for i in range(bad_per_kind):
+            rel = f"{classnames[i % len(classnames)]}/bad_{kind}_{i}.png"
+            (image_dir / rel).write_bytes(bad_bytes(kind, rng))
+            split["train"].append([rel, i % len(classnames), classnames[i % len(classnames)]])
+            bad.append(str((image_dir / rel).resolve()))
+    (root / "toy" / "split.json").write_text(json.dumps(split))
+    return root, bad
+
+
+def tiny_job(root: Path, storage: Path, name: str, **sections) -> dict:
+    """A job dict on `make_split_json` data with the tiny test models; `sections` update it."""
+    job = {
+        "name": name,
+        "storage_path": str(storage),
+        "teacher": {"spec": "tiny-vit-teacher"},
+        "student": {"spec": "tiny-vit-student", "depth": 2, "n_ctx": 2},
+        "data": {"source": "split_json", "root": str(root), "dataset": "toy", "image_folder": "images",
+                 "split_file": "split.json", "heldout_images": 8, "decode_batch_size": 16},
+        "teacher_pool": {"size": 1, "batch_size": 32},
+        "train": {"epochs": 2, "batch_size": 8, "num_workers": 1, "optimizer": "adamw", "lr": 0.01,
+                  "log_every": 1000},
+        "ray": {"progress_bars": False},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            job.setdefault(key, {}).update(value)
+        else:
+            job[key] = value
+    return job

@@ -1,0 +1,111 @@
+"""A real `ray job submit` of a small distill job to a Ray head that this test starts on 127.0.0.1.
+
+The head runs `ray start --head --block` in its own session with its own temp dir and free ports,
+so it never touches another Ray on this machine; teardown ends exactly the processes it started
+(the `ray start` process and its descendants, by pid) instead of `ray stop`, which would stop every
+Ray on the machine.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stage2_fakes import make_split_json, tiny_job
+
+pytestmark = pytest.mark.slow
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def stop_process_tree(process: subprocess.Popen) -> None:
+    import psutil
+
+    try:
+        procs = [psutil.Process(process.pid)] + psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=5)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+@pytest.fixture
+def ray_head():
+    """A Ray head with the job server on loopback; yields the job server's address."""
+    (gcs, dashboard, client, agent_http, agent_grpc, metrics, runtime_env, node_manager, object_manager,
+     min_worker) = free_ports(10)
+    temp_dir = tempfile.mkdtemp(prefix="rayhead_", dir="/tmp")  # short: Ray's socket paths have a length limit
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    cmd = [RAY, "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
+           "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--include-dashboard=true",
+           f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent_http}",
+           f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
+           f"--runtime-env-agent-port={runtime_env}", f"--node-manager-port={node_manager}",
+           f"--object-manager-port={object_manager}", f"--min-worker-port={min_worker}",
+           f"--max-worker-port={min_worker + 200}", "--num-cpus=6", "--object-store-memory=200000000",
+           f"--temp-dir={temp_dir}"]
+    head = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        deadline = time.time() + 120
+        while subprocess.run([RAY, "job", "list", "--address", address], env=env, capture_output=True).returncode:
+            if head.poll() is not None or time.time() > deadline:
+                pytest.fail(f"the Ray head did not start: {head.stdout.read().decode()[-2000:]}")
+            time.sleep(2)
+        yield address, env
+    finally:
+        stop_process_tree(head)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_ray_job_submit_runs_a_distill_job_and_leaves_checkpoints_and_tensorboard(tmp_path, ray_head):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    address, env = ray_head
+    root, _ = make_split_json(tmp_path / "data", per_class=6)
+    job_file = tmp_path / "submit.yaml"
+    job_file.write_text(yaml.safe_dump(tiny_job(root, tmp_path / "runs", "submitted", train={"epochs": 2},
+                                               data={"heldout_images": 0})))
+    submit = subprocess.run(
+        [RAY, "job", "submit", "--address", address, "--submission-id", "distill-test", "--no-wait", "--",
+         sys.executable, "-m", "promptkd_ray.cli", "distill", "--config", str(job_file)],
+        env=env, capture_output=True, text=True, timeout=120)
+    assert submit.returncode == 0, submit.stderr
+    client = JobSubmissionClient(address)
+    deadline = time.time() + 400
+    while client.get_job_status("distill-test") not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+        assert time.time() < deadline, "the submitted job did not finish in time"
+        time.sleep(3)
+    logs = client.get_job_logs("distill-test")
+    assert client.get_job_status("distill-test") == JobStatus.SUCCEEDED, logs[-3000:]
+    assert "run submitted: 2 epochs" in logs
+    run_dir = tmp_path / "runs" / "submitted"
+    assert sorted(p.name for p in run_dir.glob("checkpoint_epoch_*")) == ["checkpoint_epoch_000", "checkpoint_epoch_001"]
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (run_dir / "student.safetensors").is_file() and (run_dir / "metrics.json").is_file()
