@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 COMMANDS = {
@@ -56,12 +57,21 @@ def _available_commands(argv: list[str]) -> dict[str, object]:
     return available
 
 
+def _quiet_open_clip(record: logging.LogRecord) -> bool:
+    """Drop open_clip's chatter below ERROR (it logs on the root logger, and warns "initialized
+    randomly" for every model that we then load our own weights into); --verbose keeps it."""
+    return record.levelno >= logging.ERROR or f"{os.sep}open_clip{os.sep}" not in record.pathname
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     available = _available_commands(argv)
     args = build_parser(available).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not args.verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_quiet_open_clip)
     try:
         return int(available[args.command].run(args) or 0)
     except UserError as exc:

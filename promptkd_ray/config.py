@@ -76,6 +76,7 @@ class DataConfig:
     toyworld_profile: str = choice("full", "quick")  # toyworld only: which world (quick = the tests' small one)
     toyworld_seed: int = 0  # toyworld only: seed of the world (pretraining + images), not of distillation
     image_size: int = 0  # training resolution in pixels; 0 = the student's input size
+    crop_scale_min: float = 0.08  # smallest train crop, as a fraction of the image area (authors: 0.08)
     heldout_images: int = 256  # images in the label-free held-out slice for agreement / KL (0 = none)
     heldout_split: str = ""  # split the held-out slice comes from; "" = held out of `split` (not trained on)
     limit: int = 0  # distil on at most this many images, picked with `seed` (0 = all)
@@ -340,6 +341,7 @@ def _cross_checks(job: DistillJob) -> list[tuple[str, str]]:
     need(t.max_failures >= -1, "train.max_failures", f"must be ≥ -1 (-1 = unlimited), got {t.max_failures}.")
     need(p.max_size == 0 or p.max_size >= p.size, "teacher_pool.max_size",
          f"must be 0 or ≥ teacher_pool.size ({p.size}), got {p.max_size}.")
+    need(0 < d.crop_scale_min <= 1, "data.crop_scale_min", f"must be in (0, 1], got {d.crop_scale_min}.")
     need(d.heldout_split in ("", "train", "val", "test"), "data.heldout_split",
          f"must be '', train, val or test, got {d.heldout_split!r}.")
     need(d.image_size >= 0 and d.heldout_images >= 0 and d.limit >= 0, "data",

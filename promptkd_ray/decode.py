@@ -28,7 +28,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from .data.transforms import CLIP_MEAN, CLIP_STD, View, full_view, load_rgb, sample_view
+from .data.transforms import CLIP_MEAN, CLIP_STD, CROP_SCALE, View, full_view, load_rgb, sample_view
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,10 @@ def to_model_input(images: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std
 
 
-def decode_views(batch: dict, size: int, mode: str = "train", seed: Optional[int] = None) -> tuple[dict, list]:
-    """Decode a batch and render one view per readable image.
+def decode_views(batch: dict, size: int, mode: str = "train", seed: Optional[int] = None,
+                 crop_scale_min: float = CROP_SCALE[0]) -> tuple[dict, list]:
+    """Decode a batch and render one view per readable image (train crops cover a fraction
+    `crop_scale_min` … 1 of the image area; the authors' 0.08 by default).
 
     Returns (rows, bad): rows as in the module docstring, bad = [(id, reason), …] for unreadable files.
     """
@@ -87,7 +89,10 @@ def decode_views(batch: dict, size: int, mode: str = "train", seed: Optional[int
             bad.append((ident, f"{type(exc).__name__}: {exc}"))
             continue
         width, height = image.size
-        view = sample_view(width, height, rng) if mode == "train" else full_view(width, height)
+        if mode == "train":
+            view = sample_view(width, height, rng, scale=(crop_scale_min, CROP_SCALE[1]))
+        else:
+            view = full_view(width, height)
         images.append(render_view(image, view, size))
         views.append(view)
         keep.append(i)

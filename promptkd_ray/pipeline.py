@@ -88,13 +88,13 @@ def start_ledger():
 
 def decode_and_augment(batch: dict, size: int, mode: str, on_bad_image: str, ledger=None,
                        heldout_fraction: float = 0.0, image_column: Optional[str] = None,
-                       image_field: Optional[str] = None) -> dict:
+                       image_field: Optional[str] = None, crop_scale_min: float = 0.08) -> dict:
     """Ray Data task: decode a batch of paths (or Parquet bytes) into views; skip or fail on bad files.
 
     Parquet batches are first reduced to the training or held-out rows (`heldout_fraction`)."""
     if image_column is not None:
         batch = _parquet_rows(batch, image_column, image_field, mode, heldout_fraction)
-    rows, bad = decode_views(batch, size, mode)
+    rows, bad = decode_views(batch, size, mode, crop_scale_min=crop_scale_min)
     if bad:
         if on_bad_image == "fail":
             ident, reason = bad[0]
@@ -187,7 +187,8 @@ def image_dataset(job: DistillJob, source: ImageSource, teacher: TeacherSource, 
     ds = ds.map_batches(decode_and_augment, batch_size=d.decode_batch_size, batch_format="numpy", num_cpus=1,
                         memory=d.decode_memory_mb * 1024**2,
                         fn_kwargs={"size": size, "mode": mode, "on_bad_image": d.on_bad_image, "ledger": ledger,
-                                   "heldout_fraction": source.heldout_fraction, **parquet})
+                                   "heldout_fraction": source.heldout_fraction,
+                                   "crop_scale_min": d.crop_scale_min, **parquet})
     ds = ds.map_batches(TeacherPredictor, batch_format="numpy",
                         fn_constructor_kwargs={"teacher": teacher, "precision": job.teacher_pool.precision},
                         **teacher_pool_options(job.teacher_pool, cluster_has_gpus))

@@ -106,6 +106,7 @@ def test_loss_preset_then_fields_override_it(tmp_path):
     ({"train": {"batch_size": 9, "num_workers": 2}}, "train.batch_size (9) must be divisible by train.num_workers"),
     ({"train": {"warmup_epochs": 5, "epochs": 5}}, "train.warmup_epochs must be ≥ 0 and less than train.epochs"),
     ({"name": ""}, "name must be set"),
+    ({"data": {"crop_scale_min": 0.0}}, "data.crop_scale_min must be in (0, 1], got 0.0"),
     ({"data": {"source": "benchmark"}}, "data.dataset must be set when data.source is benchmark"),
     ({"fault_injection": {"kill_at_step": 3, "rank": 1}}, "fault_injection needs"),
 ])

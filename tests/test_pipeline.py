@@ -51,6 +51,18 @@ def test_views_differ_between_draws_and_heldout_uses_the_full_image():
     assert set(rows["view_height"]) == {36} and set(rows["view_width"]) == {40} and not rows["view_flip"].any()
 
 
+def test_crop_scale_min_bounds_the_train_crop_area():
+    rng = np.random.default_rng(4)
+    batch = {"id": np.asarray(["x"] * 40, dtype=object), "bytes": np.asarray([png_bytes(rng)] * 40, dtype=object)}
+    area = 36 * 40
+    small, _ = decode_views(batch, 32, "train", seed=5)
+    large, _ = decode_views(batch, 32, "train", seed=5, crop_scale_min=0.6)
+    small_areas = small["view_height"] * small["view_width"] / area
+    large_areas = large["view_height"] * large["view_width"] / area
+    assert small_areas.min() < 0.5  # the authors' scale (0.08, 1) draws small crops
+    assert large_areas.min() >= 0.6 * 0.95  # integer rounding of the box
+
+
 def test_unreadable_files_are_dropped_with_their_reason(tmp_path):
     rng = np.random.default_rng(2)
     good = tmp_path / "good.png"
