@@ -2,6 +2,7 @@
 real ViT-B-16.pt key names, safetensors, and the one-sentence errors."""
 
 import json
+import logging
 
 import open_clip
 import pytest
@@ -154,3 +155,17 @@ def test_corrupt_weights_file_is_one_sentence(tmp_path):
     path.write_bytes(b"\x80\x02not a checkpoint at all")
     with pytest.raises(ModelSpecError, match="is not readable"):
         load_clip(f"tiny-vit-student:{path}")
+
+
+def test_loading_a_weights_file_does_not_warn_of_random_init(tmp_path, caplog):
+    from safetensors.torch import save_file
+
+    with caplog.at_level("WARNING"):
+        model = load_clip("tiny-vit-student")  # no weights: open_clip's warning is right and stays
+    assert "initialized randomly" in caplog.text
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_clip(f"tiny-vit-student:{tmp_path / 'w.safetensors'}")
+    assert "initialized randomly" not in caplog.text
+    assert not logging.getLogger().filters  # the filter is gone again

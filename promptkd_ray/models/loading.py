@@ -84,7 +84,8 @@ def load_clip(spec: "str | ModelSpec", device: str = "cpu") -> torch.nn.Module:
     model_config(spec.name)  # validates the name
     pretrained = spec.pretrained
     if pretrained is not None and _looks_like_path(pretrained):
-        model = open_clip.create_model(spec.name, pretrained=None, device=device)
+        with _no_random_init_warning():  # our weights go in next: open_clip's warning would mislead
+            model = open_clip.create_model(spec.name, pretrained=None, device=device)
         state_dict = read_weights_file(pretrained)
         load_weights_into(model, state_dict, spec)
     elif pretrained is not None:
@@ -104,6 +105,21 @@ def load_clip(spec: "str | ModelSpec", device: str = "cpu") -> torch.nn.Module:
     else:
         model = open_clip.create_model(spec.name, pretrained=None, device=device)
     return model.float().eval()
+
+
+class _no_random_init_warning:
+    """Drop open_clip's "No pretrained weights loaded … initialized randomly" record (it logs on
+    the root logger) while a model is created whose weights are loaded from a file right after."""
+
+    @staticmethod
+    def filter(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No pretrained weights loaded")
+
+    def __enter__(self):
+        logging.getLogger().addFilter(self.filter)
+
+    def __exit__(self, *exc):
+        logging.getLogger().removeFilter(self.filter)
 
 
 def _looks_like_path(pretrained: str) -> bool:
