@@ -107,3 +107,21 @@ def test_eval_through_ray_data_equals_in_process(world, tmp_path, ray_cluster):
     ray_rows = list(csv.DictReader(open(tmp_path / "ray" / "results.csv")))
     local_rows = list(csv.DictReader(open(tmp_path / "local" / "results.csv")))
     assert ray_rows == local_rows
+
+
+def test_eval_warns_when_class_vectors_come_from_another_teacher(world, tmp_path, caplog):
+    import dataclasses
+
+    from promptkd_ray.commands.eval import warn_if_other_teacher
+
+    cv = world["cv"]
+    student, _ = load_student(world["student_path"])
+    path = save_student(student.eval(), StudentInfo(f"tiny-vit-student:{world['root']}/artifacts/student_clip.safetensors",
+                                                   cv.dim, 4, 2, "mlp2", cv.sha256, extra={"teacher": cv.teacher}),
+                        tmp_path / "student")
+    with caplog.at_level("WARNING"):
+        warn_if_other_teacher(str(path), cv)
+    assert "distilled from teacher" not in caplog.text
+    with caplog.at_level("WARNING"):
+        warn_if_other_teacher(str(path), dataclasses.replace(cv, teacher="another-teacher:w.pt"))
+    assert f"distilled from teacher {cv.teacher} but the class vectors come from another-teacher:w.pt" in caplog.text

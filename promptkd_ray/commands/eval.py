@@ -68,6 +68,17 @@ def run(args) -> int:
     return 0
 
 
+def warn_if_other_teacher(student_path: str, cv) -> None:
+    """A student scored against class vectors of another teacher than the one it was distilled from
+    scores near chance: say so (not an error — the same teacher may live at another path now)."""
+    from ..artifacts import read_student_info
+
+    learnt_from = read_student_info(student_path).extra.get("teacher")
+    if learnt_from and cv.teacher and learnt_from != cv.teacher:
+        log.warning("student %s was distilled from teacher %s but the class vectors come from %s: its scores "
+                    "are only meaningful if these are the same model", student_path, learnt_from, cv.teacher)
+
+
 def score_dataset(args, dataset) -> list:
     from ..classvectors import compute_class_vectors, load_class_vectors
     from ..evaluate import Score, all_classes, base_to_novel, restrict_by_name
@@ -84,6 +95,7 @@ def score_dataset(args, dataset) -> list:
         spec = EncoderSpec(kind, source)
         if kind == "student":
             cv = load_class_vectors(args.class_vectors)
+            warn_if_other_teacher(source, cv)
         else:
             model, _ = spec.build()
             cv = compute_class_vectors(model, list(dataset.classnames), templates=args.templates)
