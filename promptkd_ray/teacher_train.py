@@ -192,22 +192,39 @@ def restore_train_state(directory: dict, teacher, optimizer, gpa: GaussianPrompt
     return int(state["epoch"])
 
 
-def write_teacher_outputs(teacher, job: TeacherJob, classnames: Sequence[str], directory: Path, metrics: dict):
-    """teacher.{safetensors,json} + class_vectors.{safetensors,json} (all classes) into `directory`."""
+def write_teacher_outputs(teacher, job: TeacherJob, classnames: Sequence[str], directory: Path, metrics: dict,
+                          evaluate: Optional[Callable] = None):
+    """teacher.{safetensors,json} + class_vectors.{safetensors,json} (all classes) into `directory`.
+    `evaluate(class_vectors) -> dict`, when given, runs before teacher.json is written and its results
+    are added to `metrics`, so the sidecar records them."""
     from .artifacts import TeacherInfo, save_teacher
     from .classvectors import compute_class_vectors, save_class_vectors
 
     m, d = job.teacher, job.data
+    templates = m.zeroshot_templates if m.mode == "zeroshot" else "single"
+    cv = compute_class_vectors(teacher, list(classnames), templates=templates, teacher_spec=m.spec)
+    cv = dataclasses.replace(cv, meta={"teacher_artifact": "teacher", "job": job.name})
+    if evaluate is not None:
+        metrics.update(evaluate(cv))
     info = TeacherInfo(spec=m.spec, vision_depth=teacher.image_encoder.depth, text_depth=teacher.text_encoder.depth,
                        n_ctx=m.n_ctx, ctx_init=m.ctx_init,
                        extra={"recipe": m.mode, "job": job.name, "dataset": d.dataset, "shots": d.shots,
                               "classes": d.classes, "seed": job.seed, "epochs": job.train.epochs, "metrics": metrics})
     save_teacher(teacher, info, directory / "teacher")
-    templates = m.zeroshot_templates if m.mode == "zeroshot" else "single"
-    cv = compute_class_vectors(teacher, list(classnames), templates=templates, teacher_spec=m.spec)
-    cv = dataclasses.replace(cv, meta={"teacher_artifact": "teacher", "job": job.name})
     save_class_vectors(cv, directory / "class_vectors")
     return cv
+
+
+def _test_evaluator(teacher, test_items: list, n: int, size: int, device="cpu") -> Optional[Callable]:
+    """→ evaluate(cv) giving {"test_accuracy_train_classes": …} on the first n classes, or None without test items."""
+    if not test_items:
+        return None
+
+    def evaluate(cv) -> dict:
+        accuracy = test_accuracy(teacher, test_items, cv.vectors[:n], size, device)
+        log.info("test accuracy on the %d training classes: %.2f", n, accuracy)
+        return {"test_accuracy_train_classes": accuracy}
+    return evaluate
 
 
 # --- Ray Train ----------------------------------------------------------------------------------------
@@ -265,12 +282,10 @@ def _report_final(teacher, job: TeacherJob, config: dict, rank: int, device, sta
     metrics = {"epoch": job.train.epochs, "final": 1}
     with tempfile.TemporaryDirectory() as tmp:
         save_train_state(Path(tmp), teacher, state["optimizer"], state["gpa"], job.train.epochs)
-        cv = write_teacher_outputs(teacher, job, config["classnames"], Path(tmp), {})
-        if config.get("test_items"):
-            n = len(config["train_classnames"])
-            metrics["test_accuracy_train_classes"] = test_accuracy(
-                teacher, config["test_items"], cv.vectors[:n], image_size(job, teacher), device)
-            log.info("test accuracy on the %d training classes: %.2f", n, metrics["test_accuracy_train_classes"])
+        recorded: dict = {}  # what teacher.json records (the test accuracy), also reported
+        write_teacher_outputs(teacher, job, config["classnames"], Path(tmp), recorded, _test_evaluator(
+            teacher, config.get("test_items"), len(config["train_classnames"]), image_size(job, teacher), device))
+        metrics.update(recorded)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
@@ -333,10 +348,7 @@ def _zeroshot(job: TeacherJob, dataset, test_items: list, n: int, store) -> Teac
     teacher = build_job_teacher(job)
     metrics: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        cv = write_teacher_outputs(teacher, job, dataset.classnames, Path(tmp), metrics)
-        if test_items:
-            metrics["test_accuracy_train_classes"] = test_accuracy(teacher, test_items, cv.vectors[:n],
-                                                                   image_size(job, teacher))
-            log.info("zero-shot test accuracy on the first %d classes: %.2f", n, metrics["test_accuracy_train_classes"])
+        write_teacher_outputs(teacher, job, dataset.classnames, Path(tmp), metrics,
+                              _test_evaluator(teacher, test_items, n, image_size(job, teacher)))
         store.upload(tmp, "")
     return TeacherResult(store.uri("teacher.safetensors"), store.uri("class_vectors.safetensors"), metrics)
