@@ -69,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(available).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    if not args.verbose:
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(_quiet_open_clip)
+    quieted = [] if args.verbose else list(logging.getLogger().handlers)
+    for handler in quieted:
+        handler.addFilter(_quiet_open_clip)
     try:
         return int(available[args.command].run(args) or 0)
     except UserError as exc:
@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:  # main() may run in-process (tests, notebooks): leave the caller's handlers as they were
+        for handler in quieted:
+            handler.removeFilter(_quiet_open_clip)
 
 
 if __name__ == "__main__":

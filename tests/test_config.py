@@ -1,5 +1,6 @@
 """Stage II jobs: strict YAML loading, overrides, validation, shipped jobs, the lr schedule."""
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -158,8 +159,11 @@ def test_real_data_jobs_exist():
 def test_validate_command_reports_each_file(tmp_path, capsys):
     good = write_job(tmp_path, minimal(tmp_path), "good.yaml")
     bad = write_job(tmp_path, minimal(tmp_path, train={"epochs": "many"}), "bad.yaml")
+    filters_before = [list(h.filters) for h in logging.getLogger().handlers]
     assert main(["validate", str(good)]) == 0
     assert "ok: " in capsys.readouterr().out
+    # in-process runs leave the caller's log handlers as they were (open_clip's records too)
+    assert [list(h.filters) for h in logging.getLogger().handlers] == filters_before
     assert main(["validate", str(good), str(bad)]) == 1
     captured = capsys.readouterr()
     assert "ok: " in captured.out and "bad.yaml: train.epochs must be an integer" in captured.err
