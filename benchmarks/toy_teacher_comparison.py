@@ -34,10 +34,10 @@ scaled to the toy teacher (a 6-layer, width-128 image tower and a 3-layer, width
     (--vision-depth / --text-depth);
   - epochs (--teacher-epochs, default 20 = the authors'): GPA's mean is kept at the same relative place,
     μ = 0.75·E (15 of 20), so that a shorter run still averages its late epochs;
-  - not scaled: the train crop stays the authors' RandomResizedCrop(scale 0.08–1), because a Stage I job has
-    no crop option (the demo's Stage II uses crops ≥ 50% on these 32-px images). Measured while writing this
-    (world seed 0, base accuracy on held-out train images, not test): PromptSRC variants trained on such
-    crops reached 71–75% vs 78% zero-shot; the same code trained on whole images reached 78–80%.
+  - the train crop is the authors' RandomResizedCrop(scale 0.08–1) unless `--teacher-set
+    data.crop_scale_min=0.5` (the demo's Stage II uses crops ≥ 50% on these 32-px images). Measured while
+    writing this (world seed 0, base accuracy on held-out train images, not test): PromptSRC variants
+    trained on 0.08 crops reached 71–75% vs 78% zero-shot; the same code on whole images reached 78–80%.
 """
 
 from __future__ import annotations

@@ -159,6 +159,11 @@ class DistillJob:
 
 def load_job(path: "str | os.PathLike", overrides: "typing.Sequence[str]" = (), check_paths: bool = True) -> DistillJob:
     """Read a job YAML, apply `key=value` overrides, convert and validate it."""
+    return job_from_dict(read_job_yaml(path), source=str(path), overrides=overrides, check_paths=check_paths)
+
+
+def read_job_yaml(path: "str | os.PathLike") -> dict:
+    """The mapping of sections in a job YAML file, or a one-sentence ConfigError."""
     import yaml
 
     path = Path(path)
@@ -170,17 +175,25 @@ def load_job(path: "str | os.PathLike", overrides: "typing.Sequence[str]" = (), 
         raise ConfigError(f"{path} is not valid YAML ({str(exc).splitlines()[0]}).") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of sections, found a {type(raw).__name__}.")
-    return job_from_dict(raw, source=str(path), overrides=overrides, check_paths=check_paths)
+    return raw
+
+
+def build_job(cls, raw: dict, source: str, overrides: "typing.Sequence[str]",
+              checks: "typing.Callable[[Any], list[tuple[str, str]]]"):
+    """Apply `key=value` overrides to a copy of `raw`, convert it strictly into the frozen
+    dataclass `cls`, and raise the first of `checks(job)`'s (dotted key, message) problems."""
+    raw = _deepcopy(raw)
+    for text in overrides:
+        _apply_override(raw, text, source)
+    job = _convert(cls, raw, "", source)
+    for key, message in checks(job):
+        raise ConfigError(f"{source}: {key} {message}")
+    return job
 
 
 def job_from_dict(raw: dict, source: str = "<dict>", overrides: "typing.Sequence[str]" = (),
                   check_paths: bool = True) -> DistillJob:
-    raw = _deepcopy(raw)
-    for text in overrides:
-        _apply_override(raw, text, source)
-    job = _convert(DistillJob, raw, "", source)
-    for key, message in _cross_checks(job):
-        raise ConfigError(f"{source}: {key} {message}")
+    job = build_job(DistillJob, raw, source, overrides, _cross_checks)
     if check_paths:
         check_job_paths(job, source)
     return job

@@ -14,10 +14,9 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional, Sequence
 
-from .config import ConfigError, RayConfig, choice, path_field
+from .config import RayConfig, build_job, choice, path_field, read_job_yaml
 
 TEACHER_MODES = ("promptsrc", "zeroshot")
 
@@ -44,6 +43,7 @@ class FewShotDataConfig:
     shots: int = 16  # labelled images per training class (authors: 16)
     classes: str = choice("base", "all")  # base = the first ⌈N/2⌉ labels (base-to-novel); all = cross-dataset
     image_size: int = 0  # training resolution; 0 = the model's input size
+    crop_scale_min: float = 0.08  # smallest train crop, as a fraction of the image area (authors: 0.08)
     eval_test: bool = True  # score the final teacher on the test images of its training classes
 
 
@@ -80,30 +80,11 @@ class TeacherJob:
 
 def load_teacher_job(path: "str | os.PathLike", overrides: Sequence[str] = ()) -> TeacherJob:
     """Read a Stage I job YAML, apply `key=value` overrides, convert and validate it."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"Job file {path} does not exist.")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML ({str(exc).splitlines()[0]}).") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a mapping of sections, found a {type(raw).__name__}.")
-    return teacher_job_from_dict(raw, str(path), overrides)
+    return teacher_job_from_dict(read_job_yaml(path), str(path), overrides)
 
 
 def teacher_job_from_dict(raw: dict, source: str = "<dict>", overrides: Sequence[str] = ()) -> TeacherJob:
-    from .config import _apply_override, _convert, _deepcopy  # one strict converter for all jobs
-
-    raw = _deepcopy(raw)
-    for text in overrides:
-        _apply_override(raw, text, source)
-    job = _convert(TeacherJob, raw, "", source)
-    for key, message in _checks(job):
-        raise ConfigError(f"{source}: {key} {message}")
-    return job
+    return build_job(TeacherJob, raw, source, overrides, _checks)
 
 
 def teacher_job_to_dict(job: TeacherJob) -> dict:
@@ -129,6 +110,7 @@ def _checks(job: TeacherJob) -> list[tuple[str, str]]:
         need(value >= 1, key, f"must be ≥ 1, got {value}.")
     need(t.batch_size % max(t.num_workers, 1) == 0, "train.batch_size",
          f"({t.batch_size}) must be divisible by train.num_workers ({t.num_workers}).")
+    need(0 < d.crop_scale_min <= 1, "data.crop_scale_min", f"must be in (0, 1], got {d.crop_scale_min}.")
     need(t.lr > 0 and t.gpa_std > 0, "train", f"lr and gpa_std must be > 0, got {t.lr} and {t.gpa_std}.")
     need(0 <= t.warmup_epochs < t.epochs, "train.warmup_epochs",
          f"must be ≥ 0 and less than train.epochs ({t.epochs}), got {t.warmup_epochs}.")

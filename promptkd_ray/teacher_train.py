@@ -72,18 +72,20 @@ def open_data(job: TeacherJob):
     return dataset, items, list(dataset.classnames[:n])
 
 
-def load_view(path: str, size: int, rng: Optional[np.random.Generator]) -> torch.Tensor:
-    """A random resized crop + flip (train, `rng` given) or the test transform → [3, size, size]."""
-    from .data.transforms import apply_view, load_rgb, sample_view, test_transform
+def load_view(path: str, size: int, rng: Optional[np.random.Generator], crop_scale_min: float = 0.08) -> torch.Tensor:
+    """A random resized crop of `crop_scale_min` … 1 of the area + flip (train, `rng` given) or the
+    test transform → [3, size, size]."""
+    from .data.transforms import CROP_SCALE, apply_view, load_rgb, sample_view, test_transform
     from .decode import read_bytes
 
     image = load_rgb(read_bytes(path))  # local file or URI (s3://, gs://, …)
     if rng is None:
         return test_transform(image, size)
-    return apply_view(image, sample_view(image.width, image.height, rng), size)
+    return apply_view(image, sample_view(image.width, image.height, rng, scale=(crop_scale_min, CROP_SCALE[1])), size)
 
 
-def iter_batches(items: Sequence, batch_size: int, epoch: int, seed: int, size: int, rank: int = 0, world: int = 1):
+def iter_batches(items: Sequence, batch_size: int, epoch: int, seed: int, size: int, rank: int = 0, world: int = 1,
+                 crop_scale_min: float = 0.08):
     """This worker's (images [b, 3, size, size], labels [b]) batches of one epoch; drop_last when
     there is at least one full global batch, else one smaller batch."""
     order = np.random.default_rng([seed, epoch]).permutation(len(items))
@@ -93,7 +95,7 @@ def iter_batches(items: Sequence, batch_size: int, epoch: int, seed: int, size: 
         chunk = [items[i] for i in mine[b * per_worker:(b + 1) * per_worker]]
         if not chunk:
             return
-        images = torch.stack([load_view(item.path, size, rng) for item in chunk])
+        images = torch.stack([load_view(item.path, size, rng, crop_scale_min) for item in chunk])
         yield images, torch.tensor([item.label for item in chunk])
 
 
@@ -140,7 +142,8 @@ def train_prompts(teacher, items: Sequence, train_classnames: Sequence[str], job
         for group in optimizer.param_groups:
             group["lr"] = lr
         sums, steps = defaultdict(float), 0
-        for images, labels in iter_batches(items, t.batch_size, epoch, job.seed, size, rank, world):
+        for images, labels in iter_batches(items, t.batch_size, epoch, job.seed, size, rank, world,
+                                           job.data.crop_scale_min):
             out = promptsrc_step(teacher, images.to(device), labels.to(device), train_classnames, frozen_text,
                                  optimizer, weights, grad_hook)
             steps += 1

@@ -260,6 +260,32 @@ def test_job_file_errors_name_the_key(tmp_path):
         load_teacher_job(path)
     with pytest.raises(ConfigError, match=r"teacher\.mode must be one of"):
         load_teacher_job(path, ["train={}", "teacher.mode=fewshot"])
+    with pytest.raises(ConfigError, match=r"data\.crop_scale_min must be in \(0, 1\], got 0"):
+        load_teacher_job(path, ["train={}", "data.crop_scale_min=0"])
+
+
+def test_crop_scale_min_bounds_the_stage1_train_crops(tmp_path):
+    """Crops of the whole area (min 1) are the test view up to a flip; the authors' 0.08 gives
+    crops that are not; iter_batches passes the option through."""
+    import numpy as np
+    from PIL import Image
+
+    from promptkd_ray.data.layout import Item
+    from promptkd_ray.teacher_train import iter_batches, load_view
+
+    ramp = np.add.outer(np.arange(24), 3 * np.arange(24)).astype(np.uint8)
+    path = str(tmp_path / "ramp.png")
+    Image.fromarray(np.stack([ramp, ramp.T, 255 - ramp], -1)).save(path)
+    size = 16
+    test_view = load_view(path, size, None)
+
+    def is_test_view(view):
+        return torch.equal(view, test_view) or torch.equal(view, test_view.flip(-1))
+
+    assert all(is_test_view(load_view(path, size, np.random.default_rng(i), 1.0)) for i in range(8))
+    assert not any(is_test_view(load_view(path, size, np.random.default_rng(i), 0.08)) for i in range(8))
+    batch = {m: next(iter_batches([Item(path, 0)], 1, 0, 0, size, crop_scale_min=m))[0][0] for m in (1.0, 0.08)}
+    assert is_test_view(batch[1.0]) and not is_test_view(batch[0.08])
 
 
 @pytest.mark.slow
