@@ -169,3 +169,15 @@ def test_loading_a_weights_file_does_not_warn_of_random_init(tmp_path, caplog):
         load_clip(f"tiny-vit-student:{tmp_path / 'w.safetensors'}")
     assert "initialized randomly" not in caplog.text
     assert not logging.getLogger().filters  # the filter is gone again
+
+
+def test_open_clip_info_chatter_shows_only_at_debug(caplog):
+    def open_clip_records(level):
+        caplog.clear()
+        with caplog.at_level(level):
+            load_clip("tiny-vit-student")
+        return [r for r in caplog.records if "open_clip" in r.pathname and r.levelno < logging.WARNING]
+
+    assert open_clip_records("INFO") == []
+    assert any("Instantiating model architecture" in r.getMessage() for r in open_clip_records("DEBUG"))
+    assert not logging.getLogger().filters

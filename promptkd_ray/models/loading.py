@@ -84,7 +84,7 @@ def load_clip(spec: "str | ModelSpec", device: str = "cpu") -> torch.nn.Module:
     model_config(spec.name)  # validates the name
     pretrained = spec.pretrained
     if pretrained is not None and _looks_like_path(pretrained):
-        with _no_random_init_warning():  # our weights go in next: open_clip's warning would mislead
+        with _quiet_open_clip(weights_follow=True):  # our weights go in next: its warning would mislead
             model = open_clip.create_model(spec.name, pretrained=None, device=device)
         state_dict = read_weights_file(pretrained)
         load_weights_into(model, state_dict, spec)
@@ -96,30 +96,39 @@ def load_clip(spec: "str | ModelSpec", device: str = "cpu") -> torch.nn.Module:
                 f"{spec.name} (known tags: {tags or 'none'})."
             )
         try:
-            model = open_clip.create_model(spec.name, pretrained=pretrained, device=device)
+            with _quiet_open_clip(weights_follow=False):
+                model = open_clip.create_model(spec.name, pretrained=pretrained, device=device)
         except Exception as exc:  # open_clip raises RuntimeError on failed downloads
             raise ModelSpecError(
                 f"Could not load pretrained weights {spec} (no network here? pass a local file "
                 f"instead): {exc}"
             ) from exc
     else:
-        model = open_clip.create_model(spec.name, pretrained=None, device=device)
+        with _quiet_open_clip(weights_follow=False):
+            model = open_clip.create_model(spec.name, pretrained=None, device=device)
     return model.float().eval()
 
 
-class _no_random_init_warning:
-    """Drop open_clip's "No pretrained weights loaded … initialized randomly" record (it logs on
-    the root logger) while a model is created whose weights are loaded from a file right after."""
+class _quiet_open_clip:
+    """While open_clip creates a model (it logs on the root logger, in every Ray worker too): drop
+    its INFO chatter unless the root logger is at DEBUG, and, when our weights file is loaded right
+    after (`weights_follow`), its misleading "No pretrained weights loaded … initialized randomly"."""
 
-    @staticmethod
-    def filter(record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("No pretrained weights loaded")
+    def __init__(self, weights_follow: bool):
+        self.weights_follow = weights_follow
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if f"{os.sep}open_clip{os.sep}" not in record.pathname:
+            return True
+        if record.levelno < logging.WARNING:
+            return logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+        return not (self.weights_follow and str(record.msg).startswith("No pretrained weights loaded"))
 
     def __enter__(self):
-        logging.getLogger().addFilter(self.filter)
+        logging.getLogger().addFilter(self)
 
     def __exit__(self, *exc):
-        logging.getLogger().removeFilter(self.filter)
+        logging.getLogger().removeFilter(self)
 
 
 def _looks_like_path(pretrained: str) -> bool:
