@@ -83,7 +83,7 @@ class DataConfig:
     shuffle: bool = True  # reshuffle the image order every epoch (a shuffle of paths, not of pixels)
     on_bad_image: str = choice("skip", "fail")  # unreadable file: skip and count it, or fail the run
     decode_batch_size: int = 32  # images per decode + augment task batch
-    decode_memory_mb: int = 256  # memory reserved per decode task (a batch of full-size decoded images)
+    decode_memory_mb: int = 640  # memory reserved per decode task: its worker (Ray Data measured ~450 MiB) + a batch
 
 
 @dataclass(frozen=True)

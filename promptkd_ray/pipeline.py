@@ -182,7 +182,7 @@ def image_dataset(job: DistillJob, source: ImageSource, teacher: TeacherSource, 
     if mode == "train" and d.shuffle:  # paths: a full shuffle of tiny rows; Parquet: block order only
         ds = ds.randomize_block_order() if source.is_parquet else ds.random_shuffle()
     parquet = {"image_column": source.image_column, "image_field": source.image_field} if source.is_parquet else {}
-    # Decode tasks reserve memory for a batch of full-size decoded images; asking for it also keeps
+    # Decode tasks reserve memory for their worker and a batch of decoded images; asking for it also keeps
     # Ray Data from fusing decode into the teacher actors (their remote arguments differ).
     ds = ds.map_batches(decode_and_augment, batch_size=d.decode_batch_size, batch_format="numpy", num_cpus=1,
                         memory=d.decode_memory_mb * 1024**2,
