@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 
 COMMANDS = {
@@ -57,21 +56,12 @@ def _available_commands(argv: list[str]) -> dict[str, object]:
     return available
 
 
-def _quiet_open_clip(record: logging.LogRecord) -> bool:
-    """Drop open_clip's chatter below ERROR (it logs on the root logger, and warns "initialized
-    randomly" for every model that we then load our own weights into); --verbose keeps it."""
-    return record.levelno >= logging.ERROR or f"{os.sep}open_clip{os.sep}" not in record.pathname
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     available = _available_commands(argv)
     args = build_parser(available).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    quieted = [] if args.verbose else list(logging.getLogger().handlers)
-    for handler in quieted:
-        handler.addFilter(_quiet_open_clip)
     try:
         return int(available[args.command].run(args) or 0)
     except UserError as exc:
@@ -84,9 +74,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    finally:  # main() may run in-process (tests, notebooks): leave the caller's handlers as they were
-        for handler in quieted:
-            handler.removeFilter(_quiet_open_clip)
 
 
 if __name__ == "__main__":

@@ -172,12 +172,17 @@ def test_loading_a_weights_file_does_not_warn_of_random_init(tmp_path, caplog):
 
 
 def test_open_clip_info_chatter_shows_only_at_debug(caplog):
+    from promptkd_ray.models import get_tokenizer
+
     def open_clip_records(level):
         caplog.clear()
         with caplog.at_level(level):
             load_clip("tiny-vit-student")
-        return [r for r in caplog.records if "open_clip" in r.pathname and r.levelno < logging.WARNING]
+            get_tokenizer("tiny-vit-student")
+        return [r.getMessage() for r in caplog.records if "open_clip" in r.pathname and r.levelno < logging.WARNING]
 
     assert open_clip_records("INFO") == []
-    assert any("Instantiating model architecture" in r.getMessage() for r in open_clip_records("DEBUG"))
+    at_debug = open_clip_records("DEBUG")
+    assert any("Instantiating model architecture" in m for m in at_debug)
+    assert any("tokenizer" in m for m in at_debug)
     assert not logging.getLogger().filters

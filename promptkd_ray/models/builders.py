@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .loading import ModelSpec, load_clip, register_model_configs
+from .loading import ModelSpec, load_clip, quiet_open_clip, register_model_configs
 from .prompted_text import DEFAULT_CTX_INIT
 from .student import Student, clip_logit_scale
 from .teacher import Teacher
@@ -12,7 +12,8 @@ def get_tokenizer(model_name: str):
     import open_clip
 
     register_model_configs()
-    return open_clip.get_tokenizer(model_name)
+    with quiet_open_clip():
+        return open_clip.get_tokenizer(model_name)
 
 
 def build_teacher(spec: "str | ModelSpec", vision_depth: int = 0, text_depth: int = 0, n_ctx: int = 4,

@@ -84,7 +84,7 @@ def load_clip(spec: "str | ModelSpec", device: str = "cpu") -> torch.nn.Module:
     model_config(spec.name)  # validates the name
     pretrained = spec.pretrained
     if pretrained is not None and _looks_like_path(pretrained):
-        with _quiet_open_clip(weights_follow=True):  # our weights go in next: its warning would mislead
+        with quiet_open_clip(random_init_intended=True):  # our weights go in next: its warning would mislead
             model = open_clip.create_model(spec.name, pretrained=None, device=device)
         state_dict = read_weights_file(pretrained)
         load_weights_into(model, state_dict, spec)
@@ -96,7 +96,7 @@ def load_clip(spec: "str | ModelSpec", device: str = "cpu") -> torch.nn.Module:
                 f"{spec.name} (known tags: {tags or 'none'})."
             )
         try:
-            with _quiet_open_clip(weights_follow=False):
+            with quiet_open_clip():
                 model = open_clip.create_model(spec.name, pretrained=pretrained, device=device)
         except Exception as exc:  # open_clip raises RuntimeError on failed downloads
             raise ModelSpecError(
@@ -104,25 +104,26 @@ def load_clip(spec: "str | ModelSpec", device: str = "cpu") -> torch.nn.Module:
                 f"instead): {exc}"
             ) from exc
     else:
-        with _quiet_open_clip(weights_follow=False):
+        with quiet_open_clip():
             model = open_clip.create_model(spec.name, pretrained=None, device=device)
     return model.float().eval()
 
 
-class _quiet_open_clip:
-    """While open_clip creates a model (it logs on the root logger, in every Ray worker too): drop
-    its INFO chatter unless the root logger is at DEBUG, and, when our weights file is loaded right
-    after (`weights_follow`), its misleading "No pretrained weights loaded … initialized randomly"."""
+class quiet_open_clip:
+    """While open_clip builds a model or tokenizer (it logs on the root logger, in every Ray worker
+    too): drop its INFO chatter unless the root logger is at DEBUG, and, when the random weights are
+    intended (`random_init_intended`: ours are loaded right after, or training starts from scratch),
+    its "No pretrained weights loaded … initialized randomly" warning."""
 
-    def __init__(self, weights_follow: bool):
-        self.weights_follow = weights_follow
+    def __init__(self, random_init_intended: bool = False):
+        self.random_init_intended = random_init_intended
 
     def filter(self, record: logging.LogRecord) -> bool:
         if f"{os.sep}open_clip{os.sep}" not in record.pathname:
             return True
         if record.levelno < logging.WARNING:
             return logging.getLogger().getEffectiveLevel() <= logging.DEBUG
-        return not (self.weights_follow and str(record.msg).startswith("No pretrained weights loaded"))
+        return not (self.random_init_intended and str(record.msg).startswith("No pretrained weights loaded"))
 
     def __enter__(self):
         logging.getLogger().addFilter(self)

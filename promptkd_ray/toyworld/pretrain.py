@@ -121,12 +121,13 @@ def pretrain_clip(spec: PretrainSpec, out_path: "str | os.PathLike", progress: b
     import open_clip
     from tqdm.auto import tqdm
 
-    from ..models.loading import register_model_configs
+    from ..models.loading import quiet_open_clip, register_model_configs
 
     register_model_configs()
     torch.manual_seed(spec.seed)
-    model = open_clip.create_model(spec.model, pretrained=None)
-    tokenizer = open_clip.get_tokenizer(spec.model)
+    with quiet_open_clip(random_init_intended=True):  # pretraining from scratch
+        model = open_clip.create_model(spec.model, pretrained=None)
+        tokenizer = open_clip.get_tokenizer(spec.model)
     optimizer = torch.optim.AdamW(_param_groups(model, spec.weight_decay), lr=spec.lr, betas=(0.9, 0.98), eps=1e-6)
     rng = np.random.default_rng([spec.seed, 0x70C])
     start = time.time()
