@@ -35,6 +35,18 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
+WORKER_PORTS = 200  # width of the head's worker port range
+
+
+def free_ports_and_worker_range(count: int) -> tuple[list[int], int]:
+    """`count` free ports and the first port of a worker range that holds none of them (Ray refuses
+    to start when a component's port falls inside the worker range)."""
+    while True:
+        *ports, min_worker = free_ports(count + 1)
+        if not any(min_worker <= port <= min_worker + WORKER_PORTS for port in ports):
+            return ports, min_worker
+
+
 def stop_process_tree(process: subprocess.Popen) -> None:
     import psutil
 
@@ -58,8 +70,8 @@ def stop_process_tree(process: subprocess.Popen) -> None:
 @pytest.fixture
 def ray_head():
     """A Ray head with the job server on loopback; yields the job server's address."""
-    (gcs, dashboard, client, agent_http, agent_grpc, metrics, runtime_env, node_manager, object_manager,
-     min_worker) = free_ports(10)
+    (gcs, dashboard, client, agent_http, agent_grpc, metrics, runtime_env, node_manager,
+     object_manager), min_worker = free_ports_and_worker_range(9)
     temp_dir = tempfile.mkdtemp(prefix="rayhead_", dir="/tmp")  # short: Ray's socket paths have a length limit
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     cmd = [RAY, "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
@@ -68,7 +80,7 @@ def ray_head():
            f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
            f"--runtime-env-agent-port={runtime_env}", f"--node-manager-port={node_manager}",
            f"--object-manager-port={object_manager}", f"--min-worker-port={min_worker}",
-           f"--max-worker-port={min_worker + 200}", "--num-cpus=6", "--object-store-memory=200000000",
+           f"--max-worker-port={min_worker + WORKER_PORTS}", "--num-cpus=6", "--object-store-memory=200000000",
            f"--temp-dir={temp_dir}"]
     head = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
