@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from promptkd_ray.cost import markdown_table, measure
-from promptkd_ray.models import build_student, build_teacher
+from cost import markdown_table, measure
+from promptkd_ray.core.models import build_student, build_teacher
 
 
 def main() -> None:

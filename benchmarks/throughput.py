@@ -56,17 +56,19 @@ def write_images(root: Path, count: int, classes: int, seed: int = 0) -> Path:
 
 def authors_style_images_per_s(paths: list, classnames: list, args) -> float:
     """(a): decode + augment, teacher image forward, teacher text forward over all classes, student step."""
-    from promptkd_ray.config import TrainConfig
-    from promptkd_ray.data.transforms import apply_view, load_rgb, sample_view
-    from promptkd_ray.models import build_student, build_teacher
-    from promptkd_ray.optim import build_optimizer
-    from promptkd_ray.step import LOSS_PRESETS, distill_step
+    from promptkd_ray.config.distill import TrainConfig
+    from promptkd_ray.core.losses import LOSS_PRESETS
+    from promptkd_ray.core.models import build_student, build_teacher
+    from promptkd_ray.core.schedule import build_optimizer
+    from promptkd_ray.core.step import distill_step
+    from promptkd_ray.data.decode import read_image, render_view, to_model_input
+    from promptkd_ray.data.transforms import sample_view
 
     torch.manual_seed(0)
     teacher = build_teacher(args.teacher)
     student = build_student(args.student, teacher_dim=teacher.embed_dim, n_ctx=args.n_ctx, depth=args.depth)
     train = TrainConfig(optimizer="adamw", lr=0.01)
-    optimizer = build_optimizer(student.trainable_parameters(), train, train.lr)
+    optimizer = build_optimizer(student.trainable_parameters(), train)
     rng = np.random.default_rng(0)
     size = teacher.image_encoder.visual.image_size[0]
     loss = LOSS_PRESETS["promptkd"]
@@ -77,9 +79,9 @@ def authors_style_images_per_s(paths: list, classnames: list, args) -> float:
         for i in range(0, len(order) - args.batch_size + 1, args.batch_size):
             views = []
             for j in order[i:i + args.batch_size]:
-                image = load_rgb(paths[j])
-                views.append(apply_view(image, sample_view(*image.size, rng), size))
-            images = torch.stack(views)
+                image = read_image(paths[j])
+                views.append(render_view(image, sample_view(*image.size, rng), size))
+            images = to_model_input(torch.from_numpy(np.stack(views)))
             with torch.no_grad():
                 teacher_features = teacher.encode_image(images)
                 class_vectors = teacher.encode_text(classnames)  # every step, as the official code
@@ -93,12 +95,12 @@ def authors_style_images_per_s(paths: list, classnames: list, args) -> float:
 
 
 def ours_images_per_s(root: Path, storage: Path, workers: int, args) -> tuple[float, float, float]:
-    """(b): the Stage II job on the same images; (best trainer images/s over epochs ≥ 1, that epoch's
-    seconds to its first batch, its images/s after the first batch)."""
-    from promptkd_ray.config import job_from_dict
+    """(b): the Stage II job on the same images; (best trainer images/s over epochs ≥ 1 counting the
+    epoch's start-up, that epoch's seconds to its first batch, its images/s after the first batch)."""
+    from promptkd_ray.config import distill_job_from_dict
     from promptkd_ray.distill import run_distillation
 
-    job = job_from_dict({
+    job = distill_job_from_dict({
         "name": f"throughput_{workers}w", "storage_path": str(storage),
         "teacher": {"spec": args.teacher}, "student": {"spec": args.student, "n_ctx": args.n_ctx, "depth": args.depth},
         "data": {"source": "split_json", "root": str(root), "dataset": "bench", "image_folder": "images",
@@ -109,9 +111,8 @@ def ours_images_per_s(root: Path, storage: Path, workers: int, args) -> tuple[fl
         "ray": {"progress_bars": False},
     })
     history = run_distillation(job).history
-    best = max(history[1:], key=lambda m: m["images_per_s"])
-    steady = best["images"] / max(best["epoch_seconds"] - best["startup_s"], 1e-9)
-    return best["images_per_s"], best["startup_s"], steady
+    best = max(history[1:], key=lambda m: m["images"] / m["epoch_seconds"])
+    return best["images"] / best["epoch_seconds"], best["startup_s"], best["images_per_s"]
 
 
 def main(argv=None) -> int:

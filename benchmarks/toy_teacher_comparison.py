@@ -7,9 +7,9 @@ Per seed S (the toy world's seed, also the Stage I and Stage II seed):
   2. Score both teachers on the test split, base / novel / HM (PROTOCOL.md): the zero-shot teacher with
      the single template "a photo of a {}." (the demo's zero-shot teacher and its Stage II class vectors),
      the PromptSRC teacher with its own image prompts and its Stage I class vectors.
-  3. Stage II exactly as `promptkd-ray demo` (its DEMO_JOB, epochs, workers, seed): once from the zero-shot
-     teacher (the demo's run), once from the PromptSRC teacher (teacher.artifact + teacher.class_vectors),
-     and score both distilled students with the demo's own scoring (`demo.score_encoders`).
+  3. Stage II exactly as `promptkd-ray demo` (its job file jobs/toy_b2n.yaml, epochs, workers, seed): once
+     from the zero-shot teacher (the demo's run), once from the PromptSRC teacher (teacher.artifact +
+     teacher.class_vectors), and score both distilled students as the demo does (`evaluate.score`).
   4. Print a table per seed and mean ± std (population std, as `evaluate.summarize`) over seeds; write
      report.md, results.csv (per seed) and summary.csv under --out, plus comparison.md/.csv.
 
@@ -44,7 +44,6 @@ scaled to the toy teacher (a 6-layer, width-128 image tower and a 3-layer, width
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import json
 import logging
@@ -63,10 +62,15 @@ ZS_STUDENT, SRC_STUDENT = "student distilled from zero-shot teacher", "student d
 STUDENT_ZS = "student zero-shot"
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    from promptkd_ray.commands import demo
+REPO = Path(__file__).resolve().parents[1]
+DEMO_JOB = REPO / "jobs" / "toy_b2n.yaml"
 
-    defaults = vars(_demo_defaults())
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from promptkd_ray.config import load_distill_job
+
+    demo = load_distill_job(DEMO_JOB, check_paths_exist=False)
+    defaults = {"epochs": demo.train.epochs, "workers": demo.train.num_workers}
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="toy world seeds (also run seeds)")
     p.add_argument("--profile", choices=["full", "quick"], default="full", help="toy world size")
@@ -84,28 +88,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="Stage I smallest train crop, a fraction of the image area (authors: 0.08; see above)")
     p.add_argument("--teacher-set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="further Stage I job overrides, passed to the command (e.g. train.lr=0.01)")
-    args = p.parse_args(argv)
-    args.demo_job = copy.deepcopy(demo.DEMO_JOB)
-    return args
-
-
-def _demo_defaults() -> argparse.Namespace:
-    """The demo command's defaults (epochs, workers, …), read from its own argument parser."""
-    from promptkd_ray.commands import demo
-
-    parser = argparse.ArgumentParser()
-    demo.add_arguments(parser)
-    return parser.parse_args([])
+    return p.parse_args(argv)
 
 
 # --- Stage I ---------------------------------------------------------------------------------------------
 
 def stage1_job(world, seed: int, storage: Path, args) -> dict:
-    """The Stage I job (teacher_job.TeacherJob as a dict) for the world's doodles domain."""
+    """The Stage I job (`kind: teacher`, as a dict) for the world's doodles domain."""
     domain = world.domain()
     split = Path(domain.split_file)
     epochs = args.teacher_epochs
     return {
+        "kind": "teacher",
         "name": f"promptsrc-teacher-seed{seed}",
         "storage_path": str(storage),
         "seed": seed,
@@ -126,7 +120,7 @@ def train_promptsrc_teacher(raw: dict, job_file: Path, overrides=()) -> tuple[Pa
     command's own test accuracy on the base classes)."""
     import yaml
 
-    from promptkd_ray.teacher_job import teacher_job_from_dict
+    from promptkd_ray.config import teacher_job_from_dict
 
     teacher_job_from_dict(raw, str(job_file), overrides)  # validate before starting a process
     job_file.parent.mkdir(parents=True, exist_ok=True)
@@ -149,26 +143,26 @@ def train_promptsrc_teacher(raw: dict, job_file: Path, overrides=()) -> tuple[Pa
 # --- Stage II (the demo's distillation) ------------------------------------------------------------------
 
 def distill(args, seed: int, storage: Path, name: str, teacher: dict):
-    """The demo's distillation job (DEMO_JOB + what `demo.run` sets) with `teacher` fields on top."""
-    from promptkd_ray.config import job_from_dict
+    """The demo's distillation job (jobs/toy_b2n.yaml + what `demo.run` sets) with `teacher` fields on top."""
+    from promptkd_ray.config import load_distill_job
     from promptkd_ray.distill import run_distillation
 
-    raw = copy.deepcopy(args.demo_job)
-    raw.update(name=name, storage_path=str(storage.resolve()), seed=seed)
-    raw["data"].update(root=args.cache_dir, toyworld_profile=args.profile, toyworld_seed=seed)
-    raw["train"].update(epochs=args.epochs, num_workers=args.workers)
-    raw["teacher"].update(teacher)
+    overrides = [f"name={name}", f"storage_path={storage.resolve()}", f"seed={seed}", f"data.root={args.cache_dir}",
+                 f"data.toyworld_profile={args.profile}", f"data.toyworld_seed={seed}",
+                 f"train.epochs={args.epochs}", f"train.num_workers={args.workers}",
+                 *(f"teacher.{key}={value}" for key, value in teacher.items())]
     storage.mkdir(parents=True, exist_ok=True)
-    (storage / f"{name}.job.json").write_text(json.dumps(raw, indent=2) + "\n")
-    return run_distillation(job_from_dict(raw, source=f"toy_teacher_comparison:{name}"))
+    (storage / f"{name}.overrides.json").write_text(json.dumps(overrides, indent=2) + "\n")
+    return run_distillation(load_distill_job(DEMO_JOB, overrides))
 
 
 # --- one seed -----------------------------------------------------------------------------------------------
 
 def run_seed(args, seed: int) -> tuple[list, dict]:
     """→ (Scores of the five models, extra facts: wall times, the Stage I command's own accuracy)."""
-    from promptkd_ray.commands.demo import load_domain_dataset, score_encoders
-    from promptkd_ray.inference import EncoderSpec
+    from promptkd_ray.core.artifacts import ModelRef
+    from promptkd_ray.core.classvectors import load_class_vectors
+    from promptkd_ray.evaluate import Entry, score
     from promptkd_ray.toyworld import build_world
 
     world = build_world(args.cache_dir or None, seed=seed, profile=args.profile)
@@ -187,14 +181,15 @@ def run_seed(args, seed: int) -> tuple[list, dict]:
     facts["stage2_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    dataset = load_domain_dataset(world)
-    scores = score_encoders(dataset, [
-        (ZS_TEACHER, EncoderSpec("zeroshot", world.teacher_spec), None),
-        (SRC_TEACHER, EncoderSpec("teacher", str(teacher)), teacher_cv),
-        (STUDENT_ZS, EncoderSpec("zeroshot", world.student_spec), None),
-        (ZS_STUDENT, EncoderSpec("student", from_zs.student_artifact), Path(from_zs.run_dir) / "class_vectors"),
-        (SRC_STUDENT, EncoderSpec("student", from_src.student_artifact), teacher_cv),
-    ], seed=seed)
+    src_cv = load_class_vectors(str(teacher_cv))
+    scores = score([
+        Entry(ZS_TEACHER, ModelRef("zeroshot", world.teacher_spec), None, seed),
+        Entry(SRC_TEACHER, ModelRef("teacher", str(teacher)), src_cv, seed),
+        Entry(STUDENT_ZS, ModelRef("zeroshot", world.student_spec), None, seed),
+        Entry(ZS_STUDENT, ModelRef("student", from_zs.student_artifact),
+              load_class_vectors(f"{from_zs.run_dir}/class_vectors"), seed),
+        Entry(SRC_STUDENT, ModelRef("student", from_src.student_artifact), src_cv, seed),
+    ], world.domain().splits(), "base2novel", batch_size=128)
     facts["eval_s"] = time.perf_counter() - start
     import ray
 
@@ -277,8 +272,8 @@ def main(argv=None) -> int:
     text = "\n".join([f"# {title}", "", settings, "", *[seed_table(s, per_seed[s]) for s in per_seed], summary,
                       f"Acceptance (every seed: teacher base and distilled HM improve): "
                       f"{'HOLDS' if holds else 'DOES NOT HOLD'}", "", mean_line, "", *timing, "",
-                      "Stage II job (the demo's DEMO_JOB):", "", "```json", json.dumps(args.demo_job, indent=2),
-                      "```", ""])
+                      f"Stage II job (the demo's, {DEMO_JOB.relative_to(REPO)}):", "", "```yaml",
+                      DEMO_JOB.read_text().strip(), "```", ""])
     (out / "comparison.md").write_text(text)
     with open(out / "comparison.csv", "w", newline="") as f:
         writer = csv.writer(f)

@@ -1,24 +1,28 @@
 """Stage II recipe: distil a large CLIP teacher into a small CLIP student's prompts, on Ray.
 
 Read top to bottom:
-    run_distillation(job)          driver: setup → datasets → TorchTrainer.fit() → student artifact
-    train_loop_per_worker(config)  each Ray Train worker: student, optimiser, resume, epochs, reports
-    train_one_epoch(...)           the worker's streaming shard → `step.distill_step`, batch by batch
+    prepare(job, run)              setup: images, teacher, student, class vectors, input size
+    run_distillation(job)          driver: setup → datasets → trainer.fit → student artifact + metrics
+    train_loop_per_worker(plan)    each Ray Train worker: student, optimiser, resume, epochs, reports
+    train_one_epoch(...)           the worker's streaming shard → `core.step.distill_step`, batch by batch
     heldout_metrics(...)           label-free student–teacher agreement and KL on the held-out slice
 
 Design decisions:
-- The teacher never runs in the training loop: the pipeline (`pipeline.py`) brings each batch's
-  views together with the teacher's normalised features of the same views; the trainer turns
-  them into teacher logits with the class vectors (`step.distill_step`).
-- DDP through Ray Train (`prepare_model`; gloo on CPU, NCCL on GPU). The global batch is split
-  evenly over the workers and every worker takes the same number of steps (streaming split with
-  equal shards, `drop_last`), so no collective ever waits for a worker that ran out of data.
+- The teacher never runs in the training loop: the pipeline (`orchestration/pipeline.py`) brings
+  each batch's views together with the teacher's normalised features of the same views; the
+  trainer turns them into teacher logits with the class vectors (`core/step.py`).
+- DDP through Ray Train (gloo on CPU, NCCL on GPU). The global batch is split evenly over the
+  workers and every worker takes the same number of steps (streaming split with equal shards,
+  `drop_last`), so no collective ever waits for a worker that ran out of data.
 - One report per epoch: metrics from every worker (losses and agreement all-reduced) and, from
   rank 0, a checkpoint with everything that trains plus the optimiser, scheduler and progress.
   A restart (worker failure, `FailureConfig`) or a re-run of the job with the same name and
   storage resumes after the last reported epoch, with the same history.
+- Class vectors come from `teacher.class_vectors`, or are computed here once with the teacher's
+  text tower and stored in the run folder; a resumed run reuses the stored ones, so its
+  checkpoint fingerprint (class-vector hash) still matches.
 - The defaults are the authors' optimisation (SGD 0.005, cosine per epoch, 1 warm-up epoch at
-  1e-5, batch 8): see `optim.py`. Evaluation on labels is not part of this recipe (evaluate.py).
+  1e-5, batch 8): see `core/schedule.py`. Evaluation on labels is not part of this recipe.
 """
 
 from __future__ import annotations
@@ -27,28 +31,35 @@ import csv
 import io
 import json
 import logging
-import os
-import re
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from .config import DistillJob, job_to_dict
-from .decode import BadImageError, to_model_input
-from .optim import build_optimizer, build_scheduler
-from .pipeline import autocast_dtype, image_dataset, start_ledger, train_feed
-from .runstore import (CHECKPOINT_PREFIX, RunStore, TensorBoardLog, check_fingerprint, load_train_state,
-                       read_progress, save_train_state)
-from .step import distill_step, teacher_logits
+from .config import DistillJob, to_dict
+from .core.artifacts import ModelRef, StudentInfo, read_teacher_info, save_student
+from .core.classvectors import ClassVectors, check_class_vectors, compute_class_vectors, load_class_vectors, \
+    save_class_vectors
+from .core.models import build_student
+from .core.models.loading import vision_setting
+from .core.schedule import build_optimizer, build_scheduler
+from .core.step import autocast_dtype, distill_step, teacher_logits, teacher_scale
+from .data.decode import to_model_input
+from .data.sources import ImageSource, open_world, resolve_source
+from .errors import ConfigError
+from .orchestration import cluster
+from .orchestration.checkpoints import TensorBoardLog, check_resumable, final_checkpoint, read_progress, report, \
+    restore, run_storage, TRAINABLE_FILE
+from .orchestration.pipeline import bad_images, distill_datasets, start_ledger
+from .orchestration.progress import Console, Reporter
+from .orchestration.trainer import all_reduce, dataset_shard, fit, prepare_model, surface_user_errors, this_worker
+from .storage import Storage
 
 log = logging.getLogger(__name__)
 
-FAULT_MARKER = "fault_injected"
+CLASS_VECTORS_NAME = "class_vectors"
 
 
 @dataclass(frozen=True)
@@ -59,109 +70,143 @@ class DistillResult:
     summary: dict  # what metrics.json holds
 
 
-# --- driver ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Setup:
+    """What the driver resolved from the job before any worker starts."""
+
+    source: ImageSource  # images to distil on + the held-out slice
+    teacher: ModelRef  # how teacher actors build the teacher
+    teacher_spec: str  # the teacher's MODEL[:PRETRAINED]
+    student_spec: str  # the student's MODEL[:PRETRAINED]
+    class_vectors: ClassVectors  # W [N, d_t]
+    image_size: int  # training resolution (teacher and student)
+
+    def fingerprint(self, job: DistillJob) -> dict:
+        """What a checkpoint must have been made with to be resumed by this job."""
+        s = job.student
+        return {"student": self.student_spec, "n_ctx": s.n_ctx, "depth": s.depth, "projector": s.projector,
+                "teacher": self.teacher_spec, "class_vectors_sha256": self.class_vectors.sha256}
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """Everything a Ray Train worker needs, and nothing else (sent to every worker)."""
+
+    job: DistillJob
+    student_spec: str  # the student's MODEL[:PRETRAINED]
+    class_vectors: torch.Tensor  # W [N, d_t]
+    teacher_logit_scale: float  # exp'd; KDPL uses the student's instead (`core.step.teacher_scale`)
+    fingerprint: dict  # see Setup.fingerprint
+    steps_per_epoch: int  # global steps per epoch
+    local_shuffle: Optional[int]  # Parquet sources: a local shuffle buffer (rows), else None
+    has_heldout: bool  # a "heldout" dataset goes to rank 0
+    ledger: object  # BadImageLedger actor: unreadable images counted exactly
+    board: object  # ProgressBoard actor of the driver's console
+
+
+# --- setup -------------------------------------------------------------------------------------------
+
+def prepare(job: DistillJob, run: Storage) -> Setup:
+    """Resolve the images, the models, the class vectors and the input size; every mismatch ends in
+    one sentence before any worker starts."""
+    world = open_world(job.data) if job.data.source == "toyworld" else None
+    student_spec = job.student.spec or (world.student_spec if world else "")
+    if job.teacher.artifact:
+        teacher, teacher_spec = ModelRef("teacher", job.teacher.artifact), read_teacher_info(job.teacher.artifact).spec
+    else:
+        teacher_spec = job.teacher.spec or (world.teacher_spec if world else "")
+        teacher = ModelRef("zeroshot", teacher_spec)
+    source = resolve_source(job.data, job.seed, world)
+    cv = _class_vectors(job, run, teacher, teacher_spec, source)
+    if cv.dim != vision_setting(teacher_spec, "embed_dim"):
+        raise ConfigError(f"The class vectors have dim {cv.dim}, but the teacher {teacher_spec} emits "
+                          f"features of dim {vision_setting(teacher_spec, 'embed_dim')}.")
+    size = job.data.image_size or vision_setting(student_spec, "image_size")
+    for role, spec in (("teacher", teacher_spec), ("student", student_spec)):
+        if vision_setting(spec, "image_size") != size:
+            raise ConfigError(f"The {role} {spec} takes {vision_setting(spec, 'image_size')}-px images, but the job "
+                              f"trains at {size} px (data.image_size); teacher and student must see the same view.")
+    return Setup(source, teacher, teacher_spec, student_spec, cv, size)
+
+
+def _class_vectors(job: DistillJob, run: Storage, teacher: ModelRef, teacher_spec: str,
+                   source: ImageSource) -> ClassVectors:
+    expected = source.classnames or None
+    if job.teacher.class_vectors:
+        cv = load_class_vectors(job.teacher.class_vectors)
+        check_class_vectors(cv, expected_classnames=expected, source=f"class vectors {job.teacher.class_vectors}")
+        return cv
+    if run.exists(CLASS_VECTORS_NAME + ".json"):
+        cv = load_class_vectors(run.path(CLASS_VECTORS_NAME))
+        check_class_vectors(cv, expected_classnames=expected, source=f"class vectors in {run.root}")
+        log.info("reusing the class vectors stored in %s", run.root)
+        return cv
+    if not source.classnames:
+        raise ConfigError(f"{source.name} has no class names to compute class vectors from; set "
+                          "teacher.class_vectors to a class-vectors artifact.")
+    log.info("computing class vectors for %d classes with %s (templates: %s)", len(source.classnames),
+             teacher_spec, job.teacher.templates)
+    cv = compute_class_vectors(teacher.build("cpu"), list(source.classnames), templates=job.teacher.templates,
+                               teacher_spec=teacher_spec)
+    save_class_vectors(cv, run.path(CLASS_VECTORS_NAME))
+    return cv
+
+
+# --- driver --------------------------------------------------------------------------------------------
 
 def run_distillation(job: DistillJob) -> DistillResult:
     """Run (or resume) the Stage II job; returns where its artifacts are."""
     import yaml
 
-    from .distill_setup import cluster_has_gpus, connect_ray, prepare, warn_missing_resources
-
-    store = RunStore(job.storage_path, job.name)
-    connect_ray(job)
-    warn_missing_resources(job)
-    prepared = prepare(job, store)
-    previous = store.latest_progress()
-    if previous is not None:
-        check_fingerprint(previous, fingerprint(job, prepared), store.uri())
-        log.info("run %s has a checkpoint after epoch %d: resuming", job.name, previous["epoch"])
-    store.write_text("job.yaml", yaml.safe_dump(job_to_dict(job), sort_keys=False))
-    gpus = cluster_has_gpus()
+    cluster.connect(job.ray, cluster.cpus_needed(job.train, job.teacher_pool))
+    cluster.warn_missing_resources({**job.teacher_pool.resources, **job.train.resources_per_worker})
+    run = run_storage(job)
+    setup = prepare(job, run)
+    check_resumable(run, setup.fingerprint(job))
+    run.write_text("job.yaml", yaml.safe_dump(to_dict(job), sort_keys=False))
     ledger = start_ledger()
-    datasets = {"train": train_feed(image_dataset(job, prepared.source, prepared.teacher, prepared.image_size,
-                                                  "train", ledger, gpus))}
-    if prepared.source.heldout_paths or prepared.source.heldout_fraction:
-        log.info("teacher features of the held-out slice …")
-        datasets["heldout"] = train_feed(image_dataset(job, prepared.source, prepared.teacher,
-                                                       prepared.image_size, "heldout", ledger, gpus)).materialize()
-    trainer = _build_trainer(job, prepared, datasets, ledger, store, gpus)
+    datasets = distill_datasets(job, setup.source, setup.teacher, setup.image_size, ledger, cluster.has_gpus())
     log.info("run %s: %d epochs on %d images, %d worker(s), storage %s", job.name, job.train.epochs,
-             prepared.source.num_train, job.train.num_workers, store.uri())
-    result = trainer.fit()
-    return _finish(job, prepared, store, result, ledger)
+             setup.source.num_train, job.train.num_workers, run.root)
+    with Console("distill", job.ray.progress_bars) as board:
+        plan = WorkerPlan(job=job, student_spec=setup.student_spec, class_vectors=setup.class_vectors.vectors,
+                          teacher_logit_scale=setup.class_vectors.logit_scale, fingerprint=setup.fingerprint(job),
+                          steps_per_epoch=setup.source.num_train // job.train.batch_size,
+                          local_shuffle=4 * job.train.batch_size if setup.source.is_parquet and job.data.shuffle
+                          else None, has_heldout="heldout" in datasets, ledger=ledger, board=board)
+        result = fit(train_loop_per_worker, plan, job, job.train, datasets)
+    return _finish(job, setup, run, result, ledger)
 
 
-def fingerprint(job: DistillJob, prepared) -> dict:
-    """What a checkpoint must have been made with to be resumed by this job."""
-    s = job.student
-    return {"student": prepared.student_spec, "n_ctx": s.n_ctx, "depth": s.depth, "projector": s.projector,
-            "teacher": prepared.teacher_spec, "class_vectors_sha256": prepared.class_vectors.sha256}
-
-
-def _build_trainer(job: DistillJob, prepared, datasets: dict, ledger, store: RunStore, gpus: bool):
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    t = job.train
-    use_gpu = gpus if t.use_gpu is None else t.use_gpu
-    loop_config = {
-        "job": job, "student_spec": prepared.student_spec, "class_vectors": prepared.class_vectors.vectors,
-        "teacher_logit_scale": prepared.class_vectors.logit_scale, "fingerprint": fingerprint(job, prepared),
-        "ledger": ledger, "steps_per_epoch": prepared.source.num_train // t.batch_size,
-        "local_shuffle": 4 * t.batch_size if prepared.source.is_parquet and job.data.shuffle else None,
-        "has_heldout": "heldout" in datasets,
-    }
-    return TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": t.cpus_per_worker, **t.resources_per_worker}),
-        run_config=RunConfig(name=job.name, storage_path=store.storage_path,
-                             failure_config=FailureConfig(max_failures=t.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoints_to_keep)),
-        datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),
-    )
-
-
-def _finish(job: DistillJob, prepared, store: RunStore, result, ledger) -> DistillResult:
+def _finish(job: DistillJob, setup: Setup, run: Storage, result, ledger) -> DistillResult:
     """The student artifact, metrics.csv and metrics.json from the last checkpoint."""
-    import ray
     from safetensors.torch import load_file
 
-    from .artifacts import StudentInfo, save_student
-    from .models import build_student
-
-    if result.checkpoint is None:
-        raise RuntimeError(f"Run {job.name} ended without a checkpoint in {store.uri()}.")
-    s, cv = job.student, prepared.class_vectors
-    with result.checkpoint.as_directory() as directory:
+    s, cv = job.student, setup.class_vectors
+    with final_checkpoint(result) as directory:
         progress = read_progress(directory)
-        student = build_student(prepared.student_spec, teacher_dim=cv.dim, n_ctx=s.n_ctx, depth=s.depth,
+        student = build_student(setup.student_spec, teacher_dim=cv.dim, n_ctx=s.n_ctx, depth=s.depth,
                                 projector=s.projector)
-        student.load_trainable_state_dict(load_file(str(Path(directory) / "student.safetensors")))
-    history = progress["history"]
-    bad = ray.get(ledger.items.remote())
+        student.load_trainable_state_dict(load_file(str(directory / TRAINABLE_FILE)))
+    history, bad = progress["history"], bad_images(ledger)
     summary = {
-        "name": job.name, "run_dir": store.uri(), "epochs": len(history), "resumes": progress["resumes"],
+        "name": job.name, "run_dir": run.root, "epochs": len(history), "resumes": progress["resumes"],
         "bad_images": history[-1]["bad_images"] if history else len(bad),
         "bad_image_examples": sorted(bad)[:20], "class_vectors_sha256": cv.sha256,
-        "student_artifact": store.uri("student.safetensors"), "final": history[-1] if history else {},
+        "student_artifact": run.path("student.safetensors"), "final": history[-1] if history else {},
         "history": history,
     }
-    info = StudentInfo(spec=prepared.student_spec, teacher_dim=cv.dim, n_ctx=s.n_ctx, depth=s.depth,
+    info = StudentInfo(spec=setup.student_spec, teacher_dim=cv.dim, n_ctx=s.n_ctx, depth=s.depth,
                        projector=s.projector, class_vectors_sha256=cv.sha256,
-                       extra={"job": job.name, "teacher": prepared.teacher_spec, "epochs": len(history),
-                              "image_size": prepared.image_size, "loss": job_to_dict(job)["loss"],
+                       extra={"job": job.name, "teacher": setup.teacher_spec, "epochs": len(history),
+                              "image_size": setup.image_size, "loss": to_dict(job)["loss"],
                               "final_metrics": summary["final"]})
-    with tempfile.TemporaryDirectory() as tmp:
-        save_student(student, info, Path(tmp) / "student")
-        Path(tmp, "metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
-        Path(tmp, "metrics.csv").write_text(_csv(history))
-        store.upload(tmp, "")
+    save_student(student, info, run.path("student"))
+    run.write_text("metrics.json", json.dumps(summary, indent=1) + "\n")
+    run.write_text("metrics.csv", _csv(history))
     log.info("run %s done: %d epochs, student artifact %s, %d unreadable image(s) skipped", job.name,
              len(history), summary["student_artifact"], summary["bad_images"])
-    return DistillResult(run_dir=store.uri(), student_artifact=summary["student_artifact"], history=history,
+    return DistillResult(run_dir=run.root, student_artifact=summary["student_artifact"], history=history,
                          summary=summary)
 
 
@@ -174,120 +219,83 @@ def _csv(history: list) -> str:
     return out.getvalue()
 
 
-# --- worker ----------------------------------------------------------------------------------------
+# --- worker --------------------------------------------------------------------------------------------
 
-def train_loop_per_worker(config: dict) -> None:
+def train_loop_per_worker(plan: WorkerPlan) -> None:
     """Ray Train worker: build, restore, then train and report epoch after epoch."""
-    import ray
-    import ray.train
-    import ray.train.torch
-
-    from .models import build_student
-
-    job: DistillJob = config["job"]
-    rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
-    device = ray.train.torch.get_device()
-    store = RunStore(job.storage_path, job.name)
-    class_vectors = config["class_vectors"].to(device)
+    job, worker = plan.job, this_worker()
+    class_vectors = plan.class_vectors.to(worker.device)
     torch.manual_seed(job.seed)
-    student = build_student(config["student_spec"], teacher_dim=class_vectors.shape[1], n_ctx=job.student.n_ctx,
-                            depth=job.student.depth, projector=job.student.projector).to(device)
-    lr = job.effective_lr
-    optimizer = build_optimizer(student.trainable_parameters(), job.train, lr)
-    scheduler = build_scheduler(optimizer, job.train, lr)
-    progress = _restore(student, optimizer, scheduler, config["fingerprint"], rank)
-    model = ray.train.torch.prepare_model(student)
-    shard = ray.train.get_dataset_shard("train")
-    heldout = ray.train.get_dataset_shard("heldout") if rank == 0 and config["has_heldout"] else None
-    tensorboard = TensorBoardLog(store) if rank == 0 else None
+    student = build_student(plan.student_spec, teacher_dim=class_vectors.shape[1], n_ctx=job.student.n_ctx,
+                            depth=job.student.depth, projector=job.student.projector).to(worker.device)
+    optimizer = build_optimizer(student.trainable_parameters(), job.train)
+    scheduler = build_scheduler(optimizer, job.train)
+    tensors, state, progress = restore(plan.fingerprint, worker.rank)
+    if tensors is not None:
+        student.load_trainable_state_dict(tensors)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    model = prepare_model(student)
+    shard = dataset_shard("train")
+    rank0 = worker.rank == 0
+    heldout = dataset_shard("heldout") if rank0 and plan.has_heldout else None
+    tensorboard = TensorBoardLog(run_storage(job)) if rank0 else None
+    reporter = Reporter(plan.board if rank0 else None, job.train.epochs, plan.steps_per_epoch)
     for epoch in range(progress["epoch"] + 1, job.train.epochs):
         lr_now = optimizer.param_groups[0]["lr"]
-        stats, progress["step"] = train_one_epoch(model, shard, class_vectors, optimizer, job, config, epoch,
-                                                  progress["step"], store)
+        stats, progress["step"] = train_one_epoch(model, shard, class_vectors, optimizer, plan, epoch,
+                                                  progress["step"], reporter)
         scheduler.step()
         metrics = {"epoch": epoch, "step": progress["step"], "lr": lr_now, **stats}
-        if rank == 0:
-            metrics["bad_images"] = ray.get(config["ledger"].count.remote())
+        if rank0:
+            metrics["bad_images"] = len(bad_images(plan.ledger))
             if heldout is not None:
-                metrics.update(heldout_metrics(student, heldout, class_vectors, _teacher_scale(job, student, config)))
+                scale = teacher_scale(job.loss, plan.teacher_logit_scale, student)
+                metrics.update(heldout_metrics(student, heldout, class_vectors, scale))
+            tensorboard.scalars(metrics, step=epoch, prefix="distill/")
+            reporter.epoch_end(epoch, metrics)
         progress.update(epoch=epoch, history=progress["history"] + [metrics])
-        _report(metrics, progress, student, optimizer, scheduler, rank, tensorboard)
+        report(metrics, progress, student.trainable_state_dict(),
+               {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, worker.rank)
     if tensorboard is not None:
         tensorboard.close()
 
 
-def _restore(student, optimizer, scheduler, fp: dict, rank: int) -> dict:
-    import ray.train
-
-    progress = {"epoch": -1, "step": 0, "history": [], "resumes": [], "fingerprint": fp}
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return progress
-    with checkpoint.as_directory() as directory:
-        progress = load_train_state(directory, student, optimizer, scheduler, fp)
-    progress["resumes"] = progress["resumes"] + [progress["epoch"] + 1]
-    if rank == 0:
-        log.info("resuming after epoch %d (step %d) from %s", progress["epoch"], progress["step"], checkpoint.path)
-    return progress
-
-
-def train_one_epoch(model, shard, class_vectors, optimizer, job: DistillJob, config: dict, epoch: int,
-                    step: int, store: RunStore) -> tuple[dict, int]:
+def train_one_epoch(model, shard, class_vectors, optimizer, plan: WorkerPlan, epoch: int, step: int,
+                    reporter: Reporter) -> tuple[dict, int]:
     """One pass over this worker's shard; → (metrics averaged over all workers, global step).
 
-    `images_per_s` counts all workers' images over the whole epoch; `startup_s`, the wait for the
-    first batch, is part of it (the pipeline starts its teacher actors again every epoch)."""
-    import ray.train
-
-    rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
-    device = class_vectors.device
-    precision = autocast_dtype(job.train.precision, device.type)
+    `images_per_s` counts all workers' images from the epoch's first batch on; `startup_s`, the wait
+    for that first batch, is reported apart (the pipeline starts its teacher actors again every epoch)."""
+    job, world = plan.job, this_worker().world
+    precision = autocast_dtype(job.train.precision, class_vectors.device.type)
     totals = torch.zeros(4, dtype=torch.float64)  # Σ loss·n, Σ kd·n, Σ agreement·n, n
     start, first_batch_at = time.perf_counter(), None
     batches = shard.iter_torch_batches(batch_size=job.train.batch_size // world, drop_last=True,
-                                       local_shuffle_buffer_size=config["local_shuffle"])
-    for batch in _bad_images_surface(batches):
+                                       local_shuffle_buffer_size=plan.local_shuffle)
+    for i, batch in enumerate(surface_user_errors(batches)):
         first_batch_at = first_batch_at or time.perf_counter()
-        _maybe_inject_fault(job, store, step + 1, rank)
-        images = to_model_input(batch["image"].to(device))
-        out = distill_step(model, images, batch["teacher_feature"].to(device), class_vectors, optimizer, job.loss,
-                           config["teacher_logit_scale"], autocast_dtype=precision)
+        images = to_model_input(batch["image"].to(class_vectors.device))
+        out = distill_step(model, images, batch["teacher_feature"].to(class_vectors.device), class_vectors,
+                           optimizer, job.loss, plan.teacher_logit_scale, autocast=precision)
         n = images.shape[0]
         totals += torch.tensor([out["loss"] * n, out.get("kd", out["loss"]) * n, out["agreement"] * n, n],
                                dtype=torch.float64)
         step += 1
-        if rank == 0 and step % job.train.log_every == 0:
-            log.info("epoch %d step %d (%d/epoch): loss %.4f, agreement %.1f%%, %.1f img/s per worker", epoch, step,
-                     config["steps_per_epoch"], out["loss"], out["agreement"], totals[3] / (time.perf_counter() - start))
+        rate = totals[3].item() * world / max(time.perf_counter() - first_batch_at, 1e-9)
+        reporter.step(epoch, i + 1, loss=out["loss"], agreement=out["agreement"], images_per_s=rate)
     end = time.perf_counter()
-    times = torch.tensor([end - start, (first_batch_at or end) - start], dtype=torch.float64)
-    if world > 1:
-        torch.distributed.all_reduce(totals)
-        torch.distributed.all_reduce(times, op=torch.distributed.ReduceOp.MAX)
+    times = all_reduce(torch.tensor([end - (first_batch_at or end), (first_batch_at or end) - start],
+                                    dtype=torch.float64), "max")
+    all_reduce(totals)
     n = max(float(totals[3]), 1.0)
     return {"loss": float(totals[0]) / n, "kd_loss": float(totals[1]) / n, "train_agreement": float(totals[2]) / n,
             "images": int(totals[3]), "images_per_s": float(totals[3]) / max(float(times[0]), 1e-9),
-            "startup_s": float(times[1]), "epoch_seconds": float(times[0])}, step
-
-
-def _bad_images_surface(batches):
-    """Re-raise a bad image met upstream (data.on_bad_image: fail) as its own one-sentence error,
-    not buried in Ray's wrapped task errors."""
-    try:
-        yield from batches
-    except Exception as exc:
-        found = re.search(r"BadImageError: (.* is not a readable image .*)", str(exc))
-        if found is None:
-            raise
-        raise BadImageError(found.group(1).strip()) from None
-
-
-def _teacher_scale(job: DistillJob, student, config: dict) -> float:
-    return float(student.logit_scale) if job.loss.teacher_scale == "student" else config["teacher_logit_scale"]
+            "startup_s": float(times[1]), "epoch_seconds": float(times[0] + times[1])}, step
 
 
 @torch.no_grad()
-def heldout_metrics(student, shard, class_vectors: torch.Tensor, teacher_scale: float) -> dict:
+def heldout_metrics(student, shard, class_vectors: torch.Tensor, scale: float) -> dict:
     """Label-free: % of held-out views where student and teacher agree on the top-1 class, and
     the mean KL(teacher ‖ student) at T = 1. Runs the unwrapped student (no DDP collectives)."""
     student.eval()
@@ -295,7 +303,7 @@ def heldout_metrics(student, shard, class_vectors: torch.Tensor, teacher_scale: 
     for batch in shard.iter_torch_batches(batch_size=64):
         images = to_model_input(batch["image"].to(class_vectors.device))
         s_logits = student(images, class_vectors).float()
-        t_logits = teacher_logits(batch["teacher_feature"].to(class_vectors.device), class_vectors, teacher_scale)
+        t_logits = teacher_logits(batch["teacher_feature"].to(class_vectors.device), class_vectors, scale)
         agree += float((s_logits.argmax(-1) == t_logits.argmax(-1)).sum())
         kl += float(F.kl_div(F.log_softmax(s_logits, -1), F.softmax(t_logits, -1), reduction="sum"))
         count += images.shape[0]
@@ -303,32 +311,3 @@ def heldout_metrics(student, shard, class_vectors: torch.Tensor, teacher_scale: 
     if not count:
         return {}
     return {"heldout_agreement": 100.0 * agree / count, "heldout_kl": kl / count, "heldout_images": int(count)}
-
-
-def _report(metrics: dict, progress: dict, student, optimizer, scheduler, rank: int, tensorboard) -> None:
-    """Every worker reports each epoch; rank 0 attaches the checkpoint and writes TensorBoard."""
-    import ray.train
-
-    if rank != 0:
-        ray.train.report(metrics, checkpoint=None)
-        return
-    epoch = metrics["epoch"]
-    log.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
-    tensorboard.scalars(metrics, step=epoch, prefix="distill/")
-    tensorboard.flush()
-    with tempfile.TemporaryDirectory() as tmp:
-        save_train_state(tmp, student, optimizer, scheduler, progress)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                         checkpoint_dir_name=f"{CHECKPOINT_PREFIX}{epoch:03d}")
-
-
-def _maybe_inject_fault(job: DistillJob, store: RunStore, step: int, rank: int) -> None:
-    """Tests: the chosen worker exits hard before global step `kill_at_step`, once per run folder."""
-    fault = job.fault_injection
-    if not fault.kill_at_step or step != fault.kill_at_step or rank != fault.rank or store.exists(FAULT_MARKER):
-        return
-    store.write_text(FAULT_MARKER, f"worker rank {rank} exited before step {step}\n")
-    log.warning("fault injection: worker rank %d exits before step %d", rank, step)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(1)

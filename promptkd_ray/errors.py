@@ -1,27 +1,52 @@
-"""Errors a user can cause end in one sentence; these are the exception types that carry one."""
+"""The one error type a user can cause: `PromptKDError`, whose message is one sentence.
 
-from __future__ import annotations
+Every error that a user can fix (a job file, a model spec, a dataset layout, an artifact, an image,
+a checkpoint of another run) inherits from `PromptKDError`; the CLI catches it once and prints
+`error: <sentence>` with exit status 2, never a traceback. The subclasses also inherit the built-in
+type they used to be (`ValueError`, `FileNotFoundError`), so library callers that catch those keep
+working. This module imports nothing: every layer may use it.
 
-
-def user_error_types() -> tuple[type, ...]:
-    from .classvectors import ClassVectorsError
-    from .models.loading import ModelSpecError
-
-    types: list[type] = [ClassVectorsError, ModelSpecError, FileNotFoundError]
-    try:
-        from .config import ConfigError
-
-        types.append(ConfigError)
-    except ImportError:
-        pass
-    try:
-        from .data.benchmarks import DatasetLayoutError
-
-        types.append(DatasetLayoutError)
-    except ImportError:
-        pass
-    return tuple(types)
+Errors raised inside Ray tasks and Train workers reach the driver wrapped (RayTaskError, Ray Train's
+WorkerGroupError); `orchestration.cluster.user_error_in` finds the PromptKDError inside them.
+"""
 
 
-def is_user_error(exc: BaseException) -> bool:
-    return isinstance(exc, user_error_types())
+class PromptKDError(Exception):
+    """An error the user can fix; its message is one sentence that says what was expected and
+    what was found."""
+
+
+class ConfigError(PromptKDError, ValueError):
+    """A job or search-space file that cannot be used as written (names the file and the key)."""
+
+
+class ArtifactError(PromptKDError, ValueError):
+    """A missing or inconsistent student / teacher artifact."""
+
+
+class ClassVectorsError(PromptKDError, ValueError):
+    """A class-vectors artifact that is missing, tampered with, or does not fit its use."""
+
+
+class ModelSpecError(PromptKDError, ValueError):
+    """A model spec that cannot be resolved (unknown name, missing file, weights that don't fit)."""
+
+
+class DatasetLayoutError(PromptKDError, ValueError):
+    """A dataset whose files are not laid out as expected."""
+
+
+class StorageError(PromptKDError, OSError):
+    """A path or URI that cannot be read or written (missing file, unknown scheme)."""
+
+
+class BadImageError(PromptKDError, ValueError):
+    """A file that is not a readable image, where the job or command asked to fail on one."""
+
+
+class CheckpointMismatchError(ConfigError):
+    """A run's checkpoint that was made by another job (other model, data or class vectors)."""
+
+
+class UsageError(PromptKDError, ValueError):
+    """A command line that cannot be run as given (missing or conflicting options)."""

@@ -1,4 +1,10 @@
-"""Evaluation protocols (PROTOCOL.md) on encoded test images, and their reports.
+"""Evaluation: score models on a dataset's test split under a protocol (PROTOCOL.md), and report.
+
+    score(entries, dataset, protocol)   encode the test images with each model (Ray Data batch
+                                        inference or in-process) → one Score per entry
+    write_report(scores, out, title)    report.md + results.csv + summary.csv + report.png
+
+Protocols:
 
 - base-to-novel: base = first ⌈N/2⌉ classes; base-class test images are scored against the base
   class vectors only, novel-class images against the novel ones; HM = 2bn/(b+n);
@@ -8,6 +14,9 @@
 Results of several seeds are reported as mean ± std. No checkpoint is ever selected on test data:
 each student given is evaluated as it is. Reports are Markdown + CSV + a PNG bar chart, with the
 published PromptKD numbers beside ours where they exist.
+
+An unreadable test image changes the test set, so it is an error (`BadImageError`, one sentence)
+unless the caller asks to skip such images; then their count is reported beside the score.
 """
 
 from __future__ import annotations
@@ -17,13 +26,15 @@ import logging
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
-from .classvectors import ClassVectors, check_class_vectors
-from .metrics import accuracy, base_novel_accuracy
+from .core.artifacts import ModelRef
+from .core.classvectors import ClassVectors, check_class_vectors, compute_class_vectors
+from .core.metrics import accuracy, base_novel_accuracy
 from .data.splits import num_base_classes
+from .errors import BadImageError, ClassVectorsError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +55,56 @@ class Score:
     model: str  # e.g. "student", "teacher", "student zero-shot"
     seed: int
     metrics: dict  # {"base", "novel", "hm"} or {"accuracy"}
+    unreadable: int = 0  # test images that could not be decoded and were left out (only when asked to skip)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One model to score: its name in the report, the model, and the class vectors it is scored
+    against (None: class vectors its own text tower computes for the dataset's classes)."""
+
+    name: str
+    model: ModelRef
+    class_vectors: Optional[ClassVectors] = None
+    seed: int = 0
+
+
+PROTOCOLS = ("base2novel", "cross", "dg")
+
+
+def score(entries: Sequence[Entry], dataset, protocol: str = "base2novel", templates: str = "single",
+          use_ray: bool = True, batch_size: int = 64, actors: int = 1, skip_unreadable: bool = False) -> list[Score]:
+    """Score each entry on `dataset`'s test split under `protocol` (base2novel, cross or dg)."""
+    from .orchestration.inference import encode_items
+
+    paths, labels = [it.path for it in dataset.test], [it.label for it in dataset.test]
+    scores = []
+    for entry in entries:
+        cv = entry.class_vectors
+        if cv is None:
+            cv = compute_class_vectors(entry.model.build(), list(dataset.classnames), templates=templates,
+                                       teacher_spec=entry.model.spec)
+        if protocol == "dg":
+            cv = restrict_by_name(cv, dataset.classnames)
+        encoded = encode_items(entry.model, paths, labels, use_ray=use_ray, batch_size=batch_size, num_actors=actors)
+        _check_readable(encoded.unreadable, len(paths), dataset.name, skip_unreadable)
+        metrics = (base_to_novel if protocol == "base2novel" else all_classes)(
+            encoded.features, encoded.labels, cv, dataset.classnames)
+        scores.append(Score(dataset.name, entry.name, entry.seed, metrics, len(encoded.unreadable)))
+        log.info("%s %s seed %d: %s", dataset.name, entry.name, entry.seed, {k: round(v, 2) for k, v in metrics.items()})
+    return scores
+
+
+def _check_readable(unreadable: dict, total: int, dataset: str, skip: bool) -> None:
+    if not unreadable:
+        return
+    path, reason = next(iter(sorted(unreadable.items())))
+    if not skip:
+        raise BadImageError(f"{len(unreadable)} of {total} test images of {dataset} are unreadable (first: {path}: "
+                            f"{reason}); fix them, or pass --skip-unreadable to score without them and report "
+                            "their count beside the score.")
+    log.warning("%d of %d test images of %s are unreadable and left out (first: %s)", len(unreadable), total,
+                dataset, path)
 
 
 def base_to_novel(features: torch.Tensor, labels: torch.Tensor, class_vectors: ClassVectors,
@@ -63,8 +124,6 @@ def restrict_by_name(class_vectors: ClassVectors, classnames: Sequence[str]) -> 
     index = {name: i for i, name in enumerate(class_vectors.classnames)}
     missing = [n for n in classnames if n not in index]
     if missing:
-        from .classvectors import ClassVectorsError
-
         raise ClassVectorsError(
             f"class vectors lack {len(missing)} of the dataset's classes (first: {missing[0]!r})."
         )
@@ -78,7 +137,8 @@ def summarize(scores: Sequence[Score]) -> list[dict]:
         groups.setdefault((s.dataset, s.model), []).append(s)
     rows = []
     for (dataset, model), group in groups.items():
-        row = {"dataset": dataset, "model": model, "seeds": len(group)}
+        row = {"dataset": dataset, "model": model, "seeds": len(group),
+               "unreadable": max(g.unreadable for g in group)}
         for key in group[0].metrics:
             values = [g.metrics[key] for g in group]
             row[key] = statistics.fmean(values)
@@ -93,31 +153,37 @@ def write_report(scores: Sequence[Score], out_dir: "str | Path", title: str, pub
     out.mkdir(parents=True, exist_ok=True)
     rows = summarize(scores)
     keys = list(scores[0].metrics) if scores else []
+    skipped = any(s.unreadable for s in scores)  # only then: the count of left-out test images per row
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["dataset", "model", "seed", *keys])
+        writer.writerow(["dataset", "model", "seed", *keys] + ["unreadable"] * skipped)
         for s in scores:
-            writer.writerow([s.dataset, s.model, s.seed, *[f"{s.metrics[k]:.2f}" for k in keys]])
+            writer.writerow([s.dataset, s.model, s.seed, *[f"{s.metrics[k]:.2f}" for k in keys]]
+                            + [s.unreadable] * skipped)
     with open(out / "summary.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["dataset", "model", "seeds", *[c for k in keys for c in (k, f"{k}_std")]])
+        writer.writerow(["dataset", "model", "seeds", *[c for k in keys for c in (k, f"{k}_std")]]
+                        + ["unreadable"] * skipped)
         for r in rows:
             writer.writerow([r["dataset"], r["model"], r["seeds"], *[f"{r[c]:.2f}" for k in keys
-                                                                     for c in (k, f"{k}_std")]])
-    (out / "report.md").write_text(_markdown(rows, keys, title, published))
+                                                                     for c in (k, f"{k}_std")]]
+                            + [r["unreadable"]] * skipped)
+    (out / "report.md").write_text(_markdown(rows, keys, title, published, skipped))
     _bar_chart(rows, keys, out / "report.png", title)
     log.info("report written to %s", out / "report.md")
     return {"markdown": out / "report.md", "csv": out / "results.csv", "summary": out / "summary.csv",
             "plot": out / "report.png"}
 
 
-def _markdown(rows: list[dict], keys: list[str], title: str, published: dict | None) -> str:
+def _markdown(rows: list[dict], keys: list[str], title: str, published: dict | None, skipped: bool) -> str:
     lines = [f"# {title}", "", "Mean ± std over seeds; no checkpoint was selected on test data.", ""]
-    header = ["dataset", "model", "seeds", *keys]
+    if skipped:
+        lines += ["Unreadable test images were left out (--skip-unreadable); their count is in the last column.", ""]
+    header = ["dataset", "model", "seeds", *keys] + ["unreadable test images"] * skipped
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [r["dataset"], r["model"], str(r["seeds"])]
-        cells += [f"{r[k]:.2f} ± {r[k + '_std']:.2f}" for k in keys]
+        cells += [f"{r[k]:.2f} ± {r[k + '_std']:.2f}" for k in keys] + [str(r["unreadable"])] * skipped
         lines.append("| " + " | ".join(cells) + " |")
     shown = [r["dataset"] for r in rows if published and r["dataset"] in published]
     if shown and keys == ["base", "novel", "hm"]:

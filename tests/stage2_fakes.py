@@ -59,9 +59,10 @@ def make_split_json(root: Path, classnames=("red", "green", "blue", "yellow"), p
     return root, bad
 
 
-def tiny_job(root: Path, storage: Path, name: str, **sections) -> dict:
+def tiny_job(root: Path, storage: "Path | str", name: str, **sections) -> dict:
     """A job dict on `make_split_json` data with the tiny test models; `sections` update it."""
     job = {
+        "kind": "distill",
         "name": name,
         "storage_path": str(storage),
         "teacher": {"spec": "tiny-vit-teacher"},

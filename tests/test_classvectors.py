@@ -1,13 +1,14 @@
 """Class vectors: computed by a teacher, saved, loaded with verification."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from promptkd_ray.classvectors import (ClassVectorsError, artifact_paths, compute_class_vectors,
+from promptkd_ray.core.classvectors import (ClassVectorsError, artifact_paths, compute_class_vectors,
                                        load_class_vectors, save_class_vectors)
-from promptkd_ray.models import build_teacher
+from promptkd_ray.core.models import build_teacher
 
 NAMES = ["red circle", "blue_square", "green triangle", "yellow star", "grey ring"]
 
@@ -39,7 +40,7 @@ def test_round_trip_is_exact(class_vectors, tmp_path):
     assert loaded.logit_scale == class_vectors.logit_scale
     assert loaded.templates == class_vectors.templates
     assert loaded.sha256 == class_vectors.sha256
-    assert json.loads(artifact_paths(path)[1].read_text())["teacher"] == "tiny-vit-teacher"
+    assert json.loads(Path(artifact_paths(path)[1]).read_text())["teacher"] == "tiny-vit-teacher"
 
 
 def test_tampered_tensor_file_is_refused(class_vectors, tmp_path):
@@ -55,7 +56,7 @@ def test_tampered_tensor_file_is_refused(class_vectors, tmp_path):
 
 def test_tampered_class_names_are_refused(class_vectors, tmp_path):
     path = save_class_vectors(class_vectors, tmp_path / "cv")
-    sidecar = artifact_paths(path)[1]
+    sidecar = Path(artifact_paths(path)[1])
     data = json.loads(sidecar.read_text())
     data["classnames"][0], data["classnames"][1] = data["classnames"][1], data["classnames"][0]
     sidecar.write_text(json.dumps(data))

@@ -48,7 +48,7 @@ def test_every_node_installs_the_synced_package(cluster):
 
 
 def test_cluster_job_asks_only_for_resources_the_cluster_offers(cluster):
-    job = load_job(REPO / "jobs" / "imagenet_full.yaml", check_paths=False)
+    job = load_job(REPO / "jobs" / "imagenet_full.yaml", check_paths_exist=False)
     offered = {name: t["resources"] for name, t in cluster["available_node_types"].items()}
     for wanted in (job.teacher_pool.resources, job.train.resources_per_worker):
         assert wanted and any(all(r.get(k, 0) >= v for k, v in wanted.items()) for r in offered.values())

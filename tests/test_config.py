@@ -1,4 +1,4 @@
-"""Stage II jobs: strict YAML loading, overrides, validation, shipped jobs, the lr schedule."""
+"""Stage II jobs: strict YAML loading, overrides, validation, job kinds, shipped jobs, the lr schedule."""
 
 import logging
 from pathlib import Path
@@ -7,12 +7,12 @@ import pytest
 import yaml
 
 from promptkd_ray.cli import main
-from promptkd_ray.config import ConfigError, DistillJob, job_from_dict, job_to_dict, load_job
-from promptkd_ray.optim import lr_at_epoch
-from promptkd_ray.step import LOSS_PRESETS
+from promptkd_ray.config import ConfigError, DistillJob, distill_job_from_dict, to_dict, load_job
+from promptkd_ray.core.schedule import lr_at_epoch
+from promptkd_ray.core.losses import LOSS_PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
-STAGE2_JOBS = sorted(p for p in (REPO / "jobs").glob("*.yaml") if "student" in (yaml.safe_load(p.read_text()) or {}))
+STAGE2_JOBS = sorted(p for p in (REPO / "jobs").glob("*.yaml") if yaml.safe_load(p.read_text()).get("kind") == "distill")
 
 
 def write_job(tmp_path, content: dict, name: str = "job.yaml") -> Path:
@@ -24,7 +24,7 @@ def write_job(tmp_path, content: dict, name: str = "job.yaml") -> Path:
 def minimal(tmp_path, **extra) -> dict:
     data_root = tmp_path / "data"
     data_root.mkdir(exist_ok=True)
-    job = {"name": "t", "teacher": {"spec": "tiny-vit-teacher"}, "student": {"spec": "tiny-vit-student"},
+    job = {"kind": "distill", "name": "t", "teacher": {"spec": "tiny-vit-teacher"}, "student": {"spec": "tiny-vit-student"},
            "data": {"source": "imagefolder", "root": str(data_root)}}
     job.update(extra)
     return job
@@ -63,7 +63,7 @@ def test_bad_value_is_one_sentence_naming_file_and_key(tmp_path, section, key, v
 
 
 def test_unknown_top_level_section_is_named(tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown key trainer \(known keys here: name, storage_path"):
+    with pytest.raises(ConfigError, match=r"unknown key trainer \(known keys here: kind, name, storage_path"):
         load_job(write_job(tmp_path, minimal(tmp_path, trainer={"epochs": 1})))
 
 
@@ -109,7 +109,7 @@ def test_loss_preset_then_fields_override_it(tmp_path):
     ({"name": ""}, "name must be set"),
     ({"data": {"crop_scale_min": 0.0}}, "data.crop_scale_min must be in (0, 1], got 0.0"),
     ({"data": {"source": "benchmark"}}, "data.dataset must be set when data.source is benchmark"),
-    ({"fault_injection": {"kill_at_step": 3, "rank": 1}}, "fault_injection needs"),
+    ({"train": {"checkpoints_to_keep": 0}}, "train.checkpoints_to_keep must be ≥ 1, got 0"),
 ])
 def test_cross_field_rules(tmp_path, changes, words):
     content = minimal(tmp_path)
@@ -130,12 +130,12 @@ def test_linear_lr_scaling_reproduces_the_authors_large_batch_lr(tmp_path):
 
 def test_job_round_trips_through_a_dict(tmp_path):
     job = load_job(write_job(tmp_path, minimal(tmp_path, loss={"preset": "comkd"}, train={"epochs": 4})))
-    assert job_from_dict(job_to_dict(job)) == job
+    assert distill_job_from_dict(to_dict(job)) == job
 
 
 def test_authors_schedule_warmup_then_cosine_per_epoch(tmp_path):
     train = load_job(write_job(tmp_path, minimal(tmp_path))).train
-    lrs = [lr_at_epoch(e, 0.005, train) for e in range(train.epochs)]
+    lrs = [lr_at_epoch(e, train) for e in range(train.epochs)]
     assert lrs[0] == 1e-5 and lrs[1] == pytest.approx(0.005)
     assert lrs[2] == pytest.approx(0.5 * 0.005 * (1 + __import__("math").cos(__import__("math").pi / 20)))
     assert all(a > b for a, b in zip(lrs[1:], lrs[2:])) and lrs[-1] > 0
@@ -143,7 +143,7 @@ def test_authors_schedule_warmup_then_cosine_per_epoch(tmp_path):
 
 @pytest.mark.parametrize("path", STAGE2_JOBS, ids=lambda p: p.name)
 def test_every_shipped_job_loads_and_says_how_to_run_it(path):
-    job = load_job(path, check_paths=False)
+    job = load_job(path, check_paths_exist=False)
     lines = path.read_text().splitlines()
     header = "\n".join(lines[:next(i for i, line in enumerate(lines) if not line.startswith("#"))])
     assert f"promptkd-ray distill --config jobs/{path.name}" in header

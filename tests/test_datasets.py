@@ -20,7 +20,8 @@ from promptkd_ray.data.benchmarks import (
     load_split_json_dataset,
 )
 from promptkd_ray.data.fewshot import sample_k_shot
-from promptkd_ray.data.folders import list_images, load_image_folder, load_parquet_images
+from promptkd_ray.data.folders import list_images, load_image_folder
+from promptkd_ray.data.parquet import load_parquet_images
 from promptkd_ray.data.layout import Item
 from fakes import (  # tests/fakes.py (tests/ is on sys.path under pytest)
     FAKE_DATASETS,

@@ -5,10 +5,13 @@ the same demo must fail the bound the first test asserts.
 """
 
 import re
+from pathlib import Path
 
 import pytest
 
 from promptkd_ray.cli import main
+
+DEMO_JOB = Path(__file__).resolve().parents[1] / "jobs" / "toy_b2n.yaml"
 
 # With the KD loss replaced by zero the distilled student stays at chance (its projector is random),
 # ≈ 5 HM on this world; these bounds need the teacher to be clearly better than the student and the
@@ -18,7 +21,7 @@ MIN_DISTILL_GAIN = 5.0
 
 
 def run_demo(out, capsys, *overrides) -> tuple[float, float, float]:
-    rc = main(["demo", "--profile", "quick", "--epochs", "2", "--out", str(out), *overrides])
+    rc = main(["demo", "--config", str(DEMO_JOB), "--profile", "quick", "--epochs", "2", "--out", str(out), *overrides])
     lines = capsys.readouterr().out.strip().splitlines()
     assert rc == 0
     m = re.fullmatch(r"RESULT teacher_hm=(\d+\.\d\d) student_zero_shot_hm=(\d+\.\d\d) "

@@ -356,8 +356,8 @@ def student_base_clip_state_dict(student_sd):
 
 
 def test_import_teacher_writes_artifacts_that_reproduce_the_official_teacher(tmp_path, base_files, images):
-    from promptkd_ray.artifacts import load_teacher
-    from promptkd_ray.classvectors import load_class_vectors
+    from promptkd_ray.core.artifacts import load_teacher
+    from promptkd_ray.core.classvectors import load_class_vectors
     from promptkd_ray.cli import main
 
     base, scripted, _ = base_files
@@ -377,7 +377,7 @@ def test_import_teacher_writes_artifacts_that_reproduce_the_official_teacher(tmp
 
 
 def test_import_student_writes_an_artifact_that_reproduces_the_official_student(tmp_path, images):
-    from promptkd_ray.artifacts import load_student
+    from promptkd_ray.core.artifacts import load_student
     from promptkd_ray.cli import main
 
     sd = student_state_dict()

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from promptkd_ray import losses
-from promptkd_ray.step import LOSS_PRESETS, LossConfig, compute_loss
+from promptkd_ray.core import losses
+from promptkd_ray.core.losses import LOSS_PRESETS, LossConfig, compute_loss
 
 S = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
 T = torch.tensor([[2.0, 0.0, 1.0], [1.0, 1.0, 1.0]])

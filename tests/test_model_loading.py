@@ -8,7 +8,7 @@ import open_clip
 import pytest
 import torch
 
-from promptkd_ray.models import ModelSpec, ModelSpecError, build_student, load_clip
+from promptkd_ray.core.models import ModelSpec, ModelSpecError, build_student, load_clip
 
 WIDTH, LAYERS, PATCH, IMAGE, EMBED, CONTEXT, VOCAB = 64, 2, 16, 32, 32, 8, 49408
 ARCH = "tiny-openai-format-quickgelu"
@@ -172,7 +172,7 @@ def test_loading_a_weights_file_does_not_warn_of_random_init(tmp_path, caplog):
 
 
 def test_open_clip_info_chatter_shows_only_at_debug(caplog):
-    from promptkd_ray.models import get_tokenizer
+    from promptkd_ray.core.models import get_tokenizer
 
     def open_clip_records(level):
         caplog.clear()

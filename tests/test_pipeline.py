@@ -4,32 +4,47 @@ import numpy as np
 import pytest
 import torch
 
-from promptkd_ray.config import job_from_dict
-from promptkd_ray.data.transforms import apply_view, load_rgb
-from promptkd_ray.decode import BadImageError, decode_views, render_view, row_view, to_model_input
-from promptkd_ray.pipeline import (BadImageLedger, TeacherPredictor, TeacherSource, autocast_dtype,
-                                   decode_and_augment, image_dataset, teacher_pool_options)
-from promptkd_ray.sources import resolve_source, split_heldout
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+
+from promptkd_ray.config import distill_job_from_dict
+from promptkd_ray.core.artifacts import ModelRef
+from promptkd_ray.core.step import autocast_dtype
+from promptkd_ray.data.decode import decode_views, read_image, render_view, row_view, to_model_input
+from promptkd_ray.data.sources import resolve_source, split_heldout
+from promptkd_ray.data.transforms import CLIP_MEAN, CLIP_STD
+from promptkd_ray.errors import BadImageError
+from promptkd_ray.orchestration.pipeline import BadImageLedger, decode_and_augment, image_dataset
+from promptkd_ray.orchestration.teacher_pool import TeacherPredictor, pool_options
 from stage2_fakes import bad_bytes, make_split_json, png_bytes, tiny_job
 
 
+def authors_view(image, view, size):
+    """The authors' train transform with the view's parameters, written with torchvision alone:
+    RandomResizedCrop's resized_crop (bicubic) + horizontal flip + ToTensor + Normalize."""
+    crop = TF.resized_crop(image, view.top, view.left, view.height, view.width, [size, size],
+                           interpolation=InterpolationMode.BICUBIC)
+    if view.flip:
+        crop = TF.hflip(crop)
+    return TF.normalize(TF.to_tensor(crop), CLIP_MEAN, CLIP_STD)
+
 
 @pytest.fixture(scope="module")
-def teacher_source(tmp_path_factory) -> TeacherSource:
+def teacher_source(tmp_path_factory) -> ModelRef:
     """A tiny teacher with fixed weights in a file, so that every process builds the same one."""
     from safetensors.torch import save_file
 
-    from promptkd_ray.models import load_clip
+    from promptkd_ray.core.models import load_clip
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("weights") / "tiny_teacher.safetensors"
     save_file({k: v.contiguous() for k, v in load_clip("tiny-vit-teacher").state_dict().items()}, str(path))
-    return TeacherSource("zeroshot", f"tiny-vit-teacher:{path}")
+    return ModelRef("zeroshot", f"tiny-vit-teacher:{path}")
 
 
 def test_rendered_view_replays_the_authors_transform_exactly():
     rng = np.random.default_rng(0)
-    image = load_rgb(png_bytes(rng, 50, 37))
+    image = read_image(png_bytes(rng, 50, 37))
     batch = {"id": np.asarray(["a"], dtype=object), "bytes": np.asarray([png_bytes(np.random.default_rng(0), 50, 37)],
                                                                        dtype=object)}
     rows, bad = decode_views(batch, size=32, mode="train", seed=3)
@@ -37,7 +52,7 @@ def test_rendered_view_replays_the_authors_transform_exactly():
     view = row_view({k: v[0] for k, v in rows.items()})
     assert 0 <= view.left and view.left + view.width <= 50 and 0 <= view.top and view.top + view.height <= 37
     ours = to_model_input(torch.from_numpy(rows["image"]))[0]
-    assert torch.equal(ours, apply_view(image, view, 32))
+    assert torch.equal(ours, authors_view(image, view, 32))
     assert torch.equal(to_model_input(torch.from_numpy(render_view(image, view, 32))[None])[0], ours)
 
 
@@ -99,7 +114,7 @@ def test_teacher_predictor_emits_the_normalised_fp16_feature_of_each_rows_view(t
     teacher = teacher_source.build()
     for i, blob in enumerate(blobs):
         view = row_view({k: v[i] for k, v in rows.items()})
-        expected = teacher.encode_image(apply_view(load_rgb(blob), view, 32)[None])[0]
+        expected = teacher.encode_image(authors_view(read_image(blob), view, 32)[None])[0]
         got = torch.from_numpy(out["teacher_feature"][i].astype(np.float32))
         assert torch.allclose(got, expected, atol=2e-3)
         assert got.norm().item() == pytest.approx(1.0, abs=2e-3)
@@ -108,13 +123,13 @@ def test_teacher_predictor_emits_the_normalised_fp16_feature_of_each_rows_view(t
 def test_precision_and_pool_placement_options():
     assert autocast_dtype("auto", "cpu") is None and autocast_dtype("auto", "cuda") == torch.bfloat16
     assert autocast_dtype("fp16", "cuda") == torch.float16
-    job = job_from_dict({"name": "x", "teacher": {"spec": "a"}, "student": {"spec": "b"},
+    job = distill_job_from_dict({"name": "x", "teacher": {"spec": "a"}, "student": {"spec": "b"},
                          "data": {"source": "parquet", "parquet": "s3://b/p"},
-                         "teacher_pool": {"size": 2, "max_size": 6, "resources": {"teacher": 1}}}, check_paths=False)
-    with_gpus = teacher_pool_options(job.teacher_pool, cluster_has_gpus=True)
+                         "teacher_pool": {"size": 2, "max_size": 6, "resources": {"teacher": 1}}}, check_paths_exist=False)
+    with_gpus = pool_options(job.teacher_pool, cluster_has_gpus=True)
     assert with_gpus["num_gpus"] == 1.0 and with_gpus["resources"] == {"teacher": 1.0}
     assert (with_gpus["compute"].min_size, with_gpus["compute"].max_size) == (2, 6)
-    assert teacher_pool_options(job.teacher_pool, cluster_has_gpus=False)["num_gpus"] == 0.0
+    assert pool_options(job.teacher_pool, cluster_has_gpus=False)["num_gpus"] == 0.0
 
 
 def test_heldout_slice_is_seeded_disjoint_and_bounded():
@@ -126,7 +141,7 @@ def test_heldout_slice_is_seeded_disjoint_and_bounded():
 
 def test_heldout_from_another_split_keeps_the_whole_training_split(tmp_path):
     root, _ = make_split_json(tmp_path, per_class=5)
-    job = job_from_dict(tiny_job(root, tmp_path / "runs", "s", data={"heldout_split": "test", "heldout_images": 4}))
+    job = distill_job_from_dict(tiny_job(root, tmp_path / "runs", "s", data={"heldout_split": "test", "heldout_images": 4}))
     source = resolve_source(job.data, job.seed)
     assert len(source.train_paths) == 20 and len(source.heldout_paths) == 4
     assert all("/test_" in p for p in source.heldout_paths) and source.classnames == ("red", "green", "blue", "yellow")
@@ -134,10 +149,10 @@ def test_heldout_from_another_split_keeps_the_whole_training_split(tmp_path):
 
 @pytest.mark.slow
 def test_pipeline_streams_teacher_features_and_counts_bad_images_exactly(tmp_path, ray_cluster, teacher_source):
-    from promptkd_ray.pipeline import start_ledger, train_feed
+    from promptkd_ray.orchestration.pipeline import start_ledger, train_feed
 
     root, bad = make_split_json(tmp_path, per_class=10, bad_per_kind=1)  # 40 good + 3 bad in train
-    job = job_from_dict(tiny_job(root, tmp_path / "runs", "p", data={"heldout_images": 0}))
+    job = distill_job_from_dict(tiny_job(root, tmp_path / "runs", "p", data={"heldout_images": 0}))
     source = resolve_source(job.data, job.seed)
     ledger = start_ledger()
     rows = image_dataset(job, source, teacher_source, 32, "train", ledger, cluster_has_gpus=False).take_all()
@@ -146,7 +161,7 @@ def test_pipeline_streams_teacher_features_and_counts_bad_images_exactly(tmp_pat
     teacher = teacher_source.build()
     for row in rows[:4]:  # each row's feature is the teacher's feature of that row's own view
         view = row_view(row)
-        expected = teacher.encode_image(apply_view(load_rgb(row["id"]), view, 32)[None])[0]
+        expected = teacher.encode_image(authors_view(read_image(row["id"]), view, 32)[None])[0]
         assert torch.allclose(torch.from_numpy(row["teacher_feature"].astype(np.float32)), expected, atol=2e-3)
     assert set(train_feed(ray_cluster.data.from_items(rows[:2])).take(1)[0]) == {"image", "teacher_feature"}
 
@@ -154,7 +169,7 @@ def test_pipeline_streams_teacher_features_and_counts_bad_images_exactly(tmp_pat
 @pytest.mark.slow
 def test_pipeline_fails_on_a_bad_image_when_asked(tmp_path, ray_cluster, teacher_source):
     root, _ = make_split_json(tmp_path, per_class=3, bad_per_kind=1)
-    job = job_from_dict(tiny_job(root, tmp_path / "runs", "f", data={"heldout_images": 0, "on_bad_image": "fail"}))
+    job = distill_job_from_dict(tiny_job(root, tmp_path / "runs", "f", data={"heldout_images": 0, "on_bad_image": "fail"}))
     source = resolve_source(job.data, job.seed)
     with pytest.raises(Exception, match="is not a readable image"):
         image_dataset(job, source, teacher_source, 32, "train", None, False).take_all()
@@ -167,14 +182,14 @@ def test_parquet_source_holds_out_rows_by_hash_and_skips_bad_bytes(tmp_path, ray
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from promptkd_ray.pipeline import start_ledger
-    from promptkd_ray.sources import is_heldout_bytes
+    from promptkd_ray.orchestration.pipeline import start_ledger
+    from promptkd_ray.data.sources import is_heldout_bytes
 
     rng = np.random.default_rng(5)
     good = [png_bytes(rng) for _ in range(60)]
     blobs = good + [bad_bytes("truncated", rng), bad_bytes("not_image", rng)]
     pq.write_table(pa.table({"image": pa.array(blobs, pa.binary())}), tmp_path / "images.parquet")
-    job = job_from_dict({"name": "pq", "teacher": {"spec": "tiny-vit-teacher"}, "student": {"spec": "tiny-vit-student"},
+    job = distill_job_from_dict({"name": "pq", "teacher": {"spec": "tiny-vit-teacher"}, "student": {"spec": "tiny-vit-student"},
                          "data": {"source": "parquet", "parquet": str(tmp_path / "images.parquet"),
                                   "heldout_images": 10, "decode_batch_size": 16}})
     source = resolve_source(job.data, job.seed)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from promptkd_ray.models import PromptedVisionTransformer, build_student, build_teacher, load_clip
-from promptkd_ray.models.student import ConvMLPProjector
+from promptkd_ray.core.models import PromptedVisionTransformer, build_student, build_teacher, load_clip
+from promptkd_ray.core.models.student import ConvMLPProjector
 
 from reference_clip import reference_image_features, reference_text_features
 
@@ -53,7 +53,8 @@ def test_prompt_depth_beyond_tower_is_refused(student_clip):
 
 
 def test_only_prompts_and_projector_train_and_backbone_stays_bit_identical():
-    from promptkd_ray.step import LossConfig, distill_step
+    from promptkd_ray.core.losses import LossConfig
+    from promptkd_ray.core.step import distill_step
 
     torch.manual_seed(1)
     student = build_student("tiny-vit-student", teacher_dim=48, n_ctx=4, depth=3)

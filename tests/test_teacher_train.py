@@ -3,15 +3,16 @@ artifacts, and (slow) the Ray Train job."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from promptkd_ray.promptsrc import (GaussianPromptAggregator, SCLWeights, frozen_text_targets, gpa_weights,
-                                    lr_at_epoch, promptsrc_forward, promptsrc_loss, promptsrc_step, scl_kl)
-from promptkd_ray.templates import IMAGENET_TEMPLATES
+from promptkd_ray.core.promptsrc import (GaussianPromptAggregator, SCLWeights, frozen_text_targets, gpa_weights,
+                                    promptsrc_forward, promptsrc_loss, promptsrc_step, scl_kl)
+from promptkd_ray.core.templates import IMAGENET_TEMPLATES
 
 NAMES = ["red star", "blue circle", "green square"]
 
@@ -96,16 +97,21 @@ def test_gaussian_prompt_aggregator_sums_weighted_epochs_and_round_trips():
 
 
 def test_lr_schedule_is_constant_warmup_then_dassl_cosine():
-    assert lr_at_epoch(0, 0.005, 20) == 1e-5
-    assert lr_at_epoch(1, 0.005, 20) == pytest.approx(0.005)
-    assert lr_at_epoch(11, 0.005, 20) == pytest.approx(0.0025)
-    assert lr_at_epoch(19, 0.005, 20) == pytest.approx(0.0025 * (1 + math.cos(math.pi * 18 / 20)))
-    assert lr_at_epoch(0, 0.1, 4, warmup_epochs=0) == pytest.approx(0.1)
+    from promptkd_ray.config.teacher import TeacherTrainConfig
+    from promptkd_ray.core.schedule import lr_at_epoch
+
+    authors = TeacherTrainConfig()  # Stage I uses Stage II's optimiser and schedule (core/schedule.py)
+    assert (authors.epochs, authors.lr, authors.optimizer) == (20, 0.005, "sgd")
+    assert lr_at_epoch(0, authors) == 1e-5
+    assert lr_at_epoch(1, authors) == pytest.approx(0.005)
+    assert lr_at_epoch(11, authors) == pytest.approx(0.0025)
+    assert lr_at_epoch(19, authors) == pytest.approx(0.0025 * (1 + math.cos(math.pi * 18 / 20)))
+    assert lr_at_epoch(0, TeacherTrainConfig(epochs=4, lr=0.1, warmup_epochs=0)) == pytest.approx(0.1)
 
 
 @pytest.fixture(scope="module")
 def tiny_teacher():
-    from promptkd_ray.models import Teacher, get_tokenizer, load_clip
+    from promptkd_ray.core.models import Teacher, get_tokenizer, load_clip
 
     torch.manual_seed(0)
     clip = load_clip("tiny-vit-teacher")
@@ -136,8 +142,8 @@ def test_frozen_image_features_are_the_unprompted_tower(tiny_teacher):
 
 
 def test_a_few_steps_raise_base_accuracy_on_tiny_data():
-    from promptkd_ray.models import build_teacher
-    from promptkd_ray.templates import resolve_templates
+    from promptkd_ray.core.models import build_teacher
+    from promptkd_ray.core.templates import resolve_templates
 
     torch.manual_seed(0)
     teacher = build_teacher("tiny-vit-teacher", vision_depth=3, text_depth=2, n_ctx=4)
@@ -168,8 +174,8 @@ def fake_job(tmp_path_factory):
     """A tiny Stage I job on a fake OxfordPets (4 classes → 2 base) with a saved tiny base CLIP."""
     from fakes import make_fake_dataset
 
-    from promptkd_ray.models import load_clip
-    from promptkd_ray.teacher_job import teacher_job_from_dict
+    from promptkd_ray.core.models import load_clip
+    from promptkd_ray.config import teacher_job_from_dict
 
     root = tmp_path_factory.mktemp("stage1")
     make_fake_dataset("OxfordPets", root / "data", classes=4, per_class=4)
@@ -184,62 +190,68 @@ def fake_job(tmp_path_factory):
 
 
 def test_open_data_takes_k_shots_of_the_base_classes(fake_job):
-    from promptkd_ray.teacher_train import open_data
+    from promptkd_ray.teacher import open_data
 
-    dataset, items, train_classnames = open_data(fake_job)
-    assert dataset.num_classes == 4 and train_classnames == list(dataset.classnames[:2])
-    assert sorted(i.label for i in items) == [0, 0, 0, 1, 1, 1]
+    data = open_data(fake_job)
+    assert len(data.classnames) == 4 and data.train_classnames == data.classnames[:2]
+    assert sorted(i.label for i in data.items) == [0, 0, 0, 1, 1, 1]
+    assert data.test_items and all(i.label < 2 for i in data.test_items)
 
 
 def test_train_prompts_aggregates_epochs_with_gpa_and_resumes_exactly(fake_job, tmp_path):
-    from promptkd_ray.teacher_train import build_job_teacher, open_data, save_train_state, train_prompts
+    from promptkd_ray.orchestration.checkpoints import load_checkpoint, new_progress, save_checkpoint
+    from promptkd_ray.teacher import build_job_teacher, open_data, train_prompts
 
-    _, items, names = open_data(fake_job)
+    data = open_data(fake_job)
     seen, saved = [], tmp_path / "after_epoch_2"
     saved.mkdir()
 
-    def record(metrics, teacher, optimizer, gpa):
-        seen.append({k: v.clone() for k, v in teacher.prompt_state_dict().items()})
-        if metrics["epoch"] == 2:
-            save_train_state(saved, teacher, optimizer, gpa, 2)
+    def record(epoch, metrics, tensors, state):
+        seen.append({k: v.clone() for k, v in tensors.items()})
+        if epoch == 1:  # the second of three epochs
+            save_checkpoint(saved, tensors, state, dict(new_progress({"job": "x"}), epoch=epoch))
 
     teacher = build_job_teacher(fake_job)
     initial = {k: v.clone() for k, v in teacher.prompt_state_dict().items()}
-    final = train_prompts(teacher, items, names, fake_job, on_epoch_end=record)
+    final = train_prompts(teacher, data.items, data.train_classnames, fake_job, on_epoch_end=record)
     w = gpa_weights(3, 2.0, 1.0)
+    assert len(seen) == 3
     for key, value in final.items():
         assert torch.allclose(value, sum(wi * s[key] for wi, s in zip(w, seen)), atol=1e-7)
         assert not torch.equal(value, initial[key])
-    resumed = train_prompts(build_job_teacher(fake_job), items, names, fake_job, resume={"dir": str(saved)})
+    resumed = train_prompts(build_job_teacher(fake_job), data.items, data.train_classnames, fake_job,
+                            resume=load_checkpoint(saved, {"job": "x"}))
     for key, value in final.items():
         assert torch.equal(resumed[key], value), key
 
 
 def test_outputs_round_trip_through_the_teacher_artifact(fake_job, tmp_path):
-    from promptkd_ray.artifacts import load_teacher
-    from promptkd_ray.classvectors import load_class_vectors
-    from promptkd_ray.teacher_train import build_job_teacher, open_data, write_teacher_outputs
+    from promptkd_ray.core.artifacts import load_teacher
+    from promptkd_ray.core.classvectors import load_class_vectors
+    from promptkd_ray.storage import Storage
+    from promptkd_ray.teacher import build_job_teacher, open_data, write_teacher_outputs
 
-    dataset, _, _ = open_data(fake_job)
+    data = open_data(fake_job)
     teacher = build_job_teacher(fake_job)
     with torch.no_grad():
         for p in teacher.prompt_parameters():
             p.add_(0.1)
-    cv = write_teacher_outputs(teacher, fake_job, dataset.classnames, tmp_path, {"x": 1})
-    loaded, info = load_teacher(tmp_path / "teacher")
-    stored = load_class_vectors(tmp_path / "class_vectors", expected_classnames=dataset.classnames)
+    metrics = write_teacher_outputs(teacher, fake_job, data, Storage(tmp_path))
+    loaded, info = load_teacher(str(tmp_path / "teacher"))
+    stored = load_class_vectors(str(tmp_path / "class_vectors"), expected_classnames=data.classnames)
     assert (info.vision_depth, info.text_depth, info.extra["recipe"]) == (2, 2, "promptsrc")
-    assert stored.templates == ("prompted",) and torch.equal(stored.vectors, cv.vectors)
+    assert info.extra["metrics"] == metrics and 0.0 <= metrics["test_accuracy_train_classes"] <= 100.0
+    assert stored.templates == ("prompted",)
     with torch.no_grad():
-        again = F.normalize(loaded.text_encoder.encode_prompted(list(dataset.classnames)), dim=-1)
-    assert (again - cv.vectors).abs().max().item() < 1e-6
+        again = F.normalize(loaded.text_encoder.encode_prompted(list(data.classnames)), dim=-1)
+    assert (again - stored.vectors).abs().max().item() < 1e-6
 
 
 def test_zeroshot_job_writes_template_class_vectors_without_training(fake_job):
     import dataclasses
 
-    from promptkd_ray.classvectors import load_class_vectors
-    from promptkd_ray.teacher_train import run_teacher_job
+    from promptkd_ray.core.classvectors import load_class_vectors
+    from promptkd_ray.teacher import run_teacher_job
 
     job = dataclasses.replace(fake_job, name="zeroshot",
                               teacher=dataclasses.replace(fake_job.teacher, mode="zeroshot"))
@@ -249,12 +261,34 @@ def test_zeroshot_job_writes_template_class_vectors_without_training(fake_job):
     assert 0.0 <= result.metrics["test_accuracy_train_classes"] <= 100.0
 
 
+def test_stage1_refuses_to_resume_a_run_made_by_another_job(fake_job, tmp_path):
+    """A checkpoint of another dataset sample (here: another seed) or other base weights is refused
+    with one sentence before anything trains; the old checkpoint is left as it was."""
+    import dataclasses
+
+    from promptkd_ray.errors import CheckpointMismatchError
+    from promptkd_ray.orchestration.checkpoints import CHECKPOINT_PREFIX, PROGRESS_FILE, new_progress, \
+        run_storage
+    from promptkd_ray.teacher import open_data, run_teacher_job
+
+    job = dataclasses.replace(fake_job, storage_path=str(tmp_path), name="refused")
+    checkpoint = run_storage(job).child(f"{CHECKPOINT_PREFIX}000")
+    checkpoint.write_text(PROGRESS_FILE, json.dumps(dict(new_progress(open_data(job).fingerprint(job)), epoch=0)))
+    before = checkpoint.read_text(PROGRESS_FILE)
+    with pytest.raises(CheckpointMismatchError, match=r"was made with items_sha256='[0-9a-f]+', but the job now has"):
+        run_teacher_job(dataclasses.replace(job, seed=3))
+    other_weights = dataclasses.replace(job.teacher, spec="tiny-vit-teacher")
+    with pytest.raises(CheckpointMismatchError, match=r"was made with teacher='tiny-vit-teacher:.*tiny-base.pt', "
+                                                       r"but the job now has 'tiny-vit-teacher'"):
+        run_teacher_job(dataclasses.replace(job, teacher=other_weights))
+    assert checkpoint.read_text(PROGRESS_FILE) == before and not run_storage(job).exists("job.yaml")
+
+
 def test_job_file_errors_name_the_key(tmp_path):
-    from promptkd_ray.config import ConfigError
-    from promptkd_ray.teacher_job import load_teacher_job
+    from promptkd_ray.config import ConfigError, load_teacher_job
 
     path = tmp_path / "job.yaml"
-    path.write_text("name: t\nteacher: {spec: tiny-vit-teacher, mode: promptsrc}\n"
+    path.write_text("kind: teacher\nname: t\nteacher: {spec: tiny-vit-teacher, mode: promptsrc}\n"
                     "data: {source: benchmark, root: /x, dataset: DTD, shots: 16}\ntrain: {epoch: 3}\n")
     with pytest.raises(ConfigError, match=r"unknown key train\.epoch"):
         load_teacher_job(path)
@@ -270,8 +304,9 @@ def test_crop_scale_min_bounds_the_stage1_train_crops(tmp_path):
     import numpy as np
     from PIL import Image
 
+    from promptkd_ray.data.decode import load_view
     from promptkd_ray.data.layout import Item
-    from promptkd_ray.teacher_train import iter_batches, load_view
+    from promptkd_ray.teacher import iter_batches
 
     ramp = np.add.outer(np.arange(24), 3 * np.arange(24)).astype(np.uint8)
     path = str(tmp_path / "ramp.png")
@@ -292,9 +327,9 @@ def test_crop_scale_min_bounds_the_stage1_train_crops(tmp_path):
 def test_ray_train_job_writes_artifacts_and_a_rerun_resumes(fake_job, ray_cluster):
     import dataclasses
 
-    from promptkd_ray.artifacts import load_teacher
-    from promptkd_ray.classvectors import load_class_vectors
-    from promptkd_ray.teacher_train import run_teacher_job
+    from promptkd_ray.core.artifacts import load_teacher
+    from promptkd_ray.core.classvectors import load_class_vectors
+    from promptkd_ray.teacher import run_teacher_job
 
     job = dataclasses.replace(fake_job, name="ray-stage1", train=dataclasses.replace(fake_job.train, epochs=2, num_workers=2))
     result = run_teacher_job(job)
@@ -313,7 +348,7 @@ def test_stage1_and_interop_modules_import_without_ray():
     import subprocess
     import sys
 
-    code = ("import sys\nimport promptkd_ray.promptsrc, promptkd_ray.teacher_train, promptkd_ray.teacher_job\n"
+    code = ("import sys\nimport promptkd_ray.core.promptsrc, promptkd_ray.teacher, promptkd_ray.config\n"
             "import promptkd_ray.interop, promptkd_ray.interop.export\nprint('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
     assert out == "False"
@@ -324,12 +359,12 @@ def test_every_shipped_stage1_job_loads_and_says_how_to_run_it():
 
     import yaml
 
-    from promptkd_ray.teacher_job import load_teacher_job
+    from promptkd_ray.config import load_teacher_job
 
     jobs = sorted(p for p in (Path(__file__).parents[1] / "jobs").glob("*.yaml")
-                  if "student" not in (yaml.safe_load(p.read_text()) or {}))
+                  if yaml.safe_load(p.read_text()).get("kind") == "teacher")
     assert {"teacher_b2n.yaml", "teacher_zeroshot.yaml"} <= {p.name for p in jobs}
     for path in jobs:
-        job = load_teacher_job(path)
+        job = load_teacher_job(path, check_paths_exist=False)
         header = path.read_text().split("\nname:")[0]
         assert f"promptkd-ray teacher --config jobs/{path.name}" in header and job.name

@@ -78,7 +78,7 @@ def test_unknown_names_are_errors_that_list_the_known_ones():
 # --- captions and corpus ----------------------------------------------------------------------
 
 def test_every_caption_names_its_concept_and_fits_the_context():
-    from promptkd_ray.models import get_tokenizer
+    from promptkd_ray.core.models import get_tokenizer
 
     tokenizer = get_tokenizer("toy-student")
     longest_colour = max(COLOURS, key=len)
@@ -124,7 +124,7 @@ def test_multi_positive_infonce_is_clip_loss_without_duplicates_and_rewards_alig
 
 
 def test_pretrain_writes_a_deterministic_checkpoint_that_load_clip_reads(tmp_path):
-    from promptkd_ray.models import load_clip
+    from promptkd_ray.core.models import load_clip
     from safetensors.torch import load_file
 
     spec = PretrainSpec("toy-student", CorpusSpec(), steps=2, batch_size=8, pool_size=16, warmup_steps=1, seed=3)
@@ -214,7 +214,7 @@ def tiny_profile(monkeypatch):
 
 
 def test_build_world_makes_loadable_models_and_domains_then_hits_the_cache(tmp_path, tiny_profile):
-    from promptkd_ray.models import load_clip
+    from promptkd_ray.core.models import load_clip
 
     built = build_world(tmp_path, seed=5, profile=tiny_profile, progress=False)
     assert built.path == world_path(tmp_path, tiny_profile, 5)
@@ -268,8 +268,8 @@ def quick_world():
 
 
 def _zero_shot_hm(spec: str, domain) -> float:
-    from promptkd_ray.metrics import base_novel_accuracy
-    from promptkd_ray.models import build_teacher
+    from promptkd_ray.core.metrics import base_novel_accuracy
+    from promptkd_ray.core.models import build_teacher
 
     content = json.loads(domain.split_file.read_text())["test"]
     images = np.stack([np.asarray(Image.open(domain.image_dir / rel).convert("RGB")) for rel, _, _ in content])

@@ -32,14 +32,13 @@ from pathlib import Path
 from typing import Callable
 
 from promptkd_ray.data import imagenet_family as inet
+from promptkd_ray.storage import Storage, join
 from promptkd_ray.data.layout import (
     CHECK_FILES_MODES,
     DatasetLayoutError,
     DatasetSplits,
     Item,
-    Storage,
     check_item_files,
-    join,
     preview,
     read_json,
     require_dir,

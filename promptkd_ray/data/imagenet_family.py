@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import logging
 
+from promptkd_ray.storage import Storage, join
 from promptkd_ray.data.layout import (
     DatasetLayoutError,
     DatasetSplits,
-    Storage,
     class_folder_items,
-    join,
     preview,
     require_dir,
     require_file,
@@ -183,22 +182,24 @@ def imagenet_subset_classes(
     return _folder_classes(storage, folder, image_folder, classnames_file, dataset, False)[1]
 
 
+def _read_folder_classes(
+    storage: Storage, folder: str, image_folder: str, classnames_file: str, dataset: str,
+    all_classes: bool,
+) -> DatasetSplits:
+    wnids, classnames = _folder_classes(storage, folder, image_folder, classnames_file, dataset, all_classes)
+    test = class_folder_items(storage, join(folder, image_folder), wnids, dataset)
+    return DatasetSplits(dataset, classnames, train=(), test=test)
+
+
 def read_imagenet_sketch(
     storage: Storage, folder: str, image_folder: str, classnames_file: str, dataset: str
 ) -> DatasetSplits:
-    wnids, classnames = _folder_classes(
-        storage, folder, image_folder, classnames_file, dataset, True
-    )
-    test = class_folder_items(storage, join(folder, image_folder), wnids, dataset)
-    return DatasetSplits(dataset, classnames, train=(), test=test)
+    """ImageNet-Sketch: all classes of classnames.txt, each with its wnid folder."""
+    return _read_folder_classes(storage, folder, image_folder, classnames_file, dataset, True)
 
 
 def read_imagenet_subset(
     storage: Storage, folder: str, image_folder: str, classnames_file: str, dataset: str
 ) -> DatasetSplits:
     """ImageNet-A / -R: the classes whose wnid folder is present, in sorted wnid order."""
-    wnids, classnames = _folder_classes(
-        storage, folder, image_folder, classnames_file, dataset, False
-    )
-    test = class_folder_items(storage, join(folder, image_folder), wnids, dataset)
-    return DatasetSplits(dataset, classnames, train=(), test=test)
+    return _read_folder_classes(storage, folder, image_folder, classnames_file, dataset, False)

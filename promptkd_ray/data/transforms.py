@@ -1,25 +1,19 @@
-"""Image transforms with explicit, replayable views.
+"""Replayable views: the parameters of the authors' train augmentation, drawn apart from its pixels.
 
 The train augmentation is the authors' RandomResizedCrop(size, scale=(0.08, 1.0), bicubic) +
 RandomHorizontalFlip + CLIP normalisation, split into two halves so that a view can be stored and
-replayed exactly (consistent teaching: teacher and student see the same view; in cached mode the
-trainer replays the view stored with the teacher's feature):
+replayed exactly (consistent teaching: teacher and student see the same view):
 - `sample_view(width, height, rng)` draws the view parameters (crop box, flip) — torchvision's
   RandomResizedCrop algorithm, driven by a numpy Generator so that a seed fixes it;
-- `apply_view(image, view, size)` renders that view to a normalised tensor.
-The test transform is Resize(size, bicubic) → CenterCrop(size) → normalise.
+- `decode.render_view(image, view, size)` renders that view (the one decoder renders every view).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
-import torch
-from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as TF
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -36,9 +30,6 @@ class View:
     height: int
     width: int
     flip: bool
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def sample_view(width: int, height: int, rng: np.random.Generator, scale=CROP_SCALE, ratio=CROP_RATIO,
@@ -73,33 +64,3 @@ def sample_view(width: int, height: int, rng: np.random.Generator, scale=CROP_SC
 def full_view(width: int, height: int) -> View:
     """The whole image, unflipped (used for the label-free held-out slice)."""
     return View(0, 0, height, width, False)
-
-
-def normalize(tensor: torch.Tensor) -> torch.Tensor:
-    return TF.normalize(tensor, CLIP_MEAN, CLIP_STD)
-
-
-def apply_view(image: Image.Image, view: View, size: int) -> torch.Tensor:
-    """Render `view` of an RGB PIL image → normalised float tensor [3, size, size]."""
-    crop = TF.resized_crop(image, view.top, view.left, view.height, view.width, [size, size],
-                           interpolation=InterpolationMode.BICUBIC)
-    if view.flip:
-        crop = TF.hflip(crop)
-    return normalize(TF.to_tensor(crop))
-
-
-def test_transform(image: Image.Image, size: int) -> torch.Tensor:
-    """Resize(size, bicubic) → CenterCrop(size) → normalise: [3, size, size]."""
-    image = TF.resize(image, size, interpolation=InterpolationMode.BICUBIC)
-    image = TF.center_crop(image, [size, size])
-    return normalize(TF.to_tensor(image))
-
-
-def load_rgb(data: "bytes | str") -> Image.Image:
-    """Decode image bytes (or open a path) to RGB; raises on anything that is not a readable image."""
-    import io
-
-    source = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
-    with Image.open(source) as img:
-        img.load()
-        return img.convert("RGB")

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from ..models.loading import ModelSpecError
+from ..errors import ModelSpecError
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Design decisions:
 - Our artifacts store only what trains and rebuild the frozen backbone from a model spec
-  `MODEL:BASE_CLIP_FILE` (`promptkd_ray.artifacts`). The official checkpoints do hold the whole
+  `MODEL:BASE_CLIP_FILE` (`promptkd_ray.core.artifacts`). The official checkpoints do hold the whole
   frozen towers, but those are exactly the base OpenAI CLIP the authors started from (their
   `./clip/ViT-B-16.pt`, `ViT-L-14.pt`). So an import takes that base file, checks that the
   checkpoint's towers equal it (fp16 rounding allowed) — a user cannot silently pair prompts with
@@ -22,9 +22,9 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..artifacts import StudentInfo, TeacherInfo, load_student, load_teacher, save_student, save_teacher
-from ..classvectors import ClassVectors, save_class_vectors
-from ..models.loading import ModelSpec, register_model_configs
+from ..core.artifacts import StudentInfo, TeacherInfo, load_student, load_teacher, save_student, save_teacher
+from ..core.classvectors import ClassVectors, save_class_vectors
+from ..core.models.loading import ModelSpec, register_model_configs
 from .checkpoint import OfficialCheckpointError, vision_arch
 from .student import load_official_student
 from .teacher import AUTHORS_CTX_INIT, load_official_teacher, model_config, read_base_clip, text_arch
@@ -149,7 +149,7 @@ def import_teacher(checkpoint, clip_weights: str, classnames: Sequence[str], out
 
 
 def _verify_teacher(teacher_path: Path, official, vectors: torch.Tensor) -> None:
-    from ..classvectors import compute_class_vectors
+    from ..core.classvectors import compute_class_vectors
 
     loaded, _ = load_teacher(teacher_path)
     size = loaded.image_encoder.visual.image_size[0]

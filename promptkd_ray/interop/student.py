@@ -19,7 +19,7 @@ import os
 import torch
 from torch import nn
 
-from ..models.student import Student
+from ..core.models.student import Student
 from .checkpoint import (OfficialCheckpointError, VisionArch, load_strict, need, read_official_checkpoint,
                          require_kind, split_prompts, vision_arch)
 

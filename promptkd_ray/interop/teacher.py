@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.teacher import Teacher
+from ..core.models.teacher import Teacher
 from .checkpoint import (OfficialCheckpointError, VisionArch, block_indices, first_line, heads_for, load_strict,
                          need, prompt_depth, read_official_checkpoint, require_kind, split_prompts,
                          torch_load_restricted, vision_arch)

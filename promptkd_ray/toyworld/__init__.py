@@ -3,7 +3,7 @@
 Nothing can be downloaded here, yet the method must be shown working. The toy world provides:
 - a renderer of coloured shapes in several styles (`render`, `styles`), with captions (`concepts`);
 - "web" corpora and CPU contrastive pretraining of a teacher and a student CLIP (`corpus`,
-  `pretrain`), saved as safetensors that `promptkd_ray.models.load_clip` reads;
+  `pretrain`), saved as safetensors that `promptkd_ray.core.models.load_clip` reads;
 - named domains written in the real benchmarks' on-disk layout (`domains`);
 - `build_world`, which builds all of it once per (profile, seed) and caches it (`world`).
 

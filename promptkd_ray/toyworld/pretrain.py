@@ -3,7 +3,7 @@
 Design decisions:
 - The models are plain open_clip `CLIP`s created from the package's JSON configs
   (`toy-teacher`, `toy-student`), with open_clip's own BPE tokenizer and a 16-token context, so
-  the checkpoints load through `promptkd_ray.models.load_clip("toy-teacher:/path.safetensors")`
+  the checkpoints load through `promptkd_ray.core.models.load_clip("toy-teacher:/path.safetensors")`
   exactly like real weights.
 - Loss: a symmetric InfoNCE whose targets spread over every item of the batch with the same
   concept (multi-positive, as in UniCL / SupCon): with ~100 concepts and batches of 64–128,
@@ -121,7 +121,7 @@ def pretrain_clip(spec: PretrainSpec, out_path: "str | os.PathLike", progress: b
     import open_clip
     from tqdm.auto import tqdm
 
-    from ..models.loading import quiet_open_clip, register_model_configs
+    from ..core.models.loading import quiet_open_clip, register_model_configs
 
     register_model_configs()
     torch.manual_seed(spec.seed)

@@ -108,10 +108,17 @@ class ToyDomain:
     def num_classes(self) -> int:
         return len(self.classnames)
 
+    def splits(self):
+        """The domain as the readers see it: a `DatasetSplits` (train / val / test, CoOp split JSON)."""
+        from ..data.benchmarks import load_split_json_dataset
+
+        return load_split_json_dataset(self.root, self.dataset_folder, self.image_folder, self.split_file.name,
+                                       name=self.name)
+
 
 @dataclass(frozen=True)
 class ToyWorld:
-    """A built world: model specs loadable by `promptkd_ray.models.load_clip`, and domains."""
+    """A built world: model specs loadable by `promptkd_ray.core.models.load_clip`, and domains."""
 
     path: Path  # the world's folder
     profile: str
@@ -140,7 +147,7 @@ def default_cache_dir() -> Path:
 
 def world_recipe(profile: str, seed: int, domains: Optional[dict] = None) -> dict:
     """Everything that determines a world's content (hashed into its folder name)."""
-    from ..models.loading import CONFIG_DIR
+    from ..core.models.loading import CONFIG_DIR
 
     if profile not in PROFILES:
         raise ValueError(f"Unknown toy world profile {profile!r}; known: {sorted(PROFILES)}.")

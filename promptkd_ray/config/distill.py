@@ -1,0 +1,98 @@
+"""Stage II jobs (`kind: distill`): the teacher, the student, the unlabeled images, the teacher
+pool, training and the loss. A job YAML maps one to one onto `DistillJob`; every field's comment
+says what it means, and `jobs/*.yaml` show them in use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict
+
+from ..core.losses import LOSS_PRESETS, LossConfig
+from .loader import choice, path_field, section, spec_field
+from .sections import (IMAGE_SOURCES, ImagesConfig, JobBase, OptimConfig, Problems, RayConfig, WorkersConfig,
+                       images_checks, job_checks, optim_checks, workers_checks)
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    spec: str = spec_field()  # zero-shot teacher CLIP as MODEL[:PRETRAINED]; ignored when `artifact` is set
+    artifact: str = path_field(artifact=True)  # Stage I teacher artifact (NAME.safetensors + NAME.json); "" = `spec`
+    class_vectors: str = path_field(artifact=True)  # class-vectors artifact; "" = compute them from the teacher here
+    templates: str = "single"  # templates for computed class vectors: "single", "imagenet60" or one '{}' template
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    spec: str = spec_field()  # student CLIP as MODEL[:PRETRAINED] (its backbone stays frozen)
+    n_ctx: int = 4  # visual prompt tokens per layer
+    depth: int = 9  # prompted layers (authors: 9 base-to-novel, 3 cross-dataset)
+    projector: str = choice("mlp2", "linear", "identity")  # student→teacher dim projector (authors: mlp2)
+
+
+@dataclass(frozen=True)
+class DataConfig(ImagesConfig):
+    source: str = choice(*IMAGE_SOURCES)  # how to find the images (see `data.sources`)
+    split: str = choice("train", "val", "test")  # split whose images are distilled on (labels are never read)
+    parquet: str = path_field()  # parquet only: Parquet file, folder or URI with encoded images
+    image_column: str = "image"  # parquet only: column of encoded image bytes
+    heldout_images: int = 256  # images in the label-free held-out slice for agreement / KL (0 = none)
+    heldout_split: str = choice("", "train", "val", "test")  # split of the held-out slice; "" = held out of `split`
+    limit: int = 0  # distil on at most this many images, picked with `seed` (0 = all)
+    shuffle: bool = True  # reshuffle the image order every epoch (a shuffle of paths, not of pixels)
+    on_bad_image: str = choice("skip", "fail")  # unreadable file: skip and count it, or fail the run
+    decode_batch_size: int = 32  # images per decode + augment task batch
+    decode_memory_mb: int = 640  # memory reserved per decode task: its worker (Ray Data measured ~450 MiB) + a batch
+
+
+@dataclass(frozen=True)
+class TeacherPoolConfig:
+    size: int = 1  # teacher actors (the minimum when max_size > size)
+    max_size: int = 0  # let the pool autoscale up to this many actors (0 = fixed at `size`)
+    batch_size: int = 64  # images per teacher forward pass
+    num_gpus: float = -1.0  # GPUs per actor; -1 = 1 when the cluster has GPUs, else 0
+    num_cpus: float = 1.0  # CPUs per actor
+    resources: Dict[str, float] = field(default_factory=dict)  # custom resources per actor, e.g. {teacher: 1}
+    precision: str = choice("auto", "bf16", "fp16", "fp32")  # teacher autocast; auto = bf16 on GPU, fp32 on CPU
+
+
+@dataclass(frozen=True)
+class TrainConfig(WorkersConfig, OptimConfig):
+    precision: str = choice("auto", "bf16", "fp32")  # student autocast; auto = bf16 on GPU, fp32 on CPU
+
+
+@dataclass(frozen=True)
+class DistillJob(JobBase):
+    kind: str = choice("distill")  # Stage II, run by `promptkd-ray distill`
+    teacher: TeacherConfig = section(TeacherConfig)  # the teacher and its class vectors
+    student: StudentConfig = section(StudentConfig)  # the student and its prompts
+    data: DataConfig = section(DataConfig)  # unlabeled images
+    teacher_pool: TeacherPoolConfig = section(TeacherPoolConfig)  # online teacher actors
+    train: TrainConfig = section(TrainConfig)  # optimiser, schedule, Ray Train workers
+    loss: LossConfig = section(LossConfig, presets=LOSS_PRESETS)  # the KD loss; `preset` picks a method
+    ray: RayConfig = section(RayConfig)  # where Ray runs
+
+    @property
+    def effective_lr(self) -> float:
+        return self.train.effective_lr
+
+
+def distill_checks(job: DistillJob) -> Problems:
+    """(key, message) for each rule that a field's type cannot say."""
+    t, d, s, p = job.train, job.data, job.student, job.teacher_pool
+    problems = Problems()
+    job_checks(job, problems)
+    toy = d.source == "toyworld"
+    problems.need(bool(job.teacher.spec or job.teacher.artifact or toy), "teacher.spec", "or teacher.artifact must be set.")
+    problems.need(bool(s.spec or toy), "student.spec", "must be set (MODEL[:PRETRAINED]).")
+    problems.need(s.n_ctx >= 1, "student.n_ctx", f"must be ≥ 1, got {s.n_ctx}.")
+    problems.need(s.depth >= 0, "student.depth", f"must be ≥ 0, got {s.depth}.")
+    optim_checks(t, problems)
+    workers_checks(t, t.batch_size, problems)
+    images_checks(d, problems)
+    problems.at_least_one("teacher_pool", p, "size", "batch_size")
+    problems.at_least_one("data", d, "decode_batch_size", "decode_memory_mb")
+    problems.need(p.max_size == 0 or p.max_size >= p.size, "teacher_pool.max_size",
+                  f"must be 0 or ≥ teacher_pool.size ({p.size}), got {p.max_size}.")
+    problems.need(d.heldout_images >= 0 and d.limit >= 0, "data", "heldout_images and limit must be ≥ 0.")
+    return problems

@@ -1,0 +1,174 @@
+"""Distillation losses as pure functions.
+
+Every loss takes plain tensors and returns a scalar tensor; nothing here knows about models,
+optimisers or Ray. Shapes use B = batch, N = number of classes, D = feature dimension.
+
+- `kd_kl`          PromptKD: KL(teacher ‖ student) at temperature T, times T², times a weight.
+                   `normalization="authors"` divides the summed KL by B·N (the official code's
+                   `reduction="sum") / stu_logits.numel()`); `"batchmean"` divides by B only.
+- `symmetric_kl`   KDPL: ½·KL(t‖s) + ½·KL(s‖t), each batch-mean, no temperature.
+- `feature_loss`   L1 / MSE between student and teacher features (PromptKD Table 4 ablation).
+- `ifalign`        ComKD-CLIP: ‖μ_s − μ_t‖₁ + ‖σ²_s − σ²_t‖₁ over batch statistics.
+- `class_agnostic_topk`  KDPL-CA: the K classes with the largest batch-mean teacher probability.
+
+`LossConfig` says which terms a method uses and with which weights; `LOSS_PRESETS` are the methods
+(`promptkd`, `kdpl`, `kdpl_ca`, `comkd`), and `compute_loss` combines the terms of a config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+KD_NORMALIZATIONS = ("authors", "batchmean")
+FEATURE_LOSSES = ("l1", "mse")
+KD_KINDS = ("kl", "symmetric_kl", "none")
+FEATURE_KINDS = ("none", *FEATURE_LOSSES)
+TEACHER_SCALES = ("teacher", "student")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    kd: str = "kl"  # "kl" (PromptKD), "symmetric_kl" (KDPL) or "none"
+    temperature: float = 1.0  # T of the KL (PromptKD: 1)
+    normalization: str = "authors"  # "authors" = sum/(B·N), or "batchmean" = sum/B
+    kd_weight: float = 1000.0  # multiplies the KD term (authors: 1000; 200 for Aircraft, Flowers, DTD)
+    feature: str = "none"  # extra feature loss between u_s and u_t: "none", "l1" or "mse" (Table 4)
+    feature_weight: float = 1.0  # weight of the feature loss
+    ifalign_weight: float = 0.0  # ComKD-CLIP IFAlign weight (0 = off; comkd preset: 1)
+    class_agnostic_k: int = 0  # KDPL-CA: keep the top-K batch-mean teacher classes (0 = all classes)
+    teacher_scale: str = "teacher"  # teacher logits use the "teacher"'s or the "student"'s logit scale
+
+    def __post_init__(self):
+        checks = [("kd", self.kd, KD_KINDS), ("normalization", self.normalization, KD_NORMALIZATIONS),
+                  ("feature", self.feature, FEATURE_KINDS), ("teacher_scale", self.teacher_scale, TEACHER_SCALES)]
+        for name, value, allowed in checks:
+            if value not in allowed:
+                raise ValueError(f"loss.{name} must be one of {allowed}, got {value!r}.")
+        if self.temperature <= 0:
+            raise ValueError(f"loss.temperature must be > 0, got {self.temperature}.")
+        if self.class_agnostic_k < 0:
+            raise ValueError(f"loss.class_agnostic_k must be ≥ 0, got {self.class_agnostic_k}.")
+
+
+LOSS_PRESETS = {
+    "promptkd": LossConfig(),
+    "kdpl": LossConfig(kd="symmetric_kl", kd_weight=1.0, teacher_scale="student"),
+    "kdpl_ca": LossConfig(kd="symmetric_kl", kd_weight=1.0, teacher_scale="student", class_agnostic_k=1000),
+    "comkd": LossConfig(ifalign_weight=1.0),
+}
+
+
+def compute_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, student_features: torch.Tensor,
+                 teacher_features: torch.Tensor, cfg: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """Total loss of the terms `cfg` enables, and each term as a float. logits [B, N]; features
+    [B, d] (normalised). KDPL-CA first restricts both logit sets to the teacher's top-K classes."""
+    if cfg.class_agnostic_k:
+        keep = class_agnostic_topk(teacher_logits, cfg.class_agnostic_k)
+        student_logits, teacher_logits = student_logits[:, keep], teacher_logits[:, keep]
+    parts: dict[str, torch.Tensor] = {}
+    if cfg.kd == "kl":
+        parts["kd"] = kd_kl(student_logits, teacher_logits, cfg.temperature, cfg.normalization, cfg.kd_weight)
+    elif cfg.kd == "symmetric_kl":
+        parts["kd"] = cfg.kd_weight * symmetric_kl(student_logits, teacher_logits)
+    if cfg.feature != "none":
+        parts["feature"] = cfg.feature_weight * feature_loss(student_features, teacher_features, cfg.feature)
+    if cfg.ifalign_weight:
+        parts["ifalign"] = cfg.ifalign_weight * ifalign(student_features, teacher_features)
+    if not parts:
+        raise ValueError("The loss config enables no term (kd='none', feature='none', ifalign_weight=0).")
+    total = sum(parts.values())
+    return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def kd_kl(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 1.0,
+    normalization: str = "authors",
+    weight: float = 1.0,
+) -> torch.Tensor:
+    """PromptKD's KD loss.
+
+    Args:
+        student_logits: [B, N] student logits.
+        teacher_logits: [B, N] teacher logits (no gradient is taken through them).
+        temperature: T; both logit sets are divided by T and the KL is multiplied by T².
+        normalization: "authors" → sum / (B·N); "batchmean" → sum / B.
+        weight: multiplies the result (the authors' KD_WEIGHT: 1000, or 200 for some datasets).
+
+    Returns:
+        scalar tensor: weight · T² · KL(softmax(t/T) ‖ softmax(s/T)) / norm.
+    """
+    _check_pair(student_logits, teacher_logits, "logits")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    if normalization not in KD_NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {KD_NORMALIZATIONS}, got {normalization!r}.")
+    t = temperature
+    log_p_student = F.log_softmax(student_logits.float() / t, dim=-1)
+    p_teacher = F.softmax(teacher_logits.detach().float() / t, dim=-1)
+    kl_sum = F.kl_div(log_p_student, p_teacher, reduction="sum")
+    denom = student_logits.numel() if normalization == "authors" else student_logits.shape[0]
+    return weight * kl_sum * (t * t) / denom
+
+
+def symmetric_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """KDPL's symmetric KL: ½·KL(t‖s) + ½·KL(s‖t), each averaged over the batch.
+
+    Args:
+        student_logits, teacher_logits: [B, N]. The teacher side carries no gradient.
+    Returns:
+        scalar tensor.
+    """
+    _check_pair(student_logits, teacher_logits, "logits")
+    log_s = F.log_softmax(student_logits.float(), dim=-1)
+    log_t = F.log_softmax(teacher_logits.detach().float(), dim=-1)
+    kl_t_s = F.kl_div(log_s, log_t, reduction="batchmean", log_target=True)
+    kl_s_t = F.kl_div(log_t, log_s, reduction="batchmean", log_target=True)
+    return 0.5 * kl_t_s + 0.5 * kl_s_t
+
+
+def feature_loss(student_features: torch.Tensor, teacher_features: torch.Tensor, kind: str = "l1") -> torch.Tensor:
+    """Feature-matching loss between [B, D] student and teacher features (mean reduction)."""
+    _check_pair(student_features, teacher_features, "features")
+    if kind not in FEATURE_LOSSES:
+        raise ValueError(f"feature loss must be one of {FEATURE_LOSSES}, got {kind!r}.")
+    target = teacher_features.detach().float()
+    if kind == "l1":
+        return F.l1_loss(student_features.float(), target)
+    return F.mse_loss(student_features.float(), target)
+
+
+def ifalign(student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
+    """ComKD-CLIP's IFAlign: ‖μ_s − μ_t‖₁ + ‖σ²_s − σ²_t‖₁.
+
+    μ and σ² are per-dimension batch statistics of [B, D] features (σ² is the biased variance,
+    i.e. divided by B); ‖·‖₁ sums absolute values over D. Zero when the statistics are equal.
+    """
+    _check_pair(student_features, teacher_features, "features")
+    s = student_features.float()
+    t = teacher_features.detach().float()
+    mean_term = (s.mean(dim=0) - t.mean(dim=0)).abs().sum()
+    var_term = (s.var(dim=0, unbiased=False) - t.var(dim=0, unbiased=False)).abs().sum()
+    return mean_term + var_term
+
+
+def class_agnostic_topk(teacher_logits: torch.Tensor, k: int) -> torch.Tensor:
+    """KDPL-CA class selection: indices [K] of the classes with the largest batch-mean teacher
+    probability (softmax over [B, N] teacher logits, mean over B, top-K)."""
+    if teacher_logits.dim() != 2:
+        raise ValueError(f"teacher logits must be [B, N], got shape {tuple(teacher_logits.shape)}.")
+    k = min(k, teacher_logits.shape[1])
+    mean_prob = F.softmax(teacher_logits.float(), dim=-1).mean(dim=0)
+    return mean_prob.topk(k).indices
+
+
+def _check_pair(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    if a.dim() != 2 or a.shape != b.shape:
+        raise ValueError(
+            f"student and teacher {what} must both be [B, N] of the same shape, "
+            f"got {tuple(a.shape)} and {tuple(b.shape)}."
+        )

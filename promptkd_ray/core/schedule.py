@@ -1,0 +1,47 @@
+"""The optimiser and the learning-rate rule of both stages (pure PyTorch).
+
+Default = the authors' (Dassl) recipe, in Stage I (PromptSRC) and Stage II (PromptKD) alike: SGD
+lr 0.005, momentum 0.9, weight decay 5e-4; cosine annealing over all epochs, stepped once per epoch,
+after `warmup_epochs` at a constant 1e-5. Dassl's `ConstantWarmupScheduler` steps its cosine
+successor with `epoch - warmup`, so epoch e (0-based) trains at
+
+    e < warmup:   warmup_lr
+    e ≥ warmup:   ½ · lr · (1 + cos(π · (e − warmup) / epochs))
+
+`lr` is the job's effective lr (linear scaling applied). AdamW (beta1 = momentum) is an option
+for short toy jobs, where SGD at the authors' lr moves the prompts too little. The settings come
+from a job's optimisation section (`config.sections.OptimConfig`), read by attribute.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from ..config.sections import OptimConfig
+
+
+def lr_at_epoch(epoch: int, optim: "OptimConfig") -> float:
+    """The learning rate of 0-based `epoch`."""
+    lr = optim.effective_lr
+    if epoch < optim.warmup_epochs:
+        return optim.warmup_lr
+    if optim.schedule == "constant":
+        return lr
+    return 0.5 * lr * (1.0 + math.cos(math.pi * (epoch - optim.warmup_epochs) / optim.epochs))
+
+
+def build_optimizer(params, optim: "OptimConfig") -> torch.optim.Optimizer:
+    params, lr = list(params), optim.effective_lr
+    if optim.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=(optim.momentum, 0.999), weight_decay=optim.weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, optim: "OptimConfig"):
+    """A per-epoch LambdaLR following `lr_at_epoch`; call `.step()` once after each epoch."""
+    lr = optim.effective_lr
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_at_epoch(epoch, optim) / lr)

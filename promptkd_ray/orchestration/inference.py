@@ -1,0 +1,118 @@
+"""Batch inference: the normalised image features of labelled items, on Ray Data or in-process.
+
+    from_items(path, label, index) → map_batches(decode, test transform; CPU tasks)
+      → map_batches(ImageEncoder, compute=ActorPoolStrategy(size=k), num_gpus=1 where the cluster has GPUs)
+
+Design decisions:
+- An actor builds its model once from a `ModelRef` (a student artifact, a teacher artifact or a
+  zero-shot spec), so `eval`, `predict` and the demo run the very model the artifact describes.
+- Images go through the one decoder (`data.decode`, mode "test": the authors' Resize → CenterCrop)
+  and travel as uint8; any path or URI is read (`storage`).
+- Rows come back in any order and are sorted by index. Unreadable images are returned with their
+  reasons (`Encoded.unreadable`): whether that is an error is the caller's decision (evaluation:
+  it is, unless asked to report them beside the score).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..core.artifacts import ModelRef
+from ..data.decode import decode_views, to_model_input
+from .cluster import has_gpus
+from .pipeline import start_ledger
+
+log = logging.getLogger(__name__)
+
+
+def _decode(batch: dict, size: int) -> tuple[dict, list]:
+    """numpy batch {id, label, index} → ({image uint8 [b, s, s, 3], label, index, id}, unreadable)."""
+    rows, bad = decode_views({"id": batch["id"]}, size, "test")
+    position = {ident: i for i, ident in enumerate(batch["id"])}
+    keep = [position[ident] for ident in rows["id"]]
+    return {"image": rows["image"], "label": np.asarray(batch["label"])[keep],
+            "index": np.asarray(batch["index"])[keep], "id": rows["id"]}, bad
+
+
+def decode_batch(batch: dict, size: int, ledger) -> dict:
+    """Ray Data task: `_decode`; the unreadable files go to `ledger` (a `BadImageLedger` actor)."""
+    import ray
+
+    rows, bad = _decode(batch, size)
+    if bad:
+        ray.get(ledger.record.remote(bad))
+    return rows
+
+
+class ImageEncoder:
+    """Ray Data callable class: builds the model once per actor, encodes batches of uint8 images."""
+
+    def __init__(self, model: ModelRef):
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = model.build(self.device)
+
+    @torch.inference_mode()
+    def __call__(self, batch: dict) -> dict:
+        images = to_model_input(torch.from_numpy(np.asarray(batch["image"])).to(self.device))
+        with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.device == "cuda"):
+            features = self.model.encode_image(images).float()
+        return {"feature": features.cpu().numpy(), "label": batch["label"], "index": batch["index"], "id": batch["id"]}
+
+
+@dataclass
+class Encoded:
+    features: torch.Tensor  # [M, d] normalised, in item order (unreadable items removed)
+    labels: torch.Tensor  # [M]
+    paths: list[str]
+    unreadable: dict = field(default_factory=dict)  # path → reason, for the items that could not be decoded
+
+    @property
+    def skipped(self) -> int:
+        return len(self.unreadable)
+
+
+def encode_items(model: ModelRef, paths: Sequence[str], labels: Sequence[int], use_ray: bool = True,
+                 batch_size: int = 64, num_actors: int = 1) -> Encoded:
+    """Features of the images at `paths` (local or URIs) under `model`; Ray Data when `use_ray`
+    (on the connected cluster), else in this process."""
+    size = model.image_size()
+    items = [{"id": str(p), "label": int(l), "index": i} for i, (p, l) in enumerate(zip(paths, labels))]
+    rows, unreadable = (_encode_with_ray if use_ray else _encode_in_process)(model, items, size, batch_size,
+                                                                               num_actors)
+    rows.sort(key=lambda r: int(r["index"]))
+    features = torch.from_numpy(np.stack([r["feature"] for r in rows])) if rows else torch.zeros(0, 0)
+    return Encoded(features=features, labels=torch.tensor([int(r["label"]) for r in rows], dtype=torch.long),
+                   paths=[str(r["id"]) for r in rows], unreadable=unreadable)
+
+
+def _encode_in_process(model: ModelRef, items: list, size: int, batch_size: int, _actors: int):
+    encoder, rows, unreadable = ImageEncoder(model), [], {}
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        batch, bad = _decode({k: np.asarray([it[k] for it in chunk], dtype=object) for k in chunk[0]}, size)
+        unreadable.update(bad)
+        if len(batch["id"]):
+            out = encoder(batch)
+            rows += [{k: out[k][i] for k in out} for i in range(len(out["index"]))]
+    return rows, unreadable
+
+
+def _encode_with_ray(model: ModelRef, items: list, size: int, batch_size: int, num_actors: int):
+    import ray
+
+    ledger = start_ledger()
+    ds = ray.data.from_items(items)
+    ds = ds.map_batches(decode_batch, fn_kwargs={"size": size, "ledger": ledger}, batch_format="numpy",
+                        batch_size=batch_size)
+    ds = ds.map_batches(ImageEncoder, fn_constructor_kwargs={"model": model}, batch_format="numpy",
+                        batch_size=batch_size, num_gpus=1 if has_gpus() else 0,
+                        compute=ray.data.ActorPoolStrategy(size=num_actors))
+    rows = list(ds.iter_rows())
+    unreadable = ray.get(ledger.items.remote())
+    ray.kill(ledger)
+    return rows, unreadable

@@ -1,0 +1,139 @@
+"""The console of a training run: one progress bar per epoch and one line per epoch, on the driver.
+
+    rank 0 (a Ray Train worker)                  driver (`promptkd-ray distill`, `teacher`, `demo`)
+    reporter.step(epoch, step, loss, …)  ──►  ProgressBoard actor  ──►  Console: tqdm bar per epoch
+    reporter.epoch_end(epoch, metrics)   ──►   (a list of events)  ──►  "epoch 3/8: loss …" (logging)
+
+Design decisions:
+- Workers' output is not forwarded to the driver (`cluster.connect`), so rank 0 posts its progress
+  to a tiny actor (`ProgressBoard`, no CPU) and the driver polls it from a thread while
+  `trainer.fit()` blocks. Posting is fire-and-forget and throttled (one event per second at most,
+  plus each epoch's end), so training never waits on the console.
+- The bar shows steps, loss, agreement (or accuracy) and images/s; images/s counts from the
+  epoch's first batch, so the per-epoch start-up does not make it climb. The bar is drawn only
+  on a terminal (tqdm's `disable=None`): job logs and CI get the epoch lines alone.
+- The same board serves both stages; `ray.progress_bars: false` turns the bars off.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Optional
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.5
+POST_EVERY_S = 1.0
+
+
+class ProgressBoard:
+    """Ray actor: events posted by rank 0, taken by the driver."""
+
+    def __init__(self):
+        self._events: list[dict] = []
+
+    def post(self, event: dict) -> None:
+        self._events.append(event)
+
+    def take(self) -> list[dict]:
+        events, self._events = self._events, []
+        return events
+
+
+class Reporter:
+    """Rank 0's side: throttled step events and one event per epoch end (no-op without a board)."""
+
+    def __init__(self, board, epochs: int, steps_per_epoch: int):
+        self.board, self.epochs, self.steps_per_epoch = board, epochs, steps_per_epoch
+        self._last = 0.0
+
+    def step(self, epoch: int, step_in_epoch: int, **values: float) -> None:
+        now = time.monotonic()
+        if self.board is None or now - self._last < POST_EVERY_S:
+            return
+        self._last = now
+        self.board.post.remote({"type": "step", "epoch": epoch, "step": step_in_epoch, "epochs": self.epochs,
+                                "steps": self.steps_per_epoch, **values})
+
+    def epoch_end(self, epoch: int, metrics: dict) -> None:
+        if self.board is not None:
+            self.board.post.remote({"type": "epoch", "epoch": epoch, "epochs": self.epochs, "metrics": metrics})
+
+
+class Console:
+    """Driver's side: `with Console(title, show_bars) as board:` — pass `board` to the workers."""
+
+    def __init__(self, title: str, show_bars: bool = True, describe=None):
+        self.title, self.show_bars = title, show_bars
+        self.describe = describe or describe_epoch
+        self.board = None
+        self._bar = None
+        self._bar_epoch: Optional[int] = None
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def __enter__(self):
+        import ray
+
+        self.board = ray.remote(num_cpus=0)(ProgressBoard).remote()
+        self._thread = threading.Thread(target=self._poll, name="promptkd-progress", daemon=True)
+        self._thread.start()
+        return self.board
+
+    def __exit__(self, *exc) -> None:
+        import ray
+
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._drain()
+        self._close_bar()
+        ray.kill(self.board)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(POLL_S):
+            try:
+                self._drain()
+            except Exception as exc:  # the console must never end a run
+                log.debug("progress polling failed: %s", exc)
+
+    def _drain(self) -> None:
+        import ray
+
+        for event in ray.get(self.board.take.remote()):
+            if event["type"] == "step":
+                self._show_step(event)
+            else:
+                self._close_bar()
+                log.info("%s", self.describe(event["epoch"], event["epochs"], event["metrics"]))
+
+    def _show_step(self, event: dict) -> None:
+        from tqdm import tqdm
+
+        if not self.show_bars:
+            return
+        if self._bar_epoch != event["epoch"]:
+            self._close_bar()
+            self._bar = tqdm(total=event["steps"], desc=f"{self.title} epoch {event['epoch'] + 1}/{event['epochs']}",
+                             unit="step", disable=None, leave=False, dynamic_ncols=True)
+            self._bar_epoch = event["epoch"]
+        self._bar.n = min(event["step"], event["steps"])
+        values = {k: event[k] for k in ("loss", "agreement", "accuracy", "images_per_s") if k in event}
+        self._bar.set_postfix({k.replace("images_per_s", "img/s"): f"{v:.4g}" for k, v in values.items()},
+                              refresh=True)
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        self._bar, self._bar_epoch = None, None
+
+
+def describe_epoch(epoch: int, epochs: int, metrics: dict) -> str:
+    """`epoch 3/8: loss 0.1234, agreement 81.2%, held-out agreement 80.1%, …` from a metrics dict."""
+    names = {"loss": "loss {:.4g}", "kd_loss": "kd {:.4g}", "train_agreement": "agreement {:.1f}%",
+             "heldout_agreement": "held-out agreement {:.1f}%", "heldout_kl": "held-out KL {:.4g}",
+             "accuracy": "accuracy {:.1f}%", "lr": "lr {:.3g}", "images_per_s": "{:.0f} img/s",
+             "bad_images": "{} unreadable image(s) skipped"}
+    parts = [fmt.format(metrics[key]) for key, fmt in names.items() if metrics.get(key) not in (None, 0)]
+    return f"epoch {epoch + 1}/{epochs}: " + ", ".join(parts)
