@@ -138,3 +138,21 @@ def test_rerunning_with_another_student_is_refused_before_training(faulty_run, t
     with pytest.raises(CheckpointMismatchError, match=r"made with depth=2, but the job now has 3"):
         run_distillation(distill_job_from_dict(other))
     assert sorted(p.name for p in (tmp_path / "runs" / "faulty").iterdir()) == before
+
+
+def test_distill_with_on_bad_image_fail_ends_in_one_sentence(tmp_path, ray_cluster, capsys):
+    """The BadImageError raised in a Ray Data decode task crosses the Train worker and Ray Train's
+    failure handling and reaches the CLI as itself: one line, exit status 2."""
+    import yaml
+
+    from promptkd_ray.cli import main
+
+    root, bad = make_split_json(tmp_path / "data", per_class=2, bad_per_kind=1)
+    raw = tiny_job(root, tmp_path / "runs", "strict", train={"epochs": 1, "warmup_epochs": 0, "max_failures": 0},
+                   data={"heldout_images": 0, "on_bad_image": "fail"})
+    (tmp_path / "strict.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["distill", "--config", str(tmp_path / "strict.yaml")]) == 2
+    # (the session's test cluster forwards Ray's worker logs to stderr too; the CLI's own line is one)
+    (err,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert " is not a readable image (" in err and "data.on_bad_image=skip" in err
+    assert any(path in err for path in bad) and "Traceback" not in err

@@ -35,26 +35,38 @@ def connect(ray_config, cpus_needed: float) -> None:
     """Connect to the job's cluster, or start a local one with at least `cpus_needed` logical CPUs."""
     import ray
 
-    if ray.is_initialized():
-        return
+    if not ray.is_initialized():
+        _start_or_join(ray_config, cpus_needed)
+    configure_ray_data()
+
+
+def _start_or_join(ray_config, cpus_needed: float) -> None:
+    import ray
+
     verbose = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+    quiet = {"log_to_driver": verbose, "logging_level": logging.DEBUG if verbose else logging.WARNING}
     address = ray_config.address or os.environ.get("RAY_ADDRESS", "")
     if address:
         log.info("connecting to the Ray cluster at %s", address)
-        ray.init(address=address, log_to_driver=verbose)
+        ray.init(address=address, **quiet)
     else:
         num_cpus = ray_config.num_cpus or max(os.cpu_count() or 1, math.ceil(cpus_needed))
         log.info("starting a local Ray cluster with %d logical CPUs (Ray's logs: %s)", num_cpus, RAY_LOG_DIR)
+        # Ray expects to start at most one worker process per physical core at a time and warns beyond
+        # 4×; the logical CPUs we overstate (see above) are the concurrency we ask for.
         ray.init(address="local", num_cpus=num_cpus, object_store_memory=ray_config.object_store_mb * 1024**2 or None,
-                 include_dashboard=False, log_to_driver=verbose)
-    quiet_ray_data()
+                 include_dashboard=False, _system_config={"worker_maximum_startup_concurrency": num_cpus}, **quiet)
 
 
-def quiet_ray_data() -> None:
-    """Ray Data's own progress bars and INFO lines off on the driver (ours take their place)."""
+def configure_ray_data() -> None:
+    """The driver's Ray Data context, which every dataset made afterwards carries to its tasks:
+    errors raised in our map functions travel as themselves (not as Ray Data's UserCodeException,
+    which keeps only their text), and Ray Data's own progress bars and INFO lines are off (ours
+    take their place)."""
     import ray
 
     context = ray.data.DataContext.get_current()
+    context.raise_original_map_exception = True
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
