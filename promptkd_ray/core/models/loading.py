@@ -1,7 +1,7 @@
 """Resolve `MODEL[:PRETRAINED]` specs to open_clip CLIP models.
 
 MODEL is an open_clip architecture name (built-in, or one of the JSON configs shipped in
-`promptkd_ray/models/model_configs/`). PRETRAINED is optional and is either
+`promptkd_ray/core/models/model_configs/`). PRETRAINED is optional and is either
 - a local file: an OpenAI `.pt` (TorchScript archive or plain state dict, e.g. the authors'
   `./clip/ViT-B-16.pt`), an open_clip checkpoint (`{"state_dict": ...}` or a bare state dict,
   `module.` prefixes allowed) or a `.safetensors` file; or
