@@ -1,5 +1,6 @@
 """Losses against values computed by hand on small tensors (no Ray, no models)."""
 
+import dataclasses
 import math
 
 import pytest
@@ -84,3 +85,50 @@ def test_loss_config_composes_terms_and_validates():
         LossConfig(kd="l2")
     with pytest.raises(ValueError, match="enables no term"):
         compute_loss(S, T, S, T, LossConfig(kd="none"))
+
+
+# ----------------------------------------------------------------------------- one distillation step
+def _step_setup(seed: int = 3):
+    from promptkd_ray.core.models import build_student
+
+    torch.manual_seed(seed)
+    student = build_student("tiny-vit-student", teacher_dim=48, n_ctx=2, depth=2).train()
+    images = torch.randn(4, 3, 32, 32)
+    class_vectors = torch.nn.functional.normalize(torch.randn(6, 48), dim=-1)
+    teacher_features = torch.nn.functional.normalize(torch.randn(4, 48), dim=-1)
+    with torch.no_grad():  # the logits the step sees: BatchNorm in training mode, as in the step
+        s_logits = student(images, class_vectors).float()
+    torch.manual_seed(seed)
+    student = build_student("tiny-vit-student", teacher_dim=48, n_ctx=2, depth=2)  # same init again
+    return student, images, class_vectors, teacher_features, s_logits
+
+
+def test_distill_step_kdpl_uses_the_students_logit_scale_for_the_teacher():
+    from promptkd_ray.core.step import distill_step
+
+    student, images, w, u_t, s_logits = _step_setup()
+    scale_s = float(student.logit_scale)
+    assert scale_s != 7.0
+    cfg = LOSS_PRESETS["kdpl"]
+    out = distill_step(student, images, u_t, w, torch.optim.SGD(student.trainable_parameters(), lr=0.0), cfg,
+                       teacher_logit_scale=7.0)
+    by_hand = losses.symmetric_kl(s_logits, scale_s * u_t @ w.t())
+    assert out["loss"] == pytest.approx(float(by_hand), rel=1e-4)
+    with_teachers = losses.symmetric_kl(s_logits, 7.0 * u_t @ w.t())
+    assert abs(float(with_teachers) - float(by_hand)) > 1e-3  # the scale rule is what the test sees
+
+
+def test_distill_step_class_agnostic_k_restricts_both_logit_sets_to_the_teachers_top_k():
+    from promptkd_ray.core.step import distill_step
+
+    student, images, w, u_t, s_logits = _step_setup()
+    scale_s = float(student.logit_scale)
+    cfg = dataclasses.replace(LOSS_PRESETS["kdpl_ca"], class_agnostic_k=2)
+    out = distill_step(student, images, u_t, w, torch.optim.SGD(student.trainable_parameters(), lr=0.0), cfg,
+                       teacher_logit_scale=7.0)
+    t_logits = scale_s * u_t @ w.t()
+    mean_prob = torch.softmax(t_logits, -1).mean(0)
+    keep = sorted(range(6), key=lambda c: -float(mean_prob[c]))[:2]
+    by_hand = losses.symmetric_kl(s_logits[:, keep], t_logits[:, keep])
+    assert out["loss"] == pytest.approx(float(by_hand), rel=1e-4)
+    assert abs(out["loss"] - float(losses.symmetric_kl(s_logits, t_logits))) > 1e-3
