@@ -47,7 +47,7 @@ from .core.models.loading import vision_setting
 from .core.schedule import build_optimizer, build_scheduler
 from .core.step import autocast_dtype, distill_step, teacher_logits, teacher_scale
 from .data.decode import to_model_input
-from .data.sources import ImageSource, open_world, resolve_source
+from .data.sources import ImageSource, open_world, resolve_source, vocabulary_names
 from .errors import ConfigError
 from .orchestration import cluster
 from .orchestration.checkpoints import TensorBoardLog, check_resumable, final_checkpoint, read_progress, report, \
@@ -85,6 +85,7 @@ class Setup:
         """What a checkpoint must have been made with to be resumed by this job."""
         s = job.student
         return {"student": self.student_spec, "n_ctx": s.n_ctx, "depth": s.depth, "projector": s.projector,
+                "edu_attention_width": edu_attention_width(job, self.class_vectors.dim),
                 "teacher": self.teacher_spec, "class_vectors_sha256": self.class_vectors.sha256}
 
 
@@ -105,6 +106,18 @@ class WorkerPlan:
 
 
 # --- setup -------------------------------------------------------------------------------------------
+
+def edu_attention_width(job: DistillJob, dim: int) -> int:
+    """C of the student's ComKD-CLIP EduAttention (0 = none): on with `loss.edu_attention`."""
+    return (job.student.edu_attention_width or dim) if job.loss.edu_attention else 0
+
+
+def new_student(job: DistillJob, spec: str, dim: int, device="cpu"):
+    """The job's student (frozen backbone, fresh prompts, projector and EduAttention)."""
+    s = job.student
+    return build_student(spec, teacher_dim=dim, n_ctx=s.n_ctx, depth=s.depth, projector=s.projector,
+                         device=device, edu_attention_width=edu_attention_width(job, dim))
+
 
 def prepare(job: DistillJob, run: Storage) -> Setup:
     """Resolve the images, the models, the class vectors and the input size; every mismatch ends in
@@ -131,22 +144,23 @@ def prepare(job: DistillJob, run: Storage) -> Setup:
 
 def _class_vectors(job: DistillJob, run: Storage, teacher: ModelRef, teacher_spec: str,
                    source: ImageSource) -> ClassVectors:
-    expected = source.classnames or None
-    if job.teacher.class_vectors:
-        cv = load_class_vectors(job.teacher.class_vectors)
-        check_class_vectors(cv, expected_classnames=expected, source=f"class vectors {job.teacher.class_vectors}")
-        return cv
-    if run.exists(CLASS_VECTORS_NAME + ".json"):
-        cv = load_class_vectors(run.path(CLASS_VECTORS_NAME))
-        check_class_vectors(cv, expected_classnames=expected, source=f"class vectors in {run.root}")
-        log.info("reusing the class vectors stored in %s", run.root)
-        return cv
-    if not source.classnames:
+    """The class vectors the student distils against: of the dataset's classes, or (KDPL-CA) of
+    `teacher.vocabulary`; given, stored in the run folder by an earlier attempt, or computed here."""
+    names = vocabulary_names(job.teacher.vocabulary) if job.teacher.vocabulary else source.classnames
+    expected = tuple(names) or None
+    for path, where in ((job.teacher.class_vectors, f"class vectors {job.teacher.class_vectors}"),
+                        (run.path(CLASS_VECTORS_NAME) if run.exists(CLASS_VECTORS_NAME + ".json") else "",
+                         f"class vectors in {run.root}")):
+        if path:
+            cv = load_class_vectors(path)
+            check_class_vectors(cv, expected_classnames=expected, source=where)
+            return cv
+    if not names:
         raise ConfigError(f"{source.name} has no class names to compute class vectors from; set "
-                          "teacher.class_vectors to a class-vectors artifact.")
-    log.info("computing class vectors for %d classes with %s (templates: %s)", len(source.classnames),
-             teacher_spec, job.teacher.templates)
-    cv = compute_class_vectors(teacher.build("cpu"), list(source.classnames), templates=job.teacher.templates,
+                          "teacher.class_vectors to a class-vectors artifact (or teacher.vocabulary).")
+    log.info("computing class vectors for %d classes%s with %s (templates: %s)", len(names),
+             " of the vocabulary" if job.teacher.vocabulary else "", teacher_spec, job.teacher.templates)
+    cv = compute_class_vectors(teacher.build("cpu"), list(names), templates=job.teacher.templates,
                                teacher_spec=teacher_spec)
     save_class_vectors(cv, run.path(CLASS_VECTORS_NAME))
     return cv
@@ -185,8 +199,7 @@ def _finish(job: DistillJob, setup: Setup, run: Storage, result, ledger) -> Dist
     s, cv = job.student, setup.class_vectors
     with final_checkpoint(result) as directory:
         progress = read_progress(directory)
-        student = build_student(setup.student_spec, teacher_dim=cv.dim, n_ctx=s.n_ctx, depth=s.depth,
-                                projector=s.projector)
+        student = new_student(job, setup.student_spec, cv.dim)
         student.load_trainable_state_dict(load_file(str(directory / TRAINABLE_FILE)))
     history, bad = progress["history"], bad_images(ledger)
     summary = {
@@ -198,7 +211,11 @@ def _finish(job: DistillJob, setup: Setup, run: Storage, result, ledger) -> Dist
     }
     info = StudentInfo(spec=setup.student_spec, teacher_dim=cv.dim, n_ctx=s.n_ctx, depth=s.depth,
                        projector=s.projector, class_vectors_sha256=cv.sha256,
+                       edu_attention_width=student.edu_attention_width,
                        extra={"job": job.name, "teacher": setup.teacher_spec, "epochs": len(history),
+                              "teacher_ref": {"kind": setup.teacher.kind, "source": setup.teacher.source},
+                              "class_vectors_templates": list(cv.templates),
+                              "vocabulary": job.teacher.vocabulary,
                               "image_size": setup.image_size, "loss": to_dict(job)["loss"],
                               "final_metrics": summary["final"]})
     save_student(student, info, run.path("student"))
@@ -226,8 +243,7 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
     job, worker = plan.job, this_worker()
     class_vectors = plan.class_vectors.to(worker.device)
     torch.manual_seed(job.seed)
-    student = build_student(plan.student_spec, teacher_dim=class_vectors.shape[1], n_ctx=job.student.n_ctx,
-                            depth=job.student.depth, projector=job.student.projector).to(worker.device)
+    student = new_student(job, plan.student_spec, class_vectors.shape[1], worker.device)
     optimizer = build_optimizer(student.trainable_parameters(), job.train)
     scheduler = build_scheduler(optimizer, job.train)
     tensors, state, progress = restore(plan.fingerprint, worker.rank)

@@ -30,9 +30,9 @@ from typing import Optional, Sequence
 
 import torch
 
-from .core.artifacts import ModelRef
+from .core.artifacts import ModelRef, read_student_info
 from .core.classvectors import ClassVectors, check_class_vectors, compute_class_vectors
-from .core.metrics import accuracy, base_novel_accuracy
+from .core.metrics import accuracy, base_novel_accuracy, cosine_logits
 from .data.splits import num_base_classes
 from .errors import BadImageError, ClassVectorsError
 
@@ -89,10 +89,38 @@ def score(entries: Sequence[Entry], dataset, protocol: str = "base2novel", templ
         encoded = encode_items(entry.model, paths, labels, use_ray=use_ray, batch_size=batch_size, num_actors=actors)
         _check_readable(encoded.unreadable, len(paths), dataset.name, skip_unreadable)
         metrics = (base_to_novel if protocol == "base2novel" else all_classes)(
-            encoded.features, encoded.labels, cv, dataset.classnames)
+            encoded.features, encoded.labels, cv, dataset.classnames, entry.model.classifier())
         scores.append(Score(dataset.name, entry.name, entry.seed, metrics, len(encoded.unreadable)))
         log.info("%s %s seed %d: %s", dataset.name, entry.name, entry.seed, {k: round(v, 2) for k, v in metrics.items()})
     return scores
+
+
+def class_vectors_for(student: str, dataset, given: Sequence[ClassVectors], protocol: str,
+                      cache: Optional[dict] = None) -> ClassVectors:
+    """The class vectors a student is scored against on `dataset`: a given set holding the dataset's
+    classes (in order; for dg: holding them all, restricted later), else the dataset's class vectors
+    computed by the teacher the student was distilled from (its artifact records it) with the same
+    templates — how a student distilled on one dataset (or over a vocabulary) is scored on another."""
+    names = tuple(dataset.classnames)
+    for cv in given:
+        if cv.classnames == names or (protocol == "dg" and set(names) <= set(cv.classnames)):
+            return cv
+    info = read_student_info(student)
+    ref = info.extra.get("teacher_ref")
+    if not ref:
+        raise ClassVectorsError(
+            f"No class vectors given hold the {len(names)} classes of {dataset.name}, and the student {student} "
+            f"records no teacher to compute them with; pass --class-vectors with a file of {dataset.name}'s classes.")
+    cache = {} if cache is None else cache
+    key = (ref["kind"], ref["source"], names)
+    if key not in cache:
+        templates = list(info.extra.get("class_vectors_templates") or ["single"])
+        teacher = ModelRef(ref["kind"], ref["source"])
+        log.info("class vectors of %s's %d classes from the student's teacher %s", dataset.name, len(names),
+                 ref["source"])
+        cache[key] = compute_class_vectors(teacher.build(), list(names), teacher_spec=teacher.spec,
+                                           templates="single" if templates == ["prompted"] else templates)
+    return cache[key]
 
 
 def _check_readable(unreadable: dict, total: int, dataset: str, skip: bool) -> None:
@@ -108,15 +136,15 @@ def _check_readable(unreadable: dict, total: int, dataset: str, skip: bool) -> N
 
 
 def base_to_novel(features: torch.Tensor, labels: torch.Tensor, class_vectors: ClassVectors,
-                  classnames: Sequence[str]) -> dict[str, float]:
+                  classnames: Sequence[str], logits=cosine_logits) -> dict[str, float]:
     check_class_vectors(class_vectors, expected_classnames=classnames, source="class vectors")
-    return base_novel_accuracy(features, labels, class_vectors.vectors, num_base_classes(len(classnames)))
+    return base_novel_accuracy(features, labels, class_vectors.vectors, num_base_classes(len(classnames)), logits)
 
 
 def all_classes(features: torch.Tensor, labels: torch.Tensor, class_vectors: ClassVectors,
-                classnames: Sequence[str]) -> dict[str, float]:
+                classnames: Sequence[str], logits=cosine_logits) -> dict[str, float]:
     check_class_vectors(class_vectors, expected_classnames=classnames, source="class vectors")
-    return {"accuracy": accuracy(features.float() @ class_vectors.vectors.float().t(), labels)}
+    return {"accuracy": accuracy(logits(features, class_vectors.vectors), labels)}
 
 
 def restrict_by_name(class_vectors: ClassVectors, classnames: Sequence[str]) -> ClassVectors:

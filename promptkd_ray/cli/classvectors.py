@@ -1,4 +1,5 @@
-"""`promptkd-ray classvectors`: class vectors of a dataset's classes, made once by a teacher.
+"""`promptkd-ray classvectors`: class vectors of a dataset's classes — or of any list of names (a
+vocabulary, for KDPL's class-agnostic distillation) — made once by a teacher.
 
 The teacher is a teacher artifact (prompted text: its learned context) or a zero-shot model spec
 (templates: one, or CLIP's 60-template ensemble). Writes NAME.safetensors + NAME.json.
@@ -16,6 +17,8 @@ log = logging.getLogger(__name__)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_dataset_arguments(p)
+    p.add_argument("--names", help="a text file of class names, one per line (instead of a dataset); "
+                                   "'toyworld' = the toy world's whole vocabulary")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--teacher", help="teacher artifact (from `promptkd-ray teacher` or `import`)")
     source.add_argument("--zeroshot", help="MODEL[:PRETRAINED] of a zero-shot teacher")
@@ -30,12 +33,18 @@ def run(args) -> int:
     from ..core.artifacts import ModelRef
     from ..core.classvectors import compute_class_vectors, save_class_vectors
 
-    (dataset,) = open_datasets(args)[:1]
+    from ..data.sources import vocabulary_names
+
+    if args.names:
+        names, what = vocabulary_names(args.names), args.names
+    else:
+        (dataset,) = open_datasets(args)[:1]
+        names, what = dataset.classnames, dataset.name
     teacher = ModelRef("teacher", args.teacher) if args.teacher else ModelRef("zeroshot", args.zeroshot)
     model = teacher.build("cuda" if torch.cuda.is_available() else "cpu")
-    cv = compute_class_vectors(model, list(dataset.classnames), templates=args.templates,
+    cv = compute_class_vectors(model, list(names), templates=args.templates,
                                batch_size=args.batch_size, teacher_spec=teacher.spec)
     path = save_class_vectors(cv, args.out)
     log.info("%d class vectors of dim %d for %s written to %s (sha256 %s…)", cv.num_classes, cv.dim,
-             dataset.name, path, cv.sha256[:12])
+             what, path, cv.sha256[:12])
     return 0

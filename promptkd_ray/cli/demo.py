@@ -75,13 +75,16 @@ def run(args) -> int:
 
 def evaluate_demo(world, job, result) -> list:
     """Base / novel / HM of the teacher and the student zero-shot (their own text) and of the
-    distilled student (the run's class vectors) on the domain's test split."""
+    distilled student (the run's class vectors, or, after a distillation over a vocabulary, the
+    domain's class vectors from the same teacher) on the domain's test split."""
     from ..core.artifacts import ModelRef
     from ..core.classvectors import load_class_vectors
-    from ..evaluate import Entry, score
+    from ..evaluate import Entry, class_vectors_for, score
 
+    splits = world.domain(job.data.dataset or None).splits()
+    run_cv = load_class_vectors(f"{result.run_dir}/class_vectors")
     entries = [Entry("teacher zero-shot", ModelRef("zeroshot", world.teacher_spec)),
                Entry("student zero-shot", ModelRef("zeroshot", world.student_spec)),
                Entry("student distilled", ModelRef("student", result.student_artifact),
-                     load_class_vectors(f"{result.run_dir}/class_vectors"))]
-    return score(entries, world.domain(job.data.dataset or None).splits(), "base2novel", batch_size=128)
+                     class_vectors_for(result.student_artifact, splits, [run_cv], "base2novel"))]
+    return score(entries, splits, "base2novel", batch_size=128)

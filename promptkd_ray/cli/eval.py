@@ -24,7 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", choices=PROTOCOLS, default="base2novel")
     add_dataset_arguments(p)
     p.add_argument("--student", nargs="*", default=[], help="student artifact(s), one per seed")
-    p.add_argument("--class-vectors", help="class vectors the students are scored against")
+    p.add_argument("--class-vectors", nargs="*", default=[],
+                   help="class vectors the students are scored against, one file per dataset (matched by class "
+                        "names); a dataset without one gets its class vectors from the students' own teacher")
     p.add_argument("--teacher", nargs="*", default=[], help="teacher artifact(s) (scored with their own text)")
     p.add_argument("--zeroshot", nargs="*", default=[], help="MODEL[:PRETRAINED] zero-shot CLIP(s)")
     p.add_argument("--templates", default="single", help="zero-shot templates: single | imagenet60")
@@ -41,28 +43,26 @@ def run(args) -> int:
     from ..core.artifacts import ModelRef
     from ..core.classvectors import load_class_vectors
     from ..errors import UsageError
-    from ..evaluate import PUBLISHED_B2N, Entry, score, write_report
+    from ..evaluate import PUBLISHED_B2N, Entry, class_vectors_for, score, write_report
     from ..orchestration import cluster
 
-    if args.student and not args.class_vectors:
-        raise UsageError("Scoring students needs --class-vectors (the teacher's class vectors they learnt).")
     if not (args.student or args.teacher or args.zeroshot):
         raise UsageError("Nothing to evaluate: give --student, --teacher and/or --zeroshot.")
     datasets = open_datasets(args)
-    entries = []
-    if args.student:
-        cv = load_class_vectors(args.class_vectors)
-        for seed, student in enumerate(args.student):
-            warn_if_other_teacher(student, cv)
-            entries.append(Entry("student", ModelRef("student", student), cv, seed))
-    entries += [Entry("teacher", ModelRef("teacher", t), None, i) for i, t in enumerate(args.teacher)]
-    entries += [Entry(f"zero-shot {z.split(':')[0]}", ModelRef("zeroshot", z), None, i)
-                for i, z in enumerate(args.zeroshot)]
+    given, computed = [load_class_vectors(path) for path in args.class_vectors], {}
+    others = [Entry("teacher", ModelRef("teacher", t), None, i) for i, t in enumerate(args.teacher)]
+    others += [Entry(f"zero-shot {z.split(':')[0]}", ModelRef("zeroshot", z), None, i)
+               for i, z in enumerate(args.zeroshot)]
     if not args.no_ray:
         cluster.connect(RayConfig(), cpus_needed=2 + args.actors)
     scores = []
     for dataset in datasets:
-        scores += score(entries, dataset, args.protocol, args.templates, use_ray=not args.no_ray,
+        entries = []
+        for seed, student in enumerate(args.student):
+            cv = class_vectors_for(student, dataset, given, args.protocol, computed)
+            warn_if_other_teacher(student, cv)
+            entries.append(Entry("student", ModelRef("student", student), cv, seed))
+        scores += score(entries + others, dataset, args.protocol, args.templates, use_ray=not args.no_ray,
                         batch_size=args.batch_size, actors=args.actors, skip_unreadable=args.skip_unreadable)
     published = PUBLISHED_B2N if args.protocol == "base2novel" else None
     paths = write_report(scores, args.out, f"{args.protocol}: {', '.join(d.name for d in datasets)}", published)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 from .args import add_dataset_arguments, open_datasets
 
@@ -42,16 +41,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _classnames(args) -> list[str]:
-    from ..errors import UsageError
+    from ..data.sources import read_names_file
 
     if args.classnames_file:
-        path = Path(args.classnames_file)
-        if not path.is_file():
-            raise UsageError(f"Class-name file {path} does not exist.")
-        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        if not names:
-            raise UsageError(f"Class-name file {path} holds no names.")
-        return names
+        return list(read_names_file(args.classnames_file))
     return list(open_datasets(args)[0].classnames)
 
 

@@ -43,21 +43,24 @@ def run(args) -> int:
     paths = list(list_images(args.images))
     if not args.no_ray:
         cluster.connect(RayConfig(), cpus_needed=2 + args.actors)
-    encoded = encode_items(ModelRef("student", args.student), paths, [-1] * len(paths), use_ray=not args.no_ray,
+    student = ModelRef("student", args.student)
+    encoded = encode_items(student, paths, [-1] * len(paths), use_ray=not args.no_ray,
                            batch_size=args.batch_size, num_actors=args.actors)
-    table = predictions_table(encoded, cv, args.top_k)
+    table = predictions_table(encoded, cv, args.top_k, student.classifier())
     write_table(table, args.out)
     log.info("%d predictions written to %s (%d unreadable images skipped%s)", table.num_rows, args.out,
              encoded.skipped, f", first: {sorted(encoded.unreadable)[0]}" if encoded.skipped else "")
     return 0
 
 
-def predictions_table(encoded, class_vectors, top_k: int):
+def predictions_table(encoded, class_vectors, top_k: int, classifier):
+    """path + top-k (label, class, probability) per image; `classifier(features, W)` is the student's
+    (cosine similarity, through its EduAttention for a ComKD student), scaled by the logit scale."""
     import pyarrow as pa
     import torch
 
     k = min(top_k, class_vectors.num_classes)
-    logits = class_vectors.logit_scale * encoded.features.float() @ class_vectors.vectors.float().t()
+    logits = class_vectors.logit_scale * classifier(encoded.features, class_vectors.vectors)
     probs, labels = torch.softmax(logits, dim=-1).topk(k, dim=-1)
     columns = {"path": encoded.paths}
     for j in range(k):

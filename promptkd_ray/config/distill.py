@@ -11,7 +11,7 @@ from typing import Dict
 from ..core.losses import LOSS_PRESETS, LossConfig
 from .loader import choice, path_field, section, spec_field
 from .sections import (IMAGE_SOURCES, ImagesConfig, JobBase, OptimConfig, Problems, RayConfig, WorkersConfig,
-                       images_checks, job_checks, optim_checks, workers_checks)
+                       training_job_checks)
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,7 @@ class TeacherConfig:
     artifact: str = path_field(artifact=True)  # Stage I teacher artifact (NAME.safetensors + NAME.json); "" = `spec`
     class_vectors: str = path_field(artifact=True)  # class-vectors artifact; "" = compute them from the teacher here
     templates: str = "single"  # templates for computed class vectors: "single", "imagenet60" or one '{}' template
+    vocabulary: str = ""  # KDPL-CA: distil over these names, not the dataset's: a names file or "toyworld"
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class StudentConfig:
     n_ctx: int = 4  # visual prompt tokens per layer
     depth: int = 9  # prompted layers (authors: 9 base-to-novel, 3 cross-dataset)
     projector: str = choice("mlp2", "linear", "identity")  # student→teacher dim projector (authors: mlp2)
+    edu_attention_width: int = 0  # width C of the EduAttention when loss.edu_attention (0 = the class vectors' dim)
 
 
 @dataclass(frozen=True)
@@ -79,20 +81,15 @@ class DistillJob(JobBase):
 
 def distill_checks(job: DistillJob) -> Problems:
     """(key, message) for each rule that a field's type cannot say."""
-    t, d, s, p = job.train, job.data, job.student, job.teacher_pool
+    d, s, p = job.data, job.student, job.teacher_pool
     problems = Problems()
-    job_checks(job, problems)
+    training_job_checks(job, problems)
     toy = d.source == "toyworld"
     problems.need(bool(job.teacher.spec or job.teacher.artifact or toy), "teacher.spec", "or teacher.artifact must be set.")
     problems.need(bool(s.spec or toy), "student.spec", "must be set (MODEL[:PRETRAINED]).")
-    problems.need(s.n_ctx >= 1, "student.n_ctx", f"must be ≥ 1, got {s.n_ctx}.")
-    problems.need(s.depth >= 0, "student.depth", f"must be ≥ 0, got {s.depth}.")
-    optim_checks(t, problems)
-    workers_checks(t, t.batch_size, problems)
-    images_checks(d, problems)
-    problems.at_least_one("teacher_pool", p, "size", "batch_size")
-    problems.at_least_one("data", d, "decode_batch_size", "decode_memory_mb")
+    problems.at_least("student", s, n_ctx=1, depth=0, edu_attention_width=0)
+    problems.at_least("teacher_pool", p, size=1, batch_size=1)
+    problems.at_least("data", d, decode_batch_size=1, decode_memory_mb=1, heldout_images=0, limit=0)
     problems.need(p.max_size == 0 or p.max_size >= p.size, "teacher_pool.max_size",
                   f"must be 0 or ≥ teacher_pool.size ({p.size}), got {p.max_size}.")
-    problems.need(d.heldout_images >= 0 and d.limit >= 0, "data", "heldout_images and limit must be ≥ 0.")
     return problems

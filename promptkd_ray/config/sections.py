@@ -90,26 +90,32 @@ class Problems(list):
         if not condition:
             self.append((key, message))
 
-    def at_least_one(self, section: str, obj, *names: str) -> None:
-        for name in names:
+    def at_least(self, section: str, obj, **minimums: float) -> None:
+        """`section.name` must be ≥ its minimum, for each name given."""
+        for name, minimum in minimums.items():
             value = getattr(obj, name)
-            self.need(value >= 1, f"{section}.{name}", f"must be ≥ 1, got {value}.")
+            self.need(value >= minimum, f"{section}.{name}", f"must be ≥ {minimum}, got {value}.")
 
 
-def job_checks(job: JobBase, problems: Problems) -> None:
+def training_job_checks(job, problems: Problems) -> None:
+    """The rules every training job shares: its name and storage, `train` (optimisation and
+    workers) and `data` (images)."""
     problems.need(bool(job.name.strip()), "name", "must be set: it names the run and is how a re-run resumes it.")
     problems.need(bool(job.storage_path.strip()), "storage_path", "must be a folder or URI.")
+    optim_checks(job.train, problems)
+    workers_checks(job.train, job.train.batch_size, problems)
+    images_checks(job.data, problems)
 
 
 def optim_checks(t: OptimConfig, problems: Problems, section: str = "train") -> None:
-    problems.at_least_one(section, t, "epochs", "batch_size", "base_batch_size", "log_every")
+    problems.at_least(section, t, epochs=1, batch_size=1, base_batch_size=1, log_every=1)
     problems.need(t.lr > 0, f"{section}.lr", f"must be > 0, got {t.lr}.")
     problems.need(0 <= t.warmup_epochs < t.epochs, f"{section}.warmup_epochs",
                   f"must be ≥ 0 and less than {section}.epochs ({t.epochs}), got {t.warmup_epochs}.")
 
 
 def workers_checks(t: WorkersConfig, batch_size: int, problems: Problems, section: str = "train") -> None:
-    problems.at_least_one(section, t, "num_workers", "checkpoints_to_keep")
+    problems.at_least(section, t, num_workers=1, checkpoints_to_keep=1)
     problems.need(batch_size % max(t.num_workers, 1) == 0, f"{section}.batch_size",
                   f"({batch_size}) must be divisible by {section}.num_workers ({t.num_workers}).")
     problems.need(t.max_failures >= -1, f"{section}.max_failures", f"must be ≥ -1 (-1 = unlimited), got {t.max_failures}.")

@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .loader import choice, section, spec_field
-from .sections import (ImagesConfig, JobBase, OptimConfig, Problems, RayConfig, WorkersConfig,
-                       images_checks, job_checks, optim_checks, workers_checks)
+from .sections import ImagesConfig, JobBase, OptimConfig, Problems, RayConfig, WorkersConfig, training_job_checks
 
 TEACHER_MODES = ("promptsrc", "zeroshot")
 
@@ -57,17 +56,12 @@ class TeacherJob(JobBase):
 
 
 def teacher_checks(job: TeacherJob) -> Problems:
-    t, d, m = job.train, job.data, job.teacher
+    m = job.teacher
     problems = Problems()
-    job_checks(job, problems)
-    problems.need(bool(m.spec or d.source == "toyworld"), "teacher.spec", "must be set (MODEL[:PRETRAINED]).")
-    if m.mode == "promptsrc":
-        problems.need(m.text_depth >= 1, "teacher.text_depth", f"must be ≥ 1 for PromptSRC, got {m.text_depth}.")
-        problems.need(m.vision_depth >= 0, "teacher.vision_depth", f"must be ≥ 0, got {m.vision_depth}.")
-        problems.need(m.n_ctx >= 1, "teacher.n_ctx", f"must be ≥ 1, got {m.n_ctx}.")
-    optim_checks(t, problems)
-    workers_checks(t, t.batch_size, problems)
-    images_checks(d, problems)
-    problems.at_least_one("data", d, "shots")
-    problems.need(t.gpa_std > 0, "train.gpa_std", f"must be > 0, got {t.gpa_std}.")
+    training_job_checks(job, problems)
+    problems.need(bool(m.spec or job.data.source == "toyworld"), "teacher.spec", "must be set (MODEL[:PRETRAINED]).")
+    if m.mode == "promptsrc":  # PromptSRC prompts both towers
+        problems.at_least("teacher", m, text_depth=1, vision_depth=0, n_ctx=1)
+    problems.at_least("data", job.data, shots=1)
+    problems.need(job.train.gpa_std > 0, "train.gpa_std", f"must be > 0, got {job.train.gpa_std}.")
     return problems

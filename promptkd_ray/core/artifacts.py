@@ -84,6 +84,7 @@ class StudentInfo:
     depth: int  # prompted layers
     projector: str  # "mlp2" | "linear" | "identity"
     class_vectors_sha256: Optional[str] = None  # the class vectors it was distilled against
+    edu_attention_width: int = 0  # C of its ComKD-CLIP EduAttention (0 = none; older artifacts: none)
     extra: dict = field(default_factory=dict)  # provenance: job name, teacher, epochs, metrics
 
 
@@ -102,12 +103,26 @@ def load_student(path: str, device: str = "cpu"):
 
     info = read_student_info(path)
     student = build_student(info.spec, teacher_dim=info.teacher_dim, n_ctx=info.n_ctx, depth=info.depth,
-                            projector=info.projector, device=device)
+                            projector=info.projector, device=device, edu_attention_width=info.edu_attention_width)
     try:
         student.load_trainable_state_dict(read_tensors(str(path), "student"))
     except ValueError as exc:
         raise ArtifactError(f"Student artifact {path} does not fit its own spec: {exc}") from exc
     return student.eval(), info
+
+
+def load_edu_attention(path: str):
+    """The EduAttention of a ComKD student artifact (eval mode, no gradients), from its tensors alone."""
+    from .models.edu_attention import EduAttention
+
+    info, prefix = read_student_info(path), "edu_attention."
+    module = EduAttention(info.teacher_dim, info.edu_attention_width)
+    state = {k[len(prefix):]: v for k, v in read_tensors(str(path), "student").items() if k.startswith(prefix)}
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ArtifactError(f"Student artifact {path} lacks a fitting EduAttention ({str(exc).splitlines()[0]}).") from None
+    return module.eval().requires_grad_(False)
 
 
 @dataclass(frozen=True)
@@ -174,6 +189,17 @@ class ModelRef:
         if self.kind == "teacher":
             return read_teacher_info(self.source).spec
         return self.source
+
+    def classifier(self):
+        """`logits(features, class_vectors)` of this model's features (what `build(...).encode_image`
+        returns): cosine similarity, through the student's EduAttention when it has one (ComKD-CLIP).
+        Only that small module is loaded, not the model."""
+        from .metrics import cosine_logits
+
+        if self.kind != "student" or not read_student_info(self.source).edu_attention_width:
+            return cosine_logits
+        edu = load_edu_attention(self.source)
+        return lambda features, class_vectors: cosine_logits(edu(features, class_vectors), class_vectors)
 
     def image_size(self) -> int:
         """Input resolution from the model config, without building the model."""

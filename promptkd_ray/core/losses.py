@@ -40,6 +40,7 @@ class LossConfig:
     ifalign_weight: float = 0.0  # ComKD-CLIP IFAlign weight (0 = off; comkd preset: 1)
     class_agnostic_k: int = 0  # KDPL-CA: keep the top-K batch-mean teacher classes (0 = all classes)
     teacher_scale: str = "teacher"  # teacher logits use the "teacher"'s or the "student"'s logit scale
+    edu_attention: bool = False  # ComKD-CLIP: student logits through its EduAttention (width: student.edu_attention_width)
 
     def __post_init__(self):
         checks = [("kd", self.kd, KD_KINDS), ("normalization", self.normalization, KD_NORMALIZATIONS),
@@ -57,7 +58,7 @@ LOSS_PRESETS = {
     "promptkd": LossConfig(),
     "kdpl": LossConfig(kd="symmetric_kl", kd_weight=1.0, teacher_scale="student"),
     "kdpl_ca": LossConfig(kd="symmetric_kl", kd_weight=1.0, teacher_scale="student", class_agnostic_k=1000),
-    "comkd": LossConfig(ifalign_weight=1.0),
+    "comkd": LossConfig(ifalign_weight=1.0, edu_attention=True),
 }
 
 

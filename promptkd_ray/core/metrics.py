@@ -17,14 +17,18 @@ def harmonic_mean(base: float, novel: float) -> float:
     return 0.0 if base + novel == 0 else 2.0 * base * novel / (base + novel)
 
 
+def cosine_logits(features: torch.Tensor, class_vectors: torch.Tensor) -> torch.Tensor:
+    """features [B, d] · class vectors [N, d]ᵀ → [B, N] (the logit scale does not change an argmax)."""
+    return features.float() @ class_vectors.float().t()
+
+
 def base_novel_accuracy(features: torch.Tensor, labels: torch.Tensor, class_vectors: torch.Tensor,
-                        num_base: int) -> dict[str, float]:
+                        num_base: int, logits=cosine_logits) -> dict[str, float]:
     """PROTOCOL.md base-to-novel: base-class images scored against class_vectors[:m] only, novel-class
     images against class_vectors[m:] (labels shifted by m). features [B, d] and class vectors [N, d]
-    normalised; the logit scale does not change the argmax, so it is not needed here."""
-    features = features.float()
-    class_vectors = class_vectors.float()
+    normalised; `logits(features, class_vectors)` is the model's classifier (a ComKD student's
+    runs its EduAttention over the class set being scored)."""
     base = labels < num_base
-    base_acc = accuracy(features[base] @ class_vectors[:num_base].t(), labels[base])
-    novel_acc = accuracy(features[~base] @ class_vectors[num_base:].t(), labels[~base] - num_base)
+    base_acc = accuracy(logits(features[base], class_vectors[:num_base]), labels[base])
+    novel_acc = accuracy(logits(features[~base], class_vectors[num_base:]), labels[~base] - num_base)
     return {"base": base_acc, "novel": novel_acc, "hm": harmonic_mean(base_acc, novel_acc)}

@@ -56,6 +56,32 @@ class ImageSource:
         return len(self.train_paths)
 
 
+def read_names_file(path: str) -> tuple[str, ...]:
+    """Class names from a text file (local or URI), one per line, in label order; blank lines skipped."""
+    from .. import storage
+    from ..errors import StorageError
+
+    try:
+        text = storage.read_bytes(path).decode("utf-8")
+    except (StorageError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"Expected a UTF-8 file of class names at {path}, one per line ({exc}).") from None
+    names = tuple(line.strip() for line in text.splitlines() if line.strip())
+    if not names:
+        raise ConfigError(f"The class-name file {path} holds no names.")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"The class-name file {path} names a class twice ({len(names) - len(set(names))} duplicates).")
+    return names
+
+
+def vocabulary_names(vocabulary: str) -> tuple[str, ...]:
+    """The class names of a vocabulary: a names file, or "toyworld" (the toy world's 108 names)."""
+    if vocabulary == "toyworld":
+        from ..toyworld import vocabulary as toy_vocabulary
+
+        return tuple(toy_vocabulary())
+    return read_names_file(vocabulary)
+
+
 def open_world(images):
     """The toy world of a `toyworld` images section (built on first use, then read from its cache)."""
     from ..toyworld import build_world

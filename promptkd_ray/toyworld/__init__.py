@@ -16,11 +16,12 @@ Usage:
 Importing this package does no work (no rendering, no training, no file access).
 """
 
+from .concepts import vocabulary
 from .domains import DEFAULT_DOMAIN, DOMAINS, DomainSpec, write_domain
 from .render import IMAGE_SIZE, render_batch, render_image
 from .world import PROFILES, ToyDomain, ToyWorld, build_world, default_cache_dir
 
 __all__ = [
     "DEFAULT_DOMAIN", "DOMAINS", "DomainSpec", "write_domain", "IMAGE_SIZE", "render_batch", "render_image",
-    "PROFILES", "ToyDomain", "ToyWorld", "build_world", "default_cache_dir",
+    "PROFILES", "ToyDomain", "ToyWorld", "build_world", "default_cache_dir", "vocabulary",
 ]

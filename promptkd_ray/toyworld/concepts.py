@@ -79,6 +79,12 @@ def all_concepts() -> list[tuple[str, str]]:
     return [(c, s) for c in COLOURS for s in SHAPES]
 
 
+def vocabulary() -> list[str]:
+    """The toy world's whole name space: every colour × shape class name (108), sorted; larger than
+    any domain's class list (KDPL-CA distils over a vocabulary, not over the domain's classes)."""
+    return sorted(class_name(c, s) for c, s in all_concepts())
+
+
 def make_caption(colour: str, shape: str, style: str, caption_styles: dict[str, float],
                  rng: np.random.Generator) -> str:
     """One caption of a concept rendered in `style`; `caption_styles` weights the caption styles."""

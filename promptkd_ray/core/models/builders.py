@@ -27,10 +27,10 @@ def build_teacher(spec: "str | ModelSpec", vision_depth: int = 0, text_depth: in
 
 
 def build_student(spec: "str | ModelSpec", teacher_dim: int, n_ctx: int = 4, depth: int = 9,
-                  projector: str = "mlp2", device: str = "cpu") -> Student:
+                  projector: str = "mlp2", device: str = "cpu", edu_attention_width: int = 0) -> Student:
     spec = ModelSpec.parse(spec) if isinstance(spec, str) else spec
     clip = load_clip(spec, device=device)
     student = Student(clip.visual, teacher_dim=teacher_dim, n_ctx=n_ctx, depth=depth, projector=projector,
-                      logit_scale=clip_logit_scale(clip))
+                      logit_scale=clip_logit_scale(clip), edu_attention_width=edu_attention_width).to(device)
     student.spec = str(spec)
     return student

@@ -1,7 +1,9 @@
 """The PromptKD student: prompted image tower → projector → L2 norm; frozen logit scale.
 
-Only the prompts and the projector train; the backbone and the logit scale are frozen. The
-student never runs a text encoder: its classifier is the teacher's class vectors W [N, d_t].
+Only the prompts and the projector train (and, for ComKD-CLIP, its EduAttention); the backbone and
+the logit scale are frozen. The student never runs a text encoder: its classifier is the teacher's
+class vectors W [N, d_t]: `logits(u_s, W)` = scale · f · Wᵀ, where f = u_s, or f = EduAttention(u_s, W)
+when the student has one (`edu_attention.py`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .edu_attention import EduAttention
 from .prompted_vit import PromptedVisionTransformer
 
 PROJECTORS = ("mlp2", "linear", "identity")
@@ -56,10 +59,11 @@ class Student(nn.Module):
         n_ctx, depth: visual prompt tokens per layer and number of prompted layers.
         projector: "mlp2" (authors), "linear" or "identity".
         logit_scale: the student's (already exponentiated) logit scale, frozen.
+        edu_attention_width: C of a ComKD-CLIP EduAttention before the classifier (0 = none).
     """
 
     def __init__(self, visual: nn.Module, teacher_dim: int, n_ctx: int = 4, depth: int = 9,
-                 projector: str = "mlp2", logit_scale: float = 100.0):
+                 projector: str = "mlp2", logit_scale: float = 100.0, edu_attention_width: int = 0):
         super().__init__()
         for p in visual.parameters():
             p.requires_grad_(False)
@@ -68,9 +72,15 @@ class Student(nn.Module):
         self.projector_kind = projector
         self.teacher_dim = teacher_dim
         self.register_buffer("logit_scale", torch.tensor(float(logit_scale)))
+        self.edu_attention = EduAttention(teacher_dim, edu_attention_width) if edu_attention_width else None
+
+    @property
+    def edu_attention_width(self) -> int:
+        return self.edu_attention.width if self.edu_attention is not None else 0
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return self.image_encoder.prompt_parameters() + list(self.projector.parameters())
+        edu = list(self.edu_attention.parameters()) if self.edu_attention is not None else []
+        return self.image_encoder.prompt_parameters() + list(self.projector.parameters()) + edu
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Only what trains (prompts, projector incl. BatchNorm running stats): the student artifact."""
@@ -81,6 +91,12 @@ class Student(nn.Module):
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
         wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+        theirs = state["edu_attention.query.weight"].shape[0] if "edu_attention.query.weight" in state else 0
+        if theirs != self.edu_attention_width:
+            raise ValueError(
+                f"The student state has {'an EduAttention of width ' + str(theirs) if theirs else 'no EduAttention'}"
+                f" (ComKD-CLIP), but this student has "
+                f"{'one of width ' + str(self.edu_attention_width) if self.edu_attention_width else 'none'}.")
         if missing or unexpected or wrong:
             raise ValueError(
                 "The student state does not fit this student (missing "
@@ -98,11 +114,18 @@ class Student(nn.Module):
         features = self.image_encoder(images)  # shape = [B, d_s]
         return F.normalize(self.projector(features.float()), dim=-1)
 
+    def logits(self, features: torch.Tensor, class_vectors: torch.Tensor) -> torch.Tensor:
+        """Projected features u_s [B, teacher_dim] against class vectors [N, teacher_dim] → logits
+        [B, N] (through EduAttention when the student has one)."""
+        if self.edu_attention is not None:
+            features = self.edu_attention(features, class_vectors)
+        return self.logit_scale * features @ class_vectors.t().to(torch.float32)
+
     def forward(self, images: torch.Tensor, class_vectors: torch.Tensor, return_features: bool = False):
         """images [B, 3, H, W], class vectors [N, teacher_dim] (normalised) → logits [B, N]
-        (and the normalised features [B, teacher_dim] with return_features=True)."""
+        (and the normalised features u_s [B, teacher_dim] with return_features=True)."""
         features = self.encode_image(images)
-        logits = self.logit_scale * features @ class_vectors.t().to(torch.float32)
+        logits = self.logits(features, class_vectors)
         return (logits, features) if return_features else logits
 
 
