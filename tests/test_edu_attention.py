@@ -168,7 +168,10 @@ def test_predict_ranks_classes_through_the_edu_attention(comkd_world, tmp_path):
 
 
 @pytest.mark.slow
-def test_ray_batch_inference_scores_the_comkd_student_as_in_process(comkd_world, tmp_path, ray_cluster):
+def test_ray_batch_inference_scores_and_predicts_with_the_comkd_student_as_in_process(comkd_world, tmp_path,
+                                                                                      ray_cluster):
+    import pyarrow.parquet as pq
+
     from promptkd_ray.cli import main
 
     args = ["eval", "--protocol", "cross", "--dataset", "OxfordPets", "--root", str(comkd_world["root"] / "data"),
@@ -176,3 +179,11 @@ def test_ray_batch_inference_scores_the_comkd_student_as_in_process(comkd_world,
     assert main(args + ["--out", str(tmp_path / "ray")]) == 0
     row = next(csv.DictReader(open(tmp_path / "ray" / "results.csv")))
     assert float(row["accuracy"]) == pytest.approx(_expected_accuracy(comkd_world), abs=0.01)
+    predictions = {}
+    for mode, extra in (("ray", []), ("local", ["--no-ray"])):
+        out = tmp_path / f"{mode}.parquet"
+        assert main(["predict", "--student", comkd_world["path"], "--class-vectors", comkd_world["cv_path"],
+                     "--images", str(comkd_world["root"] / "data"), "--out", str(out), *extra]) == 0
+        table = pq.read_table(out).to_pydict()
+        predictions[mode] = dict(zip(table["path"], table["top1_label"]))
+    assert predictions["ray"] == predictions["local"] and len(predictions["ray"]) > 20
