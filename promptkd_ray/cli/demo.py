@@ -64,7 +64,9 @@ def run(args) -> int:
     if started_ray:
         ray.shutdown()
     domain = world.domain(job.data.dataset or None)
-    paths = write_report(scores, Path(args.out) / "report", f"PromptKD on the toy world ({domain.name}, seed {args.seed})")
+    paths = write_report(scores, Path(args.out) / "report",
+                         f"Label-free distillation on the toy world ({domain.name}, seed {args.seed}; "
+                         f"loss: {loss_summary(job.loss)})")
     hm = {s.model: s.metrics["hm"] for s in scores}
     print(Path(paths["markdown"]).read_text())
     print(f"report: {paths['markdown']}, {paths['plot']}")
@@ -88,3 +90,10 @@ def evaluate_demo(world, job, result) -> list:
                Entry("student distilled", ModelRef("student", result.student_artifact),
                      class_vectors_for(result.student_artifact, splits, [run_cv], "base2novel"))]
     return score(entries, splits, "base2novel", batch_size=128)
+
+
+def loss_summary(loss) -> str:
+    """The loss's parts in a few words, e.g. "kl + IFAlign + EduAttention" (the report's title)."""
+    parts = [loss.kd] + ["IFAlign"] * bool(loss.ifalign_weight) + ["EduAttention"] * bool(loss.edu_attention)
+    parts += [f"top-{loss.class_agnostic_k} classes"] * bool(loss.class_agnostic_k)
+    return " + ".join(parts)
