@@ -4,6 +4,7 @@ GFLOPs are counted by `torch.utils.flop_counter.FlopCounterMode` for one image (
 convolutions, counted as 2·MACs); images/s is measured on the same machine in the same run for
 every model, after warm-up, so rows compare as ratios. The student row includes its prompts and
 projector; the teacher row is its image tower (its text side is precomputed class vectors).
+`start_benchmark` is every benchmark script's common start (logging, arguments, --out folder).
 """
 
 from __future__ import annotations
@@ -75,3 +76,18 @@ def markdown_table(rows: list[CostRow], device: str) -> str:
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def start_benchmark(parse_args, argv=None):
+    """A benchmark script's first lines: Ray's auth off, timestamped INFO logging, its arguments and
+    its --out folder (created). → (args, out)."""
+    import logging
+    import os
+    from pathlib import Path
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return args, out

@@ -34,10 +34,11 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import os
 import sys
 import time
 from pathlib import Path
+
+from cost import start_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_JOB = REPO / "jobs" / "toy_b2n.yaml"
@@ -112,11 +113,7 @@ def table(scores: list, dataset: str, keys: tuple) -> tuple[str, list]:
 
 
 def main(argv=None) -> int:
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    args = parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    args, out = start_benchmark(parse_args, argv)
     began, scores, trained = time.perf_counter(), [], 0.0
     for seed in args.seeds:
         runs = {}

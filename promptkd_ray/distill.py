@@ -3,6 +3,7 @@
 Read top to bottom:
     prepare(job, run)              setup: images, teacher, student, class vectors, input size
     run_distillation(job)          driver: setup → datasets → trainer.fit → student artifact + metrics
+    build_soft_label_cache(job)    driver: the teacher's features of K seeded views per image, once
     train_loop_per_worker(plan)    each Ray Train worker: student, optimiser, resume, epochs, reports
     train_one_epoch(...)           the worker's streaming shard → `core.step.distill_step`, batch by batch
     heldout_metrics(...)           label-free student–teacher agreement and KL on the held-out slice
@@ -18,6 +19,8 @@ Design decisions:
   rank 0, a checkpoint with everything that trains plus the optimiser, scheduler and progress.
   A restart (worker failure, `FailureConfig`) or a re-run of the job with the same name and
   storage resumes after the last reported epoch, with the same history.
+- With `teacher.cache` (built by `build_soft_label_cache`, `orchestration/softlabels.py`) no
+  teacher actor starts: epoch e replays view slot e mod K, re-rendered from the source images.
 - Class vectors come from `teacher.class_vectors`, or are computed here once with the teacher's
   text tower and stored in the run folder; a resumed run reuses the stored ones, so its
   checkpoint fingerprint (class-vector hash) still matches.
@@ -52,10 +55,12 @@ from .errors import ConfigError
 from .orchestration import cluster
 from .orchestration.checkpoints import TensorBoardLog, check_resumable, final_checkpoint, read_progress, report, \
     restore, run_storage, TRAINABLE_FILE
+from .orchestration.epochs import set_epoch, start_clock
 from .orchestration.pipeline import bad_images, distill_datasets, start_ledger
 from .orchestration.progress import Console, Reporter
+from .orchestration.softlabels import Cache, build_cache, open_cache, replay_datasets
 from .orchestration.trainer import all_reduce, dataset_shard, fit, prepare_model, surface_user_errors, this_worker
-from .storage import Storage
+from .storage import Storage, join
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +85,7 @@ class Setup:
     student_spec: str  # the student's MODEL[:PRETRAINED]
     class_vectors: ClassVectors  # W [N, d_t]
     image_size: int  # training resolution (teacher and student)
+    cache: Optional[Cache] = None  # the soft-label cache to replay (teacher.cache), checked against the job
 
     def fingerprint(self, job: DistillJob) -> dict:
         """What a checkpoint must have been made with to be resumed by this job."""
@@ -102,6 +108,7 @@ class WorkerPlan:
     local_shuffle: Optional[int]  # Parquet sources: a local shuffle buffer (rows), else None
     has_heldout: bool  # a "heldout" dataset goes to rank 0
     ledger: object  # BadImageLedger actor: unreadable images counted exactly
+    clock: object  # EpochClock actor: rank 0 tells the pipeline's tasks which epoch they produce
     board: object  # ProgressBoard actor of the driver's console
 
 
@@ -122,6 +129,17 @@ def new_student(job: DistillJob, spec: str, dim: int, device="cpu"):
 def prepare(job: DistillJob, run: Storage) -> Setup:
     """Resolve the images, the models, the class vectors and the input size; every mismatch ends in
     one sentence before any worker starts."""
+    source, teacher, teacher_spec, student_spec, size = resolve(job)
+    cache = open_cache(job.teacher.cache, job, source, teacher, size) if job.teacher.cache else None
+    cv = _class_vectors(job, run, teacher, teacher_spec, source)
+    if cv.dim != vision_setting(teacher_spec, "embed_dim"):
+        raise ConfigError(f"The class vectors have dim {cv.dim}, but the teacher {teacher_spec} emits "
+                          f"features of dim {vision_setting(teacher_spec, 'embed_dim')}.")
+    return Setup(source, teacher, teacher_spec, student_spec, cv, size, cache)
+
+
+def resolve(job: DistillJob) -> tuple:
+    """(images, teacher ModelRef, teacher spec, student spec, input size) of the job."""
     world = open_world(job.data) if job.data.source == "toyworld" else None
     student_spec = job.student.spec or (world.student_spec if world else "")
     if job.teacher.artifact:
@@ -130,16 +148,12 @@ def prepare(job: DistillJob, run: Storage) -> Setup:
         teacher_spec = job.teacher.spec or (world.teacher_spec if world else "")
         teacher = ModelRef("zeroshot", teacher_spec)
     source = resolve_source(job.data, job.seed, world)
-    cv = _class_vectors(job, run, teacher, teacher_spec, source)
-    if cv.dim != vision_setting(teacher_spec, "embed_dim"):
-        raise ConfigError(f"The class vectors have dim {cv.dim}, but the teacher {teacher_spec} emits "
-                          f"features of dim {vision_setting(teacher_spec, 'embed_dim')}.")
     size = job.data.image_size or vision_setting(student_spec, "image_size")
     for role, spec in (("teacher", teacher_spec), ("student", student_spec)):
         if vision_setting(spec, "image_size") != size:
             raise ConfigError(f"The {role} {spec} takes {vision_setting(spec, 'image_size')}-px images, but the job "
                               f"trains at {size} px (data.image_size); teacher and student must see the same view.")
-    return Setup(source, teacher, teacher_spec, student_spec, cv, size)
+    return source, teacher, teacher_spec, student_spec, size
 
 
 def _class_vectors(job: DistillJob, run: Storage, teacher: ModelRef, teacher_spec: str,
@@ -178,8 +192,14 @@ def run_distillation(job: DistillJob) -> DistillResult:
     setup = prepare(job, run)
     check_resumable(run, setup.fingerprint(job))
     run.write_text("job.yaml", yaml.safe_dump(to_dict(job), sort_keys=False))
-    ledger = start_ledger()
-    datasets = distill_datasets(job, setup.source, setup.teacher, setup.image_size, ledger, cluster.has_gpus())
+    ledger, clock = start_ledger(), start_clock()
+    if setup.cache is not None:
+        log.info("replaying the soft-label cache %s (%d views per image): no teacher actors",
+                 setup.cache.storage.root, setup.cache.views)
+        datasets = replay_datasets(job, setup.cache, setup.image_size, ledger, clock)
+    else:
+        datasets = distill_datasets(job, setup.source, setup.teacher, setup.image_size, ledger, cluster.has_gpus(),
+                                    clock)
     log.info("run %s: %d epochs on %d images, %d worker(s), storage %s", job.name, job.train.epochs,
              setup.source.num_train, job.train.num_workers, run.root)
     with Console("distill", job.ray.progress_bars) as board:
@@ -187,9 +207,28 @@ def run_distillation(job: DistillJob) -> DistillResult:
                           teacher_logit_scale=setup.class_vectors.logit_scale, fingerprint=setup.fingerprint(job),
                           steps_per_epoch=setup.source.num_train // job.train.batch_size,
                           local_shuffle=4 * job.train.batch_size if setup.source.is_parquet and job.data.shuffle
-                          else None, has_heldout="heldout" in datasets, ledger=ledger, board=board)
-        result = fit(train_loop_per_worker, plan, job, job.train, datasets)
+                          else None, has_heldout="heldout" in datasets, ledger=ledger, clock=clock, board=board)
+        result = fit(train_loop_per_worker, plan, job, job.train, datasets, preserve_order=job.data.preserve_order)
     return _finish(job, setup, run, result, ledger)
+
+
+def build_soft_label_cache(job: DistillJob, out: str = "", views: int = 0) -> Cache:
+    """Write (or finish) the soft-label cache of the job's images: K = `views` (default: the job's
+    epochs) seeded views per image and the held-out slice, at `out` (default: teacher.cache, else
+    storage_path/soft_labels/NAME)."""
+    cluster.connect(job.ray, cluster.cpus_needed(job.train, job.teacher_pool))
+    source, teacher, teacher_spec, _, size = resolve(job)
+    out = out or job.teacher.cache or join(job.storage_path, "soft_labels", job.name)
+    views = views or job.train.epochs
+    log.info("soft-label cache of %d images × %d views (+ %d held out) with %s at %s", source.num_train, views,
+             len(source.heldout_paths), teacher_spec, out)
+    started = time.perf_counter()
+
+    def progress(done: int, total: int, part: str, rows: int) -> None:
+        log.info("%s: %d views written (%d/%d parts, %.0f s)", part, rows, done, total, time.perf_counter() - started)
+
+    return build_cache(job, source, teacher, size, out, views, start_ledger(), start_clock(), cluster.has_gpus(),
+                       progress)
 
 
 def _finish(job: DistillJob, setup: Setup, run: Storage, result, ledger) -> DistillResult:
@@ -252,13 +291,15 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
     model = prepare_model(student)
-    shard = dataset_shard("train")
     rank0 = worker.rank == 0
     heldout = dataset_shard("heldout") if rank0 and plan.has_heldout else None
     tensorboard = TensorBoardLog(run_storage(job)) if rank0 else None
     reporter = Reporter(plan.board if rank0 else None, job.train.epochs, plan.steps_per_epoch)
+    shard = dataset_shard("train")
     for epoch in range(progress["epoch"] + 1, job.train.epochs):
         lr_now = optimizer.param_groups[0]["lr"]
+        if rank0:  # every worker has finished the previous epoch (its all-reduce); none reads this one yet
+            set_epoch(plan.clock, epoch)
         stats, progress["step"] = train_one_epoch(model, shard, class_vectors, optimizer, plan, epoch,
                                                   progress["step"], reporter)
         scheduler.step()
@@ -288,7 +329,8 @@ def train_one_epoch(model, shard, class_vectors, optimizer, plan: WorkerPlan, ep
     totals = torch.zeros(4, dtype=torch.float64)  # Σ loss·n, Σ kd·n, Σ agreement·n, n
     start, first_batch_at = time.perf_counter(), None
     batches = shard.iter_torch_batches(batch_size=job.train.batch_size // world, drop_last=True,
-                                       local_shuffle_buffer_size=plan.local_shuffle)
+                                       local_shuffle_buffer_size=plan.local_shuffle,
+                                       local_shuffle_seed=job.seed * 100_003 + epoch if plan.local_shuffle else None)
     for i, batch in enumerate(surface_user_errors(batches)):
         first_batch_at = first_batch_at or time.perf_counter()
         images = to_model_input(batch["image"].to(class_vectors.device))

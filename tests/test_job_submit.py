@@ -96,28 +96,54 @@ def ray_head():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def test_ray_job_submit_runs_a_distill_job_and_leaves_checkpoints_and_tensorboard(tmp_path, ray_head):
+def submit_and_wait(address: str, env: dict, submission_id: str, *command: str) -> str:
+    """`ray job submit` of `promptkd-ray COMMAND …` to the head; waits for it to end, asserts it
+    succeeded, returns its logs."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
+    submit = subprocess.run(
+        [RAY, "job", "submit", "--address", address, "--submission-id", submission_id, "--no-wait", "--",
+         sys.executable, "-m", "promptkd_ray.cli", *command], env=env, capture_output=True, text=True, timeout=120)
+    assert submit.returncode == 0, submit.stderr
+    client = JobSubmissionClient(address)
+    deadline = time.time() + 400
+    while client.get_job_status(submission_id) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+        assert time.time() < deadline, "the submitted job did not finish in time"
+        time.sleep(3)
+    logs = client.get_job_logs(submission_id)
+    assert client.get_job_status(submission_id) == JobStatus.SUCCEEDED, logs[-3000:]
+    return logs
+
+
+def test_ray_job_submit_runs_a_distill_job_and_leaves_checkpoints_and_tensorboard(tmp_path, ray_head):
     address, env = ray_head
     root, _ = make_split_json(tmp_path / "data", per_class=6)
     job_file = tmp_path / "submit.yaml"
     job_file.write_text(yaml.safe_dump(tiny_job(root, tmp_path / "runs", "submitted", train={"epochs": 2},
                                                data={"heldout_images": 0})))
-    submit = subprocess.run(
-        [RAY, "job", "submit", "--address", address, "--submission-id", "distill-test", "--no-wait", "--",
-         sys.executable, "-m", "promptkd_ray.cli", "distill", "--config", str(job_file)],
-        env=env, capture_output=True, text=True, timeout=120)
-    assert submit.returncode == 0, submit.stderr
-    client = JobSubmissionClient(address)
-    deadline = time.time() + 400
-    while client.get_job_status("distill-test") not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
-        assert time.time() < deadline, "the submitted job did not finish in time"
-        time.sleep(3)
-    logs = client.get_job_logs("distill-test")
-    assert client.get_job_status("distill-test") == JobStatus.SUCCEEDED, logs[-3000:]
+    logs = submit_and_wait(address, env, "distill-test", "distill", "--config", str(job_file))
     assert "run submitted: 2 epochs" in logs
     run_dir = tmp_path / "runs" / "submitted"
     assert sorted(p.name for p in run_dir.glob("checkpoint_epoch_*")) == ["checkpoint_epoch_000", "checkpoint_epoch_001"]
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert (run_dir / "student.safetensors").is_file() and (run_dir / "metrics.json").is_file()
+
+
+def test_ray_job_submit_builds_a_soft_label_cache_then_distils_from_it(tmp_path, ray_head):
+    address, env = ray_head
+    root, _ = make_split_json(tmp_path / "data", per_class=6)
+    job_file = tmp_path / "submit.yaml"
+    job_file.write_text(yaml.safe_dump(tiny_job(root, tmp_path / "runs", "from_cache", train={"epochs": 2},
+                                               data={"heldout_images": 0})))
+    cache = tmp_path / "cache"
+    logs = submit_and_wait(address, env, "cache-test", "cache", "--config", str(job_file), "--out", str(cache))
+    assert "2 views, 48 rows" in logs and (cache / "manifest.json").is_file()
+    logs = submit_and_wait(address, env, "cached-distill-test", "distill", "--config", str(job_file),
+                           f"teacher.cache={cache}")
+    assert "replaying the soft-label cache" in logs and "run from_cache: 2 epochs" in logs
+    from ray.job_submission import JobSubmissionClient
+    from ray.util.state import list_actors
+
+    jobs = {sid: JobSubmissionClient(address).get_job_info(sid).job_id for sid in ("cache-test", "cached-distill-test")}
+    teachers = [a.job_id for a in list_actors(address=address, limit=1000) if "TeacherPredictor" in a.class_name]
+    assert jobs["cache-test"] in teachers and jobs["cached-distill-test"] not in teachers  # the distill ran none

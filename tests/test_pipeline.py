@@ -68,7 +68,7 @@ def test_views_differ_between_draws_and_heldout_uses_the_full_image():
 
 def test_crop_scale_min_bounds_the_train_crop_area():
     rng = np.random.default_rng(4)
-    batch = {"id": np.asarray(["x"] * 40, dtype=object), "bytes": np.asarray([png_bytes(rng)] * 40, dtype=object)}
+    batch = {"id": np.asarray([f"x{k}" for k in range(40)], dtype=object), "bytes": np.asarray([png_bytes(rng)] * 40, dtype=object)}
     area = 36 * 40
     small, _ = decode_views(batch, 32, "train", seed=5)
     large, _ = decode_views(batch, 32, "train", seed=5, crop_scale_min=0.6)

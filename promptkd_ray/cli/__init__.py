@@ -21,6 +21,7 @@ COMMANDS = {
     "demo": "Build the offline toy world, distil a student on it and write the report.",
     "distill": "Stage II: distil a student from a teacher on unlabeled images (Ray Data + Ray Train).",
     "teacher": "Stage I: train a PromptSRC-style teacher (or make a zero-shot one) and its class vectors.",
+    "cache": "Run the teacher once over K seeded views per image and store its features (the soft-label cache).",
     "validate": "Check job files without running them.",
     "classvectors": "Compute class vectors for a dataset's class names with a teacher.",
     "eval": "Evaluate students / teachers: base-to-novel, cross-dataset or domain generalisation.",

@@ -21,6 +21,7 @@ class TeacherConfig:
     class_vectors: str = path_field(artifact=True)  # class-vectors artifact; "" = compute them from the teacher here
     templates: str = "single"  # templates for computed class vectors: "single", "imagenet60" or one '{}' template
     vocabulary: str = ""  # KDPL-CA: distil over these names, not the dataset's: a names file or "toyworld"
+    cache: str = ""  # soft-label cache folder or URI (`promptkd-ray cache`): replayed instead of running the teacher
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class DataConfig(ImagesConfig):
     heldout_split: str = choice("", "train", "val", "test")  # split of the held-out slice; "" = held out of `split`
     limit: int = 0  # distil on at most this many images, picked with `seed` (0 = all)
     shuffle: bool = True  # reshuffle the image order every epoch (a shuffle of paths, not of pixels)
+    preserve_order: bool = False  # batches in the seeded order (the same batches on a re-run with 1 worker; slower)
     on_bad_image: str = choice("skip", "fail")  # unreadable file: skip and count it, or fail the run
     decode_batch_size: int = 32  # images per decode + augment task batch
     decode_memory_mb: int = 640  # memory reserved per decode task: its worker (Ray Data measured ~450 MiB) + a batch

@@ -5,6 +5,8 @@
     render_test(image, size)                  Resize(size, bicubic) → CenterCrop(size): the test transform
     to_model_input(uint8 [B, S, S, 3])        → CLIP-normalised float32 [B, 3, S, S], on any device
     decode_views(batch, size, mode)           a batch of ids (and bytes) → rows of views + the unreadable ones
+    view_rng(seed, image_id, slot)            the generator that draws an image's view in a slot
+    decode_recorded(batch, size)              re-render recorded views (the soft-label cache's replay)
 
 Design decisions:
 - Every stage decodes here: Stage II's decode tasks, Stage I's few-shot batches, batch inference
@@ -19,11 +21,15 @@ Design decisions:
 - A file that is not a readable image (corrupt, truncated, not an image, vanished) is dropped from
   the batch and returned in `bad` with its reason; the caller decides to count it (skip) or to
   raise `BadImageError` (fail). Nothing here imports Ray.
-- Views are drawn from fresh OS entropy unless a seed is given: every epoch sees new views.
+- Seeded views: with a seed, an image's view is a pure function of (seed, image id, view slot)
+  (`view_rng`; Stage II's slot is the epoch), so re-running a job draws the same views, a retried
+  task redraws the very same view, and a stored view can be told from a fresh one. Without a seed
+  views come from fresh OS entropy.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 from typing import Optional
 
@@ -84,17 +90,25 @@ def load_view(path: str, size: int, rng: Optional[np.random.Generator] = None,
     return to_model_input(torch.from_numpy(pixels)[None])[0]
 
 
-def decode_views(batch: dict, size: int, mode: str = "train", seed: Optional[int] = None,
+def view_rng(seed: int, image_id: str, slot: int) -> np.random.Generator:
+    """The generator of `image_id`'s view in view slot `slot` of a run seeded `seed`: independent of
+    the batch the image lands in, of the task and of the machine."""
+    key = int.from_bytes(hashlib.sha256(image_id.encode("utf-8")).digest()[:8], "little")
+    return np.random.default_rng([seed, slot, key])
+
+
+def decode_views(batch: dict, size: int, mode: str = "train", seed: Optional[int] = None, slot: int = 0,
                  crop_scale_min: float = CROP_SCALE[0]) -> tuple[dict, list]:
     """Decode a batch {"id": [B] str, ("bytes": [B] bytes)} and render one view per readable image
-    (train crops cover a fraction `crop_scale_min` … 1 of the image area; the authors' 0.08).
+    (train crops cover a fraction `crop_scale_min` … 1 of the image area; the authors' 0.08). With a
+    `seed`, each train view is drawn by `view_rng(seed, id, slot)`; without, from fresh entropy.
 
     Returns (rows, bad): rows {"id", "image": uint8 [b, S, S, 3]} plus, in train / heldout mode,
     the view columns `VIEW_COLUMNS`; bad = [(id, reason), …] for unreadable files (b ≤ B).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
-    rng = np.random.default_rng(seed)
+    fresh = np.random.default_rng() if seed is None else None
     ids = [str(i) for i in batch["id"]]
     blobs = batch.get("bytes")
     images, views, keep, bad = [], [], [], []
@@ -107,6 +121,7 @@ def decode_views(batch: dict, size: int, mode: str = "train", seed: Optional[int
         if mode == "test":
             images.append(render_test(image, size))
         else:
+            rng = fresh if seed is None else view_rng(seed, ident, slot)
             view = sample_view(*image.size, rng, scale=(crop_scale_min, CROP_SCALE[1])) if mode == "train" \
                 else full_view(*image.size)
             images.append(render_view(image, view, size))
@@ -117,6 +132,26 @@ def decode_views(batch: dict, size: int, mode: str = "train", seed: Optional[int
     if mode != "test":
         rows.update({column: np.asarray([getattr(v, column[5:]) for v in views], dtype)
                      for column, dtype in zip(VIEW_COLUMNS, (np.int32,) * 4 + (bool,))})
+    return rows, bad
+
+
+def decode_recorded(batch: dict, size: int) -> tuple[dict, list]:
+    """Re-render recorded views: a batch {"id", the view columns, "teacher_feature"} → rows {"id",
+    "image": uint8 [b, S, S, 3], "teacher_feature"} and the unreadable ids (as `decode_views`)."""
+    ids = [str(i) for i in batch["id"]]
+    images, keep, bad = [], [], []
+    for i, ident in enumerate(ids):
+        try:
+            image = read_image(ident)
+        except Exception as exc:  # any unreadable file, as in decode_views
+            bad.append((ident, f"{type(exc).__name__}: {exc}"))
+            continue
+        images.append(render_view(image, row_view({c: batch[c][i] for c in VIEW_COLUMNS}), size))
+        keep.append(i)
+    features = np.asarray(batch["teacher_feature"])
+    rows = {"id": np.asarray([ids[i] for i in keep], dtype=object),
+            "image": np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8),
+            "teacher_feature": features[keep] if keep else features[:0]}
     return rows, bad
 
 

@@ -1,21 +1,27 @@
 """Stage II on Ray Data: unlabeled images → decode + augment (CPU tasks) → teacher pool → trainers.
 
-    from_items(paths) | read_parquet(uri)            one row per image (paths are tiny rows)
-      └─ random_shuffle | randomize_block_order      a new order every epoch (paths | Parquet blocks)
-          └─ map_batches(decode_and_augment)         CPU tasks: read bytes (local or URI), decode,
-              │                                      draw a view, render it as uint8; skip + count
-              │                                      unreadable files in the `BadImageLedger`
-              └─ teacher_pool.add_teacher_features   actor pool; adds the normalised teacher image
-                  │                                  feature of the row's view as fp16
-                  └─ select_columns(image, teacher_feature) ─► TorchTrainer(datasets={"train": …})
-                                                     each worker reads its streaming split
+    from_items(positions 0…n−1) | read_parquet(uri)  one tiny row per image (Parquet: its bytes)
+      └─ map_batches(decode_and_augment)         CPU tasks: epoch e (the `EpochClock`): position →
+          │                                      image id in epoch e's order; read bytes (local or
+          │                                      URI), decode, render view slot e as uint8; skip +
+          │                                      count unreadable files (`BadImageLedger`)
+          └─ teacher_pool.add_teacher_features   actor pool; adds the normalised teacher image
+              │                                  feature of the row's view as fp16
+              └─ select_columns(image, teacher_feature) ─► TorchTrainer(datasets={"train": …})
+                                                 each worker reads its streaming split
 
 Design decisions:
-- The pipeline is re-executed every epoch (streaming): new views each epoch, and no epoch of
-  pixels is ever materialised. The price: Ray Data starts the teacher actors again each epoch
-  (seconds; the trainer reports it as `startup_s`), negligible on real epochs, visible on toy ones.
-  Only the held-out slice (a few hundred images, fixed full views) is materialised once, teacher
-  features included.
+- The pipeline is re-executed every epoch (streaming): no epoch of pixels is ever materialised.
+  Its tasks learn the epoch from the `EpochClock` actor (`epochs.py`), so epoch e's order and
+  every image's view are functions of (job seed, e, image id) (`epochs.epoch_order`,
+  `decode.view_rng`): a re-run draws the same (image, view) pairs epoch by epoch in the same order,
+  and a task Ray retries renders the same views again. The workers' batches are the same on a
+  re-run only with one worker and `data.preserve_order` (streaming_split hands blocks to whichever
+  worker asks first). Parquet sources keep Ray's block-order shuffle (fresh every epoch) and seed
+  only the views.
+- Ray Data starts the teacher actors again each epoch (seconds; the trainer reports it as
+  `startup_s`), negligible on real epochs, visible on toy ones. Only the held-out slice (a few
+  hundred images, fixed full views) is materialised once, teacher features included.
 - Bad images are counted exactly by a small actor holding the set of distinct unreadable ids: a
   re-executed epoch or a restarted task records the same ids again without changing the count.
 - Decode runs in CPU tasks spread over the cluster, never fused into the teacher actors (the
@@ -31,9 +37,10 @@ from typing import Optional
 
 import numpy as np
 
-from ..data.decode import decode_views
+from ..data.decode import decode_recorded, decode_views
 from ..data.sources import ImageSource, is_heldout_bytes
 from ..errors import BadImageError
+from .epochs import current_epoch, ids_at
 from .teacher_pool import add_teacher_features
 
 log = logging.getLogger(__name__)
@@ -67,13 +74,31 @@ def start_ledger():
 
 def decode_and_augment(batch: dict, size: int, mode: str, on_bad_image: str, ledger=None,
                        heldout_fraction: float = 0.0, image_column: Optional[str] = None,
-                       image_field: Optional[str] = None, crop_scale_min: float = 0.08) -> dict:
-    """Ray Data task: decode a batch of paths (or Parquet bytes) into views; skip or fail on bad files.
+                       image_field: Optional[str] = None, crop_scale_min: float = 0.08,
+                       seed: Optional[int] = None, clock=None, ids_ref=None, shuffle: bool = True) -> dict:
+    """Ray Data task: decode a batch of images into views (view slot = the `clock`'s epoch, in a
+    run seeded `seed`); skip or fail on bad files.
 
-    Parquet batches are first reduced to the training or held-out rows (`heldout_fraction`)."""
+    A batch holds positions in the epoch's order (mapped to ids through `ids_ref`), ids (the
+    held-out slice), or Parquet rows, first reduced to the training or held-out ones."""
+    epoch = current_epoch(clock) if clock is not None else 0
     if image_column is not None:
         batch = _parquet_rows(batch, image_column, image_field, mode, heldout_fraction)
-    rows, bad = decode_views(batch, size, mode, crop_scale_min=crop_scale_min)
+    elif "position" in batch:
+        batch = {"id": np.asarray(ids_at(batch["position"], ids_ref, seed, epoch, shuffle), dtype=object)}
+    rows, bad = decode_views(batch, size, mode, seed=seed, slot=epoch, crop_scale_min=crop_scale_min)
+    return _without_bad(rows, bad, on_bad_image, ledger)
+
+
+def decode_recorded_task(batch: dict, size: int, on_bad_image: str, ledger=None) -> dict:
+    """Ray Data task: re-render the recorded views of a batch of soft-label cache rows; skip or fail
+    on files that have become unreadable since the cache was built."""
+    rows, bad = decode_recorded(batch, size)
+    return _without_bad(rows, bad, on_bad_image, ledger)
+
+
+def _without_bad(rows: dict, bad: list, on_bad_image: str, ledger) -> dict:
+    """`rows`, after failing on the first unreadable file (`fail`) or counting them all (`skip`)."""
     if bad and on_bad_image == "fail":
         ident, reason = bad[0]
         raise BadImageError(f"{ident} is not a readable image ({reason}); set data.on_bad_image=skip "
@@ -97,31 +122,32 @@ def _parquet_rows(batch: dict, column: str, field: Optional[str], mode: str, fra
     return {"id": np.asarray(ids, dtype=object), "bytes": np.asarray([blobs[i] for i in keep], dtype=object)}
 
 
-def _read_rows(source: ImageSource, paths: tuple[str, ...], limit: int, num_blocks: int):
+def image_dataset(job, source: ImageSource, teacher, size: int, mode: str, ledger, cluster_has_gpus: bool,
+                  clock=None, shuffle: bool = True):
+    """One Stage II stream (`job`: a DistillJob): rows with uint8 views, their view params and the
+    teacher's feature. `mode` "train" (the views and order of the `clock`'s epoch; the image list's
+    order without `shuffle`) or "heldout" (full views)."""
     import ray
 
+    d = job.data
+    fn_kwargs = {"size": size, "mode": mode, "on_bad_image": d.on_bad_image, "ledger": ledger,
+                 "heldout_fraction": source.heldout_fraction, "crop_scale_min": d.crop_scale_min, "seed": job.seed,
+                 "clock": clock if mode == "train" else None, "shuffle": shuffle and d.shuffle}
+    paths = source.train_paths if mode == "train" else source.heldout_paths
+    blocks = max(1, min(max(4, len(paths) // (4 * d.decode_batch_size)), len(paths)))
     if source.is_parquet:
         ds = ray.data.read_parquet(source.parquet, columns=[source.image_column])
-        return ds.limit(limit) if limit else ds
-    return ray.data.from_items([{"id": p} for p in paths], override_num_blocks=max(1, min(num_blocks, len(paths))))
-
-
-def image_dataset(job, source: ImageSource, teacher, size: int, mode: str, ledger, cluster_has_gpus: bool):
-    """The Ray Dataset of one Stage II stream (`job`: a DistillJob): rows with uint8 views, their
-    view params and the teacher's feature. `mode` "train" (random views, shuffled) or "heldout"
-    (full views)."""
-    d = job.data
-    paths = source.train_paths if mode == "train" else source.heldout_paths
-    blocks = max(4, len(paths) // (4 * d.decode_batch_size))
-    ds = _read_rows(source, paths, d.limit if mode == "train" else 0, blocks)
-    if mode == "train" and d.shuffle:  # paths: a full shuffle of tiny rows; Parquet: block order only
-        ds = ds.randomize_block_order() if source.is_parquet else ds.random_shuffle()
-    parquet = {"image_column": source.image_column, "image_field": source.image_field} if source.is_parquet else {}
+        ds = ds.limit(d.limit) if d.limit and mode == "train" else ds
+        if mode == "train" and fn_kwargs["shuffle"]:
+            ds = ds.randomize_block_order()  # a fresh block order every epoch; rows stay in their blocks
+        fn_kwargs.update(image_column=source.image_column, image_field=source.image_field)
+    elif mode == "train":  # positions in the epoch's order; the tasks map them to ids
+        ds = ray.data.from_items([{"position": i} for i in range(len(paths))], override_num_blocks=blocks)
+        fn_kwargs["ids_ref"] = ray.put(list(paths))
+    else:
+        ds = ray.data.from_items([{"id": p} for p in paths], override_num_blocks=blocks)
     ds = ds.map_batches(decode_and_augment, batch_size=d.decode_batch_size, batch_format="numpy", num_cpus=1,
-                        memory=d.decode_memory_mb * 1024**2,
-                        fn_kwargs={"size": size, "mode": mode, "on_bad_image": d.on_bad_image, "ledger": ledger,
-                                   "heldout_fraction": source.heldout_fraction,
-                                   "crop_scale_min": d.crop_scale_min, **parquet})
+                        memory=d.decode_memory_mb * 1024**2, fn_kwargs=fn_kwargs)
     return add_teacher_features(ds, teacher, job.teacher_pool, cluster_has_gpus)
 
 
@@ -130,9 +156,11 @@ def train_feed(ds):
     return ds.select_columns(TRAIN_COLUMNS)
 
 
-def distill_datasets(job, source: ImageSource, teacher, size: int, ledger, cluster_has_gpus: bool) -> dict:
-    """{"train": the streamed dataset, "heldout": the materialised held-out slice (when there is one)}."""
-    datasets = {"train": train_feed(image_dataset(job, source, teacher, size, "train", ledger, cluster_has_gpus))}
+def distill_datasets(job, source: ImageSource, teacher, size: int, ledger, cluster_has_gpus: bool, clock) -> dict:
+    """{"train": the streamed dataset (epochs told by `clock`), "heldout": the materialised held-out
+    slice (when there is one)}."""
+    datasets = {"train": train_feed(image_dataset(job, source, teacher, size, "train", ledger, cluster_has_gpus,
+                                                  clock))}
     if source.heldout_paths or source.heldout_fraction:
         log.info("teacher features of the held-out slice …")
         heldout = image_dataset(job, source, teacher, size, "heldout", ledger, cluster_has_gpus)

@@ -10,9 +10,10 @@ Design decisions:
 - Ray Train V2: `RunConfig(name, storage_path)` is the run folder; re-running the same job resumes
   from its last checkpoint (`FailureConfig` restarts the worker group the same way after a worker
   failure). Checkpoints kept: the job's `train.checkpoints_to_keep`.
-- Datasets: "train" is split over the workers (`streaming_split`, equal shards); every other
-  dataset (the held-out slice) goes whole to each worker. The ingest options are Ray Data's
-  current ones, passed explicitly (Ray's default builds them through a deprecated setter).
+- Datasets: every dataset but "heldout" (Stage II's "train" stream) is split over the workers
+  (`streaming_split`, equal shards); the held-out slice goes whole to each worker. The ingest
+  options are Ray Data's current ones, passed explicitly (Ray's default builds them through a
+  deprecated setter), with `preserve_order` when the job asks for reproducible batches.
 - GPUs: `train.use_gpu: null` uses them when the cluster offers them.
 """
 
@@ -28,7 +29,7 @@ from ..storage import absolute
 from .cluster import has_gpus, user_error_in
 
 
-def fit(loop: Callable, plan, job, workers, datasets: Optional[dict] = None):
+def fit(loop: Callable, plan, job, workers, datasets: Optional[dict] = None, preserve_order: bool = False):
     """Run `loop(plan)` on the job's Ray Train workers; → the Ray Train Result. A user error raised
     by a worker or a Ray Data task is re-raised as itself (one sentence)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -44,7 +45,7 @@ def fit(loop: Callable, plan, job, workers, datasets: Optional[dict] = None):
                              failure_config=FailureConfig(max_failures=workers.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=workers.checkpoints_to_keep)),
         datasets=datasets or None,
-        dataset_config=_data_config() if datasets else None,
+        dataset_config=_data_config([n for n in datasets if n != "heldout"], preserve_order) if datasets else None,
     )
     try:
         result = trainer.fit()
@@ -58,14 +59,15 @@ def fit(loop: Callable, plan, job, workers, datasets: Optional[dict] = None):
     return result
 
 
-def _data_config():
+def _data_config(split: list, preserve_order: bool):
     from ray.data import DataContext, ExecutionOptions
     from ray.train import DataConfig
 
     current = DataContext.get_current().execution_options
-    options = ExecutionOptions(resource_limits=current.resource_limits, preserve_order=current.preserve_order,
+    options = ExecutionOptions(resource_limits=current.resource_limits,
+                               preserve_order=preserve_order or current.preserve_order,
                                verbose_progress=current.verbose_progress)
-    return DataConfig(datasets_to_split=["train"], execution_options=options)
+    return DataConfig(datasets_to_split=split, execution_options=options)
 
 
 @dataclass(frozen=True)

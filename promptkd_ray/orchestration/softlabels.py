@@ -1,0 +1,315 @@
+"""The soft-label cache: the teacher's features of K seeded views per image, computed once and
+replayed by Stage II — a cached run is the streaming run, replayed, at the student's cost alone.
+
+    build_cache(job, out, views)       decode → teacher pool once per view slot → Parquet per slot
+    open_cache(job)                    the job's `teacher.cache`, checked against the job
+    replay_datasets(job, cache, …)     {epoch_name(e): slot e mod K re-rendered, "heldout": …}
+
+Layout of a cache (a local folder or a URI, through `promptkd_ray.storage`):
+
+    slot_0000/part-00000.parquet …  slot_0000.json   rows: id, view_top/left/height/width/flip,
+    …                                                teacher_feature (fixed_size_list<float16>[d]), in
+                                                     the streaming order of epoch 0; the JSON, written
+                                                     after its files, lists them with their sha256
+    heldout/part-….parquet          heldout.json     the held-out slice's full views
+    manifest.json                           written last: what made the cache, K, rows, sha256 per file
+
+Design decisions:
+- A row holds a view, not pixels: replay re-renders the recorded crop box and flip from the source
+  image (`decode.decode_recorded`), so the student sees the very pixels the teacher saw, and a
+  cached view costs ≈ 2 bytes × d + 40 bytes. Slot s holds exactly the views a streaming run draws
+  in epoch s (`decode.view_rng`), in that epoch's order (`epochs.epoch_order`; the build preserves
+  it), so epoch e < K of a cached run reads the streaming epoch e, row for row: with one worker and
+  `data.preserve_order` the two runs train on the same batches. Epochs e ≥ K reread slot e mod K
+  with its files and each file's rows permuted by (seed, e).
+- The driver writes the files (`ROWS_PER_FILE` rows each, sha256 taken as they are written): plain
+  Parquet any reader opens, names that say their order.
+- Only what the teacher's features depend on is in the cache's key: the teacher (spec, or
+  artifact, with the sha256 of its weights), image size, crop setting, seed and the image list.
+  Temperature, loss, student, projector and prompt depth are not: one cache serves them all.
+- A build writes each slot's files, then the slot's JSON, and the manifest last: an interrupted
+  build resumes at the first slot without a JSON (its partial files are removed first), and a
+  folder without a manifest is never taken for a cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+from ..core.artifacts import ModelRef
+from ..data.decode import VIEW_COLUMNS
+from ..data.sources import ImageSource
+from ..errors import ConfigError
+from ..storage import Storage
+from .epochs import current_epoch, epoch_order, set_epoch
+from .pipeline import decode_recorded_task, image_dataset, train_feed
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+ROWS_PER_FILE = 1024
+CACHE_COLUMNS = ["id", *VIEW_COLUMNS, "teacher_feature"]
+
+
+def slot_name(slot: int) -> str:
+    return f"slot_{slot:04d}"
+
+
+@dataclass(frozen=True)
+class Cache:
+    """An opened, whole cache: where it is and what its manifest says."""
+
+    storage: Storage
+    manifest: dict
+
+    @property
+    def views(self) -> int:
+        return int(self.manifest["views"])
+
+
+def cache_key(job, source: ImageSource, teacher: ModelRef, size: int) -> dict:
+    """What the teacher's features depend on; a cache made with another key is refused."""
+    ids = "\n".join(source.train_paths) + "\n--heldout--\n" + "\n".join(source.heldout_paths)
+    return {"teacher": teacher_identity(teacher), "image_size": size, "crop_scale_min": job.data.crop_scale_min,
+            "seed": job.seed, "images_sha256": hashlib.sha256(ids.encode("utf-8")).hexdigest(),
+            "train_images": len(source.train_paths), "heldout_images": len(source.heldout_paths)}
+
+
+def teacher_identity(teacher: ModelRef) -> dict:
+    """The teacher as the cache key sees it: its kind, spec and the sha256 of its weights file
+    (the artifact's, or a spec's local weights; none for a pretrained tag)."""
+    from .. import storage
+    from ..core.models.loading import ModelSpec, _looks_like_path
+
+    if teacher.kind == "teacher":
+        weights = teacher.source if teacher.source.endswith(".safetensors") else teacher.source + ".safetensors"
+    else:
+        pretrained = ModelSpec.parse(teacher.source).pretrained
+        weights = pretrained if pretrained and _looks_like_path(pretrained) else ""
+    digest = hashlib.sha256(storage.read_bytes(weights)).hexdigest() if weights else None
+    return {"kind": teacher.kind, "spec": teacher.spec, "weights_sha256": digest}
+
+
+def _check_source(source: ImageSource) -> None:
+    if source.is_parquet:
+        raise ConfigError("The soft-label cache replays views from image files; data.source: parquet is not "
+                          "supported by `promptkd-ray cache` and teacher.cache yet.")
+
+
+# --- build ---------------------------------------------------------------------------------------------
+
+def build_cache(job, source: ImageSource, teacher: ModelRef, size: int, out: str, views: int, ledger, clock,
+                cluster_has_gpus: bool, progress=None) -> Cache:
+    """Run the teacher pool once per view slot (and once over the held-out slice) and write the
+    cache at `out`; slots already written by an interrupted build are kept. → the opened cache."""
+    _check_source(source)
+    store, key = Storage(out), cache_key(job, source, teacher, size)
+    if store.is_file(MANIFEST):
+        cache = _opened(store, f"The cache at {store.root}")
+        _check_key(cache, key, views, f"The cache at {store.root} already exists and was made")
+        log.info("the cache at %s is already whole (%d views): nothing to do", store.root, cache.views)
+        return cache
+    _check_partial(store, key, views)
+    store.write_text("build.json", json.dumps({"key": key, "views": views}, indent=1) + "\n")
+    parts = {}
+    todo = [(slot_name(s), "train", s) for s in range(views)] + [("heldout", "heldout", 0)] * bool(source.heldout_paths)
+    for i, (part, mode, slot) in enumerate(todo):
+        parts[part] = _write_part(job, source, teacher, size, store, part, mode, slot, ledger, clock,
+                                  cluster_has_gpus)
+        if progress is not None:
+            progress(i + 1, len(todo), part, parts[part]["rows"])
+    manifest = {"format": FORMAT, "key": key, "views": views, "parts": parts,
+                "rows": sum(p["rows"] for p in parts.values()),
+                "bytes": sum(n for p in parts.values() for n in p["sizes"].values())}
+    store.write_text(MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    return Cache(store, manifest)
+
+
+def _check_partial(store: Storage, key: dict, views: int) -> None:
+    """An interrupted build of another job (or another K) is not continued."""
+    if not store.is_file("build.json"):
+        return
+    began = json.loads(store.read_text("build.json"))
+    if began["key"] != key or began["views"] != views:
+        difference = _difference(began["key"], key) or f"{began['views']} views, not {views}"
+        raise ConfigError(f"The folder {store.root} holds an interrupted cache build of another job "
+                          f"({difference}); choose another folder or delete it.")
+
+
+def _write_part(job, source, teacher, size, store: Storage, part: str, mode: str, slot: int, ledger, clock,
+                cluster_has_gpus: bool) -> dict:
+    """One slot (or the held-out slice): Parquet files in stream order, then `part.json` listing
+    them. A part whose JSON exists was finished by an earlier attempt and is reused."""
+    from ray.data import DataContext
+
+    if store.is_file(f"{part}.json"):
+        log.info("%s: written by an earlier attempt, reused", part)
+        return json.loads(store.read_text(f"{part}.json"))
+    store.delete(part)  # partial files of an interrupted attempt
+    if mode == "train":
+        set_epoch(clock, slot)
+    options = DataContext.get_current().execution_options
+    preserve, options.preserve_order = options.preserve_order, True  # rows in the stream's order
+    info: dict = {"files": {}, "sizes": {}, "rows": 0}
+    try:
+        ds = image_dataset(job, source, teacher, size, mode, ledger, cluster_has_gpus,
+                           clock if mode == "train" else None)
+        ds.context.execution_options.preserve_order = True
+        for j, batch in enumerate(ds.select_columns(CACHE_COLUMNS).iter_batches(batch_size=ROWS_PER_FILE,
+                                                                                batch_format="numpy")):
+            name, data = f"part-{j:05d}.parquet", _parquet_bytes(batch)
+            store.write_bytes(f"{part}/{name}", data)
+            info["files"][name], info["sizes"][name] = hashlib.sha256(data).hexdigest(), len(data)
+            info["rows"] += len(batch["id"])
+    finally:
+        options.preserve_order = preserve
+    store.write_text(f"{part}.json", json.dumps(info, indent=1) + "\n")
+    return info
+
+
+def _parquet_bytes(batch: dict) -> bytes:
+    """A numpy batch of cache rows → Parquet bytes (teacher_feature as fixed_size_list<float16>[d])."""
+    import io
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    features = np.ascontiguousarray(batch["teacher_feature"], dtype=np.float16)
+    columns = {"id": pa.array([str(i) for i in batch["id"]], pa.string())}
+    columns.update({c: pa.array(np.asarray(batch[c])) for c in VIEW_COLUMNS})
+    columns["teacher_feature"] = pa.FixedSizeListArray.from_arrays(pa.array(features.reshape(-1)), features.shape[1])
+    out = io.BytesIO()
+    pq.write_table(pa.table(columns), out)
+    return out.getvalue()
+
+
+def _read_part_file(storage_root: str, rel: str) -> dict:
+    """One cache file → a numpy batch {"id", view columns, "teacher_feature" float16 [b, d]}."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(pa.BufferReader(Storage(storage_root).read_bytes(rel)))
+    feature = table.column("teacher_feature").combine_chunks()
+    batch = {"id": np.asarray(table.column("id").to_pylist(), dtype=object)}
+    batch.update({c: table.column(c).to_numpy() for c in VIEW_COLUMNS})
+    batch["teacher_feature"] = feature.flatten().to_numpy().reshape(len(table), feature.type.list_size)
+    return batch
+
+
+# --- open and check --------------------------------------------------------------------------------------
+
+def open_cache(path: str, job, source: ImageSource, teacher: ModelRef, size: int) -> Cache:
+    """The cache at `path`, whole, untampered and made for this job; else one sentence."""
+    _check_source(source)
+    store = Storage(path)
+    if not store.is_file(MANIFEST):
+        what = "an unfinished cache build (no manifest.json yet; run `promptkd-ray cache` again to finish it)" \
+            if store.is_file("build.json") else "no soft-label cache (no manifest.json)"
+        raise ConfigError(f"teacher.cache {store.root} holds {what}.")
+    cache = _opened(store, f"teacher.cache {store.root}")
+    _check_key(cache, cache_key(job, source, teacher, size), None, f"teacher.cache {store.root} was made")
+    _check_files(cache)
+    return cache
+
+
+def _opened(store: Storage, where: str) -> Cache:
+    try:
+        manifest = json.loads(store.read_text(MANIFEST))
+        assert manifest["format"] == FORMAT and manifest["views"] >= 1 and manifest["parts"]
+    except (ValueError, KeyError, TypeError, AssertionError):
+        raise ConfigError(f"{where} has an unreadable manifest.json; rebuild the cache.") from None
+    return Cache(store, manifest)
+
+
+def _check_key(cache: Cache, key: dict, views: Optional[int], what: str) -> None:
+    difference = _difference(cache.manifest["key"], key)
+    if difference:
+        raise ConfigError(f"{what} with another {difference}; build a cache for this job.")
+    if views is not None and views != cache.views:
+        raise ConfigError(f"{what} with {cache.views} views, not {views}; choose another folder for K = {views}.")
+
+
+def _difference(made: dict, wanted: dict) -> str:
+    """The first field where a cache's key differs from the job's, in words ("" when none)."""
+    for field, words in (("teacher", "teacher"), ("image_size", "image size"), ("crop_scale_min", "crop setting"),
+                         ("seed", "seed"), ("images_sha256", "image list"), ("train_images", "image list"),
+                         ("heldout_images", "held-out slice")):
+        if made.get(field) != wanted.get(field):
+            return f"{words} ({_short(made.get(field))} in the cache, {_short(wanted.get(field))} in the job)"
+    return ""
+
+
+def _short(value) -> str:
+    if isinstance(value, dict):
+        return f"{value.get('spec')}, weights {str(value.get('weights_sha256'))[:12]}"
+    text = str(value)
+    return text[:12] + "…" if len(text) > 16 else text
+
+
+def _check_files(cache: Cache) -> None:
+    """Every file the manifest lists is there, with its sha256."""
+    for part, info in cache.manifest["parts"].items():
+        for name, digest in info["files"].items():
+            rel = f"{part}/{name}"
+            if not cache.storage.is_file(rel):
+                raise ConfigError(f"teacher.cache {cache.storage.root} is missing {rel}; rebuild the cache.")
+            if hashlib.sha256(cache.storage.read_bytes(rel)).hexdigest() != digest:
+                raise ConfigError(f"teacher.cache {cache.storage.root}: {rel} does not match the sha256 its "
+                                  "manifest records (changed after the build); rebuild the cache.")
+
+
+# --- replay ------------------------------------------------------------------------------------------------
+
+def read_cache_rows(batch: dict, root: str, slots: list, seed: int, clock=None, shuffle: bool = True) -> dict:
+    """Ray Data task: input row j → the rows of file j of the slot of the `clock`'s epoch e (slot
+    e mod K; `slots`: each slot's file names). Epochs e < K keep the stored (streaming) order;
+    later ones permute the files and each file's rows by (seed, e)."""
+    import numpy as np
+
+    epoch = current_epoch(clock) if clock is not None else 0
+    part, files = slots[epoch % len(slots)]
+    out = []
+    for j in (int(j) for j in batch["file"]):
+        if shuffle and epoch >= len(slots):
+            j = int(epoch_order(seed, epoch, len(files))[j])
+        rows = _read_part_file(root, f"{part}/{files[j]}")
+        if shuffle and epoch >= len(slots):
+            order = np.random.default_rng([seed, epoch, j]).permutation(len(rows["id"]))
+            rows = {k: v[order] for k, v in rows.items()}
+        out.append(rows)
+    return {k: np.concatenate([r[k] for r in out]) for k in out[0]}
+
+
+def replay_dataset(job, cache: Cache, parts: list, size: int, ledger, clock=None):
+    """The cached rows of `parts` (the view slots, or ["heldout"]) re-rendered from their source
+    images: uint8 `image` + the stored `teacher_feature`; the slot is the `clock`'s epoch mod K."""
+    import ray
+
+    slots = [(part, sorted(cache.manifest["parts"][part]["files"])) for part in parts]
+    files = len(slots[0][1])
+    if any(len(f) != files for _, f in slots):  # every slot holds the same images, so as many files
+        raise ConfigError(f"teacher.cache {cache.storage.root}: its view slots hold different numbers of files; "
+                          "rebuild the cache.")
+    ds = ray.data.from_items([{"file": j} for j in range(files)], override_num_blocks=files)
+    ds = ds.map_batches(read_cache_rows, batch_size=1, batch_format="numpy", num_cpus=0.5,
+                        fn_kwargs={"root": cache.storage.root, "slots": slots, "seed": job.seed, "clock": clock,
+                                   "shuffle": job.data.shuffle})
+    return ds.map_batches(decode_recorded_task, batch_size=job.data.decode_batch_size, batch_format="numpy",
+                          num_cpus=1, memory=job.data.decode_memory_mb * 1024**2,
+                          fn_kwargs={"size": size, "on_bad_image": job.data.on_bad_image, "ledger": ledger})
+
+
+def replay_datasets(job, cache: Cache, size: int, ledger, clock) -> dict:
+    """{"train": slot e mod K in epoch e (told by `clock`); "heldout": the cached held-out slice}."""
+    datasets = {"train": train_feed(replay_dataset(job, cache, [slot_name(s) for s in range(cache.views)], size,
+                                                   ledger, clock))}
+    if "heldout" in cache.manifest["parts"]:
+        datasets["heldout"] = train_feed(replay_dataset(job, cache, ["heldout"], size, ledger)).materialize()
+    return datasets

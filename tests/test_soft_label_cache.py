@@ -1,0 +1,181 @@
+"""The soft-label cache: built once through the teacher pool (here at a file:// URI, so every read
+and write goes through the remote-storage code), replayed by Stage II without a teacher — the same
+(image, view) pairs as the streaming run, the same features to fp16 rounding, the same losses —
+and refused, in one sentence, whenever it was not made for the job or is not whole."""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from promptkd_ray.config import distill_job_from_dict
+from promptkd_ray.errors import ConfigError
+from stage2_fakes import make_split_json, tiny_job
+
+pytestmark = pytest.mark.slow
+VIEWS = 2
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, ray_cluster):
+    """A tiny teacher with fixed weights, 32 training images + 8 held out, and their cache (K = 2)."""
+    from safetensors.torch import save_file
+
+    from promptkd_ray.core.models import load_clip
+    from promptkd_ray.distill import build_soft_label_cache
+
+    tmp = tmp_path_factory.mktemp("cache")
+    torch.manual_seed(0)
+    weights = tmp / "teacher.safetensors"
+    save_file({k: v.contiguous() for k, v in load_clip("tiny-vit-teacher").state_dict().items()}, str(weights))
+    root, _ = make_split_json(tmp / "data", per_class=10)  # 40 images: 32 to distil on, 8 held out
+    raw = tiny_job(root, tmp / "runs", "cached", teacher={"spec": f"tiny-vit-teacher:{weights}"},
+                   data={"preserve_order": True}, train={"epochs": 3}, seed=11)
+    uri = f"file://{tmp / 'cache'}"
+    cache = build_soft_label_cache(distill_job_from_dict(raw), out=uri, views=VIEWS)
+    return {"raw": raw, "uri": uri, "dir": tmp / "cache", "cache": cache, "tmp": tmp}
+
+
+def _job(built, **changes):
+    raw = json.loads(json.dumps(built["raw"]))
+    for section, values in changes.items():
+        raw[section] = dict(raw.get(section, {}), **values) if isinstance(values, dict) else values
+    return distill_job_from_dict(raw)
+
+
+def _rows(built, part):
+    """The rows of a part, as plain pyarrow reads them (no Ray), in their stored order."""
+    import pyarrow.parquet as pq
+
+    tables = [pq.read_table(f) for f in sorted((built["dir"] / part).glob("*.parquet"))]
+    return [row for t in tables for row in t.to_pylist()]
+
+
+def test_a_slot_is_stored_in_its_epochs_streaming_order(built):
+    from promptkd_ray.data.sources import resolve_source
+    from promptkd_ray.orchestration.epochs import epoch_order
+
+    job = _job(built)
+    paths = resolve_source(job.data, job.seed).train_paths
+    for slot in range(VIEWS):
+        order = [paths[i] for i in epoch_order(job.seed, slot, len(paths))]
+        assert [r["id"] for r in _rows(built, f"slot_{slot:04d}")] == order
+
+
+def test_the_manifest_names_what_made_the_cache_and_lists_every_file(built):
+    m = json.loads((built["dir"] / "manifest.json").read_text())
+    assert m["views"] == VIEWS and set(m["parts"]) == {"slot_0000", "slot_0001", "heldout"}
+    assert m["key"]["seed"] == 11 and m["key"]["image_size"] == 32 and m["key"]["crop_scale_min"] == 0.08
+    assert m["key"]["teacher"]["weights_sha256"] and m["key"]["train_images"] == 32
+    assert [m["parts"][p]["rows"] for p in ("slot_0000", "slot_0001", "heldout")] == [32, 32, 8]
+    assert m["rows"] == 72 and m["bytes"] == sum(f.stat().st_size for f in built["dir"].rglob("*.parquet"))
+    for part, info in m["parts"].items():
+        assert sorted(p.name for p in (built["dir"] / part).glob("*.parquet")) == sorted(info["files"])
+
+
+def test_slot_e_holds_the_views_a_streaming_run_draws_in_epoch_e_with_their_features(built, ray_cluster):
+    from promptkd_ray.distill import resolve
+    from promptkd_ray.orchestration.epochs import set_epoch, start_clock
+    from promptkd_ray.orchestration.pipeline import image_dataset
+
+    job = _job(built)
+    source, teacher, _, _, size = resolve(job)
+    clock = start_clock()
+    for slot in range(VIEWS):
+        cached = {r["id"]: r for r in _rows(built, f"slot_{slot:04d}")}
+        set_epoch(clock, slot)
+        streamed = image_dataset(job, source, teacher, size, "train", None, False, clock).take_all()
+        assert {r["id"] for r in streamed} == set(cached)
+        for row in streamed:
+            c = cached[row["id"]]
+            assert all(int(row[k]) == int(c[k]) for k in ("view_top", "view_left", "view_height", "view_width"))
+            assert bool(row["view_flip"]) == bool(c["view_flip"])
+            np.testing.assert_allclose(np.asarray(c["teacher_feature"], np.float32),
+                                       row["teacher_feature"].astype(np.float32), atol=1e-3)
+
+
+def test_a_replayed_view_through_the_teacher_reproduces_the_stored_feature(built):
+    from promptkd_ray.data.decode import read_image, render_view, row_view, to_model_input
+    from promptkd_ray.distill import resolve
+
+    _, teacher, _, _, size = resolve(_job(built))
+    model = teacher.build()
+    rows = _rows(built, "slot_0001")
+    for i in np.random.default_rng(0).choice(len(rows), 6, replace=False):
+        row = rows[i]
+        pixels = render_view(read_image(row["id"]), row_view(row), size)
+        feature = model.encode_image(to_model_input(torch.from_numpy(pixels)[None]))[0]
+        assert torch.allclose(feature, torch.tensor(row["teacher_feature"], dtype=torch.float32), atol=1e-3)
+
+
+def test_a_cached_run_trains_as_the_streaming_run_without_a_teacher(built):
+    from promptkd_ray.distill import run_distillation
+
+    streamed = run_distillation(_job(built, name="streamed", train={"epochs": VIEWS})).history
+    cached = run_distillation(_job(built, name="replayed", teacher={"cache": built["uri"]},
+                                   train={"epochs": VIEWS})).history
+    assert [e["images"] for e in cached] == [e["images"] for e in streamed] == [32, 32]
+    assert [e["loss"] for e in cached] == pytest.approx([e["loss"] for e in streamed], abs=1e-4)
+    assert [e["heldout_kl"] for e in cached] == pytest.approx([e["heldout_kl"] for e in streamed], abs=1e-4)
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"seed": 12}, "another seed (11 in the cache, 12 in the job)"),
+    ({"data": {"crop_scale_min": 0.5}}, "another crop setting"),
+    ({"data": {"limit": 20}}, "another image list"),
+    ({"teacher": {"spec": "tiny-vit-teacher"}}, "another teacher"),
+])
+def test_a_cache_made_for_another_job_is_refused(built, changes, words):
+    from promptkd_ray.distill import run_distillation
+
+    job = _job(built, **{**changes, "teacher": {"cache": built["uri"], **changes.get("teacher", {})}})
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        run_distillation(job)
+
+
+def _copy(built, tmp_path) -> Path:
+    copy = tmp_path / "cache"
+    shutil.copytree(built["dir"], copy)
+    return copy
+
+
+def test_a_tampered_a_missing_file_and_a_half_written_cache_are_refused_in_one_sentence(built, tmp_path, capsys):
+    from promptkd_ray.cli import main
+
+    copy = _copy(built, tmp_path)
+    args = ["distill", "--config", str(tmp_path / "job.yaml"), f"teacher.cache={copy}"]
+    import yaml
+
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(built["raw"]))
+    part = next((copy / "slot_0001").glob("*.parquet"))
+    part.write_bytes(part.read_bytes()[:-1] + b"\0")
+    assert main(args) == 2
+    assert "does not match the sha256 its manifest records" in capsys.readouterr().err
+    part.unlink()
+    assert main(args) == 2 and f"is missing slot_0001/{part.name}" in capsys.readouterr().err
+    (copy / "manifest.json").unlink()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "an unfinished cache build (no manifest.json yet" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs" / "cached").exists()  # refused before anything was written
+
+
+def test_an_interrupted_build_resumes_at_the_first_unfinished_slot(built, tmp_path, caplog):
+    from promptkd_ray.distill import build_soft_label_cache
+
+    copy = _copy(built, tmp_path)
+    kept = sorted(p.name for p in (copy / "slot_0000").glob("*.parquet"))
+    for name in ("manifest.json", "slot_0001.json", "heldout.json"):
+        (copy / name).unlink()
+    shutil.rmtree(copy / "heldout")
+    with caplog.at_level("INFO"):
+        cache = build_soft_label_cache(_job(built), out=str(copy), views=VIEWS)
+    assert "slot_0000: written by an earlier attempt, reused" in caplog.text
+    assert sorted(p.name for p in (copy / "slot_0000").glob("*.parquet")) == kept
+    assert cache.manifest["rows"] == 72 and cache.manifest["parts"]["slot_0000"] == built["cache"].manifest["parts"]["slot_0000"]
+    with pytest.raises(ConfigError, match="2 views, not 3"):
+        build_soft_label_cache(_job(built), out=str(copy), views=3)
