@@ -115,12 +115,18 @@ def submit_and_wait(address: str, env: dict, submission_id: str, *command: str) 
     return logs
 
 
-def test_ray_job_submit_runs_a_distill_job_and_leaves_checkpoints_and_tensorboard(tmp_path, ray_head):
-    address, env = ray_head
+def write_job(tmp_path: Path, name: str) -> Path:
+    """A 2-epoch tiny distill job on 24 generated images, as a job file."""
     root, _ = make_split_json(tmp_path / "data", per_class=6)
     job_file = tmp_path / "submit.yaml"
-    job_file.write_text(yaml.safe_dump(tiny_job(root, tmp_path / "runs", "submitted", train={"epochs": 2},
+    job_file.write_text(yaml.safe_dump(tiny_job(root, tmp_path / "runs", name, train={"epochs": 2},
                                                data={"heldout_images": 0})))
+    return job_file
+
+
+def test_ray_job_submit_runs_a_distill_job_and_leaves_checkpoints_and_tensorboard(tmp_path, ray_head):
+    address, env = ray_head
+    job_file = write_job(tmp_path, "submitted")
     logs = submit_and_wait(address, env, "distill-test", "distill", "--config", str(job_file))
     assert "run submitted: 2 epochs" in logs
     run_dir = tmp_path / "runs" / "submitted"
@@ -131,10 +137,7 @@ def test_ray_job_submit_runs_a_distill_job_and_leaves_checkpoints_and_tensorboar
 
 def test_ray_job_submit_builds_a_soft_label_cache_then_distils_from_it(tmp_path, ray_head):
     address, env = ray_head
-    root, _ = make_split_json(tmp_path / "data", per_class=6)
-    job_file = tmp_path / "submit.yaml"
-    job_file.write_text(yaml.safe_dump(tiny_job(root, tmp_path / "runs", "from_cache", train={"epochs": 2},
-                                               data={"heldout_images": 0})))
+    job_file = write_job(tmp_path, "from_cache")
     cache = tmp_path / "cache"
     logs = submit_and_wait(address, env, "cache-test", "cache", "--config", str(job_file), "--out", str(cache))
     assert "2 views, 48 rows" in logs and (cache / "manifest.json").is_file()
