@@ -143,7 +143,7 @@ def _copy(built, tmp_path) -> Path:
     return copy
 
 
-def test_a_tampered_a_missing_file_and_a_half_written_cache_are_refused_in_one_sentence(built, tmp_path, capsys):
+def test_a_tampered_a_missing_file_a_cut_manifest_and_a_half_written_cache_are_refused_in_one_sentence(built, tmp_path, capsys):
     from promptkd_ray.cli import main
 
     copy = _copy(built, tmp_path)
@@ -157,6 +157,8 @@ def test_a_tampered_a_missing_file_and_a_half_written_cache_are_refused_in_one_s
     assert "does not match the sha256 its manifest records" in capsys.readouterr().err
     part.unlink()
     assert main(args) == 2 and f"is missing slot_0001/{part.name}" in capsys.readouterr().err
+    (copy / "manifest.json").write_text('{"format": 1, "views": 2')  # cut short
+    assert main(args) == 2 and "has an unreadable manifest.json" in capsys.readouterr().err
     (copy / "manifest.json").unlink()
     assert main(args) == 2
     err = capsys.readouterr().err

@@ -222,9 +222,11 @@ def open_cache(path: str, job, source: ImageSource, teacher: ModelRef, size: int
 def _opened(store: Storage, where: str) -> Cache:
     try:
         manifest = json.loads(store.read_text(MANIFEST))
-        assert manifest["format"] == FORMAT and manifest["views"] >= 1 and manifest["parts"]
-    except (ValueError, KeyError, TypeError, AssertionError):
-        raise ConfigError(f"{where} has an unreadable manifest.json; rebuild the cache.") from None
+        whole = manifest["format"] == FORMAT and int(manifest["views"]) >= 1 and bool(manifest["parts"])
+    except (ValueError, KeyError, TypeError):
+        whole = False
+    if not whole:
+        raise ConfigError(f"{where} has an unreadable manifest.json; rebuild the cache.")
     return Cache(store, manifest)
 
 
