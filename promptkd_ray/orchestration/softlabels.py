@@ -145,29 +145,21 @@ def _write_part(job, source, teacher, size, store: Storage, part: str, mode: str
                 cluster_has_gpus: bool) -> dict:
     """One slot (or the held-out slice): Parquet files in stream order, then `part.json` listing
     them. A part whose JSON exists was finished by an earlier attempt and is reused."""
-    from ray.data import DataContext
-
     if store.is_file(f"{part}.json"):
         log.info("%s: written by an earlier attempt, reused", part)
         return json.loads(store.read_text(f"{part}.json"))
     store.delete(part)  # partial files of an interrupted attempt
     if mode == "train":
         set_epoch(clock, slot)
-    options = DataContext.get_current().execution_options
-    preserve, options.preserve_order = options.preserve_order, True  # rows in the stream's order
+    ds = image_dataset(job, source, teacher, size, mode, ledger, cluster_has_gpus, clock if mode == "train" else None)
+    ds.context.execution_options.preserve_order = True  # rows in the stream's order (this dataset's context only)
     info: dict = {"files": {}, "sizes": {}, "rows": 0}
-    try:
-        ds = image_dataset(job, source, teacher, size, mode, ledger, cluster_has_gpus,
-                           clock if mode == "train" else None)
-        ds.context.execution_options.preserve_order = True
-        for j, batch in enumerate(ds.select_columns(CACHE_COLUMNS).iter_batches(batch_size=ROWS_PER_FILE,
-                                                                                batch_format="numpy")):
-            name, data = f"part-{j:05d}.parquet", _parquet_bytes(batch)
-            store.write_bytes(f"{part}/{name}", data)
-            info["files"][name], info["sizes"][name] = hashlib.sha256(data).hexdigest(), len(data)
-            info["rows"] += len(batch["id"])
-    finally:
-        options.preserve_order = preserve
+    for j, batch in enumerate(ds.select_columns(CACHE_COLUMNS).iter_batches(batch_size=ROWS_PER_FILE,
+                                                                            batch_format="numpy")):
+        name, data = f"part-{j:05d}.parquet", _parquet_bytes(batch)
+        store.write_bytes(f"{part}/{name}", data)
+        info["files"][name], info["sizes"][name] = hashlib.sha256(data).hexdigest(), len(data)
+        info["rows"] += len(batch["id"])
     store.write_text(f"{part}.json", json.dumps(info, indent=1) + "\n")
     return info
 
@@ -277,12 +269,12 @@ def read_cache_rows(batch: dict, root: str, slots: list, seed: int, clock=None, 
 
     epoch = current_epoch(clock) if clock is not None else 0
     part, files = slots[epoch % len(slots)]
+    reorder = shuffle and epoch >= len(slots)
+    file_order = epoch_order(seed, epoch, len(files), reorder)
     out = []
-    for j in (int(j) for j in batch["file"]):
-        if shuffle and epoch >= len(slots):
-            j = int(epoch_order(seed, epoch, len(files))[j])
+    for j in (int(file_order[int(j)]) for j in batch["file"]):
         rows = _read_part_file(root, f"{part}/{files[j]}")
-        if shuffle and epoch >= len(slots):
+        if reorder:
             order = np.random.default_rng([seed, epoch, j]).permutation(len(rows["id"]))
             rows = {k: v[order] for k, v in rows.items()}
         out.append(rows)

@@ -10,10 +10,10 @@ Design decisions:
 - Ray Train V2: `RunConfig(name, storage_path)` is the run folder; re-running the same job resumes
   from its last checkpoint (`FailureConfig` restarts the worker group the same way after a worker
   failure). Checkpoints kept: the job's `train.checkpoints_to_keep`.
-- Datasets: every dataset but "heldout" (Stage II's "train" stream) is split over the workers
-  (`streaming_split`, equal shards); the held-out slice goes whole to each worker. The ingest
-  options are Ray Data's current ones, passed explicitly (Ray's default builds them through a
-  deprecated setter), with `preserve_order` when the job asks for reproducible batches.
+- Datasets: "train" is split over the workers (`streaming_split`, equal shards); every other
+  dataset (the held-out slice) goes whole to each worker. The ingest options are Ray Data's
+  current ones, passed explicitly (Ray's default builds them through a deprecated setter), with
+  `preserve_order` when the job asks for reproducible batches.
 - GPUs: `train.use_gpu: null` uses them when the cluster offers them.
 """
 
@@ -45,7 +45,7 @@ def fit(loop: Callable, plan, job, workers, datasets: Optional[dict] = None, pre
                              failure_config=FailureConfig(max_failures=workers.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=workers.checkpoints_to_keep)),
         datasets=datasets or None,
-        dataset_config=_data_config([n for n in datasets if n != "heldout"], preserve_order) if datasets else None,
+        dataset_config=_data_config(preserve_order) if datasets else None,
     )
     try:
         result = trainer.fit()
@@ -59,7 +59,7 @@ def fit(loop: Callable, plan, job, workers, datasets: Optional[dict] = None, pre
     return result
 
 
-def _data_config(split: list, preserve_order: bool):
+def _data_config(preserve_order: bool):
     from ray.data import DataContext, ExecutionOptions
     from ray.train import DataConfig
 
@@ -67,7 +67,7 @@ def _data_config(split: list, preserve_order: bool):
     options = ExecutionOptions(resource_limits=current.resource_limits,
                                preserve_order=preserve_order or current.preserve_order,
                                verbose_progress=current.verbose_progress)
-    return DataConfig(datasets_to_split=split, execution_options=options)
+    return DataConfig(datasets_to_split=["train"], execution_options=options)
 
 
 @dataclass(frozen=True)
