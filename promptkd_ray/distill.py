@@ -57,7 +57,7 @@ from .orchestration.checkpoints import TensorBoardLog, check_resumable, final_ch
     restore, run_storage, TRAINABLE_FILE
 from .orchestration.epochs import set_epoch, start_clock
 from .orchestration.pipeline import bad_images, distill_datasets, start_ledger
-from .orchestration.progress import Console, Reporter
+from .orchestration.progress import BuildProgress, Console, Reporter
 from .orchestration.softlabels import Cache, build_cache, open_cache, replay_datasets
 from .orchestration.trainer import all_reduce, dataset_shard, fit, prepare_model, surface_user_errors, this_worker
 from .storage import Storage, join
@@ -222,13 +222,9 @@ def build_soft_label_cache(job: DistillJob, out: str = "", views: int = 0) -> Ca
     views = views or job.train.epochs
     log.info("soft-label cache of %d images × %d views (+ %d held out) with %s at %s", source.num_train, views,
              len(source.heldout_paths), teacher_spec, out)
-    started = time.perf_counter()
-
-    def progress(done: int, total: int, part: str, rows: int) -> None:
-        log.info("%s: %d views written (%d/%d parts, %.0f s)", part, rows, done, total, time.perf_counter() - started)
-
-    return build_cache(job, source, teacher, size, out, views, start_ledger(), start_clock(), cluster.has_gpus(),
-                       progress)
+    with BuildProgress(source.num_train * views + len(source.heldout_paths), job.ray.progress_bars) as progress:
+        return build_cache(job, source, teacher, size, out, views, start_ledger(), start_clock(),
+                           cluster.has_gpus(), progress)
 
 
 def _finish(job: DistillJob, setup: Setup, run: Storage, result, ledger) -> DistillResult:
@@ -293,8 +289,8 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
     model = prepare_model(student)
     rank0 = worker.rank == 0
     heldout = dataset_shard("heldout") if rank0 and plan.has_heldout else None
-    tensorboard = TensorBoardLog(run_storage(job)) if rank0 else None
-    reporter = Reporter(plan.board if rank0 else None, job.train.epochs, plan.steps_per_epoch)
+    reporter = Reporter(plan.board if rank0 else None, job.train.epochs, plan.steps_per_epoch,
+                        TensorBoardLog(run_storage(job)) if rank0 else None, job.train.log_every)
     shard = dataset_shard("train")
     for epoch in range(progress["epoch"] + 1, job.train.epochs):
         lr_now = optimizer.param_groups[0]["lr"]
@@ -309,13 +305,11 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
             if heldout is not None:
                 scale = teacher_scale(job.loss, plan.teacher_logit_scale, student)
                 metrics.update(heldout_metrics(student, heldout, class_vectors, scale))
-            tensorboard.scalars(metrics, step=epoch, prefix="distill/")
             reporter.epoch_end(epoch, metrics)
         progress.update(epoch=epoch, history=progress["history"] + [metrics])
         report(metrics, progress, student.trainable_state_dict(),
                {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, worker.rank)
-    if tensorboard is not None:
-        tensorboard.close()
+    reporter.close()
 
 
 def train_one_epoch(model, shard, class_vectors, optimizer, plan: WorkerPlan, epoch: int, step: int,
@@ -341,7 +335,7 @@ def train_one_epoch(model, shard, class_vectors, optimizer, plan: WorkerPlan, ep
                                dtype=torch.float64)
         step += 1
         rate = totals[3].item() * world / max(time.perf_counter() - first_batch_at, 1e-9)
-        reporter.step(epoch, i + 1, loss=out["loss"], agreement=out["agreement"], images_per_s=rate)
+        reporter.step(epoch, i + 1, step, loss=out["loss"], agreement=out["agreement"], images_per_s=rate)
     end = time.perf_counter()
     times = all_reduce(torch.tensor([end - (first_batch_at or end), (first_batch_at or end) - start],
                                     dtype=torch.float64), "max")

@@ -47,7 +47,7 @@ from .data.sources import open_splits, open_world
 from .data.splits import num_base_classes
 from .errors import ConfigError
 from .orchestration import cluster
-from .orchestration.checkpoints import check_resumable, report, restore, run_storage
+from .orchestration.checkpoints import TensorBoardLog, check_resumable, report, restore, run_storage
 from .orchestration.progress import Console, Reporter
 from .orchestration.trainer import fit, gradient_averager, this_worker
 from .storage import Storage
@@ -233,7 +233,9 @@ def train_loop_per_worker(plan: TeacherPlan) -> None:
     teacher = build_job_teacher(job, plan.data.spec).to(worker.device)
     tensors, state, progress = restore(plan.fingerprint, worker.rank)
     steps = max(len(plan.data.items) // job.train.batch_size, 1)
-    reporter = Reporter(plan.board if worker.rank == 0 else None, job.train.epochs, steps)
+    rank0 = worker.rank == 0
+    reporter = Reporter(plan.board if rank0 else None, job.train.epochs, steps,
+                        TensorBoardLog(run_storage(job)) if rank0 else None, job.train.log_every, stage="teacher")
 
     def on_epoch_end(epoch: int, metrics: dict, prompts: dict, train_state: dict) -> None:
         progress.update(epoch=epoch, history=progress["history"] + [metrics])
@@ -243,9 +245,10 @@ def train_loop_per_worker(plan: TeacherPlan) -> None:
     prompts = train_prompts(teacher, plan.data.items, plan.data.train_classnames, job, worker.device, worker.rank,
                             worker.world, gradient_averager(teacher.prompt_parameters(), worker.world),
                             None if tensors is None else (tensors, state, progress), on_epoch_end,
-                            lambda epoch, step, out: reporter.step(epoch, step, loss=out["loss"],
-                                                                   accuracy=out["accuracy"]))
-    if worker.rank == 0:
+                            lambda epoch, step, out: reporter.step(epoch, step, epoch * steps + step,
+                                                                   loss=out["loss"], accuracy=out["accuracy"]))
+    reporter.close()
+    if rank0:
         teacher.load_state_dict({k: v.to(worker.device) for k, v in prompts.items()}, strict=False)
         write_teacher_outputs(teacher, job, plan.data, run_storage(job), worker.device)
 

@@ -112,12 +112,24 @@ def test_a_replayed_view_through_the_teacher_reproduces_the_stored_feature(built
         assert torch.allclose(feature, torch.tensor(row["teacher_feature"], dtype=torch.float32), atol=1e-3)
 
 
+def _step_losses(run_dir) -> list:
+    """(global step, loss) of every step, from the run's TensorBoard files (train.log_every = 1)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(Path(run_dir) / "tensorboard"), size_guidance={"scalars": 0}).Reload()
+    return [(e.step, e.value) for e in events.Scalars("distill/step/loss")]
+
+
 def test_a_cached_run_trains_as_the_streaming_run_without_a_teacher(built):
     from promptkd_ray.distill import run_distillation
 
-    streamed = run_distillation(_job(built, name="streamed", train={"epochs": VIEWS})).history
-    cached = run_distillation(_job(built, name="replayed", teacher={"cache": built["uri"]},
-                                   train={"epochs": VIEWS})).history
+    train = {"epochs": VIEWS, "log_every": 1}
+    streamed_run = run_distillation(_job(built, name="streamed", train=train))
+    cached_run = run_distillation(_job(built, name="replayed", teacher={"cache": built["uri"]}, train=train))
+    streamed, cached = streamed_run.history, cached_run.history
+    steps = _step_losses(streamed_run.run_dir)
+    assert [s for s, _ in steps] == list(range(1, 2 * 32 // 8 + 1))  # every step of both epochs, one worker
+    assert _step_losses(cached_run.run_dir) == [(s, pytest.approx(loss, abs=1e-4)) for s, loss in steps]
     assert [e["images"] for e in cached] == [e["images"] for e in streamed] == [32, 32]
     assert [e["loss"] for e in cached] == pytest.approx([e["loss"] for e in streamed], abs=1e-4)
     assert [e["heldout_kl"] for e in cached] == pytest.approx([e["heldout_kl"] for e in streamed], abs=1e-4)
@@ -177,6 +189,8 @@ def test_an_interrupted_build_resumes_at_the_first_unfinished_slot(built, tmp_pa
     with caplog.at_level("INFO"):
         cache = build_soft_label_cache(_job(built), out=str(copy), views=VIEWS)
     assert "slot_0000: written by an earlier attempt, reused" in caplog.text
+    assert "slot_0001: 32 views written (2/3 parts; 64/72 views in" in caplog.text  # progress counts reused views
+    assert "heldout: 8 views written (3/3 parts; 72/72 views in" in caplog.text
     assert sorted(p.name for p in (copy / "slot_0000").glob("*.parquet")) == kept
     assert cache.manifest["rows"] == 72 and cache.manifest["parts"]["slot_0000"] == built["cache"].manifest["parts"]["slot_0000"]
     with pytest.raises(ConfigError, match="2 views, not 3"):

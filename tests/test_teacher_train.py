@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -331,8 +332,15 @@ def test_ray_train_job_writes_artifacts_and_a_rerun_resumes(fake_job, ray_cluste
     from promptkd_ray.core.classvectors import load_class_vectors
     from promptkd_ray.teacher import run_teacher_job
 
-    job = dataclasses.replace(fake_job, name="ray-stage1", train=dataclasses.replace(fake_job.train, epochs=2, num_workers=2))
+    job = dataclasses.replace(fake_job, name="ray-stage1",
+                              train=dataclasses.replace(fake_job.train, epochs=2, num_workers=2, log_every=1))
     result = run_teacher_job(job)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(Path(result.teacher).parent / "tensorboard")).Reload()
+    steps = [e.step for e in events.Scalars("teacher/step/loss")]
+    assert steps and steps == list(range(1, len(steps) + 1)) and len(steps) % 2 == 0  # every step of 2 epochs
+    assert [e.step for e in events.Scalars("teacher/loss")] == [0, 1]
     teacher, info = load_teacher(result.teacher)
     cv = load_class_vectors(result.class_vectors)
     assert info.text_depth == 2 and info.extra["dataset"] == "OxfordPets" and cv.num_classes == 4

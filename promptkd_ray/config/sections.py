@@ -51,7 +51,7 @@ class OptimConfig:
     schedule: str = choice("cosine", "constant")  # per-epoch lr schedule after the warm-up
     warmup_epochs: int = 1  # epochs at constant `warmup_lr` before the schedule (authors: 1)
     warmup_lr: float = 1e-5  # warm-up learning rate (authors: 1e-5)
-    log_every: int = 50  # log progress every this many steps (rank 0)
+    log_every: int = 50  # TensorBoard gets the step loss/agreement every this many global steps (rank 0)
 
     @property
     def effective_lr(self) -> float:

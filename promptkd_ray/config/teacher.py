@@ -38,7 +38,7 @@ class FewShotDataConfig(ImagesConfig):
 
 @dataclass(frozen=True)
 class TeacherTrainConfig(WorkersConfig, OptimConfig):
-    log_every: int = 20  # log progress every this many steps (rank 0)
+    log_every: int = 20  # TensorBoard gets the step loss/accuracy every this many global steps (rank 0)
     gpa_mean: float = 15.0  # Gaussian Prompt Aggregation: mean epoch μ (1-based)
     gpa_std: float = 1.0  # GPA: standard deviation σ in epochs
     text_loss_weight: float = 25.0  # L_SCL: L1(prompted text, frozen text) weight

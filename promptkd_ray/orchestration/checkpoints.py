@@ -161,10 +161,13 @@ class TensorBoardLog:
         self._staging = None if local else tempfile.mkdtemp(prefix="promptkd_tb_")
         self.writer = SummaryWriter(local or self._staging)
 
-    def scalars(self, metrics: dict, step: int, prefix: str = "") -> None:
+    def scalars(self, metrics: dict, step: int, prefix: str = "", flush: bool = True) -> None:
+        """Numeric values of `metrics` at `step`; `flush` also syncs the files (each epoch's end)."""
         for key, value in metrics.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.writer.add_scalar(f"{prefix}{key}", value, step)
+        if not flush:
+            return
         self.writer.flush()
         if self._staging:
             self.run.upload(self._staging, self.rel)

@@ -1,4 +1,5 @@
-"""The console of a training run: one progress bar per epoch and one line per epoch, on the driver.
+"""The console of a training run: one progress bar per epoch and one line per epoch, on the driver
+(and `BuildProgress`, the same for a soft-label cache build).
 
     rank 0 (a Ray Train worker)                  driver (`promptkd-ray distill`, `teacher`, `demo`)
     reporter.step(epoch, step, loss, …)  ──►  ProgressBoard actor  ──►  Console: tqdm bar per epoch
@@ -43,13 +44,19 @@ class ProgressBoard:
 
 
 class Reporter:
-    """Rank 0's side: throttled step events and one event per epoch end (no-op without a board)."""
+    """Rank 0's side: throttled step events and one event per epoch end to the board, and the same
+    values to TensorBoard — every `log_every`-th global step under `STAGE/step/…`, each epoch's
+    metrics under `STAGE/…` at the epoch's index. Other ranks pass neither and it does nothing."""
 
-    def __init__(self, board, epochs: int, steps_per_epoch: int):
+    def __init__(self, board, epochs: int, steps_per_epoch: int, tensorboard=None, log_every: int = 0,
+                 stage: str = "distill"):
         self.board, self.epochs, self.steps_per_epoch = board, epochs, steps_per_epoch
+        self.tensorboard, self.log_every, self.stage = tensorboard, log_every, stage
         self._last = 0.0
 
-    def step(self, epoch: int, step_in_epoch: int, **values: float) -> None:
+    def step(self, epoch: int, step_in_epoch: int, global_step: int = 0, **values: float) -> None:
+        if self.tensorboard is not None and self.log_every and global_step % self.log_every == 0:
+            self.tensorboard.scalars(values, step=global_step, prefix=f"{self.stage}/step/", flush=False)
         now = time.monotonic()
         if self.board is None or now - self._last < POST_EVERY_S:
             return
@@ -58,8 +65,14 @@ class Reporter:
                                 "steps": self.steps_per_epoch, **values})
 
     def epoch_end(self, epoch: int, metrics: dict) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.scalars(metrics, step=epoch, prefix=f"{self.stage}/")
         if self.board is not None:
             self.board.post.remote({"type": "epoch", "epoch": epoch, "epochs": self.epochs, "metrics": metrics})
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 class Console:
@@ -127,6 +140,36 @@ class Console:
         if self._bar is not None:
             self._bar.close()
         self._bar, self._bar_epoch = None, None
+
+
+class BuildProgress:
+    """The driver's view of a soft-label cache build: a bar over all views (on a terminal) and a
+    line per finished part with its rate. `with BuildProgress(total_views, show_bar) as p:`."""
+
+    def __init__(self, total: int, show_bar: bool = True):
+        self.total, self.show_bar, self.written, self.reused = total, show_bar, 0, 0
+        self._bar = None
+        self._started = time.perf_counter()
+
+    def __enter__(self):
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=self.total, desc="soft-label cache", unit="view", disable=None if self.show_bar else True,
+                         dynamic_ncols=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._bar.close()
+
+    def rows(self, n: int, reused: bool = False) -> None:
+        self.written += n
+        self.reused += n if reused else 0
+        self._bar.update(n)
+
+    def part(self, name: str, rows: int, done: int, total: int) -> None:
+        seconds = time.perf_counter() - self._started
+        log.info("%s: %d views written (%d/%d parts; %d/%d views in %.0f s, %.1f views/s)", name, rows, done, total,
+                 self.written, self.total, seconds, (self.written - self.reused) / max(seconds, 1e-9))
 
 
 def describe_epoch(epoch: int, epochs: int, metrics: dict) -> str:

@@ -106,7 +106,8 @@ def _check_source(source: ImageSource) -> None:
 def build_cache(job, source: ImageSource, teacher: ModelRef, size: int, out: str, views: int, ledger, clock,
                 cluster_has_gpus: bool, progress=None) -> Cache:
     """Run the teacher pool once per view slot (and once over the held-out slice) and write the
-    cache at `out`; slots already written by an interrupted build are kept. → the opened cache."""
+    cache at `out`; slots already written by an interrupted build are kept. → the opened cache.
+    `progress`, if given, has `.rows(n)` (n more views written) and `.part(name, rows, done, total)`."""
     _check_source(source)
     store, key = Storage(out), cache_key(job, source, teacher, size)
     if store.is_file(MANIFEST):
@@ -120,9 +121,9 @@ def build_cache(job, source: ImageSource, teacher: ModelRef, size: int, out: str
     todo = [(slot_name(s), "train", s) for s in range(views)] + [("heldout", "heldout", 0)] * bool(source.heldout_paths)
     for i, (part, mode, slot) in enumerate(todo):
         parts[part] = _write_part(job, source, teacher, size, store, part, mode, slot, ledger, clock,
-                                  cluster_has_gpus)
+                                  cluster_has_gpus, progress)
         if progress is not None:
-            progress(i + 1, len(todo), part, parts[part]["rows"])
+            progress.part(part, parts[part]["rows"], i + 1, len(todo))
     manifest = {"format": FORMAT, "key": key, "views": views, "parts": parts,
                 "rows": sum(p["rows"] for p in parts.values()),
                 "bytes": sum(n for p in parts.values() for n in p["sizes"].values())}
@@ -142,12 +143,15 @@ def _check_partial(store: Storage, key: dict, views: int) -> None:
 
 
 def _write_part(job, source, teacher, size, store: Storage, part: str, mode: str, slot: int, ledger, clock,
-                cluster_has_gpus: bool) -> dict:
+                cluster_has_gpus: bool, progress=None) -> dict:
     """One slot (or the held-out slice): Parquet files in stream order, then `part.json` listing
     them. A part whose JSON exists was finished by an earlier attempt and is reused."""
     if store.is_file(f"{part}.json"):
         log.info("%s: written by an earlier attempt, reused", part)
-        return json.loads(store.read_text(f"{part}.json"))
+        info = json.loads(store.read_text(f"{part}.json"))
+        if progress is not None:
+            progress.rows(info["rows"], reused=True)
+        return info
     store.delete(part)  # partial files of an interrupted attempt
     if mode == "train":
         set_epoch(clock, slot)
@@ -160,6 +164,8 @@ def _write_part(job, source, teacher, size, store: Storage, part: str, mode: str
         store.write_bytes(f"{part}/{name}", data)
         info["files"][name], info["sizes"][name] = hashlib.sha256(data).hexdigest(), len(data)
         info["rows"] += len(batch["id"])
+        if progress is not None:
+            progress.rows(len(batch["id"]))
     store.write_text(f"{part}.json", json.dumps(info, indent=1) + "\n")
     return info
 
