@@ -36,7 +36,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +60,7 @@ from .orchestration.pipeline import bad_images, distill_datasets, start_ledger
 from .orchestration.progress import BuildProgress, Console, Reporter
 from .orchestration.softlabels import Cache, build_cache, open_cache, replay_datasets
 from .orchestration.trainer import all_reduce, dataset_shard, fit, prepare_model, surface_user_errors, this_worker
-from .storage import Storage, join
+from .storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +182,9 @@ def _class_vectors(job: DistillJob, run: Storage, teacher: ModelRef, teacher_spe
 
 # --- driver --------------------------------------------------------------------------------------------
 
-def run_distillation(job: DistillJob) -> DistillResult:
-    """Run (or resume) the Stage II job; returns where its artifacts are."""
+def run_distillation(job: DistillJob, callbacks: Sequence = ()) -> DistillResult:
+    """Run (or resume) the Stage II job; returns where its artifacts are. `callbacks` go to Ray
+    Train (a Tune trial's `TuneReportCallback` turns each epoch's report into a Tune result)."""
     import yaml
 
     cluster.connect(job.ray, cluster.cpus_needed(job.train, job.teacher_pool))
@@ -208,7 +209,8 @@ def run_distillation(job: DistillJob) -> DistillResult:
                           steps_per_epoch=setup.source.num_train // job.train.batch_size,
                           local_shuffle=4 * job.train.batch_size if setup.source.is_parquet and job.data.shuffle
                           else None, has_heldout="heldout" in datasets, ledger=ledger, clock=clock, board=board)
-        result = fit(train_loop_per_worker, plan, job, job.train, datasets, preserve_order=job.data.preserve_order)
+        result = fit(train_loop_per_worker, plan, job, job.train, datasets, preserve_order=job.data.preserve_order,
+                     callbacks=callbacks)
     return _finish(job, setup, run, result, ledger)
 
 
@@ -218,7 +220,7 @@ def build_soft_label_cache(job: DistillJob, out: str = "", views: int = 0) -> Ca
     storage_path/soft_labels/NAME)."""
     cluster.connect(job.ray, cluster.cpus_needed(job.train, job.teacher_pool))
     source, teacher, teacher_spec, _, size = resolve(job)
-    out = out or job.teacher.cache or join(job.storage_path, "soft_labels", job.name)
+    out = out or job.teacher.cache or Storage(job.storage_path).path(f"soft_labels/{job.name}")
     views = views or job.train.epochs
     log.info("soft-label cache of %d images × %d views (+ %d held out) with %s at %s", source.num_train, views,
              len(source.heldout_paths), teacher_spec, out)

@@ -150,3 +150,18 @@ def test_ray_job_submit_builds_a_soft_label_cache_then_distils_from_it(tmp_path,
     jobs = {sid: JobSubmissionClient(address).get_job_info(sid).job_id for sid in ("cache-test", "cached-distill-test")}
     teachers = [a.job_id for a in list_actors(address=address, limit=1000) if "TeacherPredictor" in a.class_name]
     assert jobs["cache-test"] in teachers and jobs["cached-distill-test"] not in teachers  # the distill ran none
+
+
+def test_ray_job_submit_runs_a_sweep(tmp_path, ray_head):
+    address, env = ray_head
+    root, _ = make_split_json(tmp_path / "data", per_class=6)
+    job_file = tmp_path / "sweep_job.yaml"
+    job_file.write_text(yaml.safe_dump(tiny_job(root, tmp_path / "runs", "swept", train={"epochs": 2},
+                                                data={"heldout_images": 4})))
+    space = tmp_path / "sweep.yaml"
+    space.write_text(yaml.safe_dump({"kind": "space", "job": str(job_file), "metric": "heldout_kl",
+                                     "scheduler": {"kind": "fifo"}, "params": {"loss.temperature": {"grid": [1, 4]}}}))
+    logs = submit_and_wait(address, env, "tune-test", "tune", "--space", str(space))
+    folder = tmp_path / "runs" / "sweeps" / "sweep"
+    assert "sweep sweep: best trial" in logs and (folder / "best_job.yaml").is_file()
+    assert len((folder / "trials.csv").read_text().splitlines()) == 3  # header + 2 trials

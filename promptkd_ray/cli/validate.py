@@ -1,8 +1,10 @@
-"""`promptkd-ray validate JOB.yaml … [KEY=VALUE …]`: check job files without running them.
+"""`promptkd-ray validate FILE.yaml … [KEY=VALUE …]`: check job files and search spaces without running them.
 
 Each file is loaded exactly as its command would load it (its `kind:` says which: types, choices,
-cross-field rules, local paths) and its model names are looked up in open_clip's registry. Jobs
-meant for a cluster, whose data lives elsewhere, are checked with `--no-path-check`.
+cross-field rules, local paths) and its model names are looked up in open_clip's registry. A
+search space (`kind: space`) is checked against its job (`job:`): every value of every key is
+built into that job. Jobs meant for a cluster, whose data lives elsewhere, are checked with
+`--no-path-check`.
 """
 
 from __future__ import annotations
@@ -26,14 +28,37 @@ def run(args) -> int:
     failed = 0
     for path in files:
         try:
-            job = check_job_file(path, overrides, check_paths=not args.no_path_check)
+            print(check_space_file(path, overrides, not args.no_path_check) if is_space_file(path) else
+                  describe(check_job_file(path, overrides, check_paths=not args.no_path_check), path))
         except ConfigError as exc:
             failed += 1
             print(f"error: {exc}", file=sys.stderr)
-            continue
-        print(f"ok: {path} ({job.kind} job {job.name!r}: {job.data.source} data, {job.train.epochs} epochs, "
-              f"{job.train.num_workers} worker(s))")
     return 1 if failed else 0
+
+
+def describe(job, path: str) -> str:
+    return (f"ok: {path} ({job.kind} job {job.name!r}: {job.data.source} data, {job.train.epochs} epochs, "
+            f"{job.train.num_workers} worker(s))")
+
+
+def is_space_file(path: str) -> bool:
+    import yaml
+
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        return False  # the job loader says what is wrong with it
+    return isinstance(raw, dict) and raw.get("kind") == "space"
+
+
+def check_space_file(path: str, overrides=(), check_paths: bool = True) -> str:
+    from ..tune import open_sweep
+
+    sweep = open_sweep(path, "", overrides, check_paths=check_paths)
+    space = sweep.space
+    return (f"ok: {path} (space over {', '.join(space.params)} for {space.job}: {space.search.algorithm} search, "
+            f"{space.scheduler.kind}, metric {space.metric})")
 
 
 def check_job_file(path: str, overrides=(), check_paths: bool = True):

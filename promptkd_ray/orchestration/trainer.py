@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -29,9 +29,11 @@ from ..storage import absolute
 from .cluster import has_gpus, user_error_in
 
 
-def fit(loop: Callable, plan, job, workers, datasets: Optional[dict] = None, preserve_order: bool = False):
+def fit(loop: Callable, plan, job, workers, datasets: Optional[dict] = None, preserve_order: bool = False,
+        callbacks: Sequence = ()):
     """Run `loop(plan)` on the job's Ray Train workers; → the Ray Train Result. A user error raised
-    by a worker or a Ray Data task is re-raised as itself (one sentence)."""
+    by a worker or a Ray Data task is re-raised as itself (one sentence). `callbacks`: Ray Train
+    callbacks (a Tune trial passes `TuneReportCallback`)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -43,7 +45,8 @@ def fit(loop: Callable, plan, job, workers, datasets: Optional[dict] = None, pre
                                                            **workers.resources_per_worker}),
         run_config=RunConfig(name=job.name, storage_path=absolute(job.storage_path),
                              failure_config=FailureConfig(max_failures=workers.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=workers.checkpoints_to_keep)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=workers.checkpoints_to_keep),
+                             callbacks=list(callbacks)),
         datasets=datasets or None,
         dataset_config=_data_config(preserve_order) if datasets else None,
     )

@@ -1,0 +1,207 @@
+"""Search spaces (`kind: space`, files in tune_spaces/): which job keys a sweep varies, over which
+Tune domains, and how it searches, stops trials and selects the winner.
+
+    kind: space
+    job: jobs/toy_b2n.yaml            # the job it sweeps (`promptkd-ray tune --config` overrides it)
+    metric: heldout_kl                # heldout_kl (min) | heldout_agreement (max) | val_accuracy (max)
+    search: {algorithm: grid, samples: 1, seed: 0, max_concurrent: 0}
+    scheduler: {kind: asha, grace_period: 1, reduction_factor: 2, max_epochs: 0}
+    tracking: {mlflow_uri: "", experiment: ""}
+    params:
+      loss.temperature: {grid: [1, 2, 4, 8]}        # every value, crossed with the other grids
+      student.depth: {choice: [3, 6, 9]}              # one of them per trial
+      train.lr: {loguniform: [1.0e-4, 1.0e-2]}       # also uniform: [lo, hi]; randint: [lo, hi) (integers)
+      teacher:                                        # named choices of a whole section
+        choice: {zeroshot: {spec: "ViT-L-14:openai"}, promptsrc: {artifact: runs/t/teacher, class_vectors: …}}
+
+Design decisions:
+- A value is checked by building the job with it, through the same strict loader as a job file:
+  every grid/choice value and both ends of a range. So an unknown key, a value of the wrong type
+  or outside a field's choices is one `ConfigError` naming the space file and the key.
+- A dict value sets keys of a section; under `teacher` it names the teacher completely (spec,
+  artifact, class_vectors and cache start empty), so a choice never inherits the job's teacher.
+- Temperature and depth trials are compared on a metric the swept values do not define: the
+  held-out KL to the teacher at T = 1 or the held-out top-1 agreement — never the training loss
+  at the swept T. Agreement with different teachers is not comparable, so a space over `teacher`
+  must select on `val_accuracy` (labelled few-shot val images, never test), which is measured when
+  a trial ends: it goes with `scheduler.kind: fifo`, as ASHA needs the metric every epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ConfigError
+from .loader import apply_override, choice, convert
+
+METRICS = {"heldout_kl": "min", "heldout_agreement": "max", "val_accuracy": "max"}
+DOMAINS = ("grid", "choice", "uniform", "loguniform", "randint")
+TEACHER_IDENTITY = ("spec", "artifact", "class_vectors", "cache")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    algorithm: str = choice("grid", "random", "optuna")  # grid/random: Tune's variant generator; optuna: TPE (extra)
+    samples: int = 1  # grid: repeats of the whole grid; random/optuna: trials drawn
+    seed: int = 0  # seed of the random draws (random, optuna)
+    max_concurrent: int = 0  # trials at once; 0 = as many as the cluster holds (a trial starts when all its workers fit)
+    cache: bool = True  # one soft-label cache per teacher, built once (or reused) and read by every trial
+    val_shots: int = 16  # val_accuracy: labelled val images per base class (Stage I's few-shot val; never test)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    kind: str = choice("asha", "fifo")  # asha: stop poor trials after any epoch; fifo: run every trial to the end
+    grace_period: int = 1  # ASHA: epochs every trial runs before it can be stopped
+    reduction_factor: float = 2.0  # ASHA: keep the best 1/η at each rung
+    max_epochs: int = 0  # ASHA: the top rung (0 = the job's train.epochs)
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    mlflow_uri: str = ""  # MLflow tracking URI (a folder, file://…, http://…); "" = no MLflow
+    experiment: str = ""  # MLflow experiment name ("" = the sweep's name)
+
+
+@dataclass(frozen=True)
+class Space:
+    kind: str = choice("space")  # a search space, run by `promptkd-ray tune`
+    name: str = ""  # the sweep's name ("" = the file's name); its folder is storage_path/sweeps/NAME
+    job: str = ""  # the job file it sweeps, relative to the working directory (`--config` overrides it)
+    metric: str = choice(*METRICS)  # what selects the winner (see above)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    params: dict = field(default_factory=dict)  # dotted job key → {domain: values}, as read
+    source: str = ""  # the file it came from (for messages)
+
+    @property
+    def mode(self) -> str:
+        return METRICS[self.metric]
+
+    @property
+    def grid_size(self) -> int:
+        size = 1
+        for domain in self.params.values():
+            kind, values = domain_parts(domain)
+            size *= len(values) if kind == "grid" else 1
+        return size
+
+
+def read_space(path: "str | os.PathLike") -> Space:
+    """A space file, read and checked on its own (its values are checked against a job by `check_space`)."""
+    import yaml
+
+    source = str(path)
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such space file.") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML ({str(exc).splitlines()[0]}).") from None
+    if not isinstance(raw, dict) or raw.get("kind") != "space":
+        raise ConfigError(f"{source}: a space file starts with `kind: space`.")
+    raw = dict(raw)
+    params = raw.pop("params", None)
+    if not isinstance(params, dict) or not params:
+        raise ConfigError(f"{source}: params must map at least one job key to a domain (e.g. "
+                          "loss.temperature: {grid: [1, 2, 4]}).")
+    sections = {"search": SearchConfig, "scheduler": SchedulerConfig, "tracking": TrackingConfig}
+    values = {k: convert(sections[k], raw.pop(k), k, source) for k in list(raw) if k in sections}
+    space = convert(Space, raw, "", source, base=Space(**values, params=params, source=source))
+    for key, domain in params.items():
+        _check_domain(space, str(key), domain)
+    _check_rules(space)
+    return space
+
+
+def domain_parts(domain) -> tuple[str, Any]:
+    (kind, values), = domain.items()
+    return kind, values
+
+
+def _check_domain(space: Space, key: str, domain) -> None:
+    where = f"{space.source}: params.{key}"
+    if not isinstance(domain, dict) or len(domain) != 1 or next(iter(domain)) not in DOMAINS:
+        raise ConfigError(f"{where} must be one domain, {{{'|'.join(DOMAINS)}: values}}, got {domain!r}.")
+    kind, values = domain_parts(domain)
+    if kind in ("grid", "choice"):
+        if not isinstance(values, (list, dict)) or not values:
+            raise ConfigError(f"{where}: {kind} is empty; give at least one value (a list, or names → values).")
+        if isinstance(values, dict) and kind == "grid":
+            raise ConfigError(f"{where}: named values go with choice, not grid.")
+        return
+    if not (isinstance(values, list) and len(values) == 2 and all(_number(v) for v in values)):
+        raise ConfigError(f"{where}: {kind} takes [low, high], two numbers, got {values!r}.")
+    low, high = (float(v) for v in values)
+    if not low < high or (kind == "loguniform" and low <= 0) or (kind == "randint" and not
+                                                                   all(float(v).is_integer() for v in values)):
+        raise ConfigError(f"{where}: {kind} needs low < high" + (" and low > 0" if kind == "loguniform" else "")
+                          + (", both integers" if kind == "randint" else "") + f", got {values!r}.")
+
+
+def _check_rules(space: Space) -> None:
+    src, kinds = space.source, {domain_parts(d)[0] for d in space.params.values()}
+    if "teacher" in space.params and space.metric != "val_accuracy":
+        raise ConfigError(f"{src}: a space over teacher must select on metric: val_accuracy (agreement and KL "
+                          f"with different teachers are not comparable), not {space.metric}.")
+    if space.metric == "val_accuracy" and space.scheduler.kind == "asha":
+        raise ConfigError(f"{src}: metric val_accuracy is measured when a trial ends, so ASHA cannot stop on it; "
+                          "use scheduler.kind: fifo.")
+    if space.search.algorithm == "optuna" and "grid" in kinds:
+        raise ConfigError(f"{src}: search.algorithm optuna draws its trials; use choice instead of grid.")
+    if space.search.samples < 1 or space.search.val_shots < 1 or space.search.max_concurrent < 0 or space.scheduler.grace_period < 1 \
+            or space.scheduler.reduction_factor <= 1 or space.scheduler.max_epochs < 0:
+        raise ConfigError(f"{src}: search.samples, search.val_shots and scheduler.grace_period must be ≥ 1, "
+                          "scheduler.reduction_factor > 1, max_concurrent and max_epochs ≥ 0.")
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def candidate_values(domain) -> list:
+    """The values a domain can give that the job must accept: every listed one, both ends of a range."""
+    kind, values = domain_parts(domain)
+    if kind in ("grid", "choice"):
+        return list(values.values()) if isinstance(values, dict) else list(values)
+    return [int(values[0]), int(values[1]) - 1] if kind == "randint" else [float(v) for v in values]
+
+
+def apply_params(raw: dict, params: dict, source: str) -> dict:
+    """A copy of job mapping `raw` with a trial's `params` (dotted key → value) set."""
+    out = json.loads(json.dumps(raw))
+    for key, value in params.items():
+        if isinstance(value, dict):
+            section = out.setdefault(key, {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"{source}: params.{key} sets keys of a section, and {key} is not one.")
+            if key == "teacher":
+                for name in TEACHER_IDENTITY:
+                    section.pop(name, None)
+            section.update(value)
+        else:
+            apply_override(out, f"{key}={json.dumps(value)}", source)
+    return out
+
+
+def check_space(space: Space, raw_job: dict, build_job) -> Any:
+    """Build the job once with each candidate value of each key (`build_job(raw, source)` → job);
+    → the job with every key at its first value. Errors name the space file and the key."""
+    first = {}
+    for key, domain in space.params.items():
+        values = candidate_values(domain)
+        first[key] = values[0]
+        for value in values:
+            build_job(apply_params(raw_job, {key: value}, space.source), f"{space.source} (params.{key} = "
+                      f"{_short(value)})")
+    return build_job(apply_params(raw_job, first, space.source), space.source)
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."

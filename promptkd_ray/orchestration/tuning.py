@@ -1,0 +1,155 @@
+"""Ray Tune for a sweep: the space as Tune domains, the searcher, the scheduler, the tuner (new or
+restored), and how many trials the cluster holds at once.
+
+    tune_param_space(space)                   dotted key → tune.grid_search / choice / uniform / …
+    run_tuner(trial, space, folder, …)        Tuner.restore when the sweep folder has one, else a new Tuner
+    trials_the_cluster_holds(job)             default max_concurrent_trials
+
+Design decisions (Ray 2.60, Train V2):
+- A trial is a function trainable that runs the Stage II recipe, whose TorchTrainer carries
+  `TuneReportCallback`: each epoch's report (rank 0's all-reduced metrics) is one Tune result, so
+  ASHA (`time_attr = training_iteration` = epochs) can stop a trial after any epoch. The Train
+  workers get their own placement group, outside the trial's; the trial function itself asks for
+  a sliver of a CPU (Tune refuses zero), so concurrency is set from what the workers need.
+- The sweep's Tune folder is fixed (`storage_path/sweeps/NAME/tune`): running the same command
+  again restores it (`Tuner.restore`, errored trials resumed) and finished trials are not re-run.
+  A trial that fails is recorded in its result, never fatal to the sweep.
+- Named choices (`teacher: {choice: {zeroshot: …, promptsrc: …}}`) go to Tune as their names, so
+  trial names, tables and Optuna see labels, not nested dicts.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Callable
+
+from ..config.space import Space, domain_parts
+from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
+TRIAL_CPU = 0.1  # what a trial's driver function reserves (it only waits on its TorchTrainer)
+
+
+def epoch_reporter(epochs: int):
+    """In a trial: Ray Train's TuneReportCallback for every epoch but the last, which the trial
+    reports itself once the run has written its student (Tune may stop a trial at any result, and
+    at the last epoch that would cut the artifact off)."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class AllButTheLastEpoch(TuneReportCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            if metrics and int(metrics[0].get("epoch", -1)) + 1 < epochs:
+                super().after_report(run_context, metrics, checkpoint)
+
+    return AllButTheLastEpoch()
+
+
+def release_stopped_trials():
+    """A Tune callback (sweep driver): when a trial ends, remove its Train worker group's placement
+    group (named in its results). A finished run removed it already; a trial Tune stopped did not —
+    its Train controller dies with the trial, and Ray Train's own cleaner needs the state API, which
+    a cluster without the dashboard lacks, so the group would hold its CPUs until the driver exits."""
+    from ray import tune
+
+    class ReleaseStoppedTrials(tune.Callback):
+        def _release(self, trial) -> None:
+            group = (trial.last_result or {}).get("placement_group")
+            if group:
+                _remove_placement_group(group)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._release(trial)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._release(trial)
+
+    return ReleaseStoppedTrials()
+
+
+def _remove_placement_group(hex_id: str) -> None:
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+    group = PlacementGroup(PlacementGroupID(bytes.fromhex(hex_id)))
+    if placement_group_table(group).get("state") not in (None, "REMOVED"):
+        remove_placement_group(group)
+        log.info("released the placement group %s of a stopped trial's Train workers", hex_id[:12])
+
+
+def tune_param_space(space: Space) -> dict:
+    from ray import tune
+
+    out = {}
+    for key, domain in space.params.items():
+        kind, values = domain_parts(domain)
+        if isinstance(values, dict):
+            values = list(values)  # named choices: Tune sees the names
+        out[key] = {"grid": tune.grid_search, "choice": tune.choice}[kind](values) if kind in ("grid", "choice") \
+            else {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[kind](*values)
+    return out
+
+
+def trials_the_cluster_holds(job) -> int:
+    """Trials whose Train workers (and a CPU for their reads) fit in the cluster's CPUs at once."""
+    import ray
+
+    per_trial = job.train.num_workers * job.train.cpus_per_worker + 1 + TRIAL_CPU
+    return max(1, math.floor(ray.cluster_resources().get("CPU", 1) / per_trial))
+
+
+def _searcher(space: Space):
+    if space.search.algorithm != "optuna":
+        return None
+    try:
+        from ray.tune.search.optuna import OptunaSearch
+        import optuna  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"{space.source}: search.algorithm optuna needs Optuna: pip install "
+                          "'promptkd_ray[tune]' (or optuna).") from None
+    return OptunaSearch(metric=space.metric, mode=space.mode, seed=space.search.seed)
+
+
+def _scheduler(space: Space, epochs: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if space.scheduler.kind == "fifo":
+        return FIFOScheduler()
+    s = space.scheduler
+    return ASHAScheduler(time_attr="training_iteration", metric=space.metric, mode=space.mode,
+                         max_t=s.max_epochs or epochs, grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+
+
+def _callbacks(space: Space, name: str) -> list:
+    if not space.tracking.mlflow_uri:
+        return []
+    try:
+        import mlflow  # noqa: F401
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+    except ImportError:
+        raise ConfigError(f"{space.source}: tracking.mlflow_uri needs MLflow: pip install 'promptkd_ray[tune]' "
+                          "(or mlflow).") from None
+    return [MLflowLoggerCallback(tracking_uri=space.tracking.mlflow_uri,
+                                 experiment_name=space.tracking.experiment or name, save_artifact=False)]
+
+
+def run_tuner(trial: Callable, space: Space, tune_root: str, name: str, epochs: int, concurrency: int):
+    """Run (or resume) the sweep; → Tune's ResultGrid."""
+    from ray import tune
+
+    trainable = tune.with_resources(trial, {"CPU": TRIAL_CPU})
+    path = f"{tune_root.rstrip('/')}/{name}"
+    if tune.Tuner.can_restore(path):
+        log.info("resuming the sweep at %s: finished trials are kept, unfinished ones resume", path)
+        return tune.Tuner.restore(path, trainable, resume_errored=True).fit()
+    samples = space.search.samples
+    tuner = tune.Tuner(
+        trainable, param_space=tune_param_space(space),
+        tune_config=tune.TuneConfig(num_samples=samples, max_concurrent_trials=concurrency,
+                                    scheduler=_scheduler(space, epochs), search_alg=_searcher(space),
+                                    trial_name_creator=lambda t: f"trial_{t.trial_id}",
+                                    trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
+        run_config=tune.RunConfig(name=name, storage_path=tune_root,
+                                  callbacks=[release_stopped_trials(), *_callbacks(space, name)],
+                                  failure_config=tune.FailureConfig(max_failures=0), verbose=1))
+    return tuner.fit()
