@@ -29,19 +29,13 @@ import time
 from pathlib import Path
 
 from cost import start_benchmark
-from method_comparison import DEMO_JOB, score_seed, table
+from method_comparison import DEMO_JOB, score_seed, seeds_parser, table
 
 log = logging.getLogger("cache_accuracy")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--profile", choices=["full", "quick"], default="full")
-    p.add_argument("--cache-dir", default="", help="toy world cache (default ~/.cache/promptkd_ray/toyworld)")
-    p.add_argument("--epochs", type=int, default=0, help="epochs (default: the job's)")
-    p.add_argument("--out", default="runs/cache_accuracy")
-    return p.parse_args(argv)
+    return seeds_parser(__doc__.splitlines()[0], "runs/cache_accuracy").parse_args(argv)
 
 
 def job(args, seed: int, name: str, *extra: str):

@@ -53,14 +53,20 @@ CONFIGS = {
 log = logging.getLogger("method_comparison")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def seeds_parser(description: str, out: str) -> argparse.ArgumentParser:
+    """The options of a benchmark that runs the demo's job once per toy-world seed."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--profile", choices=["full", "quick"], default="full")
     p.add_argument("--cache-dir", default="", help="toy world cache (default ~/.cache/promptkd_ray/toyworld)")
     p.add_argument("--epochs", type=int, default=0, help="epochs (default: the job's)")
+    p.add_argument("--out", default=out)
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = seeds_parser(__doc__.splitlines()[0], "runs/method_comparison")
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    p.add_argument("--out", default="runs/method_comparison")
     return p.parse_args(argv)
 
 

@@ -189,3 +189,26 @@ def test_a_sweep_whose_driver_is_killed_resumes_without_rerunning_finished_trial
         assert (trials / name / "student.safetensors").stat().st_mtime_ns == mtime
         assert sorted(c.name for c in (trials / name).glob("checkpoint_*")) == checkpoints[name]
     assert {f"space-{t.trial_id}" for t in report.trials} >= set(finished)
+
+
+@pytest.mark.slow
+def test_optuna_draws_the_trials_and_mlflow_gets_their_results(tmp_path, tiny, ray_cluster, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 wants a database; a folder is enough here
+
+    from promptkd_ray.tune import open_sweep, run_sweep
+
+    tiny["train"]["epochs"] = 2
+    uri = f"file://{tmp_path / 'mlruns'}"
+    path = write_space(tmp_path, tiny, search={"algorithm": "optuna", "samples": 2, "seed": 0},
+                       scheduler={"kind": "fifo"}, tracking={"mlflow_uri": uri, "experiment": "toy-sweep"},
+                       params={"loss.temperature": {"choice": [1, 4]}, "train.lr": {"loguniform": [0.001, 0.05]}})
+    report = run_sweep(open_sweep(str(path)))
+    assert len(report.trials) == 2 and all(t.status == "completed" for t in report.trials)
+    assert all(0.001 <= t.params["train.lr"] <= 0.05 for t in report.trials)
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("toy-sweep").experiment_id])
+    assert len(runs) == 2 and all("heldout_kl" in r.data.metrics for r in runs)
+    assert {round(float(r.data.params["train.lr"]), 6) for r in runs} == {round(t.params["train.lr"], 6)
+                                                                          for t in report.trials}

@@ -62,7 +62,7 @@ class SchedulerConfig:
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    mlflow_uri: str = ""  # MLflow tracking URI (a folder, file://…, http://…); "" = no MLflow
+    mlflow_uri: str = ""  # MLflow tracking URI: http(s)://server, sqlite:///x.db, or file://folder (MLflow 3: MLFLOW_ALLOW_FILE_STORE=true); "" = none
     experiment: str = ""  # MLflow experiment name ("" = the sweep's name)
 
 

@@ -128,7 +128,7 @@ def _callbacks(space: Space, name: str) -> list:
         from ray.air.integrations.mlflow import MLflowLoggerCallback
     except ImportError:
         raise ConfigError(f"{space.source}: tracking.mlflow_uri needs MLflow: pip install 'promptkd_ray[tune]' "
-                          "(or mlflow).") from None
+                          "(or mlflow-skinny).") from None
     return [MLflowLoggerCallback(tracking_uri=space.tracking.mlflow_uri,
                                  experiment_name=space.tracking.experiment or name, save_artifact=False)]
 
