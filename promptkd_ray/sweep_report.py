@@ -25,7 +25,7 @@ ARTIFACT_FILES = ("student.safetensors", "student.json", "class_vectors.safetens
 @dataclass(frozen=True)
 class Trial:
     trial_id: str
-    params: dict  # swept key → value (named choices by name)
+    params: dict  # swept key → value (named values by name)
     status: str  # completed | stopped early | failed
     epochs: int  # epochs it reported
     curve: list  # the metric after each epoch it reported (val_accuracy: the final value only)

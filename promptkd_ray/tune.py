@@ -32,7 +32,7 @@ from typing import Sequence
 
 from .config import DistillJob, distill_job_from_dict, read_job_yaml
 from .config.loader import apply_override, require_kind
-from .config.space import Space, apply_params, check_space, domain_parts, read_space
+from .config.space import Space, apply_params, candidate_values, check_space, domain_parts, read_space
 from .errors import ConfigError
 from .storage import Storage
 
@@ -54,14 +54,15 @@ class Sweep:
         """Teacher label → the teacher section's values it sets ({"": {}} when the teacher is not swept)."""
         if "teacher" not in self.space.params:
             return {"": {}}
-        kind, values = domain_parts(self.space.params["teacher"])
-        return dict(values) if isinstance(values, dict) else {str(i): v for i, v in enumerate(values)}
+        return dict(domain_parts(self.space.params["teacher"])[1])  # named values (checked by read_space)
 
     def trial_raw(self, config: dict, trial_id: str, caches: dict) -> dict:
-        """The job mapping of a trial: the space's point (named choices resolved), its run folder, its cache."""
+        """The job mapping of a trial: the space's point (named values resolved), its run folder, its cache."""
         params = dict(config)
-        if "teacher" in params:
-            params["teacher"] = self.teachers[str(params["teacher"])]
+        for key, domain in self.space.params.items():
+            values = domain_parts(domain)[1]
+            if isinstance(values, dict) and key in params:  # named values: Tune holds the name
+                params[key] = values[str(params[key])]
         raw = apply_params(self.raw_job, params, self.space.source)
         raw["name"], raw["storage_path"] = f"{self.name}-{trial_id}", Storage(self.folder).path("trials")
         label = str(config.get("teacher", ""))
@@ -95,7 +96,7 @@ def _check_metric_and_cache(space: Space, job: DistillJob) -> None:
                           "data.heldout_images: 0.")
     if not space.search.cache:
         return
-    views = [k for k in space.params if k != "teacher" and (not k.startswith(CACHE_NEUTRAL) or k == "train.epochs")]
+    views = [k for k, domain in space.params.items() if _changes_views(k, domain)]
     if views:
         raise ConfigError(f"{space.source}: params.{views[0]} changes what the teacher sees (or how many views), so "
                           "trials cannot share a soft-label cache; set search.cache: false (each trial then runs "
@@ -103,6 +104,15 @@ def _check_metric_and_cache(space: Space, job: DistillJob) -> None:
     if job.teacher.cache:
         raise ConfigError(f"{space.source}: the job already names teacher.cache; the sweep builds its own caches "
                           "(search.cache: true), so drop it from the job or set search.cache: false.")
+
+
+def _changes_views(key: str, domain) -> bool:
+    """Whether a swept key changes the teacher's views or their number (so a shared cache would be wrong)."""
+    if key == "teacher":
+        return False  # one cache per teacher choice
+    if key in ("loss", "student", "train"):  # whole sections: look at the keys the values set
+        return any(_changes_views(f"{key}.{k}", None) for v in candidate_values(domain) for k in v)
+    return not key.startswith(CACHE_NEUTRAL) or key == "train.epochs"
 
 
 def run_sweep(sweep: Sweep):

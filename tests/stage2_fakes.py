@@ -34,8 +34,8 @@ def bad_bytes(kind: str, rng: np.random.Generator) -> bytes:
 
 
 def make_split_json(root: Path, classnames=("red", "green", "blue", "yellow"), per_class: int = 20,
-                    bad_per_kind: int = 0, seed: int = 0) -> tuple[Path, list[str]]:
-    """`root/toy/images/…` + `root/toy/split.json` ({"train", "test"}); bad files go in train.
+                    bad_per_kind: int = 0, seed: int = 0, val_per_class: int = 0) -> tuple[Path, list[str]]:
+    """`root/toy/images/…` + `root/toy/split.json` ({"train", "val", "test"}); bad files go in train.
     Returns (root, absolute paths of the bad files)."""
     rng = np.random.default_rng(seed)
     image_dir = root / "toy" / "images"
@@ -43,7 +43,7 @@ def make_split_json(root: Path, classnames=("red", "green", "blue", "yellow"), p
     split: dict = {"train": [], "val": [], "test": []}
     bad: list[str] = []
     for label, name in enumerate(classnames):
-        for part, count in (("train", per_class), ("test", 2)):
+        for part, count in (("train", per_class), ("val", val_per_class), ("test", 2)):
             for i in range(count):
                 rel = f"{name}/{part}_{i}.png"
                 (image_dir / name).mkdir(exist_ok=True)

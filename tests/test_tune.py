@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from promptkd_ray.cli import main
@@ -71,6 +72,7 @@ def test_every_shipped_space_validates_and_its_header_gives_the_command(capsys):
     ({"metric": "loss"}, "metric must be one of heldout_kl, heldout_agreement, val_accuracy"),
     ({"metric": "val_accuracy"}, "ASHA cannot stop on it"),
     ({"params": {"teacher": {"choice": {"a": {"spec": "tiny-vit-teacher"}}}}}, "must select on metric: val_accuracy"),
+    ({"params": {"teacher": {"grid": [{"spec": "tiny-vit-teacher"}]}}}, "params.teacher takes named values"),
     ({"search": {"algorithm": "optuna"}}, "optuna draws its trials; use choice instead of grid"),
     ({"params": {"data.crop_scale_min": {"grid": [0.2, 0.5]}}}, "params.data.crop_scale_min changes what the teacher"),
     ({"params": {"train.epochs": {"grid": [2, 3]}}}, "params.train.epochs changes what the teacher sees"),
@@ -98,6 +100,18 @@ def test_a_teacher_choice_names_the_whole_teacher_and_keeps_the_rest():
     out = apply_params(raw, {"teacher": {"spec": "ViT-L-14:openai"}, "loss.temperature": 2}, "s.yaml")
     assert out["teacher"] == {"spec": "ViT-L-14:openai", "templates": "imagenet60"}
     assert out["loss"] == {"temperature": 2} and raw["teacher"]["artifact"] == "runs/t/teacher"
+
+
+def test_named_choices_reach_the_trial_as_their_values(tmp_path, tiny):
+    from promptkd_ray.config import distill_job_from_dict
+    from promptkd_ray.tune import open_sweep
+
+    path = write_space(tmp_path, tiny, params={"student": {"choice": {"shallow": {"depth": 1, "n_ctx": 2},
+                                                                      "deep": {"depth": 2, "n_ctx": 4}}}})
+    sweep = open_sweep(str(path))
+    job = distill_job_from_dict(sweep.trial_raw({"student": "deep"}, "x_00001", {"": "/c"}))
+    assert (job.student.depth, job.student.n_ctx, job.name, job.teacher.cache) == (2, 4, "space-x_00001", "/c")
+    assert job.storage_path == str(tmp_path / "runs" / "sweeps" / "space" / "trials")
 
 
 def test_the_space_becomes_tune_domains(tmp_path, tiny):
@@ -212,3 +226,30 @@ def test_optuna_draws_the_trials_and_mlflow_gets_their_results(tmp_path, tiny, r
     assert len(runs) == 2 and all("heldout_kl" in r.data.metrics for r in runs)
     assert {round(float(r.data.params["train.lr"]), 6) for r in runs} == {round(t.params["train.lr"], 6)
                                                                           for t in report.trials}
+
+
+@pytest.mark.slow
+def test_a_teacher_choice_builds_one_cache_per_teacher_and_selects_on_val_accuracy(tmp_path, ray_cluster, caplog):
+    from safetensors.torch import save_file
+
+    from promptkd_ray.core.models import load_clip
+    from promptkd_ray.tune import open_sweep, run_sweep
+
+    root, _ = make_split_json(tmp_path / "data", per_class=6, val_per_class=3)
+    teachers = {}
+    for i in range(2):  # two tiny teachers with different weights
+        torch.manual_seed(i)
+        weights = tmp_path / f"teacher{i}.safetensors"
+        save_file({k: v.contiguous() for k, v in load_clip("tiny-vit-teacher").state_dict().items()}, str(weights))
+        teachers[f"t{i}"] = {"spec": f"tiny-vit-teacher:{weights}"}
+    job = tiny_job(root, tmp_path / "runs", "teachers", train={"epochs": 2}, data={"heldout_images": 4})
+    path = write_space(tmp_path, job, metric="val_accuracy", search={"val_shots": 2}, scheduler={"kind": "fifo"},
+                       params={"teacher": {"grid": teachers}})
+    with caplog.at_level("INFO"):
+        report = run_sweep(open_sweep(str(path)))
+    assert caplog.text.count("soft-label cache for teacher t") == 2  # one per teacher, not one per trial
+    assert {t.params["teacher"] for t in report.trials} == {"t0", "t1"}
+    assert all(t.status == "completed" and len(t.curve) == 1 and 0 <= t.final <= 100 for t in report.trials)
+    best = yaml.safe_load((Path(report.folder) / "best_job.yaml").read_text())
+    assert best["teacher"]["spec"] == teachers[report.best.params["teacher"]]["spec"]
+    assert best["teacher"]["cache"].endswith(f"caches/{report.best.params['teacher']}")

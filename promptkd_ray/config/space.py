@@ -11,15 +11,16 @@ Tune domains, and how it searches, stops trials and selects the winner.
       loss.temperature: {grid: [1, 2, 4, 8]}        # every value, crossed with the other grids
       student.depth: {choice: [3, 6, 9]}              # one of them per trial
       train.lr: {loguniform: [1.0e-4, 1.0e-2]}       # also uniform: [lo, hi]; randint: [lo, hi) (integers)
-      teacher:                                        # named choices of a whole section
-        choice: {zeroshot: {spec: "ViT-L-14:openai"}, promptsrc: {artifact: runs/t/teacher, class_vectors: …}}
+      teacher:                                        # named values of a whole section (grid: each one)
+        grid: {zeroshot: {spec: "ViT-L-14:openai"}, promptsrc: {artifact: runs/t/teacher, class_vectors: …}}
 
 Design decisions:
 - A value is checked by building the job with it, through the same strict loader as a job file:
   every grid/choice value and both ends of a range. So an unknown key, a value of the wrong type
   or outside a field's choices is one `ConfigError` naming the space file and the key.
-- A dict value sets keys of a section; under `teacher` it names the teacher completely (spec,
-  artifact, class_vectors and cache start empty), so a choice never inherits the job's teacher.
+- Values may be named (`{grid: {NAME: value, …}}`, or under choice): trials and tables show the
+  name. A dict value sets keys of a section; under `teacher` it names the teacher completely
+  (spec, artifact, class_vectors and cache start empty), so it never inherits the job's teacher.
 - Temperature and depth trials are compared on a metric the swept values do not define: the
   held-out KL to the teacher at T = 1 or the held-out top-1 agreement — never the training loss
   at the swept T. Agreement with different teachers is not comparable, so a space over `teacher`
@@ -132,8 +133,6 @@ def _check_domain(space: Space, key: str, domain) -> None:
     if kind in ("grid", "choice"):
         if not isinstance(values, (list, dict)) or not values:
             raise ConfigError(f"{where}: {kind} is empty; give at least one value (a list, or names → values).")
-        if isinstance(values, dict) and kind == "grid":
-            raise ConfigError(f"{where}: named values go with choice, not grid.")
         return
     if not (isinstance(values, list) and len(values) == 2 and all(_number(v) for v in values)):
         raise ConfigError(f"{where}: {kind} takes [low, high], two numbers, got {values!r}.")
@@ -146,6 +145,9 @@ def _check_domain(space: Space, key: str, domain) -> None:
 
 def _check_rules(space: Space) -> None:
     src, kinds = space.source, {domain_parts(d)[0] for d in space.params.values()}
+    if "teacher" in space.params and not isinstance(domain_parts(space.params["teacher"])[1], dict):
+        raise ConfigError(f"{src}: params.teacher takes named values, {{grid: {{NAME: {{spec: …, class_vectors: …}}, "
+                          "…}}}}, so trials and tables can name their teacher.")
     if "teacher" in space.params and space.metric != "val_accuracy":
         raise ConfigError(f"{src}: a space over teacher must select on metric: val_accuracy (agreement and KL "
                           f"with different teachers are not comparable), not {space.metric}.")

@@ -14,8 +14,8 @@ Design decisions (Ray 2.60, Train V2):
 - The sweep's Tune folder is fixed (`storage_path/sweeps/NAME/tune`): running the same command
   again restores it (`Tuner.restore`, errored trials resumed) and finished trials are not re-run.
   A trial that fails is recorded in its result, never fatal to the sweep.
-- Named choices (`teacher: {choice: {zeroshot: …, promptsrc: …}}`) go to Tune as their names, so
-  trial names, tables and Optuna see labels, not nested dicts.
+- Named values (`teacher: {grid: {zeroshot: …, promptsrc: …}}`, or under choice) go to Tune as
+  their names, so trial names, tables and Optuna see labels, not nested dicts.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def tune_param_space(space: Space) -> dict:
     for key, domain in space.params.items():
         kind, values = domain_parts(domain)
         if isinstance(values, dict):
-            values = list(values)  # named choices: Tune sees the names
+            values = list(values)  # named values: Tune sees the names
         out[key] = {"grid": tune.grid_search, "choice": tune.choice}[kind](values) if kind in ("grid", "choice") \
             else {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[kind](*values)
     return out
