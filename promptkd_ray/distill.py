@@ -53,7 +53,7 @@ from .data.decode import to_model_input
 from .data.sources import ImageSource, open_world, resolve_source, vocabulary_names
 from .errors import ConfigError
 from .orchestration import cluster
-from .orchestration.checkpoints import TensorBoardLog, check_resumable, final_checkpoint, read_progress, report, \
+from .orchestration.checkpoints import TensorBoardLog, anchored, check_resumable, final_checkpoint, read_progress, report, \
     restore, run_storage, TRAINABLE_FILE
 from .orchestration.epochs import set_epoch, start_clock
 from .orchestration.pipeline import bad_images, distill_datasets, start_ledger
@@ -187,6 +187,7 @@ def run_distillation(job: DistillJob, callbacks: Sequence = ()) -> DistillResult
     Train (a Tune trial's `TuneReportCallback` turns each epoch's report into a Tune result)."""
     import yaml
 
+    job = anchored(job)
     cluster.connect(job.ray, cluster.cpus_needed(job.train, job.teacher_pool))
     cluster.warn_missing_resources({**job.teacher_pool.resources, **job.train.resources_per_worker})
     run = run_storage(job)

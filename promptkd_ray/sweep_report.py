@@ -164,6 +164,7 @@ def sweep_png(sweep, trials: list) -> bytes:
         ax.set_xticks(range(len(labels)), labels, rotation=30 if max(map(len, labels or [""])) > 6 else 0)
         ax.set_xlabel(key)
         ax.set_ylabel(metric)
+        ax.set_title("● completed   × stopped early (its last value)", fontsize=8)
         ax.grid(alpha=0.3)
     ax = axes[0][-1]
     for t in (t for t in trials if len(t.curve) > 1 or (t.curve and t.status != "completed")):

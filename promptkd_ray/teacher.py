@@ -47,7 +47,7 @@ from .data.sources import open_splits, open_world
 from .data.splits import num_base_classes
 from .errors import ConfigError
 from .orchestration import cluster
-from .orchestration.checkpoints import TensorBoardLog, check_resumable, report, restore, run_storage
+from .orchestration.checkpoints import TensorBoardLog, anchored, check_resumable, report, restore, run_storage
 from .orchestration.progress import Console, Reporter
 from .orchestration.trainer import fit, gradient_averager, this_worker
 from .storage import Storage
@@ -257,6 +257,7 @@ def run_teacher_job(job: TeacherJob) -> TeacherResult:
     """Run (or resume) a Stage I job; artifacts go to storage_path/name/."""
     import yaml
 
+    job = anchored(job)
     run, data = run_storage(job), open_data(job)
     if job.teacher.mode == "zeroshot":
         metrics = write_teacher_outputs(build_job_teacher(job, data.spec), job, data, run)

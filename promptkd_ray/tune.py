@@ -100,7 +100,7 @@ def _check_metric_and_cache(space: Space, job: DistillJob) -> None:
     if views:
         raise ConfigError(f"{space.source}: params.{views[0]} changes what the teacher sees (or how many views), so "
                           "trials cannot share a soft-label cache; set search.cache: false (each trial then runs "
-                          "the teacher) or sweep teachers with teacher: {choice: …}.")
+                          "the teacher) or sweep teachers with teacher: {grid: {NAME: …}}.")
     if job.teacher.cache:
         raise ConfigError(f"{space.source}: the job already names teacher.cache; the sweep builds its own caches "
                           "(search.cache: true), so drop it from the job or set search.cache: false.")

@@ -325,16 +325,18 @@ def test_crop_scale_min_bounds_the_stage1_train_crops(tmp_path):
 
 
 @pytest.mark.slow
-def test_ray_train_job_writes_artifacts_and_a_rerun_resumes(fake_job, ray_cluster):
+def test_ray_train_job_writes_artifacts_and_a_rerun_resumes(fake_job, ray_cluster, tmp_path, monkeypatch):
     import dataclasses
 
     from promptkd_ray.core.artifacts import load_teacher
     from promptkd_ray.core.classvectors import load_class_vectors
     from promptkd_ray.teacher import run_teacher_job
 
-    job = dataclasses.replace(fake_job, name="ray-stage1",
+    monkeypatch.chdir(tmp_path)  # a relative storage_path means the same on the driver and the Train workers
+    job = dataclasses.replace(fake_job, name="ray-stage1", storage_path="runs",
                               train=dataclasses.replace(fake_job.train, epochs=2, num_workers=2, log_every=1))
     result = run_teacher_job(job)
+    assert result.teacher == str(tmp_path / "runs" / "ray-stage1" / "teacher.safetensors")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(Path(result.teacher).parent / "tensorboard")).Reload()

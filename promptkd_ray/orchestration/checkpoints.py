@@ -24,6 +24,7 @@ Design decisions:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -35,7 +36,7 @@ from typing import Callable, Optional
 import torch
 
 from ..errors import CheckpointMismatchError
-from ..storage import Storage
+from ..storage import Storage, absolute
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,12 @@ PROGRESS_FILE = "progress.json"
 def run_storage(job) -> Storage:
     """The run folder `storage_path/name` of a job."""
     return Storage(job.storage_path).child(job.name)
+
+
+def anchored(job):
+    """The job with its storage_path made absolute on the driver, before any worker sees it: a
+    worker resolving `runs` from its own working directory would write somewhere else."""
+    return dataclasses.replace(job, storage_path=absolute(job.storage_path))
 
 
 def new_progress(fingerprint: dict) -> dict:

@@ -58,6 +58,14 @@ def _start_or_join(ray_config, cpus_needed: float) -> None:
                  include_dashboard=False, _system_config={"worker_maximum_startup_concurrency": num_cpus}, **quiet)
 
 
+def keep_working_directory() -> None:
+    """Ray Train workers and Tune trials keep the driver's working directory, as Ray's other tasks
+    do, instead of moving into a folder of Ray's: a job's relative paths (`storage_path: runs`, a
+    data root, a weights file) then mean the same in every process. Set on the driver, before a
+    TorchTrainer or Tuner is made (both read it there and pass it on); a user's own setting wins."""
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+
+
 def configure_ray_data() -> None:
     """The driver's Ray Data context, which every dataset made afterwards carries to its tasks:
     errors raised in our map functions travel as themselves (not as Ray Data's UserCodeException,

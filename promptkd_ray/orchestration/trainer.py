@@ -15,6 +15,9 @@ Design decisions:
   current ones, passed explicitly (Ray's default builds them through a deprecated setter), with
   `preserve_order` when the job asks for reproducible batches.
 - GPUs: `train.use_gpu: null` uses them when the cluster offers them.
+- Workers keep the driver's working directory (`cluster.keep_working_directory`): Ray Train would
+  otherwise move them into a folder of its own, and a job's relative `storage_path: runs` would
+  land there (it did, for Stage I's artifacts).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from ..storage import absolute
-from .cluster import has_gpus, user_error_in
+from .cluster import has_gpus, keep_working_directory, user_error_in
 
 
 def fit(loop: Callable, plan, job, workers, datasets: Optional[dict] = None, preserve_order: bool = False,
@@ -38,6 +41,7 @@ def fit(loop: Callable, plan, job, workers, datasets: Optional[dict] = None, pre
     from ray.train.torch import TorchTrainer
 
     use_gpu = has_gpus() if workers.use_gpu is None else workers.use_gpu
+    keep_working_directory()
     trainer = TorchTrainer(
         functools.partial(loop, plan),
         scaling_config=ScalingConfig(num_workers=workers.num_workers, use_gpu=use_gpu,

@@ -26,6 +26,7 @@ from typing import Callable
 
 from ..config.space import Space, domain_parts
 from ..errors import ConfigError
+from .cluster import keep_working_directory
 
 log = logging.getLogger(__name__)
 TRIAL_CPU = 0.1  # what a trial's driver function reserves (it only waits on its TorchTrainer)
@@ -137,6 +138,7 @@ def run_tuner(trial: Callable, space: Space, tune_root: str, name: str, epochs: 
     """Run (or resume) the sweep; → Tune's ResultGrid."""
     from ray import tune
 
+    keep_working_directory()
     trainable = tune.with_resources(trial, {"CPU": TRIAL_CPU})
     path = f"{tune_root.rstrip('/')}/{name}"
     if tune.Tuner.can_restore(path):
