@@ -253,3 +253,17 @@ def test_a_teacher_choice_builds_one_cache_per_teacher_and_selects_on_val_accura
     best = yaml.safe_load((Path(report.folder) / "best_job.yaml").read_text())
     assert best["teacher"]["spec"] == teachers[report.best.params["teacher"]]["spec"]
     assert best["teacher"]["cache"].endswith(f"caches/{report.best.params['teacher']}")
+
+
+def test_concurrency_is_what_the_cluster_holds_in_cpus_gpus_and_custom_resources(tmp_path, tiny, monkeypatch):
+    import ray
+
+    from promptkd_ray.config import distill_job_from_dict
+    from promptkd_ray.orchestration.tuning import trials_the_cluster_holds
+
+    tiny["train"].update(num_workers=2, batch_size=8, use_gpu=True, resources_per_worker={"trainer": 1})
+    job = distill_job_from_dict(tiny)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 64, "GPU": 8, "trainer": 4})
+    assert trials_the_cluster_holds(job) == 2  # 4 trainer slots / 2 workers (GPUs would allow 4, CPUs 20)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 7, "GPU": 8, "trainer": 40})
+    assert trials_the_cluster_holds(job) == 2  # 7 CPUs / (2 workers + 1 for reads + 0.1)

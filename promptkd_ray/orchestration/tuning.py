@@ -92,11 +92,18 @@ def tune_param_space(space: Space) -> dict:
 
 
 def trials_the_cluster_holds(job) -> int:
-    """Trials whose Train workers (and a CPU for their reads) fit in the cluster's CPUs at once."""
+    """Trials whose Train workers fit in the cluster at once: CPUs (plus one per trial for its reads
+    and TRIAL_CPU for its driver), GPUs when the workers use them, and the workers' custom resources."""
     import ray
 
-    per_trial = job.train.num_workers * job.train.cpus_per_worker + 1 + TRIAL_CPU
-    return max(1, math.floor(ray.cluster_resources().get("CPU", 1) / per_trial))
+    from .cluster import has_gpus
+
+    t, cluster = job.train, ray.cluster_resources()
+    per_trial = {"CPU": t.num_workers * t.cpus_per_worker + 1 + TRIAL_CPU,
+                 **{k: t.num_workers * v for k, v in t.resources_per_worker.items()}}
+    if t.use_gpu or (t.use_gpu is None and has_gpus()):
+        per_trial["GPU"] = t.num_workers
+    return max(1, min(math.floor(cluster.get(k, 0) / need) for k, need in per_trial.items() if need > 0))
 
 
 def _searcher(space: Space):
