@@ -159,7 +159,8 @@ def resolve(job: DistillJob) -> tuple:
 def _class_vectors(job: DistillJob, run: Storage, teacher: ModelRef, teacher_spec: str,
                    source: ImageSource) -> ClassVectors:
     """The class vectors the student distils against: of the dataset's classes, or (KDPL-CA) of
-    `teacher.vocabulary`; given, stored in the run folder by an earlier attempt, or computed here."""
+    `teacher.vocabulary`; given, stored in the run folder by an earlier attempt, or computed here.
+    The run folder always ends up with a copy, so a run (or a sweep's trial) can be scored alone."""
     names = vocabulary_names(job.teacher.vocabulary) if job.teacher.vocabulary else source.classnames
     expected = tuple(names) or None
     for path, where in ((job.teacher.class_vectors, f"class vectors {job.teacher.class_vectors}"),
@@ -168,6 +169,8 @@ def _class_vectors(job: DistillJob, run: Storage, teacher: ModelRef, teacher_spe
         if path:
             cv = load_class_vectors(path)
             check_class_vectors(cv, expected_classnames=expected, source=where)
+            if not run.exists(CLASS_VECTORS_NAME + ".json"):
+                save_class_vectors(cv, run.path(CLASS_VECTORS_NAME))
             return cv
     if not names:
         raise ConfigError(f"{source.name} has no class names to compute class vectors from; set "

@@ -16,10 +16,9 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-from .storage import Storage
+from .storage import Storage, read_bytes
 
 log = logging.getLogger(__name__)
-ARTIFACT_FILES = ("student.safetensors", "student.json", "class_vectors.safetensors", "class_vectors.json")
 
 
 @dataclass(frozen=True)
@@ -75,6 +74,7 @@ def write_sweep_outputs(sweep, results, caches: dict) -> SweepReport:
     import yaml
 
     from .config import distill_job_from_dict, to_dict
+    from .tune import class_vectors_of
 
     trials = collect_trials(sweep, results)
     folder = Storage(sweep.folder)
@@ -85,13 +85,16 @@ def write_sweep_outputs(sweep, results, caches: dict) -> SweepReport:
         raw = sweep.trial_raw(best.params, best.trial_id, caches)
         raw.update(name=f"{sweep.name}-best", storage_path=sweep.job.storage_path)
         raw["ray"]["progress_bars"] = sweep.job.ray.progress_bars
-        text = yaml.safe_dump(to_dict(distill_job_from_dict(raw, sweep.space.source)), sort_keys=False)
+        job = distill_job_from_dict(raw, sweep.space.source)
+        text = yaml.safe_dump(to_dict(job), sort_keys=False)
         header = (f"# The winner of sweep {sweep.name} (trial {best.trial_id}, {sweep.space.metric} "
                   f"{best.final:.4g}).\n#   promptkd-ray distill --config {folder.path('best_job.yaml')}\n")
         best_job = folder.write_text("best_job.yaml", header + text)
-        run = Storage(best.run_dir)
-        for name in ARTIFACT_FILES:
-            folder.write_bytes(f"best/{name}", run.read_bytes(name))
+        for name in ("student.safetensors", "student.json"):
+            folder.write_bytes(f"best/{name}", Storage(best.run_dir).read_bytes(name))
+        class_vectors = class_vectors_of(job, best.run_dir)
+        for suffix in (".safetensors", ".json"):
+            folder.write_bytes(f"best/class_vectors{suffix}", read_bytes(class_vectors + suffix))
     else:
         log.warning("sweep %s: no trial completed, so there is no winner (see trials.csv)", sweep.name)
     folder.write_text("sweep.md", sweep_markdown(sweep, trials, best))

@@ -194,7 +194,14 @@ def val_accuracy(job: DistillJob, result, shots: int) -> float:
     base = num_base_classes(len(splits.classnames))
     items = sample_k_shot(splits.val, shots, job.seed, labels=range(base))
     val = dataclasses.replace(splits, classnames=splits.classnames[:base], train=(), test=items, val=())
-    cv = restrict_by_name(load_class_vectors(Storage(result.run_dir).path("class_vectors")), val.classnames)
+    cv = restrict_by_name(load_class_vectors(class_vectors_of(job, result.run_dir)), val.classnames)
     (s,) = score([Entry("student", ModelRef("student", result.student_artifact), cv, job.seed)], val,
                  protocol="cross", batch_size=64)
     return float(s.metrics["accuracy"])
+
+
+def class_vectors_of(job: DistillJob, run_dir: str) -> str:
+    """The class vectors a trial's student was distilled against: the job's given ones, else the
+    ones its run computed (a run also keeps a copy of given ones, but one finished by an older
+    version may not)."""
+    return job.teacher.class_vectors or Storage(run_dir).path("class_vectors")

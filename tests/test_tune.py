@@ -235,13 +235,22 @@ def test_a_teacher_choice_builds_one_cache_per_teacher_and_selects_on_val_accura
     from promptkd_ray.core.models import load_clip
     from promptkd_ray.tune import open_sweep, run_sweep
 
+    from promptkd_ray.core.classvectors import compute_class_vectors, save_class_vectors
+
     root, _ = make_split_json(tmp_path / "data", per_class=6, val_per_class=3)
     teachers = {}
-    for i in range(2):  # two tiny teachers with different weights
+    for i in range(2):  # two tiny teachers with different weights; t1 comes with its class vectors
         torch.manual_seed(i)
+        model = load_clip("tiny-vit-teacher")
         weights = tmp_path / f"teacher{i}.safetensors"
-        save_file({k: v.contiguous() for k, v in load_clip("tiny-vit-teacher").state_dict().items()}, str(weights))
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
         teachers[f"t{i}"] = {"spec": f"tiny-vit-teacher:{weights}"}
+    from promptkd_ray.core.artifacts import ModelRef
+
+    cv = compute_class_vectors(ModelRef("zeroshot", teachers["t1"]["spec"]).build(), ["red", "green", "blue", "yellow"],
+                               teacher_spec=teachers["t1"]["spec"])
+    save_class_vectors(cv, str(tmp_path / "t1_class_vectors"))
+    teachers["t1"]["class_vectors"] = str(tmp_path / "t1_class_vectors")
     job = tiny_job(root, tmp_path / "runs", "teachers", train={"epochs": 2}, data={"heldout_images": 4})
     path = write_space(tmp_path, job, metric="val_accuracy", search={"val_shots": 2}, scheduler={"kind": "fifo"},
                        params={"teacher": {"grid": teachers}})
@@ -253,6 +262,7 @@ def test_a_teacher_choice_builds_one_cache_per_teacher_and_selects_on_val_accura
     best = yaml.safe_load((Path(report.folder) / "best_job.yaml").read_text())
     assert best["teacher"]["spec"] == teachers[report.best.params["teacher"]]["spec"]
     assert best["teacher"]["cache"].endswith(f"caches/{report.best.params['teacher']}")
+    assert (Path(report.folder) / "best" / "class_vectors.safetensors").is_file()
 
 
 def test_concurrency_is_what_the_cluster_holds_in_cpus_gpus_and_custom_resources(tmp_path, tiny, monkeypatch):
