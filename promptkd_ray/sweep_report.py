@@ -13,6 +13,7 @@ import csv
 import io
 import logging
 import math
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -49,12 +50,12 @@ def collect_trials(sweep, results) -> list:
     """Tune's ResultGrid → Trials, ranked (completed by metric, then stopped early, then failed)."""
     trials = []
     for r in results:
-        trial_id = r.path.rstrip("/").rsplit("/", 1)[-1].removeprefix("trial_")
-        df = r.metrics_dataframe
-        rows = [] if df is None or df.empty else df.to_dict("records")
+        # Tune's trial id (a restored trial's folder may carry a suffix; its results do not)
+        trial_id = (r.metrics or {}).get("trial_id") or re.sub(r"^trial_", "", r.path.rstrip("/").rsplit("/", 1)[-1])
+        rows = _rows_by_epoch(r.metrics_dataframe)
         curve = [float(row[sweep.space.metric]) for row in rows
                  if row.get(sweep.space.metric) is not None and not _nan(row[sweep.space.metric])]
-        epochs = len({int(row["epoch"]) for row in rows if row.get("epoch") is not None and not _nan(row["epoch"])})
+        epochs = len(rows)
         wanted = int(r.config.get("train.epochs", sweep.job.train.epochs))
         status = "failed" if r.error else "completed" if epochs >= wanted else "stopped early"
         trials.append(Trial(trial_id, dict(r.config), status, epochs, curve,
@@ -64,6 +65,14 @@ def collect_trials(sweep, results) -> list:
     sign = -1 if sweep.space.mode == "max" else 1
     order = {"completed": 0, "stopped early": 1, "failed": 2}
     return sorted(trials, key=lambda t: (order[t.status], sign * t.final if t.curve else math.inf, t.trial_id))
+
+
+def _rows_by_epoch(df) -> list:
+    """A trial's results, one per epoch (the last one reported for it), in epoch order: a trial
+    restarted by a resumed sweep reports its recorded epochs again, beside what Tune kept."""
+    rows = [] if df is None or df.empty else df.to_dict("records")
+    by_epoch = {int(row["epoch"]): row for row in rows if row.get("epoch") is not None and not _nan(row["epoch"])}
+    return [by_epoch[e] for e in sorted(by_epoch)]
 
 
 def _nan(value) -> bool:

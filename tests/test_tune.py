@@ -199,6 +199,7 @@ def test_a_sweep_whose_driver_is_killed_resumes_without_rerunning_finished_trial
                    if p.name in finished}
     report = run_sweep(open_sweep(str(path)))
     assert len(report.trials) == 2 and all(t.status == "completed" and t.epochs == 2 for t in report.trials)
+    assert all(len(t.curve) == 2 and Path(t.run_dir, "student.safetensors").is_file() for t in report.trials)
     for name, mtime in finished.items():  # the finished trials were not trained again
         assert (trials / name / "student.safetensors").stat().st_mtime_ns == mtime
         assert sorted(c.name for c in (trials / name).glob("checkpoint_*")) == checkpoints[name]
@@ -277,3 +278,23 @@ def test_concurrency_is_what_the_cluster_holds_in_cpus_gpus_and_custom_resources
     assert trials_the_cluster_holds(job) == 2  # 4 trainer slots / 2 workers (GPUs would allow 4, CPUs 20)
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 7, "GPU": 8, "trainer": 40})
     assert trials_the_cluster_holds(job) == 2  # 7 CPUs / (2 workers + 1 for reads + 0.1)
+
+
+def test_a_restored_trial_counts_each_epoch_once_under_its_own_id(tmp_path, tiny):
+    """Tune keeps a killed sweep's results and the restarted trial reports its epochs again; the
+    restored trial's folder may carry a suffix (trial_X_00001_71aa) while its results say X_00001."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from promptkd_ray.sweep_report import collect_trials
+    from promptkd_ray.tune import open_sweep
+
+    sweep = open_sweep(str(write_space(tmp_path, tiny, scheduler={"kind": "fifo"})))
+    rows = [{"trial_id": "ab123_00001", "epoch": e, "heldout_kl": kl, "time_total_s": t}
+            for e, kl, t in ((0, 0.9, 5.0), (1, 0.7, 9.0), (0, 0.9, 2.0), (1, 0.7, 3.0), (2, 0.6, 8.0))]
+    result = SimpleNamespace(metrics=rows[-1], metrics_dataframe=pd.DataFrame(rows), error=None,
+                             path=str(tmp_path / "tune" / "trial_ab123_00001_71aa"), config={"loss.temperature": 1})
+    (trial,) = collect_trials(sweep, [result])
+    assert (trial.trial_id, trial.epochs, trial.curve, trial.status) == ("ab123_00001", 3, [0.9, 0.7, 0.6], "completed")
+    assert trial.run_dir.endswith("trials/space-ab123_00001")
