@@ -60,7 +60,7 @@ def collect_trials(sweep, results) -> list:
         status = "failed" if r.error else "completed" if epochs >= wanted else "stopped early"
         trials.append(Trial(trial_id, dict(r.config), status, epochs, curve,
                             float(max((row.get("time_total_s") or 0) for row in rows)) if rows else 0.0,
-                            Storage(sweep.folder).path(f"trials/{sweep.name}-{trial_id}"),
+                            sweep.trial_run_dir(trial_id),
                             str(r.error).splitlines()[0][:300] if r.error else ""))
     sign = -1 if sweep.space.mode == "max" else 1
     order = {"completed": 0, "stopped early": 1, "failed": 2}

@@ -56,6 +56,13 @@ class Sweep:
             return {"": {}}
         return dict(domain_parts(self.space.params["teacher"])[1])  # named values (checked by read_space)
 
+    def trial_name(self, trial_id: str) -> str:
+        """A trial's Stage II run name; its run folder is `trial_run_dir`."""
+        return f"{self.name}-{trial_id}"
+
+    def trial_run_dir(self, trial_id: str) -> str:
+        return Storage(self.folder).path(f"trials/{self.trial_name(trial_id)}")
+
     def trial_raw(self, config: dict, trial_id: str, caches: dict) -> dict:
         """The job mapping of a trial: the space's point (named values resolved), its run folder, its cache."""
         params = dict(config)
@@ -64,7 +71,7 @@ class Sweep:
             if isinstance(values, dict) and key in params:  # named values: Tune holds the name
                 params[key] = values[str(params[key])]
         raw = apply_params(self.raw_job, params, self.space.source)
-        raw["name"], raw["storage_path"] = f"{self.name}-{trial_id}", Storage(self.folder).path("trials")
+        raw["name"], raw["storage_path"] = self.trial_name(trial_id), Storage(self.folder).path("trials")
         label = str(config.get("teacher", ""))
         if caches.get(label):
             raw.setdefault("teacher", {})["cache"] = caches[label]
@@ -118,11 +125,11 @@ def _changes_views(key: str, domain) -> bool:
 def run_sweep(sweep: Sweep):
     """Caches, then the trials (resumed if this sweep ran before), then the outputs; → SweepReport."""
     from .orchestration import cluster
-    from .orchestration.tuning import run_tuner, trials_the_cluster_holds
+    from .orchestration.tuning import run_tuner, trial_cpus, trials_the_cluster_holds
     from .sweep_report import write_sweep_outputs
 
     job = sweep.job
-    two_trials = 2 * (job.train.num_workers * job.train.cpus_per_worker + 1.1)  # a local cluster runs 2 at once
+    two_trials = 2 * trial_cpus(job)  # a local cluster started here runs 2 trials at once
     cluster.connect(job.ray, max(cluster.cpus_needed(job.train, job.teacher_pool), two_trials))
     caches = prepare_caches(sweep)
     concurrency = sweep.space.search.max_concurrent or trials_the_cluster_holds(job)

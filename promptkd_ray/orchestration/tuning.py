@@ -91,6 +91,11 @@ def tune_param_space(space: Space) -> dict:
     return out
 
 
+def trial_cpus(job) -> float:
+    """CPUs one trial holds: its Train workers, one for its reads, TRIAL_CPU for its driver function."""
+    return job.train.num_workers * job.train.cpus_per_worker + 1 + TRIAL_CPU
+
+
 def trials_the_cluster_holds(job) -> int:
     """Trials whose Train workers fit in the cluster at once: CPUs (plus one per trial for its reads
     and TRIAL_CPU for its driver), GPUs when the workers use them, and the workers' custom resources."""
@@ -99,7 +104,7 @@ def trials_the_cluster_holds(job) -> int:
     from .cluster import has_gpus
 
     t, cluster = job.train, ray.cluster_resources()
-    per_trial = {"CPU": t.num_workers * t.cpus_per_worker + 1 + TRIAL_CPU,
+    per_trial = {"CPU": trial_cpus(job),
                  **{k: t.num_workers * v for k, v in t.resources_per_worker.items()}}
     if t.use_gpu or (t.use_gpu is None and has_gpus()):
         per_trial["GPU"] = t.num_workers
