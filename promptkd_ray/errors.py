@@ -48,5 +48,9 @@ class CheckpointMismatchError(ConfigError):
     """A run's checkpoint that was made by another job (other model, data or class vectors)."""
 
 
+class CheckpointCorruptError(PromptKDError, ValueError):
+    """A run's checkpoint whose files are missing, truncated or do not match their manifest."""
+
+
 class UsageError(PromptKDError, ValueError):
     """A command line that cannot be run as given (missing or conflicting options)."""

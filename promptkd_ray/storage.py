@@ -9,9 +9,16 @@ Design decisions:
   through `pyarrow.fs` (the file systems Ray Data and Ray Train use); local paths through `os`,
   whose `scandir` lists ImageNet's 1.28 M files without a `stat` per file. `file://` URIs take the
   pyarrow path, which is how tests exercise the remote code on local disk.
-- Writes are atomic: bytes go to a hidden temporary name beside the target, which is then moved
-  over it; a reader never sees a half-written file under the real name (on object stores the
-  final PUT is atomic by itself).
+- Writes are atomic, and this is the one place that writes: bytes go to a hidden temporary name
+  beside the target (flushed to disk), which is then moved over it; a reader never sees a
+  half-written file under the real name (on object stores the final PUT is atomic by itself). A
+  writer killed half-way leaves at most a hidden `.NAME.*.tmp`, which listings skip and no reader
+  opens; a writer that fails with an exception removes it.
+- Several files that belong together (an artifact and its sidecar, a report) go through
+  `write_files`: every one is first written under its temporary name, and only when all of them
+  are complete are they moved into place, in the given order (the sidecar or manifest last).
+  A writer killed while writing leaves the previous version whole; between the moves
+  (microseconds) the readers' hashes (`artifacts`, the soft-label manifest) refuse a mixed pair.
 - Listings skip hidden entries (names starting with ".") and are sorted: every reader is
   deterministic whatever the file system's order.
 - Every failure a user can cause is a `StorageError`, one sentence naming the path.
@@ -146,19 +153,52 @@ class Storage:
 
     def write_bytes(self, rel: str, data: bytes) -> str:
         """Write `data` to `rel` atomically (temporary name, then a move); → its path or URI."""
+        return self.write_files({rel: data})[0]
+
+    def write_files(self, files: "dict[str, bytes]") -> list[str]:
+        """Write several files as one: each to a temporary name first, then all moved into place in
+        the order given (put a sidecar or manifest last); → their paths or URIs."""
+        temps: dict[str, str] = {}
+        try:
+            for rel, data in files.items():
+                temps[rel] = self._write_temporary(rel, data)
+            for rel, temp in list(temps.items()):
+                self._move(temp, rel)
+                del temps[rel]
+        finally:
+            for temp in temps.values():  # an exception before every file was in place
+                self._remove_quietly(temp)
+        return [self.path(rel) for rel in files]
+
+    def _write_temporary(self, rel: str, data: bytes) -> str:
         parent, _, name = rel.strip("/").rpartition("/")
         temp = join(parent, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
         if self.is_local:
             os.makedirs(self.path(parent), exist_ok=True)
             with open(self.path(temp), "wb") as f:
                 f.write(data)
-            os.replace(self.path(temp), self.path(rel))
+                f.flush()
+                os.fsync(f.fileno())
         else:
             self._fs.create_dir(self._fs_path(parent), recursive=True)
             with self._fs.open_output_stream(self._fs_path(temp)) as f:
                 f.write(data)
+        return temp
+
+    def _move(self, temp: str, rel: str) -> None:
+        if self.is_local:
+            os.replace(self.path(temp), self.path(rel))
+        else:
             self._fs.move(self._fs_path(temp), self._fs_path(rel))
-        return self.path(rel)
+
+    def _remove_quietly(self, temp: str) -> None:
+        try:
+            if self.is_local:
+                os.remove(self.path(temp))
+            else:
+                self._fs.delete_file(self._fs_path(temp))
+        except OSError:
+            pass
 
     def write_text(self, rel: str, text: str) -> str:
         return self.write_bytes(rel, text.encode("utf-8"))
@@ -200,6 +240,15 @@ def write_bytes(path: "str | os.PathLike", data: bytes) -> str:
     """Write one local file or URI atomically; → its absolute path or URI."""
     storage, name = _parent_and_name(path)
     return storage.write_bytes(name, data)
+
+
+def write_files(paths: "dict[str, bytes]") -> list[str]:
+    """`Storage.write_files` for files given by full path or URI, all in one folder."""
+    parents = {_parent_and_name(p)[0].root for p in paths}
+    if len(parents) != 1:
+        raise StorageError(f"Files written together must share one folder, found {sorted(parents)}.")
+    storage = _parent_and_name(next(iter(paths)))[0]
+    return storage.write_files({_parent_and_name(p)[1]: data for p, data in paths.items()})
 
 
 def exists(path: "str | os.PathLike") -> bool:

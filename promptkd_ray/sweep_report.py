@@ -4,7 +4,9 @@ each swept key, and learning curves that show where ASHA stopped trials), best_j
 
 A trial is `completed` (all its epochs), `stopped early` (ASHA stopped it after fewer) or `failed`
 (its error is in the table). The winner is the best final metric among completed trials: a trial
-ASHA stopped early is never compared on an earlier epoch's value.
+ASHA stopped early is never compared on an earlier epoch's value. All of these files are written
+together (`Storage.write_files`): each is complete under a temporary name before any is moved into
+place, so an interrupted report leaves the previous one whole.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def write_sweep_outputs(sweep, results, caches: dict) -> SweepReport:
 
     trials = collect_trials(sweep, results)
     folder = Storage(sweep.folder)
-    folder.write_text("trials.csv", trials_csv(sweep, trials))
+    files = {"trials.csv": trials_csv(sweep, trials).encode("utf-8")}
     best = trials[0] if trials and trials[0].status == "completed" and trials[0].curve else None
     best_job = ""
     if best is not None:
@@ -98,16 +100,17 @@ def write_sweep_outputs(sweep, results, caches: dict) -> SweepReport:
         text = yaml.safe_dump(to_dict(job), sort_keys=False)
         header = (f"# The winner of sweep {sweep.name} (trial {best.trial_id}, {sweep.space.metric} "
                   f"{best.final:.4g}).\n#   promptkd-ray distill --config {folder.path('best_job.yaml')}\n")
-        best_job = folder.write_text("best_job.yaml", header + text)
-        for name in ("student.safetensors", "student.json"):
-            folder.write_bytes(f"best/{name}", Storage(best.run_dir).read_bytes(name))
         class_vectors = class_vectors_of(job, best.run_dir)
-        for suffix in (".safetensors", ".json"):
-            folder.write_bytes(f"best/class_vectors{suffix}", read_bytes(class_vectors + suffix))
+        for suffix in (".safetensors", ".json"):  # tensors first, sidecars last
+            files[f"best/student{suffix}"] = Storage(best.run_dir).read_bytes(f"student{suffix}")
+            files[f"best/class_vectors{suffix}"] = read_bytes(class_vectors + suffix)
+        files["best_job.yaml"] = (header + text).encode("utf-8")
+        best_job = folder.path("best_job.yaml")
     else:
         log.warning("sweep %s: no trial completed, so there is no winner (see trials.csv)", sweep.name)
-    folder.write_text("sweep.md", sweep_markdown(sweep, trials, best))
-    folder.write_bytes("sweep.png", sweep_png(sweep, trials))
+    files["sweep.png"] = sweep_png(sweep, trials)
+    files["sweep.md"] = sweep_markdown(sweep, trials, best).encode("utf-8")
+    folder.write_files(files)  # all written, then moved into place together (storage.write_files)
     log.info("sweep %s: %d trials (%s); outputs in %s", sweep.name, len(trials), _counts(trials), folder.root)
     return SweepReport(folder.root, trials, best, best_job)
 

@@ -71,14 +71,18 @@ def predictions_table(encoded, class_vectors, top_k: int, classifier):
 
 
 def write_table(table, out: str) -> None:
-    from pathlib import Path
+    """Parquet (`.parquet`) or CSV, written atomically (a local path or a URI)."""
+    import pyarrow as pa
 
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    from ..storage import write_bytes
+
+    sink = pa.BufferOutputStream()
     if out.endswith(".parquet"):
         import pyarrow.parquet as pq
 
-        pq.write_table(table, out)
+        pq.write_table(table, sink)
     else:
         import pyarrow.csv as pcsv
 
-        pcsv.write_csv(table, out)
+        pcsv.write_csv(table, sink)
+    write_bytes(out, sink.getvalue().to_pybytes())

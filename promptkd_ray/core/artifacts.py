@@ -9,14 +9,19 @@ against. A teacher artifact holds its prompt tensors and its model spec. Class v
 
 Design decisions:
 - Artifacts live on any storage (`promptkd_ray.storage`): a local path or a URI. Both files are
-  written atomically, the tensors first and the sidecar last, so a sidecar always describes a
-  complete tensor file.
+  written as one (`storage.write_files`): each goes to a temporary name, and only when both are
+  complete are they moved into place, the tensors first and the sidecar last. A writer killed
+  half-way leaves the previous artifact whole.
+- The sidecar records the sha256 of the tensor file (`tensors_sha256`); a reader refuses a pair
+  that does not match (changed by hand, mixed up, or caught between the two moves) with one
+  sentence, so a mixed pair is never loaded. Sidecars written before this field are not checked.
 - Loading never unpickles: safetensors and JSON only. A missing or foreign file is an
   `ArtifactError` sentence.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Optional
@@ -28,6 +33,7 @@ from .. import storage
 
 FORMAT_VERSION = 1
 MODEL_KINDS = ("student", "teacher", "zeroshot")
+TENSORS_SHA256 = "tensors_sha256"  # sidecar field: sha256 of the tensor file's bytes
 
 
 def artifact_paths(path: str) -> tuple[str, str]:
@@ -41,10 +47,10 @@ def write_artifact(tensors: dict, sidecar: dict, path: str) -> str:
     from safetensors.torch import save
 
     tensors_path, sidecar_path = artifact_paths(path)
-    state = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    written = storage.write_bytes(tensors_path, save(state))
-    storage.write_bytes(sidecar_path, (json.dumps(sidecar, indent=2) + "\n").encode("utf-8"))
-    return written
+    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
+    sidecar = {**sidecar, TENSORS_SHA256: hashlib.sha256(data).hexdigest()}
+    text = json.dumps(sidecar, indent=2) + "\n"
+    return storage.write_files({tensors_path: data, sidecar_path: text.encode("utf-8")})[0]
 
 
 def read_sidecar(path: str, what: str, error=ArtifactError) -> dict:
@@ -62,9 +68,18 @@ def read_tensors(path: str, what: str, error=ArtifactError) -> dict:
     """The tensors of an artifact's safetensors file, or `error`."""
     from safetensors.torch import load
 
-    tensors_path = artifact_paths(path)[0]
+    tensors_path, sidecar_path = artifact_paths(path)
+    data = storage.read_bytes(tensors_path)
+    expected = read_sidecar(path, what, error).get(TENSORS_SHA256)
+    found = hashlib.sha256(data).hexdigest()
+    if expected is not None and found != expected:
+        raise error(
+            f"{what.capitalize()} tensors {tensors_path} do not match the sha256 in {sidecar_path.rsplit('/', 1)[-1]} "
+            f"(expected {str(expected)[:12]}…, found {found[:12]}…): the pair was changed, mixed up or not "
+            f"completely written."
+        )
     try:
-        return load(storage.read_bytes(tensors_path))
+        return load(data)
     except Exception as exc:  # safetensors raises its own error types for a damaged file
         raise error(f"{what.capitalize()} tensors {tensors_path} are not readable ({type(exc).__name__}: {exc}).") from exc
 

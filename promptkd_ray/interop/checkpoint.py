@@ -7,9 +7,11 @@ Design decisions:
   which the restricted unpickler refuses. We list the file's non-allowlisted globals without
   executing anything (`torch.serialization.get_unsafe_globals_in_checkpoint`) and map each one to
   an inert placeholder — a class that ignores its arguments and state, or a plain `{}` for
-  `defaultdict` — then load again with `weights_only=True`. No code named by the file ever runs
-  (torch still refuses `os`/`sys` globals outright), and only `state_dict`, which must hold only
-  tensors, is used.
+  `defaultdict` — then load again with `weights_only=True`. No code named by the file ever runs:
+  the unpickler calls the placeholder instead (torch still refuses `os`/`sys` globals outright),
+  and only `state_dict`, which must hold only tensors, is used.
+- TorchScript archives are never given to `torch.jit.load`, which runs code stored in them; their
+  tensors are read by `core.models.torchscript`.
 - Keys: a `module.` prefix (DataParallel) is stripped; `prompt_learner.token_prefix*/_suffix*`
   (class-name embeddings of the authors' class list) and `prompt_learner.ZS_image_encoder.*` (a
   frozen copy of the image tower) are dropped — we recompute or do not need them.
@@ -84,13 +86,9 @@ def torch_load_restricted(path: "str | os.PathLike") -> object:
 
 def is_torchscript_archive(path: "str | os.PathLike") -> bool:
     """True for a readable zip holding TorchScript code (`<name>/code/…`, `constants.pkl`)."""
-    import zipfile
+    from ..core.models.torchscript import torchscript_root
 
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(name.endswith("/constants.pkl") or "/code/" in name for name in archive.namelist())
-    except (OSError, zipfile.BadZipFile):
-        return False
+    return torchscript_root(path) is not None
 
 
 def read_official_checkpoint(path: "str | os.PathLike") -> dict[str, torch.Tensor]:

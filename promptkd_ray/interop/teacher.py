@@ -22,7 +22,6 @@ Design decisions:
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.models.teacher import Teacher
+from ..core.models.torchscript import read_torchscript_weights, torchscript_root
 from .checkpoint import (OfficialCheckpointError, VisionArch, block_indices, first_line, heads_for, load_strict,
                          need, prompt_depth, read_official_checkpoint, require_kind, split_prompts,
                          torch_load_restricted, vision_arch)
@@ -82,12 +82,11 @@ def read_base_clip(path: "str | os.PathLike") -> dict:
     """State dict of an OpenAI CLIP file: a TorchScript archive (as released) or a (Dassl) state dict."""
     if not os.path.isfile(path):
         raise OfficialCheckpointError(f"Base CLIP file {path} does not exist.")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated, OpenAI's files need it
-            return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
-    except RuntimeError:
-        pass
+    if torchscript_root(path) is not None:  # as released: read its tensors, never run it (torch.jit.load would)
+        try:
+            return read_torchscript_weights(path)
+        except ValueError as exc:
+            raise OfficialCheckpointError(f"Base CLIP {exc}.") from None
     try:
         obj = torch_load_restricted(path)
     except Exception as exc:

@@ -6,7 +6,7 @@ Layout of a run folder `storage_path/name/` (local or a URI; Ray Train writes th
     checkpoint_epoch_000/ …        trainable.safetensors (student prompts + projector incl. BatchNorm
                                    statistics, or the teacher's prompts), train_state.pt (optimiser,
                                    scheduler, GPA sums), progress.json (epoch, step, metric history,
-                                   resumes, fingerprint)
+                                   resumes, fingerprint), manifest.json (sha256 of every other file)
     tensorboard/                   event files (rank 0), synced after every epoch
     job.yaml                       the job as it ran (overrides applied)
     + each stage's outputs         Stage II: class_vectors.*, student.*, metrics.csv / metrics.json;
@@ -20,22 +20,30 @@ Design decisions:
   worker starts (`check_resumable`) and again in each worker (`restore`).
 - Every worker reports each epoch (Ray Train needs all of them); rank 0 attaches the checkpoint,
   so a restarted worker group or a re-run of the job resumes after the last reported epoch.
+- Ray Train copies a checkpoint folder file by file, in no set order, so a folder is only trusted
+  through its manifest: `manifest.json` names every file with its sha256, and a checkpoint whose
+  files are missing, truncated or differ from it is corrupt (`CheckpointCorruptError`). Resuming
+  from a corrupt latest checkpoint falls back to the newest good older one with a warning (Ray
+  keeps `checkpoints_to_keep` of them); with none left it stops with one sentence. Checkpoints
+  written before the manifest are trusted when their files load.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import json
 import logging
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, ContextManager, Iterable, Optional
 
 import torch
 
-from ..errors import CheckpointMismatchError
+from ..errors import CheckpointCorruptError, CheckpointMismatchError
 from ..storage import Storage, absolute
 
 log = logging.getLogger(__name__)
@@ -44,6 +52,7 @@ CHECKPOINT_PREFIX = "checkpoint_epoch_"
 TRAINABLE_FILE = "trainable.safetensors"
 TRAIN_STATE_FILE = "train_state.pt"
 PROGRESS_FILE = "progress.json"
+MANIFEST_FILE = "manifest.json"
 
 
 def run_storage(job) -> Storage:
@@ -72,62 +81,174 @@ def check_fingerprint(progress: dict, fingerprint: dict, where: str) -> None:
             f"{new!r}; use another job name or storage_path to start a new run.")
 
 
-def latest_progress(run: Storage) -> Optional[dict]:
-    """progress.json of the newest `checkpoint_epoch_*` folder of a run, or None for a new run."""
+def latest_progress(run: Storage, whole: bool = True) -> Optional[dict]:
+    """progress.json of the newest `checkpoint_epoch_*` folder of a run, or None for a new run. With
+    `whole`, a corrupt or half-copied folder is skipped with a warning; without, any readable
+    progress.json counts (enough to know which job made the run)."""
     for name in reversed([d for d in run.list_dir("")[0] if d.startswith(CHECKPOINT_PREFIX)]):
-        if run.exists(f"{name}/{PROGRESS_FILE}"):
-            return json.loads(run.read_text(f"{name}/{PROGRESS_FILE}"))
+        if not run.exists(f"{name}/{PROGRESS_FILE}"):
+            continue
+        try:
+            if whole:
+                verify_checkpoint(run.child(name))
+            return _parse_progress(run.read_bytes(f"{name}/{PROGRESS_FILE}"), run.path(name))
+        except CheckpointCorruptError as exc:
+            log.warning("%s; looking at the checkpoint before it", str(exc).rstrip("."))
     return None
 
 
 def check_resumable(run: Storage, fingerprint: dict) -> Optional[dict]:
     """Driver side, before any worker starts: the previous progress of this run (None for a new
-    run), refused with one sentence when it was made with another fingerprint."""
+    run), refused with one sentence when it was made with another fingerprint (any checkpoint
+    folder of the run tells that, whole or not)."""
+    made_by = latest_progress(run, whole=False)
+    if made_by is None:
+        return None
+    check_fingerprint(made_by, fingerprint, run.root)
     previous = latest_progress(run)
     if previous is not None:
-        check_fingerprint(previous, fingerprint, run.root)
         log.info("run %s has a checkpoint after epoch %d: resuming", run.root, previous["epoch"] + 1)
     return previous
 
 
 def save_checkpoint(directory: "str | Path", tensors: dict, state: dict, progress: dict) -> None:
-    """Write a checkpoint folder: trainable tensors, optimiser-like state (tensors and numbers), progress."""
-    from safetensors.torch import save_file
+    """Write a checkpoint folder: trainable tensors, optimiser-like state (tensors and numbers),
+    progress, and last the manifest."""
+    from safetensors.torch import save
 
-    directory = Path(directory)
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(directory / TRAINABLE_FILE))
-    torch.save(state, directory / TRAIN_STATE_FILE)
-    (directory / PROGRESS_FILE).write_text(json.dumps(progress, indent=1) + "\n")
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    Storage(directory).write_files({
+        TRAINABLE_FILE: save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}),
+        TRAIN_STATE_FILE: buffer.getvalue(),
+        PROGRESS_FILE: (json.dumps(progress, indent=1) + "\n").encode("utf-8"),
+    })
+    seal_checkpoint(directory)
+
+
+def seal_checkpoint(directory: "str | Path") -> None:
+    """(Re)write the manifest of a local checkpoint folder: the sha256 of every other file in it."""
+    root = Path(directory)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST_FILE
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    manifest = {"files": {p.relative_to(root).as_posix(): _sha256(p.read_bytes()) for p in files}}
+    Storage(directory).write_text(MANIFEST_FILE, json.dumps(manifest, indent=1) + "\n")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def verify_checkpoint(folder: Storage) -> None:
+    """Refuse (`CheckpointCorruptError`) a checkpoint folder whose files are missing or differ from
+    its manifest; a folder without a manifest (older runs) must at least hold every file."""
+    names = [MANIFEST_FILE] if folder.is_file(MANIFEST_FILE) else [TRAINABLE_FILE, TRAIN_STATE_FILE, PROGRESS_FILE]
+    missing = [n for n in names if not folder.is_file(n)]
+    if missing:
+        raise CheckpointCorruptError(f"The checkpoint {folder.root} is incomplete: it lacks {missing[0]}.")
+    if names != [MANIFEST_FILE]:
+        return
+    try:
+        listed = json.loads(folder.read_bytes(MANIFEST_FILE))["files"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointCorruptError(f"The manifest of checkpoint {folder.root} is unreadable ({exc}).") from None
+    for name in [TRAINABLE_FILE, TRAIN_STATE_FILE, PROGRESS_FILE, *listed]:
+        if name not in listed or not folder.is_file(name):
+            raise CheckpointCorruptError(f"The checkpoint {folder.root} is incomplete: it lacks {name}.")
+        if _sha256(folder.read_bytes(name)) != listed[name]:
+            raise CheckpointCorruptError(
+                f"The checkpoint {folder.root} is corrupt: {name} does not match the sha256 in its manifest.")
 
 
 def load_checkpoint(directory: "str | Path", fingerprint: dict) -> tuple[dict, dict, dict]:
-    """(tensors, state, progress) of a checkpoint folder, after checking its fingerprint."""
-    from safetensors.torch import load_file
+    """(tensors, state, progress) of a local checkpoint folder, after checking its files against
+    its manifest (`CheckpointCorruptError`) and its fingerprint (`CheckpointMismatchError`)."""
+    from safetensors.torch import load
+
+    from ..core.models.torchscript import torchscript_root
 
     directory = Path(directory)
+    folder = Storage(directory)
+    verify_checkpoint(folder)
     progress = read_progress(directory)
     check_fingerprint(progress, fingerprint, directory.name)
-    state = torch.load(directory / TRAIN_STATE_FILE, map_location="cpu", weights_only=True)
-    return load_file(str(directory / TRAINABLE_FILE)), state, progress
+    if torchscript_root(directory / TRAIN_STATE_FILE) is not None:  # torch < 2.6 would hand it to torch.jit.load
+        raise CheckpointCorruptError(f"The checkpoint {directory} is corrupt: its {TRAIN_STATE_FILE} is TorchScript.")
+    try:
+        tensors = load(folder.read_bytes(TRAINABLE_FILE))
+        state = torch.load(directory / TRAIN_STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as exc:  # safetensors, zip and unpickling errors of a damaged file
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise CheckpointCorruptError(
+            f"The checkpoint {directory} is corrupt: its files do not load ({first}).") from exc
+    return tensors, state, progress
 
 
 def read_progress(directory: "str | Path") -> dict:
-    return json.loads((Path(directory) / PROGRESS_FILE).read_text())
+    return _parse_progress(Storage(directory).read_bytes(PROGRESS_FILE), str(directory))
+
+
+def _parse_progress(data: bytes, where: str) -> dict:
+    try:
+        progress = json.loads(data)
+        int(progress["epoch"])
+        return progress
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointCorruptError(
+            f"The checkpoint {where} is corrupt: its {PROGRESS_FILE} is unreadable ({exc}).") from None
+
+
+def load_newest_good(checkpoints: Iterable[tuple[str, Callable[[], ContextManager]]], fingerprint: dict,
+                     ) -> tuple[dict, dict, dict, str]:
+    """(tensors, state, progress, name) of the first checkpoint in `checkpoints` (newest first;
+    each a name and a function that opens it as a local folder) that is whole. A corrupt one is
+    skipped with a warning; a fingerprint mismatch stops at once; none whole: one sentence."""
+    corrupt: list[str] = []
+    for name, open_folder in checkpoints:
+        try:
+            with open_folder() as directory:
+                tensors, state, progress = load_checkpoint(directory, fingerprint)
+        except CheckpointCorruptError as exc:
+            log.warning("%s; resuming from the checkpoint before it instead", str(exc).rstrip("."))
+            corrupt.append(name)
+            continue
+        if corrupt:
+            log.warning("resuming from %s: the newer checkpoint(s) %s are corrupt", name, ", ".join(corrupt))
+        return tensors, state, progress, name
+    raise CheckpointCorruptError(
+        f"Every checkpoint of this run is corrupt or incomplete ({', '.join(corrupt)}); delete them or use "
+        f"another job name or storage_path to start a new run.")
+
+
+def _ray_checkpoints_newest_first(checkpoint) -> list[tuple[str, Callable[[], ContextManager]]]:
+    """Ray Train's checkpoint, then the older `checkpoint_epoch_*` folders beside it (same file system)."""
+    import ray.train
+    from pyarrow.fs import FileSelector, FileType
+
+    parent, _, latest = checkpoint.path.rstrip("/").rpartition("/")
+    infos = checkpoint.filesystem.get_file_info(FileSelector(parent, allow_not_found=True))
+    older = sorted((i.base_name for i in infos if i.type == FileType.Directory
+                    and i.base_name.startswith(CHECKPOINT_PREFIX) and i.base_name < latest), reverse=True)
+    found = [(checkpoint.path, checkpoint.as_directory)]
+    for name in older:
+        sibling = ray.train.Checkpoint(path=f"{parent}/{name}", filesystem=checkpoint.filesystem)
+        found.append((sibling.path, sibling.as_directory))
+    return found
 
 
 def restore(fingerprint: dict, rank: int) -> tuple[Optional[dict], Optional[dict], dict]:
-    """Worker side: (tensors, state, progress) of the checkpoint Ray Train hands this worker group,
-    or (None, None, a new progress); a resume is recorded in `progress["resumes"]`."""
+    """Worker side: (tensors, state, progress) of the checkpoint Ray Train hands this worker group
+    (or, when that one is corrupt, of the newest whole one before it), or (None, None, a new
+    progress); a resume is recorded in `progress["resumes"]`."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None, None, new_progress(fingerprint)
-    with checkpoint.as_directory() as directory:
-        tensors, state, progress = load_checkpoint(directory, fingerprint)
+    tensors, state, progress, source = load_newest_good(_ray_checkpoints_newest_first(checkpoint), fingerprint)
     progress["resumes"] = progress["resumes"] + [progress["epoch"] + 1]
     if rank == 0:
-        log.info("resuming after epoch %d from %s", progress["epoch"] + 1, checkpoint.path)
+        log.info("resuming after epoch %d from %s", progress["epoch"] + 1, source)
     return tensors, state, progress
 
 
@@ -148,6 +269,7 @@ def report(metrics: dict, progress: dict, tensors: dict, state: dict, rank: int,
         save_checkpoint(tmp, tensors, state, progress)
         if add_files is not None:
             add_files(Path(tmp))
+            seal_checkpoint(tmp)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                          checkpoint_dir_name=name or f"{CHECKPOINT_PREFIX}{progress['epoch']:03d}")
 

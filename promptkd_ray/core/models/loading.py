@@ -176,10 +176,10 @@ def read_weights_file(path: "str | os.PathLike") -> dict:
 
 
 def _read_torch_file(path: Path) -> dict:
-    try:  # OpenAI's released .pt files are TorchScript archives
-        return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
-    except RuntimeError:
-        pass
+    from .torchscript import read_torchscript_weights, torchscript_root
+
+    if torchscript_root(path) is not None:  # OpenAI's released .pt files: read, never run (torch.jit.load would)
+        return read_torchscript_weights(path)
     return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
