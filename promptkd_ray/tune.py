@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .config import DistillJob, distill_job_from_dict, read_job_yaml
-from .config.loader import apply_override, require_kind
-from .config.space import Space, apply_params, candidate_values, check_space, domain_parts, read_space
+from .config import DistillJob, distill_job_from_dict
+from .config.loader import apply_override
+from .config.space import (Space, apply_params, candidate_values, check_space, domain_parts, read_space,
+                           read_space_job)
 from .errors import ConfigError
 from .storage import Storage
 
@@ -84,11 +85,7 @@ def open_sweep(space_path: str, job_path: str = "", overrides: Sequence[str] = (
     """Read the space and its job; check every value of every key against the job (`check_paths`:
     local paths must exist, as for a job file)."""
     space = read_space(space_path)
-    job_path = job_path or space.job
-    if not job_path:
-        raise ConfigError(f"{space_path}: no job to sweep; give --config jobs/X.yaml or `job:` in the space file.")
-    raw = read_job_yaml(job_path)
-    require_kind(raw, job_path, ("distill",))
+    job_path, raw = read_space_job(space, job_path)
     for text in overrides:
         apply_override(raw, text, job_path)
     job = check_space(space, raw, lambda r, source: distill_job_from_dict(r, source, check_paths_exist=check_paths))
@@ -118,7 +115,7 @@ def _changes_views(key: str, domain) -> bool:
     if key == "teacher":
         return False  # one cache per teacher choice
     if key in ("loss", "student", "train"):  # whole sections: look at the keys the values set
-        return any(_changes_views(f"{key}.{k}", None) for v in candidate_values(domain) for k in v)
+        return any(_changes_views(f"{key}.{k}", None) for v in candidate_values(domain) for k in (v or {}))
     return not key.startswith(CACHE_NEUTRAL) or key == "train.epochs"
 
 

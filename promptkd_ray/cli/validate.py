@@ -28,12 +28,18 @@ def run(args) -> int:
     failed = 0
     for path in files:
         try:
-            print(check_space_file(path, overrides, not args.no_path_check) if is_space_file(path) else
-                  describe(check_job_file(path, overrides, check_paths=not args.no_path_check), path))
+            print(check_file(path, overrides, check_paths=not args.no_path_check))
         except ConfigError as exc:
             failed += 1
             print(f"error: {exc}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def check_file(path: str, overrides=(), check_paths: bool = True) -> str:
+    """Check a job or space file as `validate` does; → its "ok: …" line, or a ConfigError."""
+    if is_space_file(path):
+        return check_space_file(path, overrides, check_paths)
+    return describe(check_job_file(path, overrides, check_paths=check_paths), path)
 
 
 def describe(job, path: str) -> str:
@@ -42,12 +48,12 @@ def describe(job, path: str) -> str:
 
 
 def is_space_file(path: str) -> bool:
-    import yaml
+    from ..config.loader import read_yaml_file
+    from ..errors import ConfigError
 
     try:
-        with open(path) as f:
-            raw = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError):
+        raw = read_yaml_file(path)
+    except ConfigError:
         return False  # the job loader says what is wrong with it
     return isinstance(raw, dict) and raw.get("kind") == "space"
 
@@ -64,6 +70,7 @@ def check_space_file(path: str, overrides=(), check_paths: bool = True) -> str:
 def check_job_file(path: str, overrides=(), check_paths: bool = True):
     """Load a job of any kind as its command would, then check that its model names exist."""
     from ..config import load_job
+    from ..config.loader import show_value
     from ..core.models.loading import ModelSpec, model_config
     from ..errors import ConfigError, ModelSpecError
 
@@ -71,8 +78,11 @@ def check_job_file(path: str, overrides=(), check_paths: bool = True):
     for name in ("teacher", "student"):
         spec = getattr(getattr(job, name, None), "spec", "")
         if spec:
+            model = ModelSpec.parse(spec).name
+            if len(model) > 200:  # no open_clip name is this long; keep the message one short line
+                raise ConfigError(f"{path}: {name}.spec names no open_clip model ({show_value(model)}).")
             try:
-                model_config(ModelSpec.parse(spec).name)
+                model_config(model)
             except ModelSpecError as exc:
                 raise ConfigError(f"{path}: {name}.spec: {exc}") from None
     return job

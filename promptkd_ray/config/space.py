@@ -26,21 +26,27 @@ Design decisions:
   at the swept T. Agreement with different teachers is not comparable, so a space over `teacher`
   must select on `val_accuracy` (labelled few-shot val images, never test), which is measured when
   a trial ends: it goes with `scheduler.kind: fifo`, as ASHA needs the metric every epoch.
+- A space file is read like a job file (`loader.read_yaml_file`: duplicate keys refused, every
+  error one line), and its `job:` is read through `read_space_job`, so a missing or wrong job
+  file is named as the space's `job` key.
 """
 
 from __future__ import annotations
 
-import json
+import copy
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
-from .loader import apply_override, choice, convert
+from .loader import choice, convert, read_job_yaml, read_yaml_file, require_kind, set_dotted, show_key, show_value
+from .sections import SEED_MAX, folder_name_ok
 
 METRICS = {"heldout_kl": "min", "heldout_agreement": "max", "val_accuracy": "max"}
 DOMAINS = ("grid", "choice", "uniform", "loguniform", "randint")
 TEACHER_IDENTITY = ("spec", "artifact", "class_vectors", "cache")
+TRIAL_NAME_ROOM = 200  # bytes of a sweep name: its trials' run names append "-TRIAL_ID" to it
+SPACE_KEYS = ("kind", "name", "job", "metric", "search", "scheduler", "tracking", "params")
 
 
 @dataclass(frozen=True)
@@ -94,16 +100,10 @@ class Space:
 
 def read_space(path: "str | os.PathLike") -> Space:
     """A space file, read and checked on its own (its values are checked against a job by `check_space`)."""
-    import yaml
-
     source = str(path)
-    try:
-        with open(path) as f:
-            raw = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{source}: no such space file.") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML ({str(exc).splitlines()[0]}).") from None
+    if not os.path.isfile(path):
+        raise ConfigError(f"{source}: no such space file.")
+    raw = read_yaml_file(path)
     if not isinstance(raw, dict) or raw.get("kind") != "space":
         raise ConfigError(f"{source}: a space file starts with `kind: space`.")
     raw = dict(raw)
@@ -111,13 +111,35 @@ def read_space(path: "str | os.PathLike") -> Space:
     if not isinstance(params, dict) or not params:
         raise ConfigError(f"{source}: params must map at least one job key to a domain (e.g. "
                           "loss.temperature: {grid: [1, 2, 4]}).")
+    for key in raw:
+        if key not in SPACE_KEYS:
+            raise ConfigError(f"{source}: unknown key {show_key(key)} (known keys here: {', '.join(SPACE_KEYS)}).")
     sections = {"search": SearchConfig, "scheduler": SchedulerConfig, "tracking": TrackingConfig}
     values = {k: convert(sections[k], raw.pop(k), k, source) for k in list(raw) if k in sections}
     space = convert(Space, raw, "", source, base=Space(**values, params=params, source=source))
+    if space.name and not folder_name_ok(space.name, TRIAL_NAME_ROOM):
+        raise ConfigError(f"{source}: name must be a folder name (no '/', not '.' or '..', at most "
+                          f"{TRIAL_NAME_ROOM} bytes: trials add their ids), got {show_value(space.name)}.")
     for key, domain in params.items():
-        _check_domain(space, str(key), domain)
+        if not (isinstance(key, str) and key.strip() and all(part.strip() for part in key.split("."))):
+            raise ConfigError(f"{source}: params.{show_key(key)} is not a job key (a dotted key such as train.lr).")
+        _check_domain(space, key, domain)
     _check_rules(space)
     return space
+
+
+def read_space_job(space: Space, job_path: str = "") -> tuple[str, dict]:
+    """The job file a space sweeps (`job_path`, else the space's `job:`) and its mapping, a distill job."""
+    if not job_path:
+        if not space.job:
+            raise ConfigError(f"{space.source}: no job to sweep; give --config jobs/X.yaml or `job:` in the "
+                              "space file.")
+        if not os.path.isfile(space.job):
+            raise ConfigError(f"{space.source}: job names {show_value(space.job)}, which is not a job file.")
+        job_path = space.job
+    raw = read_job_yaml(job_path)
+    require_kind(raw, job_path, ("distill",))
+    return job_path, raw
 
 
 def domain_parts(domain) -> tuple[str, Any]:
@@ -126,21 +148,25 @@ def domain_parts(domain) -> tuple[str, Any]:
 
 
 def _check_domain(space: Space, key: str, domain) -> None:
-    where = f"{space.source}: params.{key}"
+    where = f"{space.source}: params.{show_key(key)}"
     if not isinstance(domain, dict) or len(domain) != 1 or next(iter(domain)) not in DOMAINS:
-        raise ConfigError(f"{where} must be one domain, {{{'|'.join(DOMAINS)}: values}}, got {domain!r}.")
+        raise ConfigError(f"{where} must be one domain, {{{'|'.join(DOMAINS)}: values}}, got {show_value(domain)}.")
     kind, values = domain_parts(domain)
     if kind in ("grid", "choice"):
         if not isinstance(values, (list, dict)) or not values:
             raise ConfigError(f"{where}: {kind} is empty; give at least one value (a list, or names → values).")
+        names = values if isinstance(values, dict) else {}
+        bad = [name for name in names if not (isinstance(name, str) and name.strip())]
+        if bad:
+            raise ConfigError(f"{where}: {kind} value names must be non-empty strings, got {show_value(bad[0])}.")
         return
     if not (isinstance(values, list) and len(values) == 2 and all(_number(v) for v in values)):
-        raise ConfigError(f"{where}: {kind} takes [low, high], two numbers, got {values!r}.")
-    low, high = (float(v) for v in values)
+        raise ConfigError(f"{where}: {kind} takes [low, high], two finite numbers, got {show_value(values)}.")
+    low, high = values
     if not low < high or (kind == "loguniform" and low <= 0) or (kind == "randint" and not
                                                                    all(float(v).is_integer() for v in values)):
         raise ConfigError(f"{where}: {kind} needs low < high" + (" and low > 0" if kind == "loguniform" else "")
-                          + (", both integers" if kind == "randint" else "") + f", got {values!r}.")
+                          + (", both integers" if kind == "randint" else "") + f", got {show_value(values)}.")
 
 
 def _check_rules(space: Space) -> None:
@@ -156,6 +182,8 @@ def _check_rules(space: Space) -> None:
                           "use scheduler.kind: fifo.")
     if space.search.algorithm == "optuna" and "grid" in kinds:
         raise ConfigError(f"{src}: search.algorithm optuna draws its trials; use choice instead of grid.")
+    if not 0 <= space.search.seed <= SEED_MAX:
+        raise ConfigError(f"{src}: search.seed must be in 0 … {SEED_MAX}, got {space.search.seed}.")
     if space.search.samples < 1 or space.search.val_shots < 1 or space.search.max_concurrent < 0 or space.scheduler.grace_period < 1 \
             or space.scheduler.reduction_factor <= 1 or space.scheduler.max_epochs < 0:
         raise ConfigError(f"{src}: search.samples, search.val_shots and scheduler.grace_period must be ≥ 1, "
@@ -163,7 +191,8 @@ def _check_rules(space: Space) -> None:
 
 
 def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float (a range's ends; Tune draws floats between them)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < 1e300
 
 
 def candidate_values(domain) -> list:
@@ -176,18 +205,21 @@ def candidate_values(domain) -> list:
 
 def apply_params(raw: dict, params: dict, source: str) -> dict:
     """A copy of job mapping `raw` with a trial's `params` (dotted key → value) set."""
-    out = json.loads(json.dumps(raw))
+    out = copy.deepcopy(raw)
     for key, value in params.items():
+        value = copy.deepcopy(value)
         if isinstance(value, dict):
-            section = out.setdefault(key, {})
+            section = out.get(key)
+            section = out[key] = {} if section is None else section
             if not isinstance(section, dict):
-                raise ConfigError(f"{source}: params.{key} sets keys of a section, and {key} is not one.")
+                raise ConfigError(f"{source}: params.{show_key(key)} sets keys of a section, and "
+                                  f"{show_key(key)} is not one.")
             if key == "teacher":
                 for name in TEACHER_IDENTITY:
                     section.pop(name, None)
             section.update(value)
         else:
-            apply_override(out, f"{key}={json.dumps(value)}", source)
+            set_dotted(out, key.split("."), value, source, f"params.{show_key(key)}")
     return out
 
 
@@ -205,5 +237,4 @@ def check_space(space: Space, raw_job: dict, build_job) -> Any:
 
 
 def _short(value) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return show_value(value)

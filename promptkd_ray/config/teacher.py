@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .loader import choice, section, spec_field
-from .sections import ImagesConfig, JobBase, OptimConfig, Problems, RayConfig, WorkersConfig, training_job_checks
+from .loader import choice, section, show_value, spec_field
+from .sections import (ImagesConfig, JobBase, OptimConfig, Problems, RayConfig, WorkersConfig, templates_ok,
+                       training_job_checks)
 
 TEACHER_MODES = ("promptsrc", "zeroshot")
 
@@ -64,4 +65,9 @@ def teacher_checks(job: TeacherJob) -> Problems:
         problems.at_least("teacher", m, text_depth=1, vision_depth=0, n_ctx=1)
     problems.at_least("data", job.data, shots=1)
     problems.need(job.train.gpa_std > 0, "train.gpa_std", f"must be > 0, got {job.train.gpa_std}.")
+    problems.at_least("train", job.train, text_loss_weight=0, image_loss_weight=0)
+    for name in ("scl_templates", "zeroshot_templates"):
+        value = getattr(m, name)
+        problems.need(templates_ok(value), f"teacher.{name}",
+                      f"must be single, imagenet60 or one template with one '{{}}', got {show_value(value)}.")
     return problems
