@@ -4,9 +4,9 @@
         E epochs streaming (teacher pool every epoch) vs E epochs replayed from a cache of K = E views,
         and the cache's build time; epoch time is each run's recorded epoch_seconds (start-up included).
     (b) real sizes on the CPU: random-init ViT-L-14 teacher and ViT-B-16 student (depth 9, n_ctx 4,
-        mlp2 projector) at 224 px, batch B, 1,000 classes: seconds per image of a streaming step
-        (the teacher's image forward + the student's step) vs a cached step (the student's step with
-        stored teacher features); fp32, torch threads = the machine's cores.
+        mlp2 projector; real_size.py's set-up) at 224 px, batch B, 1,000 classes: seconds per image
+        of a streaming step (the teacher's image forward + the student's step) vs a cached step (the
+        student's step with stored teacher features); fp32, torch threads = the machine's cores.
     Sizes: bytes per cached view (measured on the toy cache) and what it implies for ImageNet.
 
     python benchmarks/soft_label_cache.py --out runs/soft_label_cache           # both parts
@@ -68,39 +68,19 @@ def toy(args) -> dict:
 
 def real(args) -> dict:
     """(b): seconds per image of the two steps at the real sizes, best of two timed passes."""
-    import torch.nn.functional as F
+    from real_size import real_models, student_pass, teacher_pass
 
-    from promptkd_ray.core.losses import LOSS_PRESETS
-    from promptkd_ray.core.models import build_student, build_teacher
-    from promptkd_ray.core.step import distill_step
-
-    torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)
-    teacher = build_teacher("ViT-L-14").eval()
-    dim = 768
-    student = build_student("ViT-B-16", teacher_dim=dim, n_ctx=4, depth=9, projector="mlp2")
-    optimizer = torch.optim.SGD(student.trainable_parameters(), lr=0.005, momentum=0.9)
-    class_vectors = F.normalize(torch.randn(1000, dim), dim=-1)
-    loss = LOSS_PRESETS["promptkd"]
-    batches = [torch.randn(args.batch_size, 3, 224, 224) for _ in range(max(1, args.images // args.batch_size))]
-    n = sum(b.shape[0] for b in batches)
-
-    def teacher_pass():
-        with torch.inference_mode():
-            return [teacher.encode_image(b).float() for b in batches]
-
-    def student_pass(features):
-        for images, feats in zip(batches, features):
-            distill_step(student, images, feats.clone(), class_vectors, optimizer, loss, 100.0)
-
-    features = teacher_pass()  # warm-up, and the stored features of the cached step
-    student_pass(features)
+    m = real_models(args.batch_size, args.images)  # zero-shot ViT-L-14 teacher → ViT-B-16, 1,000 classes
+    n = sum(b.shape[0] for b in m.batches)
+    features = teacher_pass(m)  # warm-up, and the stored features of the cached step
+    student_pass(m, features)
     timings = {"teacher": [], "student": []}
     for _ in range(2):
         t0 = time.perf_counter()
-        fresh = teacher_pass()
+        fresh = teacher_pass(m)
         t1 = time.perf_counter()
-        student_pass(fresh)
+        student_pass(m, fresh)
         t2 = time.perf_counter()
         timings["teacher"].append((t1 - t0) / n)
         timings["student"].append((t2 - t1) / n)

@@ -1,0 +1,41 @@
+"""benchmarks/gpu_check.py: its tiny mode runs the model parts on the CPU and reports them; its real
+mode refuses a machine without a GPU. The pipeline part (a Ray job) is not covered here; run it
+with `python benchmarks/gpu_check.py --tiny --parts pipeline`."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "gpu_check.py"
+
+
+def test_tiny_mode_runs_the_model_parts(tmp_path):
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    done = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--seconds", "0.5", "--parts", "teacher", "student",
+                           "authors", "--out", str(tmp_path)], capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    r = json.loads((tmp_path / "results.json").read_text())
+    assert "pipeline" not in r
+    for part in ("teacher", "student", "authors"):
+        assert "error" not in r[part] and r[part]["images_per_s"] > 0, part
+    f = r["gflops"]
+    assert 0 < f["teacher"] and 0 < f["student_step"] < f["authors_step"]
+    assert f["authors_step"] > f["teacher"] + f["student_step"]  # + the text tower over all classes
+    assert 0 < r["authors"]["text_share"] < 1
+    report = (tmp_path / "report.md").read_text()
+    assert report in done.stdout
+    for row in ("| teacher image forward | 16 |", "| student step | 16 |", "| authors'-style loop | 8 |"):
+        assert row in report
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_real_mode_needs_a_gpu(tmp_path):
+    done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path)], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, RAY_AUTH_MODE="disabled"))
+    assert done.returncode == 2 and "no GPU is visible; use --tiny" in done.stderr
