@@ -30,6 +30,7 @@ Design decisions:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -55,6 +56,7 @@ from .errors import ConfigError
 from .orchestration import cluster
 from .orchestration.checkpoints import TensorBoardLog, anchored, check_resumable, final_checkpoint, read_progress, report, \
     restore, run_storage, TRAINABLE_FILE
+from .orchestration.audit import IdAudit, recorded_ids  # noqa: F401  (recorded_ids: re-exported for callers)
 from .orchestration.epochs import set_epoch, start_clock
 from .orchestration.pipeline import bad_images, distill_datasets, start_ledger
 from .orchestration.progress import BuildProgress, Console, Reporter
@@ -198,16 +200,17 @@ def run_distillation(job: DistillJob, callbacks: Sequence = ()) -> DistillResult
     check_resumable(run, setup.fingerprint(job))
     run.write_text("job.yaml", yaml.safe_dump(to_dict(job), sort_keys=False))
     ledger, clock = start_ledger(), start_clock()
-    if setup.cache is not None:
-        log.info("replaying the soft-label cache %s (%d views per image): no teacher actors",
-                 setup.cache.storage.root, setup.cache.views)
-        datasets = replay_datasets(job, setup.cache, setup.image_size, ledger, clock)
-    else:
-        datasets = distill_datasets(job, setup.source, setup.teacher, setup.image_size, ledger, cluster.has_gpus(),
-                                    clock)
-    log.info("run %s: %d epochs on %d images, %d worker(s), storage %s", job.name, job.train.epochs,
-             setup.source.num_train, job.train.num_workers, run.root)
-    with Console("distill", job.ray.progress_bars) as board:
+    with contextlib.ExitStack() as running:  # the run's teacher actors end with it
+        if setup.cache is not None:
+            log.info("replaying the soft-label cache %s (%d views per image): no teacher actors",
+                     setup.cache.storage.root, setup.cache.views)
+            datasets = replay_datasets(job, setup.cache, setup.image_size, ledger, clock)
+        else:
+            datasets = distill_datasets(job, setup.source, setup.teacher, setup.image_size, ledger,
+                                        cluster.has_gpus(), clock, running)
+        log.info("run %s: %d epochs on %d images, %d worker(s), storage %s", job.name, job.train.epochs,
+                 setup.source.num_train, job.train.num_workers, run.root)
+        board = running.enter_context(Console("distill", job.ray.progress_bars))
         plan = WorkerPlan(job=job, student_spec=setup.student_spec, class_vectors=setup.class_vectors.vectors,
                           teacher_logit_scale=setup.class_vectors.logit_scale, fingerprint=setup.fingerprint(job),
                           steps_per_epoch=setup.source.num_train // job.train.batch_size,
@@ -323,15 +326,19 @@ def train_one_epoch(model, shard, class_vectors, optimizer, plan: WorkerPlan, ep
     """One pass over this worker's shard; → (metrics averaged over all workers, global step).
 
     `images_per_s` counts all workers' images from the epoch's first batch on; `startup_s`, the wait
-    for that first batch, is reported apart (the pipeline starts its teacher actors again every epoch)."""
+    for that first batch (the stream starting: executor, first tasks), is reported apart."""
     job, world = plan.job, this_worker().world
     precision = autocast_dtype(job.train.precision, class_vectors.device.type)
     totals = torch.zeros(4, dtype=torch.float64)  # Σ loss·n, Σ kd·n, Σ agreement·n, n
     start, first_batch_at = time.perf_counter(), None
-    batches = shard.iter_torch_batches(batch_size=job.train.batch_size // world, drop_last=True,
+    per_worker, audit = job.train.batch_size // world, IdAudit() if job.train.record_ids else None
+    batches = shard.iter_torch_batches(batch_size=per_worker, drop_last=audit is None,
                                        local_shuffle_buffer_size=plan.local_shuffle,
-                                       local_shuffle_seed=job.seed * 100_003 + epoch if plan.local_shuffle else None)
+                                       local_shuffle_seed=job.seed * 100_003 + epoch if plan.local_shuffle else None,
+                                       collate_fn=audit.collate if audit else None)
     for i, batch in enumerate(surface_user_errors(batches)):
+        if audit is not None and not audit.keep(batch, per_worker):
+            break  # the epoch's short last batch: recorded, not trained (as drop_last)
         first_batch_at = first_batch_at or time.perf_counter()
         images = to_model_input(batch["image"].to(class_vectors.device))
         out = distill_step(model, images, batch["teacher_feature"].to(class_vectors.device), class_vectors,
@@ -343,6 +350,8 @@ def train_one_epoch(model, shard, class_vectors, optimizer, plan: WorkerPlan, ep
         rate = totals[3].item() * world / max(time.perf_counter() - first_batch_at, 1e-9)
         reporter.step(epoch, i + 1, step, loss=out["loss"], agreement=out["agreement"], images_per_s=rate)
     end = time.perf_counter()
+    if audit is not None:
+        audit.write(run_storage(job), epoch, this_worker().rank)
     times = all_reduce(torch.tensor([end - (first_batch_at or end), (first_batch_at or end) - start],
                                     dtype=torch.float64), "max")
     all_reduce(totals)

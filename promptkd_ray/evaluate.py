@@ -3,6 +3,7 @@
     score(entries, dataset, protocol)   encode the test images with each model (Ray Data batch
                                         inference or in-process) → one Score per entry
     write_report(scores, out, title)    report.md + results.csv + summary.csv + report.png
+                                        (+ unreadable.csv: the test images left out, when asked)
 
 Protocols:
 
@@ -15,15 +16,19 @@ Results of several seeds are reported as mean ± std. No checkpoint is ever sele
 each student given is evaluated as it is. Reports are Markdown + CSV + a PNG bar chart, with the
 published PromptKD numbers beside ours where they exist.
 
-An unreadable test image changes the test set, so it is an error (`BadImageError`, one sentence)
-unless the caller asks to skip such images; then their count is reported beside the score.
+An unreadable test image (corrupt, truncated, not an image, or over the decode pixel limit)
+changes the test set, so it is an error (`BadImageError`, one sentence naming the file) unless the
+caller asks to skip such images; then their count is reported beside the score, and their names
+and reasons under the table and in unreadable.csv.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import statistics
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -33,8 +38,10 @@ import torch
 from .core.artifacts import ModelRef, read_student_info
 from .core.classvectors import ClassVectors, check_class_vectors, compute_class_vectors
 from .core.metrics import accuracy, base_novel_accuracy, cosine_logits
+from .data.decode import DecodeOptions
 from .data.splits import num_base_classes
 from .errors import BadImageError, ClassVectorsError
+from .storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +63,7 @@ class Score:
     seed: int
     metrics: dict  # {"base", "novel", "hm"} or {"accuracy"}
     unreadable: int = 0  # test images that could not be decoded and were left out (only when asked to skip)
+    unreadable_files: tuple = ()  # their (path, reason), sorted by path
 
 
 @dataclass(frozen=True)
@@ -70,11 +78,14 @@ class Entry:
 
 
 PROTOCOLS = ("base2novel", "cross", "dg")
+MARKDOWN_FILES = 20  # unreadable test images named in report.md (unreadable.csv holds them all)
 
 
 def score(entries: Sequence[Entry], dataset, protocol: str = "base2novel", templates: str = "single",
-          use_ray: bool = True, batch_size: int = 64, actors: int = 1, skip_unreadable: bool = False) -> list[Score]:
-    """Score each entry on `dataset`'s test split under `protocol` (base2novel, cross or dg)."""
+          use_ray: bool = True, batch_size: int = 64, actors: int = 1, skip_unreadable: bool = False,
+          options: DecodeOptions = DecodeOptions()) -> list[Score]:
+    """Score each entry on `dataset`'s test split under `protocol` (base2novel, cross or dg), its
+    images decoded with `options` (pixel limit, EXIF rule)."""
     from .orchestration.inference import encode_items
 
     paths, labels = [it.path for it in dataset.test], [it.label for it in dataset.test]
@@ -86,11 +97,13 @@ def score(entries: Sequence[Entry], dataset, protocol: str = "base2novel", templ
                                        teacher_spec=entry.model.spec)
         if protocol == "dg":
             cv = restrict_by_name(cv, dataset.classnames)
-        encoded = encode_items(entry.model, paths, labels, use_ray=use_ray, batch_size=batch_size, num_actors=actors)
+        encoded = encode_items(entry.model, paths, labels, use_ray=use_ray, batch_size=batch_size, num_actors=actors,
+                               options=options, pack=getattr(dataset, "pack", ""))  # a pack: `data.pack.PackedSplits`
         _check_readable(encoded.unreadable, len(paths), dataset.name, skip_unreadable)
         metrics = (base_to_novel if protocol == "base2novel" else all_classes)(
             encoded.features, encoded.labels, cv, dataset.classnames, entry.model.classifier())
-        scores.append(Score(dataset.name, entry.name, entry.seed, metrics, len(encoded.unreadable)))
+        scores.append(Score(dataset.name, entry.name, entry.seed, metrics, len(encoded.unreadable),
+                            tuple(sorted(encoded.unreadable.items()))))
         log.info("%s %s seed %d: %s", dataset.name, entry.name, entry.seed, {k: round(v, 2) for k, v in metrics.items()})
     return scores
 
@@ -127,6 +140,9 @@ def _check_readable(unreadable: dict, total: int, dataset: str, skip: bool) -> N
     if not unreadable:
         return
     path, reason = next(iter(sorted(unreadable.items())))
+    if len(unreadable) >= total:
+        raise BadImageError(f"All {total} test images of {dataset} are unreadable (first: {path}: {reason}); "
+                            "there is nothing to score.")
     if not skip:
         raise BadImageError(f"{len(unreadable)} of {total} test images of {dataset} are unreadable (first: {path}: "
                             f"{reason}); fix them, or pass --skip-unreadable to score without them and report "
@@ -182,13 +198,14 @@ def write_report(scores: Sequence[Score], out_dir: "str | Path", title: str, pub
     rows = summarize(scores)
     keys = list(scores[0].metrics) if scores else []
     skipped = any(s.unreadable for s in scores)  # only then: the count of left-out test images per row
-    with open(out / "results.csv", "w", newline="") as f:
+    written: dict[str, bytes] = {}  # every file is written at the end, together (Storage.write_files)
+    with _text_file(written, "results.csv") as f:
         writer = csv.writer(f)
         writer.writerow(["dataset", "model", "seed", *keys] + ["unreadable"] * skipped)
         for s in scores:
             writer.writerow([s.dataset, s.model, s.seed, *[f"{s.metrics[k]:.2f}" for k in keys]]
                             + [s.unreadable] * skipped)
-    with open(out / "summary.csv", "w", newline="") as f:
+    with _text_file(written, "summary.csv") as f:
         writer = csv.writer(f)
         writer.writerow(["dataset", "model", "seeds", *[c for k in keys for c in (k, f"{k}_std")]]
                         + ["unreadable"] * skipped)
@@ -196,14 +213,20 @@ def write_report(scores: Sequence[Score], out_dir: "str | Path", title: str, pub
             writer.writerow([r["dataset"], r["model"], r["seeds"], *[f"{r[c]:.2f}" for k in keys
                                                                      for c in (k, f"{k}_std")]]
                             + [r["unreadable"]] * skipped)
-    (out / "report.md").write_text(_markdown(rows, keys, title, published, skipped))
-    _bar_chart(rows, keys, out / "report.png", title)
+    files = sorted({(s.dataset, path, reason) for s in scores for path, reason in s.unreadable_files})
+    if files:
+        with _text_file(written, "unreadable.csv") as f:
+            csv.writer(f).writerows([("dataset", "path", "reason"), *files])
+    written["report.png"] = _bar_chart(rows, keys, title)
+    written["report.md"] = _markdown(rows, keys, title, published, skipped, files).encode("utf-8")
+    Storage(str(out)).write_files(written)  # each complete under a temporary name, then moved, report.md last
     log.info("report written to %s", out / "report.md")
     return {"markdown": out / "report.md", "csv": out / "results.csv", "summary": out / "summary.csv",
-            "plot": out / "report.png"}
+            "plot": out / "report.png", **({"unreadable": out / "unreadable.csv"} if files else {})}
 
 
-def _markdown(rows: list[dict], keys: list[str], title: str, published: dict | None, skipped: bool) -> str:
+def _markdown(rows: list[dict], keys: list[str], title: str, published: dict | None, skipped: bool,
+              files: Sequence[tuple] = ()) -> str:
     lines = [f"# {title}", "", "Mean ± std over seeds; no checkpoint was selected on test data.", ""]
     if skipped:
         lines += ["Unreadable test images were left out (--skip-unreadable); their count is in the last column.", ""]
@@ -213,6 +236,10 @@ def _markdown(rows: list[dict], keys: list[str], title: str, published: dict | N
         cells = [r["dataset"], r["model"], str(r["seeds"])]
         cells += [f"{r[k]:.2f} ± {r[k + '_std']:.2f}" for k in keys] + [str(r["unreadable"])] * skipped
         lines.append("| " + " | ".join(cells) + " |")
+    if files:
+        lines += ["", f"Unreadable test images left out ({len(files)}; all in unreadable.csv):", ""]
+        lines += [f"- {dataset}: `{path}` ({reason})" for dataset, path, reason in files[:MARKDOWN_FILES]]
+        lines += [f"- … and {len(files) - MARKDOWN_FILES} more"] * (len(files) > MARKDOWN_FILES)
     shown = [r["dataset"] for r in rows if published and r["dataset"] in published]
     if shown and keys == ["base", "novel", "hm"]:
         lines += ["", "Published PromptKD (ViT-L/14 → ViT-B/16), for reference:", "",
@@ -223,7 +250,15 @@ def _markdown(rows: list[dict], keys: list[str], title: str, published: dict | N
     return "\n".join(lines) + "\n"
 
 
-def _bar_chart(rows: list[dict], keys: list[str], path: Path, title: str) -> None:
+@contextmanager
+def _text_file(written: dict, name: str):
+    """A text buffer whose content becomes `written[name]` (UTF-8) when the block ends."""
+    buffer = io.StringIO()
+    yield buffer
+    written[name] = buffer.getvalue().encode("utf-8")
+
+
+def _bar_chart(rows: list[dict], keys: list[str], title: str) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -242,5 +277,7 @@ def _bar_chart(rows: list[dict], keys: list[str], path: Path, title: str) -> Non
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
+    return buffer.getvalue()

@@ -14,7 +14,11 @@ Design decisions:
   train, the frozen towers stay outside any wrapper, and one worker needs no process group at all.
 - Every worker draws the same seeded permutation of the items per epoch and takes its strided
   share; crops/flips come from a generator seeded by (seed, epoch, rank): runs are reproducible.
-- Few-shot data is small (16 × classes), so workers decode images themselves (`data.decode`).
+- Few-shot data is small (16 × classes), so workers decode images themselves (`data.decode`, with
+  the job's pixel limit and EXIF rule). The driver decodes the k-shot sample once before training:
+  unreadable images (corrupt, truncated, not images, over `data.max_image_pixels`) are left out of
+  it — their class trains on fewer shots — and counted exactly (`bad_images` in the metrics and
+  teacher.json). An unreadable test image of the final evaluation is an error naming the file.
 - Checkpoints, resume and refusals are Stage II's (`orchestration/checkpoints.py`): rank 0
   checkpoints each epoch (prompts, optimiser, scheduler, GPA sums), and a re-run with the same name
   resumes — unless the job changed (model, prompts, data, shots, seed, epochs, GPA), which is
@@ -29,6 +33,7 @@ import hashlib
 import json
 import logging
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Callable, Optional, Sequence
 
@@ -41,11 +46,11 @@ from .core.classvectors import compute_class_vectors, save_class_vectors
 from .core.promptsrc import GaussianPromptAggregator, SCLWeights, frozen_text_targets, promptsrc_step
 from .core.schedule import build_optimizer, build_scheduler
 from .core.templates import resolve_templates
-from .data.decode import load_view
+from .data.decode import DecodeOptions, load_view, read_image
 from .data.fewshot import sample_k_shot
 from .data.sources import open_splits, open_world
 from .data.splits import num_base_classes
-from .errors import ConfigError
+from .errors import BadImageError, ConfigError
 from .orchestration import cluster
 from .orchestration.checkpoints import TensorBoardLog, anchored, check_resumable, report, restore, run_storage
 from .orchestration.progress import Console, Reporter
@@ -70,6 +75,7 @@ class TeacherData:
     train_classnames: tuple  # the training classes, in label order
     classnames: tuple  # all classes (the class vectors cover them all)
     test_items: tuple  # test images of the training classes (empty: no evaluation)
+    unreadable: tuple = ()  # (path, reason) of the k-shot images left out as unreadable
 
     def fingerprint(self, job: TeacherJob) -> dict:
         """What a checkpoint must have been made with to be resumed by this job."""
@@ -99,17 +105,39 @@ def open_data(job: TeacherJob) -> TeacherData:
     dataset = open_splits(d, "train", world)
     n = num_base_classes(dataset.num_classes) if d.classes == "base" else dataset.num_classes
     items = sample_k_shot(dataset.train, d.shots, job.seed, labels=range(n))
+    unreadable: list = []
+    if job.teacher.mode != "zeroshot":  # zero-shot trains on nothing: no k-shot image is read
+        items, unreadable = readable_items(items, DecodeOptions.of(d))
     if not items:
         raise ConfigError(f"{dataset.name} has no training images of its first {n} classes to learn from.")
     log.info("%s: %d-shot, %d training classes, %d images", dataset.summary(), d.shots, n, len(items))
     test = tuple(i for i in dataset.test if i.label < n) if d.eval_test else ()
     spec = job.teacher.spec or (world.teacher_spec if world else "")
     return TeacherData(spec, dataset.name, tuple(items), tuple(dataset.classnames[:n]), tuple(dataset.classnames),
-                       test)
+                       test, tuple(unreadable))
+
+
+def readable_items(items: Sequence, options: DecodeOptions, threads: int = 8) -> tuple[list, list]:
+    """(the items whose image decodes, [(path, reason)] of the others), each decoded once."""
+    def reason(item) -> str:
+        try:
+            read_image(item.path, options)
+            return ""
+        except Exception as exc:  # any unreadable file, as in `decode.decode_views`
+            return f"{type(exc).__name__}: {exc}"
+
+    with ThreadPoolExecutor(threads) as pool:
+        reasons = list(pool.map(reason, items))
+    bad = [(item.path, r) for item, r in zip(items, reasons) if r]
+    for path, r in bad:
+        log.warning("skipping unreadable k-shot image %s (%s)", path, r)
+    if bad:
+        log.warning("%d of %d k-shot images are unreadable and left out", len(bad), len(items))
+    return [item for item, r in zip(items, reasons) if not r], bad
 
 
 def iter_batches(items: Sequence, batch_size: int, epoch: int, seed: int, size: int, rank: int = 0, world: int = 1,
-                 crop_scale_min: float = 0.08):
+                 crop_scale_min: float = 0.08, options: DecodeOptions = DecodeOptions()):
     """This worker's (images [b, 3, size, size], labels [b]) batches of one epoch; drop_last when
     there is at least one full global batch, else one smaller batch."""
     order = np.random.default_rng([seed, epoch]).permutation(len(items))
@@ -119,7 +147,7 @@ def iter_batches(items: Sequence, batch_size: int, epoch: int, seed: int, size: 
         chunk = [items[i] for i in mine[b * per_worker:(b + 1) * per_worker]]
         if not chunk:
             return
-        images = torch.stack([load_view(item.path, size, rng, crop_scale_min) for item in chunk])
+        images = torch.stack([load_view(item.path, size, rng, crop_scale_min, options) for item in chunk])
         yield images, torch.tensor([item.label for item in chunk])
 
 
@@ -169,7 +197,7 @@ def train_prompts(teacher, items: Sequence, train_classnames: Sequence[str], job
         lr = optimizer.param_groups[0]["lr"]
         sums, steps = defaultdict(float), 0
         for images, labels in iter_batches(items, t.batch_size, epoch, job.seed, size, rank, world,
-                                           job.data.crop_scale_min):
+                                           job.data.crop_scale_min, DecodeOptions.of(job.data)):
             out = promptsrc_step(teacher, images.to(device), labels.to(device), train_classnames, frozen_text,
                                  optimizer, weights, grad_hook)
             steps += 1
@@ -189,16 +217,27 @@ def train_prompts(teacher, items: Sequence, train_classnames: Sequence[str], job
 
 @torch.no_grad()
 def test_accuracy(teacher, items: Sequence, class_vectors: torch.Tensor, size: int, device="cpu",
-                  batch_size: int = 64) -> float:
-    """Top-1 accuracy (percent) of the teacher on `items` against `class_vectors` [N, d]."""
+                  batch_size: int = 64, options: DecodeOptions = DecodeOptions()) -> float:
+    """Top-1 accuracy (percent) of the teacher on `items` against `class_vectors` [N, d]; an
+    unreadable test image is a `BadImageError`."""
     teacher.eval()
     correct = 0
     for i in range(0, len(items), batch_size):
         chunk = items[i:i + batch_size]
-        images = torch.stack([load_view(item.path, size) for item in chunk]).to(device)
+        images = torch.stack([load_test_view(item.path, size, options) for item in chunk]).to(device)
         predicted = (teacher.encode_image(images) @ class_vectors.to(device).t()).argmax(-1).cpu()
         correct += int((predicted == torch.tensor([item.label for item in chunk])).sum())
     return 100.0 * correct / max(len(items), 1)
+
+
+def load_test_view(path: str, size: int, options: DecodeOptions) -> torch.Tensor:
+    """A test image as model input; an unreadable one is an error (it would change the test set)."""
+    try:
+        return load_view(path, size, options=options)
+    except Exception as exc:
+        raise BadImageError(f"test image {path} is not a readable image ({type(exc).__name__}: {exc}); fix or "
+                            "remove it, or set data.eval_test: false (a re-run resumes from the last "
+                            "checkpoint).") from None
 
 
 def write_teacher_outputs(teacher, job: TeacherJob, data: TeacherData, run: Storage, device="cpu") -> dict:
@@ -209,11 +248,12 @@ def write_teacher_outputs(teacher, job: TeacherJob, data: TeacherData, run: Stor
     templates = m.zeroshot_templates if m.mode == "zeroshot" else "single"
     cv = compute_class_vectors(teacher, list(data.classnames), templates=templates, teacher_spec=data.spec)
     cv = replace(cv, meta={"teacher_artifact": "teacher", "job": job.name})
-    metrics: dict = {}
+    metrics: dict = {"bad_images": len(data.unreadable)}
     if data.test_items:
         n = len(data.train_classnames)
         metrics["test_accuracy_train_classes"] = test_accuracy(teacher, data.test_items, cv.vectors[:n],
-                                                               image_size(job, teacher), device)
+                                                               image_size(job, teacher), device,
+                                                               options=DecodeOptions.of(job.data))
         log.info("test accuracy on the %d training classes: %.2f", n, metrics["test_accuracy_train_classes"])
     info = TeacherInfo(spec=data.spec, vision_depth=teacher.image_encoder.depth, text_depth=teacher.text_encoder.depth,
                        n_ctx=m.n_ctx, ctx_init=m.ctx_init,

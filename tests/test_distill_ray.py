@@ -42,8 +42,12 @@ def kill_a_train_worker_once(run_dir: Path, after_epoch: int = 0, timeout: float
         deadline = time.time() + timeout
         while not _registered(run_dir, f"checkpoint_epoch_{after_epoch:03d}") and time.time() < deadline:
             time.sleep(0.05)
-        for process in psutil.process_iter(["pid", "cmdline"]):
-            if any("RayTrainWorker" in part for part in (process.info["cmdline"] or [])):
+        for process in psutil.Process().children(recursive=True):  # this session's Ray only
+            try:
+                cmdline = process.cmdline()
+            except psutil.Error:
+                continue
+            if any("RayTrainWorker" in part for part in cmdline):
                 process.kill()
                 killed.append(process.pid)
                 return
@@ -61,7 +65,7 @@ def faulty_run(tmp_path_factory, ray_cluster):
     tmp = tmp_path_factory.mktemp("faulty")
     root, bad = make_split_json(tmp / "data", per_class=12, bad_per_kind=1)  # 48 good + 3 bad = 5.9 %
     raw = tiny_job(root, f"file://{tmp / 'runs'}", "faulty",
-                   train={"num_workers": 2, "epochs": EPOCHS, "max_failures": 1})
+                   train={"num_workers": 2, "epochs": EPOCHS, "max_failures": 1, "record_ids": True})
     killed = kill_a_train_worker_once(tmp / "runs" / "faulty")
     result = run_distillation(distill_job_from_dict(raw))
     return result, raw, bad, tmp / "runs" / "faulty", killed
@@ -82,6 +86,24 @@ def test_killed_worker_resumes_from_last_checkpoint_and_runs_every_epoch_once(fa
     steps = [m["step"] for m in result.history]
     assert steps == [steps[0] * (e + 1) for e in range(EPOCHS)]  # no step counted twice
     assert all(m["images"] == 40 for m in result.history)  # 2 workers × 5 steps × 4 images
+
+
+def test_every_image_reaches_the_trainers_exactly_once_per_epoch_across_the_restart(faulty_run):
+    """`train.record_ids`: per epoch, the ids both workers received (the epoch re-run after the kill
+    included) are every readable train image outside the held-out slice, each once."""
+    from promptkd_ray.data.sources import resolve_source
+    from promptkd_ray.distill import recorded_ids
+    from promptkd_ray.storage import Storage
+
+    result, raw, bad, run_dir, _ = faulty_run
+    job = distill_job_from_dict(raw)
+    source = resolve_source(job.data, job.seed)
+    expected = sorted(set(source.train_paths) - set(bad))
+    assert len(expected) == 40 and not set(expected) & set(source.heldout_paths)
+    for epoch in range(EPOCHS):
+        ids = recorded_ids(Storage(run_dir), epoch)
+        assert sorted(ids["trained"] + ids["dropped"]) == expected, epoch  # none lost, none twice
+        assert len(ids["trained"]) == result.history[epoch]["images"] == 40
 
 
 def test_bad_images_are_skipped_and_counted_exactly(faulty_run):

@@ -69,7 +69,8 @@ def stop_process_tree(process: subprocess.Popen) -> None:
 
 @pytest.fixture
 def ray_head():
-    """A Ray head with the job server on loopback; yields the job server's address."""
+    """A Ray head with the job server on loopback; yields the job server's address, the environment
+    to talk to it with, and the pid of the `ray start` process (the head's processes descend from it)."""
     (gcs, dashboard, client, agent_http, agent_grpc, metrics, runtime_env, node_manager,
      object_manager), min_worker = free_ports_and_worker_range(9)
     temp_dir = tempfile.mkdtemp(prefix="rayhead_", dir="/tmp")  # short: Ray's socket paths have a length limit
@@ -90,10 +91,18 @@ def ray_head():
             if head.poll() is not None or time.time() > deadline:
                 pytest.fail(f"the Ray head did not start: {head.stdout.read().decode()[-2000:]}")
             time.sleep(2)
-        yield address, env
+        yield address, env, head.pid
     finally:
         stop_process_tree(head)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def submit(address: str, env: dict, submission_id: str, *command: str) -> None:
+    """`ray job submit --no-wait` of `promptkd-ray COMMAND …` to the head."""
+    done = subprocess.run(
+        [RAY, "job", "submit", "--address", address, "--submission-id", submission_id, "--no-wait", "--",
+         sys.executable, "-m", "promptkd_ray.cli", *command], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
 
 
 def submit_and_wait(address: str, env: dict, submission_id: str, *command: str) -> str:
@@ -101,10 +110,7 @@ def submit_and_wait(address: str, env: dict, submission_id: str, *command: str) 
     succeeded, returns its logs."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    submit = subprocess.run(
-        [RAY, "job", "submit", "--address", address, "--submission-id", submission_id, "--no-wait", "--",
-         sys.executable, "-m", "promptkd_ray.cli", *command], env=env, capture_output=True, text=True, timeout=120)
-    assert submit.returncode == 0, submit.stderr
+    submit(address, env, submission_id, *command)
     client = JobSubmissionClient(address)
     deadline = time.time() + 400
     while client.get_job_status(submission_id) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
@@ -115,17 +121,17 @@ def submit_and_wait(address: str, env: dict, submission_id: str, *command: str) 
     return logs
 
 
-def write_job(tmp_path: Path, name: str) -> Path:
-    """A 2-epoch tiny distill job on 24 generated images, as a job file."""
+def write_job(tmp_path: Path, name: str, epochs: int = 2) -> Path:
+    """An `epochs`-epoch tiny distill job on 24 generated images, as a job file."""
     root, _ = make_split_json(tmp_path / "data", per_class=6)
     job_file = tmp_path / "submit.yaml"
-    job_file.write_text(yaml.safe_dump(tiny_job(root, tmp_path / "runs", name, train={"epochs": 2},
+    job_file.write_text(yaml.safe_dump(tiny_job(root, tmp_path / "runs", name, train={"epochs": epochs},
                                                data={"heldout_images": 0})))
     return job_file
 
 
 def test_ray_job_submit_runs_a_distill_job_and_leaves_checkpoints_and_tensorboard(tmp_path, ray_head):
-    address, env = ray_head
+    address, env, _ = ray_head
     job_file = write_job(tmp_path, "submitted")
     logs = submit_and_wait(address, env, "distill-test", "distill", "--config", str(job_file))
     assert "run submitted: 2 epochs" in logs
@@ -136,7 +142,7 @@ def test_ray_job_submit_runs_a_distill_job_and_leaves_checkpoints_and_tensorboar
 
 
 def test_ray_job_submit_builds_a_soft_label_cache_then_distils_from_it(tmp_path, ray_head):
-    address, env = ray_head
+    address, env, _ = ray_head
     job_file = write_job(tmp_path, "from_cache")
     cache = tmp_path / "cache"
     logs = submit_and_wait(address, env, "cache-test", "cache", "--config", str(job_file), "--out", str(cache))
@@ -153,7 +159,7 @@ def test_ray_job_submit_builds_a_soft_label_cache_then_distils_from_it(tmp_path,
 
 
 def test_ray_job_submit_runs_a_sweep(tmp_path, ray_head):
-    address, env = ray_head
+    address, env, _ = ray_head
     root, _ = make_split_json(tmp_path / "data", per_class=6)
     job_file = tmp_path / "sweep_job.yaml"
     job_file.write_text(yaml.safe_dump(tiny_job(root, tmp_path / "runs", "swept", train={"epochs": 2},
@@ -165,3 +171,71 @@ def test_ray_job_submit_runs_a_sweep(tmp_path, ray_head):
     folder = tmp_path / "runs" / "sweeps" / "sweep"
     assert "sweep sweep: best trial" in logs and (folder / "best_job.yaml").is_file()
     assert len((folder / "trials.csv").read_text().splitlines()) == 3  # header + 2 trials
+
+
+def _head_processes(head_pid: int, *words: str) -> list:
+    """The head's descendant processes whose command line holds every one of `words`."""
+    import psutil
+
+    found = []
+    for process in psutil.Process(head_pid).children(recursive=True):
+        try:
+            line = " ".join(process.cmdline())
+        except psutil.Error:
+            continue
+        if all(word in line for word in words):
+            found.append(process)
+    return found
+
+
+def test_a_killed_driver_resubmitted_resumes_from_its_last_checkpoint_with_the_same_history(tmp_path, ray_head):
+    """The driver of a submitted distill job is SIGKILLed once epoch 0's checkpoint is registered;
+    its Train workers and teacher actors end with it; the same command submitted again resumes
+    after the last checkpoint, and the run's history holds every epoch once, the first ones as the
+    killed driver's checkpoint recorded them."""
+    import json
+    import re
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    address, env, head_pid = ray_head
+    epochs, run_dir = 3, tmp_path / "runs" / "driver_killed"
+    command = ("distill", "--config", str(write_job(tmp_path, "driver_killed", epochs=epochs)))
+    client = JobSubmissionClient(address)
+    submit(address, env, "driver-killed", *command)
+    deadline = time.time() + 400
+    while "checkpoint_epoch_000" not in _read(run_dir / "checkpoint_manager_snapshot.json"):
+        assert client.get_job_status("driver-killed") in (JobStatus.PENDING, JobStatus.RUNNING) \
+            and time.time() < deadline, client.get_job_logs("driver-killed")[-3000:]
+        time.sleep(0.2)
+    drivers = _head_processes(head_pid, "promptkd_ray.cli", "distill")
+    assert drivers
+    for driver in drivers:
+        driver.kill()
+    while client.get_job_status("driver-killed") == JobStatus.RUNNING:
+        assert time.time() < deadline
+        time.sleep(1)
+    assert client.get_job_status("driver-killed") == JobStatus.FAILED
+    registered = max(re.findall(r"checkpoint_epoch_\d{3}", _read(run_dir / "checkpoint_manager_snapshot.json")))
+    before = json.loads((run_dir / registered / "progress.json").read_text())
+    assert before["epoch"] < epochs - 1  # killed before the last epoch
+    orphans_gone = time.time() + 120
+    while _head_processes(head_pid, "TeacherPredictor") + _head_processes(head_pid, "RayTrainWorker"):
+        assert time.time() < orphans_gone, "the killed driver's teacher actors or Train workers outlived it"
+        time.sleep(1)
+
+    logs = submit_and_wait(address, env, "driver-resubmitted", *command)
+    assert f"run driver_killed: {epochs} epochs" in logs
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert [m["epoch"] for m in summary["history"]] == list(range(epochs))
+    assert summary["resumes"] == [before["epoch"] + 1]
+    assert summary["history"][:before["epoch"] + 1] == before["history"]
+    steps = [m["step"] for m in summary["history"]]
+    assert steps == [steps[0] * (e + 1) for e in range(epochs)]
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""

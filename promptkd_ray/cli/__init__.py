@@ -22,6 +22,7 @@ COMMANDS = {
     "distill": "Stage II: distil a student from a teacher on unlabeled images (Ray Data + Ray Train).",
     "teacher": "Stage I: train a PromptSRC-style teacher (or make a zero-shot one) and its class vectors.",
     "cache": "Run the teacher once over K seeded views per image and store its features (the soft-label cache).",
+    "pack": "Pack a dataset's images into Parquet shards with a manifest, for Stage II and eval to stream.",
     "tune": "Sweep a Stage II job's hyper-parameters on Ray Tune (ASHA, label-free selection).",
     "validate": "Check job files and search spaces without running them.",
     "classvectors": "Compute class vectors for a dataset's class names with a teacher.",

@@ -1,5 +1,5 @@
-"""Command-line pieces several commands share: naming a dataset (`--dataset/--root` or
-`--split-json`) and opening it."""
+"""Command-line pieces several commands share: naming a dataset (`--dataset/--root`, `--split-json`
+or `--pack`) and opening it."""
 
 from __future__ import annotations
 
@@ -14,16 +14,21 @@ def add_dataset_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", help="data root folder or URI holding the benchmark folders")
     p.add_argument("--split-json", help="a dataset in the split-JSON layout: ROOT/FOLDER/split_file.json")
     p.add_argument("--image-folder", default="images", help="image folder beside --split-json (default: images)")
+    p.add_argument("--pack", help="a pack folder or URI written by `promptkd-ray pack` (images read from its shards)")
 
 
 def open_datasets(args) -> list:
-    """The DatasetSplits the arguments name (one per --dataset, or the --split-json one)."""
+    """The DatasetSplits the arguments name (one per --dataset, or the --split-json or --pack one)."""
     from ..data.benchmarks import load_dataset, load_split_json_dataset
 
+    if args.pack:
+        from ..data.pack import open_pack
+
+        return [open_pack(args.pack).splits()]
     if args.split_json:
         split = Path(args.split_json)
         name = (args.dataset or [split.parent.name])[0]
         return [load_split_json_dataset(split.parent.parent, split.parent.name, args.image_folder, split.name, name)]
     if not args.dataset or not args.root:
-        raise UsageError("Give --dataset NAME and --root DATA_ROOT, or --split-json PATH.")
+        raise UsageError("Give --dataset NAME and --root DATA_ROOT, --split-json PATH or --pack PACK.")
     return [load_dataset(name, args.root) for name in args.dataset]

@@ -2,9 +2,11 @@
 
 Students (one artifact per seed) are scored against the given class vectors; a teacher artifact
 or a zero-shot model spec is scored against class vectors it computes itself for the dataset's
-classes. Images are encoded by Ray Data batch inference (or in-process with --no-ray). An
-unreadable test image is an error, unless --skip-unreadable: then it is left out and counted in
-the report beside the score.
+classes. Images are encoded by Ray Data batch inference (or in-process with --no-ray), through the
+one decoder with the training jobs' rules (--max-image-pixels, --exif-orientation: set them as the
+job's `data` section did). An unreadable test image (including one over the pixel limit) is an
+error naming the file, unless --skip-unreadable: then it is left out, counted in the report beside
+the score, and named under the table and in unreadable.csv.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..data.decode import DEFAULT_MAX_IMAGE_PIXELS, EXIF_ORIENTATIONS
     from ..evaluate import PROTOCOLS
 
     p.add_argument("--protocol", choices=PROTOCOLS, default="base2novel")
@@ -35,19 +38,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--actors", type=int, default=1, help="inference actors (one GPU each where the cluster has GPUs)")
     p.add_argument("--no-ray", action="store_true", help="encode in-process instead of Ray Data")
     p.add_argument("--skip-unreadable", action="store_true",
-                   help="leave unreadable test images out and report their count beside the score")
+                   help="leave unreadable test images out and report their count (and names) beside the score")
+    p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
+                   help="an image declaring more pixels (width × height) is refused undecoded, i.e. unreadable")
+    p.add_argument("--exif-orientation", choices=EXIF_ORIENTATIONS, default="ignore",
+                   help="ignore EXIF rotation (the authors) or apply it before the test transform")
 
 
 def run(args) -> int:
     from ..config.sections import RayConfig
     from ..core.artifacts import ModelRef
     from ..core.classvectors import load_class_vectors
+    from ..data.decode import PIL_REFUSAL_PIXELS, DecodeOptions
     from ..errors import UsageError
     from ..evaluate import PUBLISHED_B2N, Entry, class_vectors_for, score, write_report
     from ..orchestration import cluster
 
     if not (args.student or args.teacher or args.zeroshot):
         raise UsageError("Nothing to evaluate: give --student, --teacher and/or --zeroshot.")
+    if not 1 <= args.max_image_pixels <= PIL_REFUSAL_PIXELS:
+        raise UsageError(f"--max-image-pixels must be in 1 … {PIL_REFUSAL_PIXELS} (PIL refuses larger images "
+                         f"itself), got {args.max_image_pixels}.")
+    options = DecodeOptions(args.max_image_pixels, args.exif_orientation)
     datasets = open_datasets(args)
     given, computed = [load_class_vectors(path) for path in args.class_vectors], {}
     others = [Entry("teacher", ModelRef("teacher", t), None, i) for i, t in enumerate(args.teacher)]
@@ -63,7 +75,8 @@ def run(args) -> int:
             warn_if_other_teacher(student, cv)
             entries.append(Entry("student", ModelRef("student", student), cv, seed))
         scores += score(entries + others, dataset, args.protocol, args.templates, use_ray=not args.no_ray,
-                        batch_size=args.batch_size, actors=args.actors, skip_unreadable=args.skip_unreadable)
+                        batch_size=args.batch_size, actors=args.actors, skip_unreadable=args.skip_unreadable,
+                        options=options)
     published = PUBLISHED_B2N if args.protocol == "base2novel" else None
     paths = write_report(scores, args.out, f"{args.protocol}: {', '.join(d.name for d in datasets)}", published)
     print(Path(paths["markdown"]).read_text())

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from typing import Dict
 
 from ..core.losses import LOSS_PRESETS, LossConfig
-from .loader import choice, path_field, section, spec_field
+from .loader import choice, path_field, section, show_value, spec_field
 from .sections import (IMAGE_SOURCES, ImagesConfig, JobBase, OptimConfig, Problems, RayConfig, WorkersConfig,
-                       training_job_checks)
+                       resources_checks, templates_ok, training_job_checks)
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ class TeacherPoolConfig:
 @dataclass(frozen=True)
 class TrainConfig(WorkersConfig, OptimConfig):
     precision: str = choice("auto", "bf16", "fp32")  # student autocast; auto = bf16 on GPU, fp32 on CPU
+    record_ids: bool = False  # audit: write the image ids each worker received, per epoch, to ids/ in the run
 
 
 @dataclass(frozen=True)
@@ -94,4 +95,12 @@ def distill_checks(job: DistillJob) -> Problems:
     problems.at_least("data", d, decode_batch_size=1, decode_memory_mb=1, heldout_images=0, limit=0)
     problems.need(p.max_size == 0 or p.max_size >= p.size, "teacher_pool.max_size",
                   f"must be 0 or ≥ teacher_pool.size ({p.size}), got {p.max_size}.")
+    problems.need(p.num_gpus == -1 or p.num_gpus >= 0, "teacher_pool.num_gpus",
+                  f"must be -1 (auto) or ≥ 0, got {p.num_gpus}.")
+    problems.at_least("teacher_pool", p, num_cpus=0)
+    resources_checks(p.resources, "teacher_pool.resources", problems)
+    problems.at_least("loss", job.loss, kd_weight=0, feature_weight=0, ifalign_weight=0)
+    problems.need(templates_ok(job.teacher.templates), "teacher.templates",
+                  f"must be single, imagenet60 or one template with one '{{}}', "
+                  f"got {show_value(job.teacher.templates)}.")
     return problems

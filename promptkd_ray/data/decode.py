@@ -1,6 +1,8 @@
 """The one image decoder: bytes (local file or URI) → RGB → a rendered view, uint8 → model input.
 
-    read_image(path | bytes)                  any local path or URI (`promptkd_ray.storage`)
+    read_image(path | bytes, options)         any local path or URI (`promptkd_ray.storage`) → RGB
+    DecodeOptions(max_pixels, exif)           the pixel limit and EXIF rule (`data.max_image_pixels`,
+                                              `data.exif_orientation`), sent to every decode task
     render_view(image, view, size)            crop box in source pixels + flip, resized (bicubic)
     render_test(image, size)                  Resize(size, bicubic) → CenterCrop(size): the test transform
     to_model_input(uint8 [B, S, S, 3])        → CLIP-normalised float32 [B, 3, S, S], on any device
@@ -21,6 +23,31 @@ Design decisions:
 - A file that is not a readable image (corrupt, truncated, not an image, vanished) is dropped from
   the batch and returned in `bad` with its reason; the caller decides to count it (skip) or to
   raise `BadImageError` (fail). Nothing here imports Ray.
+- Readable oddities decode as the authors' Dassl `read_image` does, `Image.open(path).convert("RGB")`:
+  palette, grayscale, CMYK and YCbCr images are converted; an alpha channel (RGBA, LA, a palette's
+  transparency) is dropped, so transparent pixels show the colour stored under them; an animated
+  GIF / WebP gives its first frame; the format is sniffed from the bytes, never the file name (a
+  JPEG named .png decodes). One exception: 16-bit and 32-bit integer images (modes I;16*, I), which
+  convert("RGB") clips to white, are scaled from 0…65535 to 0…255. Tiny and extreme-aspect images
+  (1 × 1, 600 × 2) decode; where no random box fits, RandomResizedCrop's fallback (a central crop
+  at the nearest allowed aspect ratio) is their train view. The test transform resizes the short
+  side to S first, so a sliver whose resized image would exceed the pixel limit (at least PIL's
+  default; e.g. 20,000 × 1 at S = 224: 4,480,000 × 224) is refused as unreadable in test mode,
+  before that allocation.
+- Decompression bombs are refused without being decoded: `Image.open` only reads the header, and
+  an image declaring more than `max_pixels` (width × height) pixels raises `ImageTooLargeError`
+  before `load()` allocates anything, whatever PIL's global `Image.MAX_IMAGE_PIXELS` says (this
+  module never sets it; where PIL's own check refuses the header first, the reason says so). The
+  default, 89,478,485, is PIL's own `MAX_IMAGE_PIXELS` (PIL warns above it and refuses above twice
+  it): ~270 MB as RGB, which fits a decode task's reserved memory (a higher limit decodes such
+  images, with PIL's DecompressionBombWarning). A refused image is an unreadable one (skipped and
+  counted, or an error in evaluation).
+- Colour and grey JPEGs (most of a crawl) are decoded by torchvision's libjpeg-turbo decoder, the
+  rest by PIL: the same pixels (benchmarks/ingest.py: max |Δ| 0 over 500 photo-sized JPEGs, teacher
+  features identical), 1.36× PIL's decode rate per core there. CMYK JPEGs and `exif_orientation:
+  apply` take PIL's path.
+- EXIF orientation is ignored by default, as the authors' code (PIL does not apply it); with
+  `exif_orientation="apply"` the image is first rotated / flipped upright (`ImageOps.exif_transpose`).
 - Seeded views: with a seed, an image's view is a pure function of (seed, image id, view slot)
   (`view_rng`; Stage II's slot is the epoch), so re-running a job draws the same views, a retried
   task redraws the very same view, and a stored view can be told from a fresh one. Without a seed
@@ -31,11 +58,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
@@ -44,15 +72,89 @@ from .transforms import CLIP_MEAN, CLIP_STD, CROP_SCALE, View, full_view, sample
 
 VIEW_COLUMNS = ("view_top", "view_left", "view_height", "view_width", "view_flip")
 MODES = ("train", "heldout", "test")
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # PIL's own Image.MAX_IMAGE_PIXELS (it warns above, refuses above 2×)
+PIL_REFUSAL_PIXELS = 2 * DEFAULT_MAX_IMAGE_PIXELS  # PIL refuses larger images itself: a higher limit cannot hold
+EXIF_ORIENTATIONS = ("ignore", "apply")
+WIDE_INTEGER_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")  # scaled 0…65535 → 0…255, not clipped
 
 
-def read_image(source: "str | bytes") -> Image.Image:
+class ImageTooLargeError(ValueError):
+    """An image whose header declares more pixels than the decode limit (refused undecoded)."""
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How files become RGB images: the pixel limit and the EXIF orientation rule."""
+
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # width × height above which an image is refused undecoded
+    exif_orientation: str = "ignore"  # "ignore" (the authors) or "apply" (rotate / flip upright first)
+
+    def __post_init__(self):
+        if not 1 <= self.max_pixels <= PIL_REFUSAL_PIXELS:
+            raise ValueError(f"max_pixels must be in 1 … {PIL_REFUSAL_PIXELS:,}, got {self.max_pixels}.")
+        if self.exif_orientation not in EXIF_ORIENTATIONS:
+            raise ValueError(f"exif_orientation must be one of {EXIF_ORIENTATIONS}, got {self.exif_orientation!r}.")
+
+    @classmethod
+    def of(cls, data) -> "DecodeOptions":
+        """The options of a job's images section (`data.max_image_pixels`, `data.exif_orientation`)."""
+        return cls(data.max_image_pixels, data.exif_orientation)
+
+
+def read_image(source: "str | bytes", options: DecodeOptions = DecodeOptions()) -> Image.Image:
     """Decode image bytes, or the bytes of a local path or URI, to RGB; raises on anything that is
-    not a readable image."""
+    not a readable image, and `ImageTooLargeError` (before decoding) on one over the pixel limit."""
     data = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else storage.read_bytes(source)
-    with Image.open(io.BytesIO(data)) as img:
-        img.load()
-        return img.convert("RGB")
+    try:
+        img = Image.open(io.BytesIO(data))  # reads the header only
+    except UnidentifiedImageError:  # PIL's message names a BytesIO object: say what the bytes were
+        raise UnidentifiedImageError(f"not an image format PIL can read ({_first_bytes(data)})") from None
+    except Image.DecompressionBombError as exc:  # over PIL's own threshold, hence over ours too
+        raise ImageTooLargeError(f"{str(exc).rstrip('.')} (PIL), over the limit of {options.max_pixels:,} "
+                                 "(data.max_image_pixels); refused before decoding") from None
+    check_pixels(img.size, options.max_pixels)
+    if img.format == "JPEG" and img.mode in ("RGB", "L") and options.exif_orientation == "ignore":
+        return decode_jpeg(data)
+    img.load()  # in-memory bytes: nothing to close (closing would free the pixels returned below)
+    if options.exif_orientation == "apply":
+        img = ImageOps.exif_transpose(img)
+    return to_rgb(img)
+
+
+def decode_jpeg(data: bytes) -> Image.Image:
+    """A colour or grey JPEG → RGB through torchvision's libjpeg-turbo decoder: the same pixels as
+    PIL's `convert("RGB")` (benchmarks/ingest.py: max |Δ| 0 over 500 photo-sized JPEGs), faster."""
+    from torchvision.io import ImageReadMode
+    from torchvision.io import decode_jpeg as tv_decode_jpeg
+
+    try:
+        pixels = tv_decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    except RuntimeError as exc:  # corrupt or truncated data
+        raise OSError(f"not a readable JPEG ({str(exc).splitlines()[0]})") from None
+    return Image.fromarray(pixels.permute(1, 2, 0).numpy())
+
+
+def _first_bytes(data: bytes) -> str:
+    return f"{len(data)} bytes, starting {data[:16]!r}" if data else "an empty file"
+
+
+def check_pixels(size: tuple, max_pixels: int) -> None:
+    """Refuse an image whose declared width × height exceeds `max_pixels`."""
+    width, height = size
+    if width * height > max_pixels:
+        raise ImageTooLargeError(f"declares {width} × {height} = {width * height:,} pixels, over the limit of "
+                                 f"{max_pixels:,} (data.max_image_pixels); refused before decoding")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """The authors' `convert("RGB")`, except that wide integer images are scaled to 8 bits."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in WIDE_INTEGER_MODES:
+        wide = np.clip(np.asarray(img, dtype=np.int64), 0, 65535)
+        gray = ((wide * 255 + 32767) // 65535).astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")
+    return img.convert("RGB")
 
 
 def render_view(image: Image.Image, view: View, size: int) -> np.ndarray:
@@ -64,10 +166,25 @@ def render_view(image: Image.Image, view: View, size: int) -> np.ndarray:
     return np.array(crop, dtype=np.uint8)
 
 
-def render_test(image: Image.Image, size: int) -> np.ndarray:
-    """The authors' test transform before normalisation: Resize(size, bicubic) → CenterCrop(size)."""
+def render_test(image: Image.Image, size: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+    """The authors' test transform before normalisation: Resize(size, bicubic) → CenterCrop(size);
+    `ImageTooLargeError` when the resized image would exceed the pixel limit (at least PIL's
+    default, so that a small limit still lets small images be upscaled): an extreme sliver."""
+    width, height = resized_size(*image.size, size)
+    limit = max(max_pixels, DEFAULT_MAX_IMAGE_PIXELS)
+    if width * height > limit:
+        raise ImageTooLargeError(f"{image.size[0]} × {image.size[1]} pixels: the test transform would resize it to "
+                                 f"{width} × {height} = {width * height:,}, over the limit of {limit:,} "
+                                 "(data.max_image_pixels, at least PIL's default)")
     image = TF.resize(image, size, interpolation=InterpolationMode.BICUBIC)
     return np.array(TF.center_crop(image, [size, size]), dtype=np.uint8)
+
+
+def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(width, height) after torchvision's Resize(size): the short side becomes `size`."""
+    if width <= height:
+        return size, int(size * height / width)
+    return int(size * width / height), size
 
 
 def to_model_input(images: torch.Tensor) -> torch.Tensor:
@@ -79,12 +196,12 @@ def to_model_input(images: torch.Tensor) -> torch.Tensor:
 
 
 def load_view(path: str, size: int, rng: Optional[np.random.Generator] = None,
-              crop_scale_min: float = CROP_SCALE[0]) -> torch.Tensor:
+              crop_scale_min: float = CROP_SCALE[0], options: DecodeOptions = DecodeOptions()) -> torch.Tensor:
     """One image as model input [3, size, size]: a random train view (when `rng` is given) or the
     test transform."""
-    image = read_image(path)
+    image = read_image(path, options)
     if rng is None:
-        pixels = render_test(image, size)
+        pixels = render_test(image, size, options.max_pixels)
     else:
         pixels = render_view(image, sample_view(*image.size, rng, scale=(crop_scale_min, CROP_SCALE[1])), size)
     return to_model_input(torch.from_numpy(pixels)[None])[0]
@@ -98,7 +215,7 @@ def view_rng(seed: int, image_id: str, slot: int) -> np.random.Generator:
 
 
 def decode_views(batch: dict, size: int, mode: str = "train", seed: Optional[int] = None, slot: int = 0,
-                 crop_scale_min: float = CROP_SCALE[0]) -> tuple[dict, list]:
+                 crop_scale_min: float = CROP_SCALE[0], options: DecodeOptions = DecodeOptions()) -> tuple[dict, list]:
     """Decode a batch {"id": [B] str, ("bytes": [B] bytes)} and render one view per readable image
     (train crops cover a fraction `crop_scale_min` … 1 of the image area; the authors' 0.08). With a
     `seed`, each train view is drawn by `view_rng(seed, id, slot)`; without, from fresh entropy.
@@ -114,12 +231,13 @@ def decode_views(batch: dict, size: int, mode: str = "train", seed: Optional[int
     images, views, keep, bad = [], [], [], []
     for i, ident in enumerate(ids):
         try:
-            image = read_image(blobs[i] if blobs is not None else ident)
+            image = read_image(blobs[i] if blobs is not None else ident, options)
+            pixels = render_test(image, size, options.max_pixels) if mode == "test" else None
         except Exception as exc:  # any unreadable file: PIL errors, truncation, OSError, a vanished file
             bad.append((ident, f"{type(exc).__name__}: {exc}"))
             continue
-        if mode == "test":
-            images.append(render_test(image, size))
+        if pixels is not None:
+            images.append(pixels)
         else:
             rng = fresh if seed is None else view_rng(seed, ident, slot)
             view = sample_view(*image.size, rng, scale=(crop_scale_min, CROP_SCALE[1])) if mode == "train" \
@@ -135,14 +253,14 @@ def decode_views(batch: dict, size: int, mode: str = "train", seed: Optional[int
     return rows, bad
 
 
-def decode_recorded(batch: dict, size: int) -> tuple[dict, list]:
+def decode_recorded(batch: dict, size: int, options: DecodeOptions = DecodeOptions()) -> tuple[dict, list]:
     """Re-render recorded views: a batch {"id", the view columns, "teacher_feature"} → rows {"id",
     "image": uint8 [b, S, S, 3], "teacher_feature"} and the unreadable ids (as `decode_views`)."""
     ids = [str(i) for i in batch["id"]]
     images, keep, bad = [], [], []
     for i, ident in enumerate(ids):
         try:
-            image = read_image(ident)
+            image = read_image(ident, options)
         except Exception as exc:  # any unreadable file, as in decode_views
             bad.append((ident, f"{type(exc).__name__}: {exc}"))
             continue

@@ -13,6 +13,10 @@ Design decisions:
   path, so a row is held out when a hash of its bytes falls in the held-out fraction: the slice is
   disjoint from training and stable across epochs and runs, its size close to the requested one.
 - `data.limit` keeps a seeded random subset (quick runs on a big dataset).
+- A pack (`data.source: packed`, `promptkd-ray pack`) lists its images by pack id (the path relative
+  to the packed source's base folder), in the source's order: the held-out slice, `data.limit` and
+  `data.heldout_split` pick the same images as from the loose files, and the Ray pipeline reads the
+  chosen ids' bytes from the pack's shards of `pack_splits`.
 """
 
 from __future__ import annotations
@@ -43,15 +47,18 @@ class ImageSource:
     image_field: Optional[str] = None  # "bytes" when that column is a struct (Hugging Face layout)
     parquet_rows: int = 0  # rows in the Parquet source
     heldout_fraction: float = 0.0  # Parquet: fraction of rows held out (by byte hash)
+    pack: str = ""  # pack folder or URI: the paths above are its ids, the bytes are in its shards
+    pack_splits: tuple[str, ...] = ()  # pack: the splits holding the training and the held-out ids
 
     @property
     def is_parquet(self) -> bool:
-        return bool(self.parquet)
+        """The rows come from Parquet (a Parquet source or a pack), not from image files."""
+        return bool(self.parquet or self.pack)
 
     @property
     def num_train(self) -> int:
-        """Training images (approximate for Parquet, exact for paths)."""
-        if self.is_parquet:
+        """Training images (approximate for a Parquet source, exact for paths and packs)."""
+        if self.parquet:
             return int(round(self.parquet_rows * (1.0 - self.heldout_fraction)))
         return len(self.train_paths)
 
@@ -91,7 +98,7 @@ def open_world(images):
 
 def open_splits(images, split: str = "train", world=None) -> DatasetSplits:
     """The labelled splits of a job's images section (`config.sections.ImagesConfig`): a benchmark,
-    a split-JSON dataset, an ImageFolder tree (all of it in `split`) or a toy-world domain."""
+    a split-JSON dataset, an ImageFolder tree (all of it in `split`), a toy-world domain or a pack."""
     if images.source == "benchmark":
         from .benchmarks import load_dataset
 
@@ -110,6 +117,10 @@ def open_splits(images, split: str = "train", world=None) -> DatasetSplits:
             return (world or open_world(images)).domain(images.dataset or None).splits()
         except KeyError as exc:
             raise ConfigError(f"data.dataset: {exc.args[0]}") from None
+    if images.source == "packed":
+        from .pack import open_pack
+
+        return open_pack(images.root).splits()
     raise ValueError(f"data.source {images.source!r} does not list image paths.")  # parquet: see resolve_source
 
 
@@ -133,8 +144,10 @@ def resolve_source(data, seed: int, world=None) -> ImageSource:
         train, heldout = split_heldout(paths, data.heldout_images, rng)
     log.info("%s/%s: %d images to distil on, %d held out (label-free)", splits.name, data.split,
              len(train), len(heldout))
+    packed = {"pack": data.root, "pack_splits": (data.split, data.heldout_split or data.split)} \
+        if data.source == "packed" else {}
     return ImageSource(name=splits.name, classnames=tuple(splits.classnames), train_paths=tuple(train),
-                       heldout_paths=tuple(heldout))
+                       heldout_paths=tuple(heldout), **packed)
 
 
 def split_heldout(paths: list[str], requested: int, rng: np.random.Generator) -> tuple[list[str], list[str]]:

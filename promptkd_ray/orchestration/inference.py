@@ -6,8 +6,9 @@
 Design decisions:
 - An actor builds its model once from a `ModelRef` (a student artifact, a teacher artifact or a
   zero-shot spec), so `eval`, `predict` and the demo run the very model the artifact describes.
-- Images go through the one decoder (`data.decode`, mode "test": the authors' Resize → CenterCrop)
-  and travel as uint8; any path or URI is read (`storage`).
+- Images go through the one decoder (`data.decode`, mode "test": the authors' Resize → CenterCrop,
+  with the caller's `DecodeOptions`: pixel limit, EXIF rule) and travel as uint8; any path or URI
+  is read (`storage`).
 - Rows come back in any order and are sorted by index. Unreadable images are returned with their
   reasons (`Encoded.unreadable`): whether that is an error is the caller's decision (evaluation:
   it is, unless asked to report them beside the score).
@@ -23,27 +24,28 @@ import numpy as np
 import torch
 
 from ..core.artifacts import ModelRef
-from ..data.decode import decode_views, to_model_input
+from ..data.decode import DecodeOptions, decode_views, to_model_input
 from .cluster import has_gpus
 from .pipeline import start_ledger
 
 log = logging.getLogger(__name__)
 
 
-def _decode(batch: dict, size: int) -> tuple[dict, list]:
-    """numpy batch {id, label, index} → ({image uint8 [b, s, s, 3], label, index, id}, unreadable)."""
-    rows, bad = decode_views({"id": batch["id"]}, size, "test")
+def _decode(batch: dict, size: int, options: DecodeOptions = DecodeOptions()) -> tuple[dict, list]:
+    """numpy batch {id, label, index (, bytes)} → ({image uint8 [b, s, s, 3], label, index, id}, unreadable)."""
+    blobs = {"bytes": batch["bytes"]} if "bytes" in batch else {}  # a pack's rows carry their bytes
+    rows, bad = decode_views({"id": batch["id"], **blobs}, size, "test", options=options)
     position = {ident: i for i, ident in enumerate(batch["id"])}
     keep = [position[ident] for ident in rows["id"]]
     return {"image": rows["image"], "label": np.asarray(batch["label"])[keep],
             "index": np.asarray(batch["index"])[keep], "id": rows["id"]}, bad
 
 
-def decode_batch(batch: dict, size: int, ledger) -> dict:
+def decode_batch(batch: dict, size: int, ledger, options: DecodeOptions = DecodeOptions()) -> dict:
     """Ray Data task: `_decode`; the unreadable files go to `ledger` (a `BadImageLedger` actor)."""
     import ray
 
-    rows, bad = _decode(batch, size)
+    rows, bad = _decode(batch, size, options)
     if bad:
         ray.get(ledger.record.remote(bad))
     return rows
@@ -77,24 +79,31 @@ class Encoded:
 
 
 def encode_items(model: ModelRef, paths: Sequence[str], labels: Sequence[int], use_ray: bool = True,
-                 batch_size: int = 64, num_actors: int = 1) -> Encoded:
-    """Features of the images at `paths` (local or URIs) under `model`; Ray Data when `use_ray`
-    (on the connected cluster), else in this process."""
+                 batch_size: int = 64, num_actors: int = 1, options: DecodeOptions = DecodeOptions(),
+                 pack: str = "") -> Encoded:
+    """Features of the images at `paths` (local or URIs; with `pack`, ids of that pack's test split,
+    read from its shards) under `model`, decoded with `options`; Ray Data when `use_ray` (on the
+    connected cluster), else in this process."""
     size = model.image_size()
     items = [{"id": str(p), "label": int(l), "index": i} for i, (p, l) in enumerate(zip(paths, labels))]
-    rows, unreadable = (_encode_with_ray if use_ray else _encode_in_process)(model, items, size, batch_size,
-                                                                               num_actors)
+    if use_ray:
+        rows, unreadable = _encode_with_ray(model, items, size, batch_size, num_actors, options, pack)
+    else:
+        rows, unreadable = _encode_in_process(model, _with_pack_bytes(items, pack), size, batch_size, num_actors,
+                                              options)
     rows.sort(key=lambda r: int(r["index"]))
     features = torch.from_numpy(np.stack([r["feature"] for r in rows])) if rows else torch.zeros(0, 0)
     return Encoded(features=features, labels=torch.tensor([int(r["label"]) for r in rows], dtype=torch.long),
                    paths=[str(r["id"]) for r in rows], unreadable=unreadable)
 
 
-def _encode_in_process(model: ModelRef, items: list, size: int, batch_size: int, _actors: int):
+def _encode_in_process(model: ModelRef, items: list, size: int, batch_size: int, _actors: int,
+                       options: DecodeOptions):
     encoder, rows, unreadable = ImageEncoder(model), [], {}
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
-        batch, bad = _decode({k: np.asarray([it[k] for it in chunk], dtype=object) for k in chunk[0]}, size)
+        batch, bad = _decode({k: np.asarray([it[k] for it in chunk], dtype=object) for k in chunk[0]}, size,
+                             options)
         unreadable.update(bad)
         if len(batch["id"]):
             out = encoder(batch)
@@ -102,13 +111,26 @@ def _encode_in_process(model: ModelRef, items: list, size: int, batch_size: int,
     return rows, unreadable
 
 
-def _encode_with_ray(model: ModelRef, items: list, size: int, batch_size: int, num_actors: int):
+def _with_pack_bytes(items: list, pack: str) -> list:
+    """`items`, each with its bytes from the pack's test split (unchanged without a pack)."""
+    if not pack:
+        return items
+    from ..data.pack import read_pack_bytes
+
+    blobs = read_pack_bytes(pack, "test", [it["id"] for it in items])
+    return [dict(it, bytes=blobs.get(it["id"], b"")) for it in items]
+
+
+def _encode_with_ray(model: ModelRef, items: list, size: int, batch_size: int, num_actors: int,
+                     options: DecodeOptions, pack: str = ""):
     import ray
 
+    from .packs import pack_items
+
     ledger = start_ledger()
-    ds = ray.data.from_items(items)
-    ds = ds.map_batches(decode_batch, fn_kwargs={"size": size, "ledger": ledger}, batch_format="numpy",
-                        batch_size=batch_size)
+    ds = pack_items(pack, "test", items) if pack else ray.data.from_items(items)
+    ds = ds.map_batches(decode_batch, fn_kwargs={"size": size, "ledger": ledger, "options": options},
+                        batch_format="numpy", batch_size=batch_size)
     ds = ds.map_batches(ImageEncoder, fn_constructor_kwargs={"model": model}, batch_format="numpy",
                         batch_size=batch_size, num_gpus=1 if has_gpus() else 0,
                         compute=ray.data.ActorPoolStrategy(size=num_actors))

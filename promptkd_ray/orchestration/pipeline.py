@@ -5,8 +5,9 @@
           │                                      image id in epoch e's order; read bytes (local or
           │                                      URI), decode, render view slot e as uint8; skip +
           │                                      count unreadable files (`BadImageLedger`)
-          └─ teacher_pool.add_teacher_features   actor pool; adds the normalised teacher image
-              │                                  feature of the row's view as fp16
+          └─ teacher_pool.add_teacher_features   the run's teacher actors (or Ray Data's actor pool);
+              │                                  adds the normalised teacher image feature of the
+              │                                  row's view as fp16
               └─ select_columns(image, teacher_feature) ─► TorchTrainer(datasets={"train": …})
                                                  each worker reads its streaming split
 
@@ -19,9 +20,11 @@ Design decisions:
   re-run only with one worker and `data.preserve_order` (streaming_split hands blocks to whichever
   worker asks first). Parquet sources keep Ray's block-order shuffle (fresh every epoch) and seed
   only the views.
-- Ray Data starts the teacher actors again each epoch (seconds; the trainer reports it as
-  `startup_s`), negligible on real epochs, visible on toy ones. Only the held-out slice (a few
-  hundred images, fixed full views) is materialised once, teacher features included.
+- A fixed teacher pool's actors are the run's (`teacher_pool.teacher_actors`): started once, they
+  serve the held-out slice and every epoch, so an epoch's start-up (the trainer's `startup_s`) is
+  the stream's own (its executor and first decode tasks). An autoscaled pool is Ray Data's and
+  starts again each epoch. Only the held-out slice (a few hundred images, fixed full views) is
+  materialised once, teacher features included.
 - Bad images are counted exactly by a small actor holding the set of distinct unreadable ids: a
   re-executed epoch or a restarted task records the same ids again without changing the count.
 - Decode runs in CPU tasks spread over the cluster, never fused into the teacher actors (the
@@ -31,17 +34,18 @@ Design decisions:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
-from ..data.decode import decode_recorded, decode_views
+from ..data.decode import DecodeOptions, decode_recorded, decode_views
 from ..data.sources import ImageSource, is_heldout_bytes
 from ..errors import BadImageError
 from .epochs import current_epoch, ids_at
-from .teacher_pool import add_teacher_features
+from .teacher_pool import add_teacher_features, teacher_actors
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +79,8 @@ def start_ledger():
 def decode_and_augment(batch: dict, size: int, mode: str, on_bad_image: str, ledger=None,
                        heldout_fraction: float = 0.0, image_column: Optional[str] = None,
                        image_field: Optional[str] = None, crop_scale_min: float = 0.08,
-                       seed: Optional[int] = None, clock=None, ids_ref=None, shuffle: bool = True) -> dict:
+                       seed: Optional[int] = None, clock=None, ids_ref=None, shuffle: bool = True,
+                       options: DecodeOptions = DecodeOptions()) -> dict:
     """Ray Data task: decode a batch of images into views (view slot = the `clock`'s epoch, in a
     run seeded `seed`); skip or fail on bad files.
 
@@ -86,14 +91,15 @@ def decode_and_augment(batch: dict, size: int, mode: str, on_bad_image: str, led
         batch = _parquet_rows(batch, image_column, image_field, mode, heldout_fraction)
     elif "position" in batch:
         batch = {"id": np.asarray(ids_at(batch["position"], ids_ref, seed, epoch, shuffle), dtype=object)}
-    rows, bad = decode_views(batch, size, mode, seed=seed, slot=epoch, crop_scale_min=crop_scale_min)
+    rows, bad = decode_views(batch, size, mode, seed=seed, slot=epoch, crop_scale_min=crop_scale_min, options=options)
     return _without_bad(rows, bad, on_bad_image, ledger)
 
 
-def decode_recorded_task(batch: dict, size: int, on_bad_image: str, ledger=None) -> dict:
+def decode_recorded_task(batch: dict, size: int, on_bad_image: str, ledger=None,
+                         options: DecodeOptions = DecodeOptions()) -> dict:
     """Ray Data task: re-render the recorded views of a batch of soft-label cache rows; skip or fail
     on files that have become unreadable since the cache was built."""
-    rows, bad = decode_recorded(batch, size)
+    rows, bad = decode_recorded(batch, size, options)
     return _without_bad(rows, bad, on_bad_image, ledger)
 
 
@@ -123,19 +129,26 @@ def _parquet_rows(batch: dict, column: str, field: Optional[str], mode: str, fra
 
 
 def image_dataset(job, source: ImageSource, teacher, size: int, mode: str, ledger, cluster_has_gpus: bool,
-                  clock=None, shuffle: bool = True):
+                  clock=None, shuffle: bool = True, teachers: Sequence = ()):
     """One Stage II stream (`job`: a DistillJob): rows with uint8 views, their view params and the
     teacher's feature. `mode` "train" (the views and order of the `clock`'s epoch; the image list's
-    order without `shuffle`) or "heldout" (full views)."""
+    order without `shuffle`) or "heldout" (full views). `teachers`: the run's teacher actors
+    (`teacher_pool.teacher_actors`); without them the stream starts a Ray Data actor pool."""
     import ray
 
     d = job.data
     fn_kwargs = {"size": size, "mode": mode, "on_bad_image": d.on_bad_image, "ledger": ledger,
                  "heldout_fraction": source.heldout_fraction, "crop_scale_min": d.crop_scale_min, "seed": job.seed,
-                 "clock": clock if mode == "train" else None, "shuffle": shuffle and d.shuffle}
+                 "clock": clock if mode == "train" else None, "shuffle": shuffle and d.shuffle,
+                 "options": DecodeOptions.of(d)}
     paths = source.train_paths if mode == "train" else source.heldout_paths
     blocks = max(1, min(max(4, len(paths) // (4 * d.decode_batch_size)), len(paths)))
-    if source.is_parquet:
+    if source.pack:  # the chosen ids' bytes from the pack's shards; Parquet's block-order shuffle
+        from .packs import source_rows
+
+        ds = source_rows(source, mode)
+        ds = ds.randomize_block_order() if mode == "train" and fn_kwargs["shuffle"] else ds
+    elif source.is_parquet:
         ds = ray.data.read_parquet(source.parquet, columns=[source.image_column])
         ds = ds.limit(d.limit) if d.limit and mode == "train" else ds
         if mode == "train" and fn_kwargs["shuffle"]:
@@ -148,22 +161,26 @@ def image_dataset(job, source: ImageSource, teacher, size: int, mode: str, ledge
         ds = ray.data.from_items([{"id": p} for p in paths], override_num_blocks=blocks)
     ds = ds.map_batches(decode_and_augment, batch_size=d.decode_batch_size, batch_format="numpy", num_cpus=1,
                         memory=d.decode_memory_mb * 1024**2, fn_kwargs=fn_kwargs)
-    return add_teacher_features(ds, teacher, job.teacher_pool, cluster_has_gpus)
+    return add_teacher_features(ds, teacher, job.teacher_pool, cluster_has_gpus, teachers)
 
 
-def train_feed(ds):
-    """Only what the trainer reads (image view + teacher feature); ids and views stay upstream."""
-    return ds.select_columns(TRAIN_COLUMNS)
+def train_feed(ds, with_ids: bool = False):
+    """Only what the trainer reads (image view + teacher feature; the ids too when the run records
+    them, `train.record_ids`); views stay upstream."""
+    return ds.select_columns(TRAIN_COLUMNS + ["id"] if with_ids else TRAIN_COLUMNS)
 
 
-def distill_datasets(job, source: ImageSource, teacher, size: int, ledger, cluster_has_gpus: bool, clock) -> dict:
+def distill_datasets(job, source: ImageSource, teacher, size: int, ledger, cluster_has_gpus: bool, clock,
+                     running: Optional[contextlib.ExitStack] = None) -> dict:
     """{"train": the streamed dataset (epochs told by `clock`), "heldout": the materialised held-out
-    slice (when there is one)}."""
+    slice (when there is one)}; with `running`, a fixed pool's teacher actors start here for the
+    whole run and end with `running`."""
+    teachers = running.enter_context(teacher_actors(teacher, job.teacher_pool, cluster_has_gpus)) if running else []
     datasets = {"train": train_feed(image_dataset(job, source, teacher, size, "train", ledger, cluster_has_gpus,
-                                                  clock))}
+                                                  clock, teachers=teachers), with_ids=job.train.record_ids)}
     if source.heldout_paths or source.heldout_fraction:
         log.info("teacher features of the held-out slice …")
-        heldout = image_dataset(job, source, teacher, size, "heldout", ledger, cluster_has_gpus)
+        heldout = image_dataset(job, source, teacher, size, "heldout", ledger, cluster_has_gpus, teachers=teachers)
         datasets["heldout"] = train_feed(heldout).materialize()
     return datasets
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..core.artifacts import ModelRef
-from ..data.decode import VIEW_COLUMNS
+from ..data.decode import VIEW_COLUMNS, DecodeOptions
 from ..data.sources import ImageSource
 from ..errors import ConfigError
 from ..storage import Storage
@@ -77,7 +77,8 @@ def cache_key(job, source: ImageSource, teacher: ModelRef, size: int) -> dict:
     ids = "\n".join(source.train_paths) + "\n--heldout--\n" + "\n".join(source.heldout_paths)
     return {"teacher": teacher_identity(teacher), "image_size": size, "crop_scale_min": job.data.crop_scale_min,
             "seed": job.seed, "images_sha256": hashlib.sha256(ids.encode("utf-8")).hexdigest(),
-            "train_images": len(source.train_paths), "heldout_images": len(source.heldout_paths)}
+            "train_images": len(source.train_paths), "heldout_images": len(source.heldout_paths),
+            **({"exif_orientation": "apply"} if job.data.exif_orientation == "apply" else {})}
 
 
 def teacher_identity(teacher: ModelRef) -> dict:
@@ -97,8 +98,8 @@ def teacher_identity(teacher: ModelRef) -> dict:
 
 def _check_source(source: ImageSource) -> None:
     if source.is_parquet:
-        raise ConfigError("The soft-label cache replays views from image files; data.source: parquet is not "
-                          "supported by `promptkd-ray cache` and teacher.cache yet.")
+        raise ConfigError("The soft-label cache replays views from image files; data.source: parquet or packed is "
+                          "not supported by `promptkd-ray cache` and teacher.cache yet.")
 
 
 # --- build ---------------------------------------------------------------------------------------------
@@ -240,7 +241,7 @@ def _difference(made: dict, wanted: dict) -> str:
     """The first field where a cache's key differs from the job's, in words ("" when none)."""
     for field, words in (("teacher", "teacher"), ("image_size", "image size"), ("crop_scale_min", "crop setting"),
                          ("seed", "seed"), ("images_sha256", "image list"), ("train_images", "image list"),
-                         ("heldout_images", "held-out slice")):
+                         ("heldout_images", "held-out slice"), ("exif_orientation", "EXIF orientation rule")):
         if made.get(field) != wanted.get(field):
             return f"{words} ({_short(made.get(field))} in the cache, {_short(wanted.get(field))} in the job)"
     return ""
@@ -303,13 +304,14 @@ def replay_dataset(job, cache: Cache, parts: list, size: int, ledger, clock=None
                                    "shuffle": job.data.shuffle})
     return ds.map_batches(decode_recorded_task, batch_size=job.data.decode_batch_size, batch_format="numpy",
                           num_cpus=1, memory=job.data.decode_memory_mb * 1024**2,
-                          fn_kwargs={"size": size, "on_bad_image": job.data.on_bad_image, "ledger": ledger})
+                          fn_kwargs={"size": size, "on_bad_image": job.data.on_bad_image, "ledger": ledger,
+                                     "options": DecodeOptions.of(job.data)})
 
 
 def replay_datasets(job, cache: Cache, size: int, ledger, clock) -> dict:
     """{"train": slot e mod K in epoch e (told by `clock`); "heldout": the cached held-out slice}."""
     datasets = {"train": train_feed(replay_dataset(job, cache, [slot_name(s) for s in range(cache.views)], size,
-                                                   ledger, clock))}
+                                                   ledger, clock), with_ids=job.train.record_ids)}
     if "heldout" in cache.manifest["parts"]:
         datasets["heldout"] = train_feed(replay_dataset(job, cache, ["heldout"], size, ledger)).materialize()
     return datasets
