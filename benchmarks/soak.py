@@ -69,10 +69,9 @@ def sampler_callback(raylet_pid: int, gcs_address: str, out_file: str, period_s:
     from ray.train.v2.api.callback import UserCallback
 
     class Sampler(UserCallback):
-        def __init__(self):
+        def __init__(self):  # picklable: the lock and the thread start on the controller's first report
             self.peaks: dict = {}
-            self.lock = threading.Lock()
-            self.thread = None
+            self.lock = self.thread = None
 
         def _poll(self) -> dict:
             import psutil
@@ -100,6 +99,8 @@ def sampler_callback(raylet_pid: int, gcs_address: str, out_file: str, period_s:
             from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 
             if self.thread is None:
+                self.lock = threading.Lock()
+                self._poll()
                 self.thread = threading.Thread(target=self._loop, daemon=True)
                 self.thread.start()
             seen = self._poll()
