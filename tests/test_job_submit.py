@@ -8,7 +8,6 @@ Ray on the machine.
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ports import free_ports_and_worker_range
 from stage2_fakes import make_split_json, tiny_job
 
 pytestmark = pytest.mark.slow
@@ -25,26 +25,7 @@ pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 WORKER_PORTS = 200  # width of the head's worker port range
-
-
-def free_ports_and_worker_range(count: int) -> tuple[list[int], int]:
-    """`count` free ports and the first port of a worker range that holds none of them (Ray refuses
-    to start when a component's port falls inside the worker range)."""
-    while True:
-        *ports, min_worker = free_ports(count + 1)
-        if not any(min_worker <= port <= min_worker + WORKER_PORTS for port in ports):
-            return ports, min_worker
 
 
 def stop_process_tree(process: subprocess.Popen) -> None:
@@ -72,7 +53,7 @@ def ray_head():
     """A Ray head with the job server on loopback; yields the job server's address, the environment
     to talk to it with, and the pid of the `ray start` process (the head's processes descend from it)."""
     (gcs, dashboard, client, agent_http, agent_grpc, metrics, runtime_env, node_manager,
-     object_manager), min_worker = free_ports_and_worker_range(9)
+     object_manager), min_worker = free_ports_and_worker_range(9, WORKER_PORTS)
     temp_dir = tempfile.mkdtemp(prefix="rayhead_", dir="/tmp")  # short: Ray's socket paths have a length limit
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     cmd = [RAY, "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
