@@ -36,7 +36,7 @@ import threading
 import time
 from pathlib import Path
 
-from ports import free_ports_and_worker_range
+from own_ray import free_ports_and_worker_range, stop_tree
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -132,27 +132,6 @@ def wait_for_url(url: str, deadline: float) -> None:
             return
         except OSError:
             time.sleep(1)
-
-
-def stop_tree(process: subprocess.Popen, kill: bool = False) -> None:
-    """End `process` and all its descendants (SIGKILL at once with `kill`, else SIGTERM first)."""
-    import psutil
-
-    try:
-        procs = [psutil.Process(process.pid)] + psutil.Process(process.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return
-    for p in procs:
-        try:
-            p.kill() if kill else p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=10)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
 
 
 def registered(run_dir: Path, checkpoint: str) -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ports import free_ports_and_worker_range
+from own_ray import free_ports_and_worker_range, stop_tree
 from stage2_fakes import make_split_json, tiny_job
 
 pytestmark = pytest.mark.slow
@@ -26,26 +26,6 @@ RAY = str(Path(sys.executable).with_name("ray"))
 
 
 WORKER_PORTS = 200  # width of the head's worker port range
-
-
-def stop_process_tree(process: subprocess.Popen) -> None:
-    import psutil
-
-    try:
-        procs = [psutil.Process(process.pid)] + psutil.Process(process.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return
-    for p in procs:
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=5)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
 
 
 @pytest.fixture
@@ -74,7 +54,7 @@ def ray_head():
             time.sleep(2)
         yield address, env, head.pid
     finally:
-        stop_process_tree(head)
+        stop_tree(head)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
