@@ -122,7 +122,6 @@ def test_teachers_trainers_and_decode_run_only_where_cluster_yaml_puts_them(tmp_
     assert_every_image_once_per_epoch(job, bad, report, tmp_path)
 
 
-@pytest.mark.skip(reason="issue 14, open: never yet run to completion on the shared 2-core machine")
 def test_losing_a_teacher_node_mid_epoch_still_trains_every_image_once_per_epoch(tmp_path):
     """Two teacher nodes (2 teacher slots each), a pool of 2 teacher actors; right after epoch 0's
     checkpoint the raylet of a teacher node holding a live teacher actor (and every process on it)
