@@ -136,7 +136,6 @@ def test_losing_a_teacher_node_mid_epoch_still_trains_every_image_once_per_epoch
     assert_every_image_once_per_epoch(job, bad, report, tmp_path)
 
 
-@pytest.mark.skip(reason="issue 14, open: never yet run to completion on the shared 2-core machine")
 def test_losing_a_trainer_node_resumes_from_the_last_checkpoint(tmp_path):
     """Three trainer nodes, two Train workers; the raylet of a node running a worker is killed
     after epoch 0's checkpoint: the worker group restarts on the two left and resumes after epoch 0."""
