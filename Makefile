@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-fast venv clean
+.PHONY: demo test test-fast test-multinode venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	RAY_AUTH_MODE=disabled $(PY) -m pytest -q
+
+test-multinode: $(STAMP)
+	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -m multinode tests/test_multinode.py
 
 test-fast: $(STAMP)
 	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -m "not slow"

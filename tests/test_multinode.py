@@ -20,7 +20,7 @@ import pytest
 
 from stage2_fakes import make_split_json, tiny_job
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.multinode]
 
 DRIVER = Path(__file__).with_name("multinode_driver.py")
 HEAD = {"name": "head", "num_cpus": 0}
