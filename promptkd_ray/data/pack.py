@@ -156,18 +156,19 @@ def encode_image(data: bytes, max_short_side: int) -> tuple[bytes, bool]:
         return data, True
     from PIL import Image
 
+    from .decode import read_image
+
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            if min(img.size) <= max_short_side:
-                return data, True
-            scale = max_short_side / min(img.size)
-            size = (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale)))
-            out = io.BytesIO()
-            img.convert("RGB").resize(size, Image.BICUBIC).save(out, "JPEG", quality=JPEG_QUALITY)
-            return out.getvalue(), True
+        img = read_image(data)  # the one decoder: pixel limit, 16-bit scaling, RGB as training sees it
     except Exception:  # any unreadable image: stored as read, judged downstream like the loose file
         return data, False
+    if min(img.size) <= max_short_side:
+        return data, True
+    scale = max_short_side / min(img.size)
+    size = (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale)))
+    out = io.BytesIO()
+    img.resize(size, Image.BICUBIC).save(out, "JPEG", quality=JPEG_QUALITY)
+    return out.getvalue(), True
 
 
 def _read_one(path: str, max_short_side: int) -> tuple[bytes, bool]:
