@@ -10,7 +10,7 @@ trainer worker and of a teacher actor; measured in one run (ratios only mean som
     ours      the trainer's step = the student's step with stored class vectors and the teacher
               features the pool sent; the pool's teacher image forward is timed on its own, so
               "ours, all compute" = pool + trainer, the like-for-like count.
-    memory    peak RSS (`ru_maxrss`) of a fresh process that runs what a Train worker runs (build the
+    memory    peak RSS (VmHWM) of a fresh process that runs what a Train worker runs (build the
               student, S steps on stored features) and of one that runs what a teacher actor runs
               (`TeacherPredictor` of the pool on the ViT-L-14 spec, S batches of uint8 views); and of
               one that only imports the same modules, for reference.
@@ -23,7 +23,7 @@ Design decisions:
 - The authors'-style text pass is warmed up on a few classes (same sequence length, so the same
   kernels), then timed at all N classes: one full-size text pass costs minutes on a small CPU.
 - Memory is measured in child processes so that each figure is one role's own peak, not this
-  process's (which holds every model at once); they run while this process times the steps, and
+  process's (which holds every model at once); they start once the steps are timed, and
   each writes its figure to `probe_ROLE.json` in --out as soon as it has it.
 - Each pass and step is logged as it completes, and CPU seconds are recorded beside wall seconds:
   on a shared machine a long run's wall times move with other load, its CPU times much less.
@@ -201,11 +201,21 @@ def probe(role: str, batch_size: int, steps: int, classes: int) -> dict:
         rng = np.random.default_rng(0)
         for _ in range(steps):
             predictor({"image": rng.integers(0, 255, (batch_size, 224, 224, 3), dtype=np.uint8)})
-    return {"role": role, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"role": role, "peak_rss_mib": peak_rss_mib()}
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory: Linux's VmHWM (its own address space since exec; the
+    `ru_maxrss` of a child also counts its parent's size at fork), else `ru_maxrss`."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def start_probes(args) -> dict:
-    """Start one child process per role (they run while this process times the steps)."""
+    """Start one child process per role."""
     children = {}
     for role in ("imports", "trainer", "teacher"):
         cmd = [sys.executable, str(Path(__file__).resolve()), "--probe", role, "--batch-size", str(args.batch_size),
@@ -263,8 +273,8 @@ def main(argv=None) -> int:
         print(text)
         return 0
     load_before = os.getloadavg()[0]
-    probes = start_probes(args)
-    results = {"timings": timings(args), "memory": collect_probes(probes), "cores": os.cpu_count(),
+    timed = timings(args)  # the memory probes start afterwards: on a small machine they would slow the timed steps
+    results = {"timings": timed, "memory": collect_probes(start_probes(args)), "cores": os.cpu_count(),
                "load_average": [load_before, os.getloadavg()[0]]}
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     text = report(results)
