@@ -1,6 +1,6 @@
-"""benchmarks/gpu_check.py: its tiny mode runs the model parts on the CPU and reports them; its real
-mode refuses a machine without a GPU. The pipeline part (a Ray job) is not covered here; run it
-with `python benchmarks/gpu_check.py --tiny --parts pipeline`."""
+"""benchmarks/gpu_check.py: its tiny mode runs every part on the CPU and reports it (the pipeline
+part, a Ray job on a local cluster of its own, as a slow test); its real mode refuses a machine
+without a GPU."""
 
 import json
 import os
@@ -32,6 +32,19 @@ def test_tiny_mode_runs_the_model_parts(tmp_path):
     assert report in done.stdout
     for row in ("| teacher image forward | 16 |", "| student step | 16 |", "| authors'-style loop | 8 |"):
         assert row in report
+
+
+@pytest.mark.slow
+def test_tiny_mode_runs_the_pipeline_part_as_a_ray_job(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local cluster
+    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    done = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--parts", "pipeline", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=1200, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    p = json.loads((tmp_path / "results.json").read_text())["pipeline"]
+    assert "error" not in p and p["epochs"] >= 2 and p["images_per_epoch"] == 256, p
+    assert 0 < p["images_per_s"] <= p["after_first_batch_images_per_s"] and p["startup_s"] >= 0
+    assert "| pipeline: 1 teacher actor + 1 Train worker |" in done.stdout
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
