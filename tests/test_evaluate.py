@@ -2,8 +2,11 @@
 URIs, unreadable test images, and one-line errors."""
 
 import csv
+import logging
 import shutil
+from pathlib import Path
 
+import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -216,6 +219,23 @@ def test_predict_top1_agrees_with_eval_accuracy(world, tmp_path):
     direct = (feats @ world["cv"].vectors.t()).argmax(-1).tolist()
     assert [l for _, l in rows] == direct
     assert all(table["top1_prob"][i] >= table["top2_prob"][i] for i in range(len(table["path"])))
+
+
+def test_predict_applies_the_decoders_pixel_limit_and_refuses_one_out_of_range(world, tmp_path, caplog):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(folder / "small.png")
+    Image.new("RGB", (400, 300), (10, 200, 10)).save(folder / "large.png")  # 120,000 pixels
+    common = ["predict", "--student", str(world["student_path"]), "--class-vectors", str(world["cv_path"]),
+              "--images", str(folder), "--no-ray"]
+    with caplog.at_level(logging.INFO):
+        assert main(common + ["--out", str(tmp_path / "p.csv"), "--max-image-pixels", "100000"]) == 0
+    assert [Path(p).name for p in pcsv.read_csv(tmp_path / "p.csv").column("path").to_pylist()] == ["small.png"]
+    assert "1 unreadable images skipped, first: " in caplog.text and "large.png" in caplog.text
+    assert main(common + ["--out", str(tmp_path / "all.csv")]) == 0  # the default limit decodes both
+    assert len(pcsv.read_csv(tmp_path / "all.csv").column("path")) == 2
+    assert main(common + ["--out", str(tmp_path / "x.csv"), "--max-image-pixels", "0"]) == 2
+    assert not (tmp_path / "x.csv").exists()
 
 
 @pytest.mark.slow

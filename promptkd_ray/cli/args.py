@@ -1,5 +1,5 @@
 """Command-line pieces several commands share: naming a dataset (`--dataset/--root`, `--split-json`
-or `--pack`) and opening it."""
+or `--pack`) and opening it; the decoder's rules (`--max-image-pixels`, `--exif-orientation`)."""
 
 from __future__ import annotations
 
@@ -32,3 +32,24 @@ def open_datasets(args) -> list:
     if not args.dataset or not args.root:
         raise UsageError("Give --dataset NAME and --root DATA_ROOT, --split-json PATH or --pack PACK.")
     return [load_dataset(name, args.root) for name in args.dataset]
+
+
+def add_decode_arguments(p: argparse.ArgumentParser) -> None:
+    """The decoder's rules, as a training job's `data` section sets them."""
+    from ..data.decode import DEFAULT_MAX_IMAGE_PIXELS, EXIF_ORIENTATIONS
+
+    p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
+                   help="an image declaring more pixels (width × height) is refused undecoded, i.e. unreadable")
+    p.add_argument("--exif-orientation", choices=EXIF_ORIENTATIONS, default="ignore",
+                   help="ignore EXIF rotation (the authors) or apply it before the test transform")
+
+
+def decode_options(args):
+    """The DecodeOptions the arguments of `add_decode_arguments` give (a pixel limit out of range is
+    refused in one sentence)."""
+    from ..data.decode import PIL_REFUSAL_PIXELS, DecodeOptions
+
+    if not 1 <= args.max_image_pixels <= PIL_REFUSAL_PIXELS:
+        raise UsageError(f"--max-image-pixels must be in 1 … {PIL_REFUSAL_PIXELS} (PIL refuses larger images "
+                         f"itself), got {args.max_image_pixels}.")
+    return DecodeOptions(args.max_image_pixels, args.exif_orientation)

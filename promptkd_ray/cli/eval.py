@@ -15,13 +15,12 @@ import argparse
 import logging
 from pathlib import Path
 
-from .args import add_dataset_arguments, open_datasets
+from .args import add_dataset_arguments, add_decode_arguments, decode_options, open_datasets
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..data.decode import DEFAULT_MAX_IMAGE_PIXELS, EXIF_ORIENTATIONS
     from ..evaluate import PROTOCOLS
 
     p.add_argument("--protocol", choices=PROTOCOLS, default="base2novel")
@@ -39,27 +38,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-ray", action="store_true", help="encode in-process instead of Ray Data")
     p.add_argument("--skip-unreadable", action="store_true",
                    help="leave unreadable test images out and report their count (and names) beside the score")
-    p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
-                   help="an image declaring more pixels (width × height) is refused undecoded, i.e. unreadable")
-    p.add_argument("--exif-orientation", choices=EXIF_ORIENTATIONS, default="ignore",
-                   help="ignore EXIF rotation (the authors) or apply it before the test transform")
+    add_decode_arguments(p)
 
 
 def run(args) -> int:
     from ..config.sections import RayConfig
     from ..core.artifacts import ModelRef
     from ..core.classvectors import load_class_vectors
-    from ..data.decode import PIL_REFUSAL_PIXELS, DecodeOptions
     from ..errors import UsageError
     from ..evaluate import PUBLISHED_B2N, Entry, class_vectors_for, score, write_report
     from ..orchestration import cluster
 
     if not (args.student or args.teacher or args.zeroshot):
         raise UsageError("Nothing to evaluate: give --student, --teacher and/or --zeroshot.")
-    if not 1 <= args.max_image_pixels <= PIL_REFUSAL_PIXELS:
-        raise UsageError(f"--max-image-pixels must be in 1 … {PIL_REFUSAL_PIXELS} (PIL refuses larger images "
-                         f"itself), got {args.max_image_pixels}.")
-    options = DecodeOptions(args.max_image_pixels, args.exif_orientation)
+    options = decode_options(args)
     datasets = open_datasets(args)
     given, computed = [load_class_vectors(path) for path in args.class_vectors], {}
     others = [Entry("teacher", ModelRef("teacher", t), None, i) for i, t in enumerate(args.teacher)]

@@ -2,13 +2,17 @@
 
 Writes one row per readable image: path, then k columns each of label, class name and
 probability (softmax of the student's logits over all classes). Output format from the suffix:
-`.parquet` or `.csv`. Unreadable files are skipped and counted in the log.
+`.parquet` or `.csv`. Images go through the one decoder with the training jobs' rules
+(--max-image-pixels, --exif-orientation); unreadable files (including one over the pixel limit) are
+skipped and counted in the log.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+
+from .args import add_decode_arguments, decode_options
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--actors", type=int, default=1)
     p.add_argument("--no-ray", action="store_true", help="encode in-process instead of Ray Data")
+    add_decode_arguments(p)
 
 
 def run(args) -> int:
@@ -35,6 +40,7 @@ def run(args) -> int:
 
     if not args.out.endswith((".parquet", ".csv")):
         raise UsageError(f"--out must end in .parquet or .csv, got {args.out!r}.")
+    options = decode_options(args)
     info = read_student_info(args.student)
     cv = load_class_vectors(args.class_vectors, expected_dim=info.teacher_dim)
     if info.class_vectors_sha256 and info.class_vectors_sha256 != cv.sha256:
@@ -45,7 +51,7 @@ def run(args) -> int:
         cluster.connect(RayConfig(), cpus_needed=2 + args.actors)
     student = ModelRef("student", args.student)
     encoded = encode_items(student, paths, [-1] * len(paths), use_ray=not args.no_ray,
-                           batch_size=args.batch_size, num_actors=args.actors)
+                           batch_size=args.batch_size, num_actors=args.actors, options=options)
     table = predictions_table(encoded, cv, args.top_k, student.classifier())
     write_table(table, args.out)
     log.info("%d predictions written to %s (%d unreadable images skipped%s)", table.num_rows, args.out,
