@@ -10,6 +10,9 @@ Design decisions:
   log files (`/tmp/ray/session_latest/logs` on the head), not to the console: the workers' output
   is not forwarded to the driver (`log_to_driver=False`). What a user sees comes from
   `orchestration.progress`; `-v` forwards everything again.
+- The run's bookkeeping actors (the bad-image ledger, the epoch clock, the progress board) live on
+  the driver's node (`on_driver_node`), as Ray Data's split coordinator does: a node lost elsewhere
+  (a teacher's, a trainer's) must not take them along and end a run that could go on.
 - GPU use is decided from what the cluster offers, never from the driver's own CUDA (a CPU head
   node drives GPU workers on a cluster).
 - A `PromptKDError` raised in a worker or a Ray Data task reaches the driver wrapped
@@ -56,6 +59,16 @@ def _start_or_join(ray_config, cpus_needed: float) -> None:
         # 4×; the logical CPUs we overstate (see above) are the concurrency we ask for.
         ray.init(address="local", num_cpus=num_cpus, object_store_memory=ray_config.object_store_mb * 1024**2 or None,
                  include_dashboard=False, _system_config={"worker_maximum_startup_concurrency": num_cpus}, **quiet)
+
+
+def on_driver_node() -> dict:
+    """Actor options for a run's bookkeeping actor: no CPU, on the node of the process that makes it
+    (the driver; in a sweep, the trial), never elsewhere."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    node = ray.get_runtime_context().get_node_id()
+    return {"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)}
 
 
 def keep_working_directory() -> None:

@@ -43,7 +43,9 @@ class EpochClock:
 def start_clock():
     import ray
 
-    return ray.remote(num_cpus=0)(EpochClock).remote()
+    from .cluster import on_driver_node
+
+    return ray.remote(EpochClock).options(**on_driver_node()).remote()
 
 
 def set_epoch(clock, epoch: int) -> None:

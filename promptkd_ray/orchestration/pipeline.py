@@ -73,7 +73,9 @@ class BadImageLedger:
 def start_ledger():
     import ray
 
-    return ray.remote(num_cpus=0)(BadImageLedger).remote()
+    from .cluster import on_driver_node
+
+    return ray.remote(BadImageLedger).options(**on_driver_node()).remote()
 
 
 def decode_and_augment(batch: dict, size: int, mode: str, on_bad_image: str, ledger=None,

@@ -90,7 +90,9 @@ class Console:
     def __enter__(self):
         import ray
 
-        self.board = ray.remote(num_cpus=0)(ProgressBoard).remote()
+        from .cluster import on_driver_node
+
+        self.board = ray.remote(ProgressBoard).options(**on_driver_node()).remote()
         self._thread = threading.Thread(target=self._poll, name="promptkd-progress", daemon=True)
         self._thread.start()
         return self.board
