@@ -123,7 +123,7 @@ def test_teachers_trainers_and_decode_run_only_where_cluster_yaml_puts_them(tmp_
     assert set(trainers) == {"trainer_1"} and sum(trainers.values()) >= 2  # (a restarted group adds some)
     assert decode and "head" not in decode
     driver_node = set(bookkeeping["SplitCoordinator"])  # Ray Data pins it to the driver's node
-    assert len(driver_node) == 1 and all(set(nodes) == driver_node for nodes in bookkeeping.values()), bookkeeping
+    assert len(driver_node) == 1 and all(set(on) == driver_node for on in bookkeeping.values()), bookkeeping
     assert_every_image_once_per_epoch(job, bad, report, tmp_path)
 
 
