@@ -151,6 +151,11 @@ class Storage:
         except UnicodeDecodeError as exc:
             raise StorageError(f"Expected UTF-8 text in {self.path(rel)}, found undecodable bytes ({exc}).") from None
 
+    def open_input_file(self, rel: str):
+        """`rel` for a reader that seeks (Parquet's row groups): its local path, or a random-access
+        file of this storage's file system (made once per folder and process)."""
+        return self.path(rel) if self.is_local else self._fs.open_input_file(self._fs_path(rel))
+
     def write_bytes(self, rel: str, data: bytes) -> str:
         """Write `data` to `rel` atomically (temporary name, then a move); → its path or URI."""
         return self.write_files({rel: data})[0]
@@ -234,6 +239,12 @@ def read_bytes(path: "str | os.PathLike") -> bytes:
     """The bytes of one local file or URI."""
     storage, name = _parent_and_name(path)
     return storage.read_bytes(name)
+
+
+def open_input_file(path: "str | os.PathLike"):
+    """`Storage.open_input_file` of one local file or URI."""
+    storage, name = _parent_and_name(path)
+    return storage.open_input_file(name)
 
 
 def write_bytes(path: "str | os.PathLike", data: bytes) -> str:

@@ -48,6 +48,20 @@ def test_a_pack_holds_every_image_as_its_bytes_under_its_relative_path_in_the_so
     assert pack.splits().pack == pack.root and m["reencode"] is None
 
 
+def test_the_row_group_reader_reads_a_pack_on_disk_and_behind_a_uri_alike(tmp_path):
+    from promptkd_ray.orchestration.packs import _read_row_groups
+
+    splits, _ = _dataset(tmp_path, per_class=6)
+    for root in (str(tmp_path / "pack"), (tmp_path / "pack").as_uri()):
+        pack = open_pack(root) if (tmp_path / "pack").exists() else write_pack(splits, root, SOURCE, progress=False)
+        groups = pack.row_groups("train")
+        assert groups[0][0].startswith("file://") == root.startswith("file://")
+        rows = _read_row_groups({"path": [g[0] for g in groups], "group": [g[1] for g in groups]}, labels=True)
+        blobs = packing.read_pack_bytes(str(tmp_path / "pack"), "train")
+        assert list(rows["id"]) == list(blobs) and [bytes(b) for b in rows["bytes"]] == list(blobs.values())
+        assert list(rows["label"]) == [it.label for it in splits.train]
+
+
 def test_a_pack_without_its_manifest_is_refused_in_one_sentence(tmp_path):
     splits, _ = _dataset(tmp_path, per_class=3)
     with pytest.raises(DatasetLayoutError, match=r"found no pack manifest\.$"):

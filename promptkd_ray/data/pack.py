@@ -134,8 +134,7 @@ def base_folder(paths: Sequence[str]) -> str:
     if not paths:
         return ""
     if all(not is_uri(p) for p in paths):
-        common = os.path.commonpath([os.path.dirname(p) for p in paths])
-        return common
+        return os.path.commonpath([os.path.dirname(p) for p in paths])
     dirs = [p.rsplit("/", 1)[0] for p in paths]
     common = os.path.commonprefix(dirs)
     if any(d != common and not d.startswith(common + "/") for d in dirs):
@@ -278,10 +277,13 @@ def _done_shards(store: Storage, split: str) -> list[dict]:
         if name != f"part-{len(shards):05d}.parquet":
             break
         data = store.read_bytes(join(split, name))
-        rows = pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
-        shards.append({"path": join(split, name), "rows": rows, "bytes": len(data),
-                       "sha256": hashlib.sha256(data).hexdigest()})
+        shards.append(_shard_entry(join(split, name), pq.ParquetFile(io.BytesIO(data)).metadata.num_rows, data))
     return shards
+
+
+def _shard_entry(path: str, rows: int, data: bytes) -> dict:
+    """A shard as the manifest lists it."""
+    return {"path": path, "rows": rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def _pack_split(store: Storage, split: str, items: Sequence[Item], classnames: Sequence[str], base: str,
@@ -318,7 +320,7 @@ def _flush(store: Storage, split: str, index: int, rows: dict, began: float) -> 
     seconds = max(time.perf_counter() - began, 1e-9)
     log.info("%s: %d images, %.1f MB (%.0f images/s, %.1f MB/s)", path, len(rows["id"]), len(data) / 1e6,
              len(rows["id"]) / seconds, len(data) / 1e6 / seconds)
-    return {"path": path, "rows": len(rows["id"]), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return _shard_entry(path, len(rows["id"]), data)
 
 
 def _bar(total: int, progress: bool):

@@ -1,6 +1,6 @@
 """Reading a pack (`data/pack.py`) on Ray Data: a split's shards → rows {id, bytes (, label)} of chosen ids.
 
-    read_parquet(split's shards, [id, image, label]) → map_batches(keep the chosen ids)
+    from_items(row groups) → map_batches(read each row group) → map_batches(keep the chosen ids)
 
 Design decisions:
 - Rows are kept by id, not by position, so Stage II's held-out slice and `data.limit` (chosen over
@@ -23,19 +23,24 @@ import numpy as np
 
 from ..data.pack import open_pack, row_filter
 
-_PROCESS_CACHE: dict = {}  # per worker process: the latest id set, by its object ref
+_PROCESS_CACHE: dict = {}  # per worker process and use: (object ref's hex, its value)
+
+
+def _process_cached(use: str, ref):
+    """The value of object `ref`, fetched once per worker process (kept under `use` until another
+    ref comes for it)."""
+    import ray
+
+    if _PROCESS_CACHE.get(use, ("",))[0] != ref.hex():
+        _PROCESS_CACHE[use] = (ref.hex(), ray.get(ref))
+    return _PROCESS_CACHE[use][1]
 
 
 def _kept(batch: dict, rule: str, ids_ref) -> dict:
     """Ray Data task: the rows of `batch` that `rule` ("all" / "include" / "exclude") keeps."""
     if rule == "all":
         return batch
-    import ray
-
-    key = ids_ref.hex()
-    if _PROCESS_CACHE.get("key") != key:
-        _PROCESS_CACHE.update(key=key, ids=ray.get(ids_ref))
-    ids = _PROCESS_CACHE["ids"]
+    ids = _process_cached("ids", ids_ref)
     keep = np.asarray([(str(i) in ids) == (rule == "include") for i in batch["id"]], dtype=bool)
     return {k: np.asarray(v)[keep] for k, v in batch.items()}
 
@@ -43,14 +48,13 @@ def _kept(batch: dict, rule: str, ids_ref) -> dict:
 def _read_row_groups(batch: dict, labels: bool) -> dict:
     """Ray Data task: row groups {path, group} of a pack's shards → rows {id, bytes (, label)}."""
     import pyarrow.parquet as pq
-    from pyarrow.fs import FileSystem
+
+    from ..storage import open_input_file
 
     columns = ["id", "image"] + ["label"] * labels
     parts = []
     for path, group in zip(batch["path"], batch["group"]):
-        path = str(path)
-        source = FileSystem.from_uri(path)[0].open_input_file(FileSystem.from_uri(path)[1]) if "://" in path else path
-        parts.append(pq.ParquetFile(source).read_row_group(int(group), columns=columns))
+        parts.append(pq.ParquetFile(open_input_file(str(path))).read_row_group(int(group), columns=columns))
     rows = {"id": np.asarray([i for t in parts for i in t.column("id").to_pylist()], dtype=object),
             "bytes": np.asarray([b for t in parts for b in t.column("image").to_pylist()], dtype=object)}
     if labels:
@@ -88,12 +92,7 @@ def source_rows(source, mode: str):
 
 def _with_index(batch: dict, index_ref) -> dict:
     """Ray Data task: eval rows {id, bytes} → {id, bytes, label, index} (the items' label and order)."""
-    import ray
-
-    key = index_ref.hex()
-    if _PROCESS_CACHE.get("index_key") != key:
-        _PROCESS_CACHE.update(index_key=key, index=ray.get(index_ref))
-    index = _PROCESS_CACHE["index"]
+    index = _process_cached("index", index_ref)
     found = [index[str(i)] for i in batch["id"]]
     return {"id": batch["id"], "bytes": batch["bytes"], "label": np.asarray([f[0] for f in found], np.int64),
             "index": np.asarray([f[1] for f in found], np.int64)}
