@@ -84,20 +84,15 @@ def torch_load_restricted(path: "str | os.PathLike") -> object:
         return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
-def is_torchscript_archive(path: "str | os.PathLike") -> bool:
-    """True for a readable zip holding TorchScript code (`<name>/code/…`, `constants.pkl`)."""
-    from ..core.models.torchscript import torchscript_root
-
-    return torchscript_root(path) is not None
-
-
 def read_official_checkpoint(path: "str | os.PathLike") -> dict[str, torch.Tensor]:
     """The model state dict of an official checkpoint (Dassl dict or bare state dict), with a
     `module.` prefix stripped and the ignored buffers dropped."""
+    from ..core.models.torchscript import is_torchscript
+
     path = Path(path)
     if not path.is_file():
         raise OfficialCheckpointError(f"Checkpoint {path} does not exist.")
-    if is_torchscript_archive(path):
+    if is_torchscript(path):
         raise OfficialCheckpointError(
             f"{path} is a TorchScript archive (a base CLIP file such as ViT-B-16.pt?), not an official checkpoint."
         )

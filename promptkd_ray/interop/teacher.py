@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.models.teacher import Teacher
-from ..core.models.torchscript import read_torchscript_weights, torchscript_root
+from ..core.models.torchscript import is_torchscript, read_torchscript_weights
 from .checkpoint import (OfficialCheckpointError, VisionArch, block_indices, first_line, heads_for, load_strict,
                          need, prompt_depth, read_official_checkpoint, require_kind, split_prompts,
                          torch_load_restricted, vision_arch)
@@ -82,7 +82,7 @@ def read_base_clip(path: "str | os.PathLike") -> dict:
     """State dict of an OpenAI CLIP file: a TorchScript archive (as released) or a (Dassl) state dict."""
     if not os.path.isfile(path):
         raise OfficialCheckpointError(f"Base CLIP file {path} does not exist.")
-    if torchscript_root(path) is not None:  # as released: read its tensors, never run it (torch.jit.load would)
+    if is_torchscript(path):  # as released: read its tensors, never run it (torch.jit.load would)
         try:
             return read_torchscript_weights(path)
         except ValueError as exc:

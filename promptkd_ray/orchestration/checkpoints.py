@@ -165,14 +165,14 @@ def load_checkpoint(directory: "str | Path", fingerprint: dict) -> tuple[dict, d
     its manifest (`CheckpointCorruptError`) and its fingerprint (`CheckpointMismatchError`)."""
     from safetensors.torch import load
 
-    from ..core.models.torchscript import torchscript_root
+    from ..core.models.torchscript import is_torchscript
 
     directory = Path(directory)
     folder = Storage(directory)
     verify_checkpoint(folder)
     progress = read_progress(directory)
     check_fingerprint(progress, fingerprint, directory.name)
-    if torchscript_root(directory / TRAIN_STATE_FILE) is not None:  # torch < 2.6 would hand it to torch.jit.load
+    if is_torchscript(directory / TRAIN_STATE_FILE):  # torch < 2.6 would hand it to torch.jit.load
         raise CheckpointCorruptError(f"The checkpoint {directory} is corrupt: its {TRAIN_STATE_FILE} is TorchScript.")
     try:
         tensors = load(folder.read_bytes(TRAINABLE_FILE))

@@ -176,9 +176,9 @@ def read_weights_file(path: "str | os.PathLike") -> dict:
 
 
 def _read_torch_file(path: Path) -> dict:
-    from .torchscript import read_torchscript_weights, torchscript_root
+    from .torchscript import is_torchscript, read_torchscript_weights
 
-    if torchscript_root(path) is not None:  # OpenAI's released .pt files: read, never run (torch.jit.load would)
+    if is_torchscript(path):  # OpenAI's released .pt files: read, never run (torch.jit.load would)
         return read_torchscript_weights(path)
     return torch.load(str(path), map_location="cpu", weights_only=True)
 

@@ -54,6 +54,12 @@ def torchscript_root(path: "str | os.PathLike") -> str | None:
     return None
 
 
+def is_torchscript(path: "str | os.PathLike") -> bool:
+    """`path` is a TorchScript archive (whatever its name): never hand it to `torch.jit.load` or,
+    before torch 2.6, to `torch.load`, which would pass it on."""
+    return torchscript_root(path) is not None
+
+
 class _Record:
     """An instance of a TorchScript class, as an inert record of its pickled state."""
 
