@@ -36,7 +36,7 @@ def open_datasets(args) -> list:
 
 def add_decode_arguments(p: argparse.ArgumentParser) -> None:
     """The decoder's rules, as a training job's `data` section sets them."""
-    from ..data.decode import DEFAULT_MAX_IMAGE_PIXELS, EXIF_ORIENTATIONS
+    from ..data.limits import DEFAULT_MAX_IMAGE_PIXELS, EXIF_ORIENTATIONS
 
     p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
                    help="an image declaring more pixels (width × height) is refused undecoded, i.e. unreadable")
@@ -46,10 +46,12 @@ def add_decode_arguments(p: argparse.ArgumentParser) -> None:
 
 def decode_options(args):
     """The DecodeOptions the arguments of `add_decode_arguments` give (a pixel limit out of range is
-    refused in one sentence)."""
-    from ..data.decode import PIL_REFUSAL_PIXELS, DecodeOptions
+    refused in one sentence; argparse has checked the EXIF rule)."""
+    from ..data.decode import DecodeOptions
+    from ..data.limits import PIL_REFUSAL_PIXELS
 
-    if not 1 <= args.max_image_pixels <= PIL_REFUSAL_PIXELS:
+    try:
+        return DecodeOptions(args.max_image_pixels, args.exif_orientation)
+    except ValueError:  # its own range check: said with the flag's name
         raise UsageError(f"--max-image-pixels must be in 1 … {PIL_REFUSAL_PIXELS} (PIL refuses larger images "
-                         f"itself), got {args.max_image_pixels}.")
-    return DecodeOptions(args.max_image_pixels, args.exif_orientation)
+                         f"itself), got {args.max_image_pixels}.") from None

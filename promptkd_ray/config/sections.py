@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Optional
 
 from ..core.templates import TEMPLATE_SETS
+from ..data.limits import DEFAULT_MAX_IMAGE_PIXELS, EXIF_ORIENTATIONS, PIL_REFUSAL_PIXELS
 from ..errors import ConfigError
 from ..storage import is_uri
 from .loader import WEIGHT_SUFFIXES, choice, path_field, show_value
@@ -96,8 +97,8 @@ class ImagesConfig:
     toyworld_seed: int = 0  # toyworld only: seed of the world (pretraining + images), not of the run
     image_size: int = 0  # training resolution in pixels; 0 = the model's input size
     crop_scale_min: float = 0.08  # smallest train crop, as a fraction of the image area (authors: 0.08)
-    max_image_pixels: int = 89_478_485  # an image declaring more pixels (width × height) is refused undecoded
-    exif_orientation: str = choice("ignore", "apply")  # EXIF rotation: ignore (authors) or apply before cropping
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # an image declaring more pixels (width × height) is refused undecoded
+    exif_orientation: str = choice(*EXIF_ORIENTATIONS)  # EXIF rotation: ignore (authors) or apply before cropping
 
 
 class Problems(list):
@@ -210,8 +211,8 @@ def images_checks(d: ImagesConfig, problems: Problems, section: str = "data") ->
     problems.need(d.image_size >= 0, f"{section}.image_size", f"must be ≥ 0, got {d.image_size}.")
     problems.need(0 <= d.toyworld_seed <= SEED_MAX, f"{section}.toyworld_seed",
                   f"must be in 0 … {SEED_MAX}, got {d.toyworld_seed}.")
-    problems.need(1 <= d.max_image_pixels <= 178_956_970, f"{section}.max_image_pixels",
-                  f"must be in 1 … 178956970 (PIL refuses larger images itself), got {d.max_image_pixels}.")
+    problems.need(1 <= d.max_image_pixels <= PIL_REFUSAL_PIXELS, f"{section}.max_image_pixels",
+                  f"must be in 1 … {PIL_REFUSAL_PIXELS} (PIL refuses larger images itself), got {d.max_image_pixels}.")
     for name in REQUIRED_BY_SOURCE[d.source]:
         problems.need(bool(getattr(d, name)), f"{section}.{name}", f"must be set when {section}.source is {d.source}.")
 

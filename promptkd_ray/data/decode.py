@@ -68,13 +68,11 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from .. import storage
+from .limits import DEFAULT_MAX_IMAGE_PIXELS, EXIF_ORIENTATIONS, PIL_REFUSAL_PIXELS
 from .transforms import CLIP_MEAN, CLIP_STD, CROP_SCALE, View, full_view, sample_view
 
 VIEW_COLUMNS = ("view_top", "view_left", "view_height", "view_width", "view_flip")
 MODES = ("train", "heldout", "test")
-DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # PIL's own Image.MAX_IMAGE_PIXELS (it warns above, refuses above 2×)
-PIL_REFUSAL_PIXELS = 2 * DEFAULT_MAX_IMAGE_PIXELS  # PIL refuses larger images itself: a higher limit cannot hold
-EXIF_ORIENTATIONS = ("ignore", "apply")
 WIDE_INTEGER_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")  # scaled 0…65535 → 0…255, not clipped
 
 
