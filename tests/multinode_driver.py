@@ -36,7 +36,7 @@ import threading
 import time
 from pathlib import Path
 
-from own_ray import free_ports_and_worker_range, stop_tree
+from own_ray import free_ports_and_worker_range, registered, stop_tree
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -132,13 +132,6 @@ def wait_for_url(url: str, deadline: float) -> None:
             return
         except OSError:
             time.sleep(1)
-
-
-def registered(run_dir: Path, checkpoint: str) -> bool:
-    try:
-        return checkpoint in (run_dir / "checkpoint_manager_snapshot.json").read_text()
-    except OSError:
-        return False
 
 
 def alive_actor_on(dashboard: str, node_id: str, class_part: str) -> bool:

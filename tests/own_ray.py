@@ -1,10 +1,12 @@
-"""For the tests that start Ray clusters of their own (`ray start` processes): free loopback ports,
-and ending a process with all its descendants."""
+"""For the tests that run Ray jobs and clusters of their own (`ray start` processes): free loopback
+ports, a process's descendants by command line and ending them, and whether Ray Train has
+registered a checkpoint."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
+from pathlib import Path
 
 
 def free_ports(count: int) -> list[int]:
@@ -45,3 +47,28 @@ def stop_tree(process: subprocess.Popen, kill: bool = False) -> None:
             p.kill()
         except psutil.NoSuchProcess:
             pass
+
+
+def descendants(root_pid: int, *words: str) -> list:
+    """The descendant processes of `root_pid` (this test's own, not another Ray's on the machine)
+    whose command line holds every one of `words`."""
+    import psutil
+
+    found = []
+    for process in psutil.Process(root_pid).children(recursive=True):
+        try:
+            line = " ".join(process.cmdline())
+        except psutil.Error:
+            continue
+        if all(word in line for word in words):
+            found.append(process)
+    return found
+
+
+def registered(run_dir: Path, checkpoint: str) -> bool:
+    """Ray Train's controller has registered `checkpoint` of the run in `run_dir` (its snapshot
+    file names it)."""
+    try:
+        return checkpoint in (Path(run_dir) / "checkpoint_manager_snapshot.json").read_text()
+    except OSError:
+        return False

@@ -5,31 +5,23 @@ TensorBoard staged locally and uploaded) while the test reads the files on local
 
 import csv
 import json
+import os
 import shutil
 import threading
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 
 from promptkd_ray.config import distill_job_from_dict
 from promptkd_ray.errors import CheckpointMismatchError
+from own_ray import descendants, registered
 from stage2_fakes import make_split_json, tiny_job
 
 pytestmark = pytest.mark.slow
 
 EPOCHS = 3
-
-
-def _registered(run_dir: Path, checkpoint: str) -> bool:
-    """Ray Train's controller has registered `checkpoint` (its snapshot file names it)."""
-    snapshot = run_dir / "checkpoint_manager_snapshot.json"
-    try:
-        return checkpoint in snapshot.read_text()
-    except OSError:
-        return False
 
 
 def kill_a_train_worker_once(run_dir: Path, after_epoch: int = 0, timeout: float = 300.0) -> list:
@@ -40,17 +32,11 @@ def kill_a_train_worker_once(run_dir: Path, after_epoch: int = 0, timeout: float
 
     def watch() -> None:
         deadline = time.time() + timeout
-        while not _registered(run_dir, f"checkpoint_epoch_{after_epoch:03d}") and time.time() < deadline:
+        while not registered(run_dir, f"checkpoint_epoch_{after_epoch:03d}") and time.time() < deadline:
             time.sleep(0.05)
-        for process in psutil.Process().children(recursive=True):  # this session's Ray only
-            try:
-                cmdline = process.cmdline()
-            except psutil.Error:
-                continue
-            if any("RayTrainWorker" in part for part in cmdline):
-                process.kill()
-                killed.append(process.pid)
-                return
+        for process in descendants(os.getpid(), "RayTrainWorker")[:1]:  # this session's Ray only
+            process.kill()
+            killed.append(process.pid)
 
     threading.Thread(target=watch, daemon=True).start()
     return killed

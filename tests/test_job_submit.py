@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from own_ray import free_ports_and_worker_range, stop_tree
+from own_ray import descendants, free_ports_and_worker_range, stop_tree
 from stage2_fakes import make_split_json, tiny_job
 
 pytestmark = pytest.mark.slow
@@ -134,21 +134,6 @@ def test_ray_job_submit_runs_a_sweep(tmp_path, ray_head):
     assert len((folder / "trials.csv").read_text().splitlines()) == 3  # header + 2 trials
 
 
-def _head_processes(head_pid: int, *words: str) -> list:
-    """The head's descendant processes whose command line holds every one of `words`."""
-    import psutil
-
-    found = []
-    for process in psutil.Process(head_pid).children(recursive=True):
-        try:
-            line = " ".join(process.cmdline())
-        except psutil.Error:
-            continue
-        if all(word in line for word in words):
-            found.append(process)
-    return found
-
-
 def test_a_killed_driver_resubmitted_resumes_from_its_last_checkpoint_with_the_same_history(tmp_path, ray_head):
     """The driver of a submitted distill job is SIGKILLed once epoch 0's checkpoint is registered;
     its Train workers and teacher actors end with it; the same command submitted again resumes
@@ -169,7 +154,7 @@ def test_a_killed_driver_resubmitted_resumes_from_its_last_checkpoint_with_the_s
         assert client.get_job_status("driver-killed") in (JobStatus.PENDING, JobStatus.RUNNING) \
             and time.time() < deadline, client.get_job_logs("driver-killed")[-3000:]
         time.sleep(0.2)
-    drivers = _head_processes(head_pid, "promptkd_ray.cli", "distill")
+    drivers = descendants(head_pid, "promptkd_ray.cli", "distill")
     assert drivers
     for driver in drivers:
         driver.kill()
@@ -181,7 +166,7 @@ def test_a_killed_driver_resubmitted_resumes_from_its_last_checkpoint_with_the_s
     before = json.loads((run_dir / registered / "progress.json").read_text())
     assert before["epoch"] < epochs - 1  # killed before the last epoch
     orphans_gone = time.time() + 120
-    while _head_processes(head_pid, "TeacherPredictor") + _head_processes(head_pid, "RayTrainWorker"):
+    while descendants(head_pid, "TeacherPredictor") + descendants(head_pid, "RayTrainWorker"):
         assert time.time() < orphans_gone, "the killed driver's teacher actors or Train workers outlived it"
         time.sleep(1)
 

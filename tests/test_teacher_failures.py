@@ -10,35 +10,20 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from promptkd_ray.config import distill_job_from_dict
+from own_ray import descendants
 from stage2_fakes import make_split_json, tiny_job
 
 EPOCHS = 3
 RAY_ISSUE = "53727"
 
 
-def _registered(run_dir: Path, checkpoint: str) -> bool:
-    """Ray Train's controller has registered `checkpoint` (its snapshot file names it)."""
-    try:
-        return checkpoint in (run_dir / "checkpoint_manager_snapshot.json").read_text()
-    except OSError:
-        return False
-
-
-def teacher_processes(root: psutil.Process) -> list:
-    """The teacher actor processes among `root`'s descendants (this session's cluster only: other
-    Ray clusters on the machine are left alone)."""
-    found = []
-    for process in root.children(recursive=True):
-        try:
-            if any("TeacherPredictor" in part for part in process.cmdline()):
-                found.append(process)
-        except psutil.Error:
-            pass
-    return found
+def teacher_processes() -> list:
+    """The teacher actor processes among this test process's descendants (this session's cluster
+    only: other Ray clusters on the machine are left alone)."""
+    return descendants(os.getpid(), "TeacherPredictor")
 
 
 def _calls_submitted_since(actor_id: str, since_ns: int) -> list:
@@ -80,13 +65,12 @@ def kill_a_teacher_mid_epoch(run_dir: Path, epoch: int = 1, timeout: float = 900
     to it (they wait, unanswered), then SIGKILL it and wait for Ray to restart it. Returns (the dict
     that receives what happened, the thread)."""
     seen: dict = {}
-    root = psutil.Process(os.getpid())
 
     def watch() -> None:
         deadline = time.time() + timeout
         while not (run_dir / f"checkpoint_epoch_{epoch - 1:03d}").exists() and time.time() < deadline:
             time.sleep(0.005)
-        (teacher,) = teacher_processes(root)  # the run's one teacher actor, alive since before epoch 0
+        (teacher,) = teacher_processes()  # the run's one teacher actor, alive since before epoch 0
         teacher.suspend()
         try:
             kill_when_calls_wait(teacher)
@@ -104,9 +88,9 @@ def kill_a_teacher_mid_epoch(run_dir: Path, epoch: int = 1, timeout: float = 900
         seen["next_checkpoint_before_kill"] = (run_dir / f"checkpoint_epoch_{epoch:03d}").exists()
         teacher.kill()
         seen["killed"], deadline = teacher.pid, time.time() + 120
-        while time.time() < deadline and not [p for p in teacher_processes(root) if p.pid != teacher.pid]:
+        while time.time() < deadline and not [p for p in teacher_processes() if p.pid != teacher.pid]:
             time.sleep(0.05)
-        seen["restarted"] = [p.pid for p in teacher_processes(root) if p.pid != teacher.pid]
+        seen["restarted"] = [p.pid for p in teacher_processes() if p.pid != teacher.pid]
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
