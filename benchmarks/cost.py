@@ -1,7 +1,7 @@
 """Inference cost of image towers (the paper's Table 7): parameters, GFLOPs and images/s.
 
 GFLOPs are counted by `torch.utils.flop_counter.FlopCounterMode` for one image (matmuls and
-convolutions, counted as 2·MACs); images/s is measured on the same machine in the same run for
+convolutions, counted as 2·MACs; attention through its plain path, which the counter sees); images/s is measured on the same machine in the same run for
 every model, after warm-up, so rows compare as ratios. The student row includes its prompts and
 projector; the teacher row is its image tower (its text side is precomputed class vectors).
 `start_benchmark` is every benchmark script's common start (logging, arguments, --out folder).
@@ -9,6 +9,7 @@ projector; the teacher row is its image tower (its text side is precomputed clas
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -26,10 +27,23 @@ class CostRow:
 
 
 def count_gflops(encode, image_size: int, device: str) -> float:
+    """GFLOPs of one image through `encode`, attention included (`no_mha_fastpath`)."""
     images = torch.zeros(1, 3, image_size, image_size, device=device)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), no_mha_fastpath(), FlopCounterMode(display=False) as counter:
         encode(images)
     return counter.get_total_flops() / 1e9
+
+
+@contextlib.contextmanager
+def no_mha_fastpath():
+    """Count through nn.MultiheadAttention's plain path: without grad its fused fast path is one op
+    that FlopCounterMode does not count (its projections and attention, a third of a ViT's FLOPs)."""
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
 
 
 def images_per_second(encode, image_size: int, batch_size: int, device: str, seconds: float = 2.0,
@@ -37,13 +51,19 @@ def images_per_second(encode, image_size: int, batch_size: int, device: str, sec
     images = torch.randn(batch_size, 3, image_size, image_size, device=device)
     with torch.no_grad(), torch.autocast(device.split(":")[0], dtype=dtype or torch.float32,
                                          enabled=dtype is not None):
-        encode(images)  # warm-up
-        _sync(device)
-        done, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds or done == 0:
-            encode(images)
-            done += batch_size
-        _sync(device)
+        return step_rate(lambda: encode(images), batch_size, device, seconds)
+
+
+def step_rate(step, batch: int, device: str, seconds: float) -> float:
+    """Images/s of `step` (one batch of `batch` images) over `seconds` (at least one step), after
+    one warm-up step."""
+    step()
+    sync(device)
+    done, start = 0, time.perf_counter()
+    while done == 0 or time.perf_counter() - start < seconds:
+        step()
+        done += batch
+    sync(device)
     return done / (time.perf_counter() - start)
 
 
@@ -73,7 +93,7 @@ def markdown_table(rows: list[CostRow], device: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _sync(device: str) -> None:
+def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
 

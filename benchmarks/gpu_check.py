@@ -31,7 +31,6 @@ Design decisions:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import os
@@ -45,7 +44,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from cost import count_gflops, images_per_second, start_benchmark
+from cost import count_gflops, images_per_second, no_mha_fastpath, start_benchmark, step_rate, sync
 from real_size import RealModels, authors_step, real_models
 
 REAL = dict(teacher="ViT-L-14", student="ViT-B-16", image_size=224, n_ctx=4, student_depth=9, teacher_depth=9,
@@ -79,24 +78,6 @@ def settings(args) -> dict:
 
 # ---- FLOPs ----
 
-def teacher_gflops(teacher: torch.nn.Module, image_size: int) -> float:
-    """GFLOPs of one image through the teacher's image tower."""
-    with no_mha_fastpath():
-        return count_gflops(teacher.encode_image, image_size, next(teacher.parameters()).device.type)
-
-
-@contextlib.contextmanager
-def no_mha_fastpath():
-    """Count through nn.MultiheadAttention's plain path: without grad its fused fast path is one op
-    that FlopCounterMode does not count (its projections and attention, a third of a ViT's FLOPs)."""
-    before = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(before)
-
-
 def step_gflops(m: RealModels, batch_size: int = 2) -> float:
     """GFLOPs per image of the student's step at `batch_size` (≥ 2: the projector has batch norm):
     forward, loss, backward (the optimiser's elementwise update is not a matmul and is not counted)."""
@@ -120,11 +101,6 @@ def text_gflops(m: RealModels, classnames: list) -> float:
 
 # ---- parts ----
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def part_teacher(m: RealModels, s: dict) -> dict:
     rate = images_per_second(m.teacher.encode_image, s["image_size"], s["teacher_batch"], s["device"],
                              seconds=s["seconds"], dtype=s["dtype"])
@@ -141,7 +117,7 @@ def part_student(m: RealModels, s: dict) -> dict:
     def step():
         distill_step(m.student, images, features, m.class_vectors, m.optimizer, m.loss, 100.0, autocast=s["dtype"])
 
-    return {"batch": b, "images_per_s": timed(step, b, s)}
+    return {"batch": b, "images_per_s": step_rate(step, b, s["device"], s["seconds"])}
 
 
 def part_authors(m: RealModels, s: dict, classnames: list) -> dict:
@@ -152,22 +128,10 @@ def part_authors(m: RealModels, s: dict, classnames: list) -> dict:
     def step():
         parts.append(authors_step(m, images, classnames, autocast=s["dtype"], sync=lambda: sync(s["device"])))
 
-    rate = timed(step, b, s)
+    rate = step_rate(step, b, s["device"], s["seconds"])
     parts = parts[1:]  # the first is the warm-up
     mean = {k: sum(p[k] for p in parts) / len(parts) for k in parts[0]}
     return {"batch": b, "images_per_s": rate, "text_share": mean["text"] / mean["total"]}
-
-
-def timed(step, batch: int, s: dict) -> float:
-    """Images/s of `step` over `seconds` (at least one step) after one warm-up step."""
-    step()
-    sync(s["device"])
-    done, start = 0, time.perf_counter()
-    while done == 0 or time.perf_counter() - start < s["seconds"]:
-        step()
-        done += batch
-    sync(s["device"])
-    return done / (time.perf_counter() - start)
 
 
 def write_jpegs(root: Path, count: int, classes: int, size: tuple) -> Path:
@@ -282,7 +246,7 @@ def main(argv=None) -> int:
                     student_depth=s["student_depth"], device=s["device"])
     classnames = [f"class {i}" for i in range(s["classes"])]
     step = step_gflops(m)
-    teacher = teacher_gflops(m.teacher, s["image_size"])
+    teacher = count_gflops(m.teacher.encode_image, s["image_size"], s["device"])
     r = {"device": torch.cuda.get_device_name() if s["device"] == "cuda" else "cpu", "teacher_spec": s["teacher"],
          "student_spec": s["student"], "classes": s["classes"], "dtype": str(s["dtype"] or "fp32"),
          "peak_tflops": args.peak_tflops,
