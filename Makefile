@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-fast test-multinode venv clean
+.PHONY: demo test lint test-fast test-multinode venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,11 @@ venv: $(STAMP)
 demo: $(STAMP)
 	RAY_AUTH_MODE=disabled $(VENV)/bin/promptkd-ray demo
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check promptkd_ray tests benchmarks
+	$(VENV)/bin/ruff check promptkd_ray tests benchmarks
+
+test: lint
 	RAY_AUTH_MODE=disabled $(PY) -m pytest -q
 
 test-multinode: $(STAMP)

@@ -41,9 +41,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 def job(args, seed: int, name: str, *extra: str):
     from promptkd_ray.config import load_distill_job
 
-    overrides = [f"name={name}-seed{seed}", f"storage_path={Path(args.out).resolve() / 'runs'}", f"seed={seed}",
-                 f"data.root={args.cache_dir}", f"data.toyworld_profile={args.profile}", f"data.toyworld_seed={seed}",
-                 *([f"train.epochs={args.epochs}"] if args.epochs else []), *extra]
+    overrides = [
+        f"name={name}-seed{seed}",
+        f"storage_path={Path(args.out).resolve() / 'runs'}",
+        f"seed={seed}",
+        f"data.root={args.cache_dir}",
+        f"data.toyworld_profile={args.profile}",
+        f"data.toyworld_seed={seed}",
+        *([f"train.epochs={args.epochs}"] if args.epochs else []),
+        *extra,
+    ]
     return load_distill_job(DEMO_JOB, overrides)
 
 
@@ -72,21 +79,39 @@ def main(argv=None) -> int:
         runs = runs_of_seed(args, seed, timings)
         scores += score_seed(args, seed, runs)
     b2n, _ = table(scores, "ToyDoodles", ("base", "novel", "hm"))
-    per_seed = ["| model | " + " | ".join(f"HM seed {s}" for s in args.seeds) + " |",
-                "|---|" + "---|" * len(args.seeds)]
+    per_seed = [
+        "| model | " + " | ".join(f"HM seed {s}" for s in args.seeds) + " |",
+        "|---|" + "---|" * len(args.seeds),
+    ]
     for model in dict.fromkeys(s.model for s in scores):
         hms = {s.seed: s.metrics["hm"] for s in scores if s.model == model and s.dataset == "ToyDoodles"}
         per_seed.append(f"| {model} | " + " | ".join(f"{hms[s]:.2f}" for s in args.seeds) + " |")
-    time_lines = [f"- seed {seed}, {what}: " + ", ".join(f"{t:.1f}" for t in ts) + " s"
-                  for (seed, what), ts in timings.items()]
+    time_lines = [
+        f"- seed {seed}, {what}: " + ", ".join(f"{t:.1f}" for t in ts) + " s"
+        for (seed, what), ts in timings.items()
+    ]
     command = "python benchmarks/cache_accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = "\n".join([
-        f"# Streaming vs the soft-label cache on the toy world ({args.profile}, seeds "
-        f"{', '.join(map(str, args.seeds))})", "", f"Command: `{command.strip()}`.", "",
-        "## Base-to-novel on ToyDoodles (mean ± std over seeds)", "", b2n, "",
-        "## HM per seed", "", "\n".join(per_seed), "",
-        "## Seconds (epoch_seconds per epoch of each run, as it recorded them; a build's wall time)", "",
-        *time_lines, ""])
+    text = "\n".join(
+        [
+            f"# Streaming vs the soft-label cache on the toy world ({args.profile}, seeds "
+            f"{', '.join(map(str, args.seeds))})",
+            "",
+            f"Command: `{command.strip()}`.",
+            "",
+            "## Base-to-novel on ToyDoodles (mean ± std over seeds)",
+            "",
+            b2n,
+            "",
+            "## HM per seed",
+            "",
+            "\n".join(per_seed),
+            "",
+            "## Seconds (epoch_seconds per epoch of each run, as it recorded them; a build's wall time)",
+            "",
+            *time_lines,
+            "",
+        ]
+    )
     (out / "comparison.md").write_text(text)
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.writer(f)

@@ -46,11 +46,19 @@ def no_mha_fastpath():
         torch.backends.mha.set_fastpath_enabled(before)
 
 
-def images_per_second(encode, image_size: int, batch_size: int, device: str, seconds: float = 2.0,
-                      dtype: torch.dtype | None = None) -> float:
+def images_per_second(
+    encode,
+    image_size: int,
+    batch_size: int,
+    device: str,
+    seconds: float = 2.0,
+    dtype: torch.dtype | None = None,
+) -> float:
     images = torch.randn(batch_size, 3, image_size, image_size, device=device)
-    with torch.no_grad(), torch.autocast(device.split(":")[0], dtype=dtype or torch.float32,
-                                         enabled=dtype is not None):
+    with (
+        torch.no_grad(),
+        torch.autocast(device.split(":")[0], dtype=dtype or torch.float32, enabled=dtype is not None),
+    ):
         return step_rate(lambda: encode(images), batch_size, device, seconds)
 
 
@@ -67,14 +75,25 @@ def step_rate(step, batch: int, device: str, seconds: float) -> float:
     return done / (time.perf_counter() - start)
 
 
-def measure(name: str, model: torch.nn.Module, image_size: int, batch_size: int, device: str,
-            seconds: float = 2.0, dtype: torch.dtype | None = None) -> CostRow:
+def measure(
+    name: str,
+    model: torch.nn.Module,
+    image_size: int,
+    batch_size: int,
+    device: str,
+    seconds: float = 2.0,
+    dtype: torch.dtype | None = None,
+) -> CostRow:
     model = model.to(device).eval()
     params = sum(p.numel() for p in model.parameters() if not _is_text(name, p, model))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return CostRow(name=name, params_m=params / 1e6, trainable_m=trainable / 1e6,
-                   gflops=count_gflops(model.encode_image, image_size, device),
-                   images_per_s=images_per_second(model.encode_image, image_size, batch_size, device, seconds, dtype))
+    return CostRow(
+        name=name,
+        params_m=params / 1e6,
+        trainable_m=trainable / 1e6,
+        gflops=count_gflops(model.encode_image, image_size, device),
+        images_per_s=images_per_second(model.encode_image, image_size, batch_size, device, seconds, dtype),
+    )
 
 
 def _is_text(name, p, model) -> bool:
@@ -84,12 +103,17 @@ def _is_text(name, p, model) -> bool:
 
 def markdown_table(rows: list[CostRow], device: str) -> str:
     base = rows[-1].images_per_s
-    lines = [f"Inference cost on {device} (images/s measured in one run; ratio to the last row)", "",
-             "| model | params (M) | trainable (M) | GFLOPs / image | images/s | speed ratio |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"Inference cost on {device} (images/s measured in one run; ratio to the last row)",
+        "",
+        "| model | params (M) | trainable (M) | GFLOPs / image | images/s | speed ratio |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r.name} | {r.params_m:.2f} | {r.trainable_m:.3f} | {r.gflops:.3f} | "
-                     f"{r.images_per_s:.1f} | {r.images_per_s / base:.2f}× |")
+        lines.append(
+            f"| {r.name} | {r.params_m:.2f} | {r.trainable_m:.3f} | {r.gflops:.3f} | "
+            f"{r.images_per_s:.1f} | {r.images_per_s / base:.2f}× |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -66,8 +66,11 @@ class Inputs:
 
 # Measured / counted by this script's flags on the project's 2-core CPU machine (README, "The cost model").
 DEFAULTS = dict(
-    decode_per_core=346.1, decode_source="measured: one core, CPU time (--measure-decode)",
-    teacher_gflops=157.95, student_step_gflops=68.53, flops_source="counted by FlopCounterMode (--count-flops)",
+    decode_per_core=346.1,
+    decode_source="measured: one core, CPU time (--measure-decode)",
+    teacher_gflops=157.95,
+    student_step_gflops=68.53,
+    flops_source="counted by FlopCounterMode (--count-flops)",
 )
 
 
@@ -88,13 +91,19 @@ def load_inputs(path: "str | None" = None, overrides: "list[str] | None" = None)
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(f"Unknown cost-model input(s) {unknown}; known: {sorted(known)}.")
-    typed = {k: (float(v) if known[k].type == "float" else int(v) if known[k].type == "int" else v)
-             for k, v in values.items()}
+    typed = {
+        k: (float(v) if known[k].type == "float" else int(v) if known[k].type == "int" else v)
+        for k, v in values.items()
+    }
     inputs = replace(Inputs(), **typed)
-    missing = [n for n in ("decode_per_core", "teacher_gflops", "student_step_gflops") if getattr(inputs, n) <= 0]
+    missing = [
+        n for n in ("decode_per_core", "teacher_gflops", "student_step_gflops") if getattr(inputs, n) <= 0
+    ]
     if missing:
-        raise ValueError(f"The cost model needs positive {missing}: measure them (--measure-decode, "
-                         "--count-flops) or give them (--set NAME=VALUE).")
+        raise ValueError(
+            f"The cost model needs positive {missing}: measure them (--measure-decode, "
+            "--count-flops) or give them (--set NAME=VALUE)."
+        )
     return inputs
 
 
@@ -127,20 +136,42 @@ def compute(x: Inputs) -> dict[str, list[Stage]]:
     views = x.images * x.cache_views
 
     def decode(work):
-        return Stage("decode + augment", work, x.decode_per_core, "images/s", "core", x.decode_cores, x.decode_source)
+        return Stage(
+            "decode + augment", work, x.decode_per_core, "images/s", "core", x.decode_cores, x.decode_source
+        )
 
     def teacher(work):
-        return Stage("teacher (ViT-L-14 image forward)", work, teacher_rate, "images/s", "GPU", x.teacher_gpus,
-                     f"{x.teacher_gflops:.1f} GFLOP/image × MFU {x.mfu_teacher:g} (assumed); {flops_src}")
+        return Stage(
+            "teacher (ViT-L-14 image forward)",
+            work,
+            teacher_rate,
+            "images/s",
+            "GPU",
+            x.teacher_gpus,
+            f"{x.teacher_gflops:.1f} GFLOP/image × MFU {x.mfu_teacher:g} (assumed); {flops_src}",
+        )
 
     def student(work):
-        return Stage("student step (ViT-B-16, fwd + bwd)", work, student_rate, "images/s", "GPU", x.student_gpus,
-                     f"{x.student_step_gflops:.1f} GFLOP/image × MFU {x.mfu_student:g} (assumed); {flops_src}")
+        return Stage(
+            "student step (ViT-B-16, fwd + bwd)",
+            work,
+            student_rate,
+            "images/s",
+            "GPU",
+            x.student_gpus,
+            f"{x.student_step_gflops:.1f} GFLOP/image × MFU {x.mfu_student:g} (assumed); {flops_src}",
+        )
 
     def transfer(work, per_image):
-        return Stage(f"object-store transfer ({per_image / 1e3:.1f} kB/image)", work * per_image / 1e9,
-                     net / 1e9, "GB/s", "node", x.nodes,
-                     f"assumed {x.network_gbytes_per_s:g} GB/s effective per node")
+        return Stage(
+            f"object-store transfer ({per_image / 1e3:.1f} kB/image)",
+            work * per_image / 1e9,
+            net / 1e9,
+            "GB/s",
+            "node",
+            x.nodes,
+            f"assumed {x.network_gbytes_per_s:g} GB/s effective per node",
+        )
 
     return {
         "streaming": [decode(seen), teacher(seen), student(seen), transfer(seen, stream_bytes)],
@@ -150,22 +181,30 @@ def compute(x: Inputs) -> dict[str, list[Stage]]:
 
 
 def markdown(x: Inputs, plans: dict[str, list[Stage]]) -> str:
-    lines = [f"Full ImageNet ({x.images:,} images) × {x.epochs} epochs; devices to finish in {x.hours:g} h on "
-             f"H100s; hours with the shipped job's device counts, as H100s ({x.decode_cores} decode cores, "
-             f"{x.teacher_gpus} teacher GPUs, {x.student_gpus} student GPUs, {x.nodes} nodes); cache of "
-             f"K = {x.cache_views} views.", "",
-             "| plan | stage | rate per device | source | devices for "
-             f"{x.hours:g} h | hours with the shipped devices |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"Full ImageNet ({x.images:,} images) × {x.epochs} epochs; devices to finish in {x.hours:g} h on "
+        f"H100s; hours with the shipped job's device counts, as H100s ({x.decode_cores} decode cores, "
+        f"{x.teacher_gpus} teacher GPUs, {x.student_gpus} student GPUs, {x.nodes} nodes); cache of "
+        f"K = {x.cache_views} views.",
+        "",
+        "| plan | stage | rate per device | source | devices for "
+        f"{x.hours:g} h | hours with the shipped devices |",
+        "|---|---|---|---|---|---|",
+    ]
     summary = []
     for plan, stages in plans.items():
         for s in stages:
             rate = f"{s.rate:,.1f} {s.unit} per {s.device}"
-            lines.append(f"| {plan} | {s.name} | {rate} | {s.source} | {_count(s.devices_for(x.hours), s.device)} | "
-                         f"{s.hours_with(s.given):.2f} ({_count(s.given, s.device)}) |")
+            lines.append(
+                f"| {plan} | {s.name} | {rate} | {s.source} | {_count(s.devices_for(x.hours), s.device)} | "
+                f"{s.hours_with(s.given):.2f} ({_count(s.given, s.device)}) |"
+            )
         slowest = max(stages, key=lambda s: s.hours_with(s.given))
         gpus = sum(s.devices_for(x.hours) for s in stages if s.device == "GPU")
-        summary.append(f"- {plan}: bottleneck **{slowest.name}** ({slowest.hours_with(slowest.given):.2f} h with "
-                       f"the shipped devices); {gpus} H100s in all for {x.hours:g} h.")
+        summary.append(
+            f"- {plan}: bottleneck **{slowest.name}** ({slowest.hours_with(slowest.given):.2f} h with "
+            f"the shipped devices); {gpus} H100s in all for {x.hours:g} h."
+        )
     return "\n".join(lines + [""] + summary) + "\n"
 
 
@@ -216,7 +255,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--inputs", help="YAML mapping of input names to values")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override one input")
     p.add_argument("--measure-decode", action="store_true", help="measure decode_per_core on this machine")
-    p.add_argument("--count-flops", action="store_true", help="count the GFLOPs on random-init real-size models")
+    p.add_argument(
+        "--count-flops", action="store_true", help="count the GFLOPs on random-init real-size models"
+    )
     p.add_argument("--out", help="also write the table to this file")
     return p.parse_args(argv)
 
@@ -227,12 +268,20 @@ def main(argv=None) -> int:
     if args.measure_decode:
         rate = measure_decode()
         print(f"measured decode + view: {rate:.1f} images per CPU-second of one core")
-        extra += [f"decode_per_core={rate:.1f}", "decode_source=measured here (cost_model.py --measure-decode)"]
+        extra += [
+            f"decode_per_core={rate:.1f}",
+            "decode_source=measured here (cost_model.py --measure-decode)",
+        ]
     if args.count_flops:
         teacher, step = count_flops()
-        print(f"counted: teacher image forward {teacher:.2f} GFLOP/image, student step {step:.2f} GFLOP/image")
-        extra += [f"teacher_gflops={teacher:.2f}", f"student_step_gflops={step:.2f}",
-                  "flops_source=counted (FlopCounterMode)"]
+        print(
+            f"counted: teacher image forward {teacher:.2f} GFLOP/image, student step {step:.2f} GFLOP/image"
+        )
+        extra += [
+            f"teacher_gflops={teacher:.2f}",
+            f"student_step_gflops={step:.2f}",
+            "flops_source=counted (FlopCounterMode)",
+        ]
     try:
         inputs = load_inputs(args.inputs, extra + args.set)
     except ValueError as error:

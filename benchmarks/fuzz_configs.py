@@ -53,24 +53,168 @@ MAX_MESSAGE = 1000  # a refusal longer than this is a bad message
 
 HUGE = "a" * (1 << 20)
 BIG = "é/ x" * (1 << 14)
-INTS = [0, 1, -1, 7, 2**31, 2**32, 2**63 - 1, 2**63, 2**64, 10**100, -10**100]
+INTS = [0, 1, -1, 7, 2**31, 2**32, 2**63 - 1, 2**63, 2**64, 10**100, -(10**100)]
 FLOATS = [0.0, -0.0, 0.5, -1.5, 3.0, 1e-320, 1e308, math.inf, -math.inf, math.nan]
-STRINGS = ["", " ", "x", "1e-5", "1.0e+400", "null", "true", "\n", "a\nb", "\t", "\x00", "\x07", "\x85", "\u2028",
-           "../../etc", "/", ".", "..", "s3://", "bogus://x", "file://", "file://rel/x", "file:///tmp/x", "://x",
-           "S3://x", "a/b://c", "~", "${HOME}", "{}", "{0}", "{x}", "{}{}", "a {} b", "%s", "💥" * 10, "\u202e", "x:y",
-           "ViT-B-16:", ":openai", "ViT-B-16-quickgelu:/no/such.pt", "hf-hub:x", "local-dir:/x", "C:\\x", "CPU",
-           "single", "imagenet60", "distill", "teacher", "space", "grid", "=", "a=b", "x" * 300, "é" * 200]
-OTHERS = [True, False, None, [], [1], ["a", "b"], [[]], [{}], [None], {}, {"a": 1}, {"teacher": 1}, {"x": -1},
-          {"": 1}, {"a": math.nan}, {1: 2}, {"a": {"b": 1}}, {"grid": [1]}, {"grid": []}, {"uniform": [1, 0]},
-          datetime.date(2020, 1, 1), datetime.datetime(2020, 1, 1, 12, 0), b"\x00\xff", {"a", "b"}]
-KEYS = ["x", "", " ", "Name", "name ", "kind ", "train.lr", "lr", "<<", "\n", "💥", "a" * 300, 1, 0, True, None, 3.5,
-        "preset", "source", "params", "grid"]
-JUNK_OVERRIDES = ["=", "=1", "x", ".=1", "train.=1", ".train=1", "train..lr=1", "train.lr.x=1", "kind=space",
-                  "teacher=null", "train=[1]", "train={a: 1}", "loss={preset: [1]}", "name=", "a.b.c.d=1",
-                  "train.lr={{", "train.lr=&a [*a]", "train.epochs=" + "[" * 400 + "]" * 400, "x" * 5000 + "=1",
-                  "train.lr=1e-3", "train.epochs=2", "storage_path=bogus://x", "name=a/b", "seed=-1"]
-TEXT_JUNK = ["\t", ":", "[", "{", "&", "*", "!", "%", "@", "`", "|", ">", "\x00", "\x85", "\ufeff", "'", '"', "- ",
-             "\n  ", "? ", "#", ",", "]", "}", "!!python/object:os.system ", "&x ", "*nope "]
+STRINGS = [
+    "",
+    " ",
+    "x",
+    "1e-5",
+    "1.0e+400",
+    "null",
+    "true",
+    "\n",
+    "a\nb",
+    "\t",
+    "\x00",
+    "\x07",
+    "\x85",
+    "\u2028",
+    "../../etc",
+    "/",
+    ".",
+    "..",
+    "s3://",
+    "bogus://x",
+    "file://",
+    "file://rel/x",
+    "file:///tmp/x",
+    "://x",
+    "S3://x",
+    "a/b://c",
+    "~",
+    "${HOME}",
+    "{}",
+    "{0}",
+    "{x}",
+    "{}{}",
+    "a {} b",
+    "%s",
+    "💥" * 10,
+    "\u202e",
+    "x:y",
+    "ViT-B-16:",
+    ":openai",
+    "ViT-B-16-quickgelu:/no/such.pt",
+    "hf-hub:x",
+    "local-dir:/x",
+    "C:\\x",
+    "CPU",
+    "single",
+    "imagenet60",
+    "distill",
+    "teacher",
+    "space",
+    "grid",
+    "=",
+    "a=b",
+    "x" * 300,
+    "é" * 200,
+]
+OTHERS = [
+    True,
+    False,
+    None,
+    [],
+    [1],
+    ["a", "b"],
+    [[]],
+    [{}],
+    [None],
+    {},
+    {"a": 1},
+    {"teacher": 1},
+    {"x": -1},
+    {"": 1},
+    {"a": math.nan},
+    {1: 2},
+    {"a": {"b": 1}},
+    {"grid": [1]},
+    {"grid": []},
+    {"uniform": [1, 0]},
+    datetime.date(2020, 1, 1),
+    datetime.datetime(2020, 1, 1, 12, 0),
+    b"\x00\xff",
+    {"a", "b"},
+]
+KEYS = [
+    "x",
+    "",
+    " ",
+    "Name",
+    "name ",
+    "kind ",
+    "train.lr",
+    "lr",
+    "<<",
+    "\n",
+    "💥",
+    "a" * 300,
+    1,
+    0,
+    True,
+    None,
+    3.5,
+    "preset",
+    "source",
+    "params",
+    "grid",
+]
+JUNK_OVERRIDES = [
+    "=",
+    "=1",
+    "x",
+    ".=1",
+    "train.=1",
+    ".train=1",
+    "train..lr=1",
+    "train.lr.x=1",
+    "kind=space",
+    "teacher=null",
+    "train=[1]",
+    "train={a: 1}",
+    "loss={preset: [1]}",
+    "name=",
+    "a.b.c.d=1",
+    "train.lr={{",
+    "train.lr=&a [*a]",
+    "train.epochs=" + "[" * 400 + "]" * 400,
+    "x" * 5000 + "=1",
+    "train.lr=1e-3",
+    "train.epochs=2",
+    "storage_path=bogus://x",
+    "name=a/b",
+    "seed=-1",
+]
+TEXT_JUNK = [
+    "\t",
+    ":",
+    "[",
+    "{",
+    "&",
+    "*",
+    "!",
+    "%",
+    "@",
+    "`",
+    "|",
+    ">",
+    "\x00",
+    "\x85",
+    "\ufeff",
+    "'",
+    '"',
+    "- ",
+    "\n  ",
+    "? ",
+    "#",
+    ",",
+    "]",
+    "}",
+    "!!python/object:os.system ",
+    "&x ",
+    "*nope ",
+]
 
 
 @dataclass
@@ -102,14 +246,16 @@ class Report:
         return self.outcomes["traceback"] + self.outcomes["bad_message"] + self.outcomes["hang"]
 
     def lines(self) -> list[str]:
-        out = [f"mutants tried: {self.tried} ({', '.join(f'{k} {v}' for k, v in sorted(self.ops.items()))})",
-               f"valid: {self.outcomes['valid']}",
-               f"refused (ConfigError, one line naming file and key): {self.outcomes['refused']}",
-               f"tracebacks (other exceptions): {self.outcomes['traceback']}",
-               f"bad messages (ConfigError not one line, too long, or not naming file and key): "
-               f"{self.outcomes['bad_message']}",
-               f"hangs (over {TIMEOUT_S} s of CPU time): {self.outcomes['hang']}",
-               f"time: {self.seconds:.1f} s"]
+        out = [
+            f"mutants tried: {self.tried} ({', '.join(f'{k} {v}' for k, v in sorted(self.ops.items()))})",
+            f"valid: {self.outcomes['valid']}",
+            f"refused (ConfigError, one line naming file and key): {self.outcomes['refused']}",
+            f"tracebacks (other exceptions): {self.outcomes['traceback']}",
+            f"bad messages (ConfigError not one line, too long, or not naming file and key): "
+            f"{self.outcomes['bad_message']}",
+            f"hangs (over {TIMEOUT_S} s of CPU time): {self.outcomes['hang']}",
+            f"time: {self.seconds:.1f} s",
+        ]
         for outcome in ("traceback", "bad_message", "hang"):
             for what, detail in self.examples.get(outcome, [])[:10]:
                 out.append(f"  {outcome}: {what}\n    {detail}")
@@ -117,6 +263,7 @@ class Report:
 
 
 # ---- mutations ---------------------------------------------------------------------------------
+
 
 def node_paths(tree, prefix=()) -> list[tuple]:
     """Paths (key or index sequences) of every node under `tree`, itself excluded."""
@@ -162,8 +309,21 @@ def out_of_range(value, rng: random.Random):
     if isinstance(value, bool):
         return rng.choice([0, 1, 2, "yes", None])
     if isinstance(value, (int, float)):
-        return rng.choice([-value - 1, 0, -1, value + 0.5, float(value), True, False, str(value), f" {value} ",
-                           *INTS[5:], *FLOATS[5:]])
+        return rng.choice(
+            [
+                -value - 1,
+                0,
+                -1,
+                value + 0.5,
+                float(value),
+                True,
+                False,
+                str(value),
+                f" {value} ",
+                *INTS[5:],
+                *FLOATS[5:],
+            ]
+        )
     return rng.choice(INTS + FLOATS)
 
 
@@ -200,7 +360,9 @@ def mutate_tree(tree, rng: random.Random, huge_every: int):
     elif op == "rename":
         if not isinstance(parent, dict) or not isinstance(last, str):
             return mutate_tree(tree, rng, huge_every)
-        new = rng.choice([last.upper(), last + "s", last[:-1], last + " ", last.replace("_", "-"), "_" + last])
+        new = rng.choice(
+            [last.upper(), last + "s", last[:-1], last + " ", last.replace("_", "-"), "_" + last]
+        )
         parent[new] = parent.pop(last)
         key, old_key = key[:-1] + (new,), key
     return tree, op, key, old_key
@@ -218,7 +380,7 @@ def mutate_text(text: str, rng: random.Random) -> tuple[bytes, str]:
         lines.insert(i, lines[i])
         return "".join(lines).encode(), op
     if op == "truncate":
-        return text[:rng.randrange(len(text))].encode(), op
+        return text[: rng.randrange(len(text))].encode(), op
     if op == "insert":
         at = rng.randrange(len(text) + 1)
         return (text[:at] + rng.choice(TEXT_JUNK) + text[at:]).encode(), op
@@ -234,9 +396,21 @@ def mutate_text(text: str, rng: random.Random) -> tuple[bytes, str]:
         return (text + f"\ndeep: {'[' * depth}{']' * depth}\n").encode(), op
     if op == "anchor":
         bomb = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 12))
-        return (text + rng.choice(["\nloop: &a [*a]\n", "\nloop: &a {x: *a}\n", "\nl0: &l0 [x]\n" + bomb])).encode(), op
-    return (text + rng.choice(["\nx: !!python/object/apply:os.system [true]\n", "\nx: !!binary '%%%'\n",
-                               "\nx: !custom 1\n", "\n<<: 3\n", "\n<<: *nope\n"])).encode(), op
+        return (
+            text + rng.choice(["\nloop: &a [*a]\n", "\nloop: &a {x: *a}\n", "\nl0: &l0 [x]\n" + bomb])
+        ).encode(), op
+    return (
+        text
+        + rng.choice(
+            [
+                "\nx: !!python/object/apply:os.system [true]\n",
+                "\nx: !!binary '%%%'\n",
+                "\nx: !custom 1\n",
+                "\n<<: 3\n",
+                "\n<<: *nope\n",
+            ]
+        )
+    ).encode(), op
 
 
 def render(value) -> str:
@@ -246,8 +420,11 @@ def render(value) -> str:
 
 
 def mutate_overrides(tree, rng: random.Random, huge_every: int) -> tuple[list, "tuple | None"]:
-    paths = [p for p in node_paths(tree) if all(isinstance(k, str) and k and "." not in k and "=" not in k
-                                                 for k in p)]
+    paths = [
+        p
+        for p in node_paths(tree)
+        if all(isinstance(k, str) and k and "." not in k and "=" not in k for k in p)
+    ]
     overrides, key = [], None
     for _ in range(rng.choice([1, 1, 2])):
         if rng.random() < 0.25 or not paths:
@@ -280,22 +457,32 @@ def mutants(n: int, seed: int, huge_every: int = 40):
                 if op == "top":
                     break
             one = len(ops) == 1
-            yield Mutant(rel, f"tree:{ops[0] if one else 'multi'}", dump(tree), key if one else None,
-                         other_key=old_key if one else None, check_paths=check_paths)
+            yield Mutant(
+                rel,
+                f"tree:{ops[0] if one else 'multi'}",
+                dump(tree),
+                key if one else None,
+                other_key=old_key if one else None,
+                check_paths=check_paths,
+            )
         elif family == "text":
             data, op = mutate_text(texts[rel], rng)
             yield Mutant(rel, f"text:{op}", data, check_paths=check_paths)
         else:
             overrides, key = mutate_overrides(tree, rng, huge_every)
-            yield Mutant(rel, "overrides", texts[rel].encode(), key, overrides=overrides, check_paths=check_paths)
+            yield Mutant(
+                rel, "overrides", texts[rel].encode(), key, overrides=overrides, check_paths=check_paths
+            )
 
 
 # ---- verdicts ----------------------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def time_limit(seconds: int):
     """TimeoutError after `seconds` of this process's CPU time (not wall time: other work on the
     machine does not make a mutant hang)."""
+
     def stop(signum, frame):
         raise TimeoutError(f"over {seconds} s of CPU time")
 
@@ -320,12 +507,19 @@ def message_problem(message: str, path: str, mutant: Mutant) -> str:
         return "more than one line"
     if len(message) > MAX_MESSAGE:
         return f"{len(message)} characters"
-    files = [path] + ([str(v) for v in [yaml.safe_load((ROOT / mutant.source).read_text()).get("job")] if v]
-                      if mutant.source.startswith("tune_spaces/") else [])
+    files = [path] + (
+        [str(v) for v in [yaml.safe_load((ROOT / mutant.source).read_text()).get("job")] if v]
+        if mutant.source.startswith("tune_spaces/")
+        else []
+    )
     if not any(f in message for f in files):
         return "does not name the file"
-    wanted = [".".join(show_key(k) for k in keys[:i]) for keys in (mutant.key, mutant.other_key) if keys
-              for i in range(1, len(keys) + 1)]
+    wanted = [
+        ".".join(show_key(k) for k in keys[:i])
+        for keys in (mutant.key, mutant.other_key)
+        if keys
+        for i in range(1, len(keys) + 1)
+    ]
     if wanted and not any(names(message, w) for w in wanted):
         return f"does not name the key (any of {[w[:60] for w in wanted]})"
     return ""
@@ -396,12 +590,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=5000, help="mutants to try")
     p.add_argument("--seed", type=int, default=0, help="seed of the mutations")
-    p.add_argument("--huge-every", type=int, default=40, help="one huge string in this many is 1 MiB (else 64 KiB)")
+    p.add_argument(
+        "--huge-every", type=int, default=40, help="one huge string in this many is 1 MiB (else 64 KiB)"
+    )
     p.add_argument("--show-refusals", type=int, default=0, help="print this many refusal messages")
     args = p.parse_args(argv)
     report = run_fuzz(args.n, args.seed, args.huge_every, progress=True)
     print("\n".join(report.lines()))
-    for what, detail in report.examples.get("refused", [])[:args.show_refusals]:
+    for what, detail in report.examples.get("refused", [])[: args.show_refusals]:
         print(f"  refused: {what}\n    {detail[:300]}")
     return 1 if report.failures else 0
 

@@ -42,25 +42,58 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
-
 from cost import count_gflops, images_per_second, no_mha_fastpath, start_benchmark, step_rate, sync
 from real_size import RealModels, authors_step, real_models
+from torch.utils.flop_counter import FlopCounterMode
 
-REAL = dict(teacher="ViT-L-14", student="ViT-B-16", image_size=224, n_ctx=4, student_depth=9, teacher_depth=9,
-            classes=1000, teacher_batch=256, student_batch=256, authors_batch=8, seconds=20.0,
-            pipeline_images=8192, pipeline_epochs=3, pipeline_timeout=240, jpeg_size=(500, 375))
-TINY = dict(teacher="tiny-vit-teacher", student="tiny-vit-student", image_size=32, n_ctx=2, student_depth=2,
-            teacher_depth=2, classes=50, teacher_batch=16, student_batch=16, authors_batch=8, seconds=1.0,
-            pipeline_images=256, pipeline_epochs=2, pipeline_timeout=480, jpeg_size=(56, 48))
+REAL = dict(
+    teacher="ViT-L-14",
+    student="ViT-B-16",
+    image_size=224,
+    n_ctx=4,
+    student_depth=9,
+    teacher_depth=9,
+    classes=1000,
+    teacher_batch=256,
+    student_batch=256,
+    authors_batch=8,
+    seconds=20.0,
+    pipeline_images=8192,
+    pipeline_epochs=3,
+    pipeline_timeout=240,
+    jpeg_size=(500, 375),
+)
+TINY = dict(
+    teacher="tiny-vit-teacher",
+    student="tiny-vit-student",
+    image_size=32,
+    n_ctx=2,
+    student_depth=2,
+    teacher_depth=2,
+    classes=50,
+    teacher_batch=16,
+    student_batch=16,
+    authors_batch=8,
+    seconds=1.0,
+    pipeline_images=256,
+    pipeline_epochs=2,
+    pipeline_timeout=480,
+    jpeg_size=(56, 48),
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiny", action="store_true", help="CPU, tiny models: check the script in seconds")
-    p.add_argument("--peak-tflops", type=float, default=989.0, help="the GPU's peak (H100 SXM bf16 dense: 989)")
-    p.add_argument("--parts", nargs="+", default=["teacher", "student", "pipeline", "authors"],
-                   choices=["teacher", "student", "pipeline", "authors"])
+    p.add_argument(
+        "--peak-tflops", type=float, default=989.0, help="the GPU's peak (H100 SXM bf16 dense: 989)"
+    )
+    p.add_argument(
+        "--parts",
+        nargs="+",
+        default=["teacher", "student", "pipeline", "authors"],
+        choices=["teacher", "student", "pipeline", "authors"],
+    )
     p.add_argument("--seconds", type=float, help="timed seconds per loop part (default 20; tiny 1)")
     p.add_argument("--pipeline-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", default="runs/gpu_check")
@@ -78,6 +111,7 @@ def settings(args) -> dict:
 
 # ---- FLOPs ----
 
+
 def step_gflops(m: RealModels, batch_size: int = 2) -> float:
     """GFLOPs per image of the student's step at `batch_size` (≥ 2: the projector has batch norm):
     forward, loss, backward (the optimiser's elementwise update is not a matmul and is not counted)."""
@@ -86,7 +120,9 @@ def step_gflops(m: RealModels, batch_size: int = 2) -> float:
     device = m.class_vectors.device
     size = m.batches[0].shape[-1]
     images = torch.randn(batch_size, 3, size, size, device=device)
-    features = torch.nn.functional.normalize(torch.randn(batch_size, m.class_vectors.shape[1], device=device), dim=-1)
+    features = torch.nn.functional.normalize(
+        torch.randn(batch_size, m.class_vectors.shape[1], device=device), dim=-1
+    )
     with no_mha_fastpath(), FlopCounterMode(display=False) as counter:
         distill_step(m.student, images, features, m.class_vectors, m.optimizer, m.loss, 100.0)
     return counter.get_total_flops() / 1e9 / batch_size
@@ -101,9 +137,16 @@ def text_gflops(m: RealModels, classnames: list) -> float:
 
 # ---- parts ----
 
+
 def part_teacher(m: RealModels, s: dict) -> dict:
-    rate = images_per_second(m.teacher.encode_image, s["image_size"], s["teacher_batch"], s["device"],
-                             seconds=s["seconds"], dtype=s["dtype"])
+    rate = images_per_second(
+        m.teacher.encode_image,
+        s["image_size"],
+        s["teacher_batch"],
+        s["device"],
+        seconds=s["seconds"],
+        dtype=s["dtype"],
+    )
     return {"batch": s["teacher_batch"], "images_per_s": rate}
 
 
@@ -115,7 +158,9 @@ def part_student(m: RealModels, s: dict) -> dict:
     features = torch.nn.functional.normalize(torch.randn(b, d, device=s["device"]), dim=-1)
 
     def step():
-        distill_step(m.student, images, features, m.class_vectors, m.optimizer, m.loss, 100.0, autocast=s["dtype"])
+        distill_step(
+            m.student, images, features, m.class_vectors, m.optimizer, m.loss, 100.0, autocast=s["dtype"]
+        )
 
     return {"batch": b, "images_per_s": step_rate(step, b, s["device"], s["seconds"])}
 
@@ -143,7 +188,9 @@ def write_jpegs(root: Path, count: int, classes: int, size: tuple) -> Path:
     distinct = []
     for _ in range(64):
         buffer = io.BytesIO()
-        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(buffer, "JPEG", quality=90)
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(
+            buffer, "JPEG", quality=90
+        )
         distinct.append(buffer.getvalue())
     rows = []
     for i in range(count):
@@ -161,27 +208,52 @@ def pipeline_child(s: dict, tiny: bool) -> dict:
     gpu = not tiny
     with tempfile.TemporaryDirectory() as tmp:
         root = write_jpegs(Path(tmp) / "data", s["pipeline_images"], min(s["classes"], 100), s["jpeg_size"])
-        job = distill_job_from_dict({
-            "name": "gpu_check_pipeline", "storage_path": str(Path(tmp) / "runs"),
-            "teacher": {"spec": s["teacher"]},
-            "student": {"spec": s["student"], "n_ctx": s["n_ctx"], "depth": s["student_depth"]},
-            "data": {"source": "split_json", "root": str(root), "dataset": "bench", "image_folder": "images",
-                     "split_file": "split.json", "heldout_images": 0, "decode_batch_size": 64},
-            "teacher_pool": {"size": 1, "batch_size": s["teacher_batch"], "num_gpus": 0.5 if gpu else 0.0,
-                             "num_cpus": 2 if gpu else 1},
-            "train": {"epochs": s["pipeline_epochs"], "batch_size": s["student_batch"], "num_workers": 1,
-                      "use_gpu": gpu, "resources_per_worker": {"GPU": 0.5} if gpu else {},
-                      "cpus_per_worker": 4 if gpu else 1, "optimizer": "sgd", "lr": 0.005,
-                      "log_every": 10**6, "checkpoints_to_keep": 1},
-            "ray": {"progress_bars": False, "num_cpus": (os.cpu_count() or 2) if gpu else 4},
-        })
+        job = distill_job_from_dict(
+            {
+                "name": "gpu_check_pipeline",
+                "storage_path": str(Path(tmp) / "runs"),
+                "teacher": {"spec": s["teacher"]},
+                "student": {"spec": s["student"], "n_ctx": s["n_ctx"], "depth": s["student_depth"]},
+                "data": {
+                    "source": "split_json",
+                    "root": str(root),
+                    "dataset": "bench",
+                    "image_folder": "images",
+                    "split_file": "split.json",
+                    "heldout_images": 0,
+                    "decode_batch_size": 64,
+                },
+                "teacher_pool": {
+                    "size": 1,
+                    "batch_size": s["teacher_batch"],
+                    "num_gpus": 0.5 if gpu else 0.0,
+                    "num_cpus": 2 if gpu else 1,
+                },
+                "train": {
+                    "epochs": s["pipeline_epochs"],
+                    "batch_size": s["student_batch"],
+                    "num_workers": 1,
+                    "use_gpu": gpu,
+                    "resources_per_worker": {"GPU": 0.5} if gpu else {},
+                    "cpus_per_worker": 4 if gpu else 1,
+                    "optimizer": "sgd",
+                    "lr": 0.005,
+                    "log_every": 10**6,
+                    "checkpoints_to_keep": 1,
+                },
+                "ray": {"progress_bars": False, "num_cpus": (os.cpu_count() or 2) if gpu else 4},
+            }
+        )
         history = run_distillation(job).history
     later = history[1:] or history
     best = max(later, key=lambda e: e["images"] / e["epoch_seconds"])
-    return {"images_per_epoch": s["pipeline_images"], "epochs": len(history),
-            "images_per_s": best["images"] / best["epoch_seconds"],
-            "after_first_batch_images_per_s": best["images_per_s"],
-            "startup_s": best["startup_s"]}
+    return {
+        "images_per_epoch": s["pipeline_images"],
+        "epochs": len(history),
+        "images_per_s": best["images"] / best["epoch_seconds"],
+        "after_first_batch_images_per_s": best["images_per_s"],
+        "startup_s": best["startup_s"],
+    }
 
 
 def part_pipeline(args, s: dict, out: Path) -> dict:
@@ -198,16 +270,23 @@ def part_pipeline(args, s: dict, out: Path) -> dict:
 
 # ---- report ----
 
+
 def report(r: dict) -> str:
     peak = r["peak_tflops"] * 1e12
     f = r["gflops"]
-    rows = [("teacher image forward", r.get("teacher"), f["teacher"]),
-            ("student step", r.get("student"), f["student_step"]),
-            ("pipeline: 1 teacher actor + 1 Train worker", r.get("pipeline"), f["teacher"] + f["student_step"]),
-            ("authors'-style loop", r.get("authors"), f["authors_step"])]
-    lines = [f"# GPU check ({r['device']}; {r['teacher_spec']} → {r['student_spec']}, {r['classes']} classes, "
-             f"{r['dtype']}; peak {r['peak_tflops']:g} TFLOP/s assumed)", "",
-             "| part | batch | images/s | GFLOP / image | MFU |", "|---|---|---|---|---|"]
+    rows = [
+        ("teacher image forward", r.get("teacher"), f["teacher"]),
+        ("student step", r.get("student"), f["student_step"]),
+        ("pipeline: 1 teacher actor + 1 Train worker", r.get("pipeline"), f["teacher"] + f["student_step"]),
+        ("authors'-style loop", r.get("authors"), f["authors_step"]),
+    ]
+    lines = [
+        f"# GPU check ({r['device']}; {r['teacher_spec']} → {r['student_spec']}, {r['classes']} classes, "
+        f"{r['dtype']}; peak {r['peak_tflops']:g} TFLOP/s assumed)",
+        "",
+        "| part | batch | images/s | GFLOP / image | MFU |",
+        "|---|---|---|---|---|",
+    ]
     for name, part, gflops in rows:
         if part is None:
             continue
@@ -215,17 +294,24 @@ def report(r: dict) -> str:
             lines.append(f"| {name} | | failed: {part['error']} | | |")
             continue
         mfu = part["images_per_s"] * gflops * 1e9 / peak
-        lines.append(f"| {name} | {part.get('batch', '')} | {part['images_per_s']:.1f} | {gflops:.4g} | "
-                     f"{100 * mfu:.1f} % |")
+        lines.append(
+            f"| {name} | {part.get('batch', '')} | {part['images_per_s']:.1f} | {gflops:.4g} | "
+            f"{100 * mfu:.1f} % |"
+        )
     if r.get("pipeline") and "error" not in r["pipeline"]:
         p = r["pipeline"]
-        lines += ["", f"Pipeline: best epoch after the first, {p['images_per_epoch']} images per epoch, start-up "
-                  f"{p['startup_s']:.1f} s included; {p['after_first_batch_images_per_s']:.1f} images/s after its "
-                  "first batch."]
+        lines += [
+            "",
+            f"Pipeline: best epoch after the first, {p['images_per_epoch']} images per epoch, start-up "
+            f"{p['startup_s']:.1f} s included; {p['after_first_batch_images_per_s']:.1f} images/s after its "
+            "first batch.",
+        ]
     if r.get("authors") and r.get("student") and "error" not in r["authors"]:
         speedup = r["student"]["images_per_s"] / r["authors"]["images_per_s"]
-        lines += [f"Authors'-style loop: the text tower takes {100 * r['authors']['text_share']:.0f} % of its step; "
-                  f"student step ÷ authors'-style loop: × {speedup:.1f}."]
+        lines += [
+            f"Authors'-style loop: the text tower takes {100 * r['authors']['text_share']:.0f} % of its step; "
+            f"student step ÷ authors'-style loop: × {speedup:.1f}."
+        ]
     lines += ["", f"Total {r['total_s']:.0f} s."]
     return "\n".join(lines) + "\n"
 
@@ -241,17 +327,34 @@ def main(argv=None) -> int:
         return 2
     started = time.perf_counter()
     torch.backends.cuda.matmul.allow_tf32 = True
-    m = real_models(batch_size=1, images=1, classes=s["classes"], teacher_depth=s["teacher_depth"],
-                    teacher=s["teacher"], student=s["student"], image_size=s["image_size"], n_ctx=s["n_ctx"],
-                    student_depth=s["student_depth"], device=s["device"])
+    m = real_models(
+        batch_size=1,
+        images=1,
+        classes=s["classes"],
+        teacher_depth=s["teacher_depth"],
+        teacher=s["teacher"],
+        student=s["student"],
+        image_size=s["image_size"],
+        n_ctx=s["n_ctx"],
+        student_depth=s["student_depth"],
+        device=s["device"],
+    )
     classnames = [f"class {i}" for i in range(s["classes"])]
     step = step_gflops(m)
     teacher = count_gflops(m.teacher.encode_image, s["image_size"], s["device"])
-    r = {"device": torch.cuda.get_device_name() if s["device"] == "cuda" else "cpu", "teacher_spec": s["teacher"],
-         "student_spec": s["student"], "classes": s["classes"], "dtype": str(s["dtype"] or "fp32"),
-         "peak_tflops": args.peak_tflops,
-         "gflops": {"teacher": teacher, "student_step": step,
-                    "authors_step": teacher + step + text_gflops(m, classnames) / s["authors_batch"]}}
+    r = {
+        "device": torch.cuda.get_device_name() if s["device"] == "cuda" else "cpu",
+        "teacher_spec": s["teacher"],
+        "student_spec": s["student"],
+        "classes": s["classes"],
+        "dtype": str(s["dtype"] or "fp32"),
+        "peak_tflops": args.peak_tflops,
+        "gflops": {
+            "teacher": teacher,
+            "student_step": step,
+            "authors_step": teacher + step + text_gflops(m, classnames) / s["authors_batch"],
+        },
+    }
     for part in args.parts:
         print(f"{time.strftime('%H:%M:%S')} {part} …", flush=True)
         if part == "teacher":

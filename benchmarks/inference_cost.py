@@ -14,8 +14,8 @@ import argparse
 from pathlib import Path
 
 import torch
-
 from cost import markdown_table, measure
+
 from promptkd_ray.core.models import build_student, build_teacher
 
 
@@ -37,9 +37,18 @@ def main() -> None:
     student = build_student(args.student, teacher_dim=teacher.embed_dim, depth=args.depth)
     size_t = int(teacher.image_encoder.visual.image_size[0])
     size_s = int(student.image_encoder.visual.image_size[0])
-    rows = [measure(f"student {args.student} (depth {args.depth})", student, size_s, args.batch_size, device,
-                    args.seconds, dtype),
-            measure(f"teacher {args.teacher}", teacher, size_t, args.batch_size, device, args.seconds, dtype)]
+    rows = [
+        measure(
+            f"student {args.student} (depth {args.depth})",
+            student,
+            size_s,
+            args.batch_size,
+            device,
+            args.seconds,
+            dtype,
+        ),
+        measure(f"teacher {args.teacher}", teacher, size_t, args.batch_size, device, args.seconds, dtype),
+    ]
     name = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     table = markdown_table(rows, f"{name}, batch {args.batch_size}, {args.dtype}")
     print(table)

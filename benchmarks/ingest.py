@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from cost import start_benchmark
 
 log = logging.getLogger("ingest")
@@ -58,7 +57,9 @@ def photo_jpeg(rng: np.random.Generator, width: int = 500, height: int = 375, qu
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     c = rng.uniform(0, 255, (3, 3)).astype(np.float32)
     img = c[0] + (c[1] - c[0]) * (xx / width)[..., None] + (c[2] - c[0]) * (yy / height)[..., None]
-    low = Image.fromarray(rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)).resize((width, height), Image.BICUBIC)
+    low = Image.fromarray(rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)).resize(
+        (width, height), Image.BICUBIC
+    )
     img = 0.5 * img + 0.5 * np.asarray(low, np.float32)
     texture = Image.fromarray(rng.integers(0, 255, (height // 4, width // 4, 3), dtype=np.uint8))
     img += (np.asarray(texture.resize((width, height), Image.BILINEAR), np.float32) - 127.5) * 0.35
@@ -67,8 +68,10 @@ def photo_jpeg(rng: np.random.Generator, width: int = 500, height: int = 375, qu
     draw = ImageDraw.Draw(pil)
     for _ in range(6):
         x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
-        draw.ellipse([x0, y0, x0 + int(rng.integers(20, 150)), y0 + int(rng.integers(20, 150))],
-                     fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+        draw.ellipse(
+            [x0, y0, x0 + int(rng.integers(20, 150)), y0 + int(rng.integers(20, 150))],
+            fill=tuple(int(v) for v in rng.integers(0, 255, 3)),
+        )
     out = io.BytesIO()
     pil.save(out, "JPEG", quality=quality)
     return out.getvalue()
@@ -101,7 +104,10 @@ def ray_rate(make_dataset, passes: int) -> tuple[float, int]:
 def _read_bytes(batch: dict) -> dict:
     from promptkd_ray import storage
 
-    return {"id": batch["id"], "bytes": np.asarray([storage.read_bytes(str(p)) for p in batch["id"]], dtype=object)}
+    return {
+        "id": batch["id"],
+        "bytes": np.asarray([storage.read_bytes(str(p)) for p in batch["id"]], dtype=object),
+    }
 
 
 def ingest_rates(paths: list, pack: str, args) -> dict:
@@ -112,8 +118,12 @@ def ingest_rates(paths: list, pack: str, args) -> dict:
     from promptkd_ray.orchestration.pipeline import decode_and_augment
 
     blocks = max(4, len(paths) // (4 * args.batch_size))
-    views = {"fn_kwargs": {"size": VIEW_SIZE, "mode": "train", "on_bad_image": "fail", "seed": 0},
-             "batch_size": args.batch_size, "batch_format": "numpy", "num_cpus": 1}
+    views = {
+        "fn_kwargs": {"size": VIEW_SIZE, "mode": "train", "on_bad_image": "fail", "seed": 0},
+        "batch_size": args.batch_size,
+        "batch_format": "numpy",
+        "num_cpus": 1,
+    }
 
     def loose():
         return ray.data.from_items([{"id": p} for p in paths], override_num_blocks=blocks)
@@ -122,8 +132,9 @@ def ingest_rates(paths: list, pack: str, args) -> dict:
         return pack_rows(pack, "train")
 
     plans = {
-        ("loose files", "read"): lambda: loose().map_batches(_read_bytes, batch_size=args.batch_size,
-                                                             batch_format="numpy", num_cpus=1),
+        ("loose files", "read"): lambda: loose().map_batches(
+            _read_bytes, batch_size=args.batch_size, batch_format="numpy", num_cpus=1
+        ),
         ("pack shards", "read"): shards,
         ("loose files", "read → decode → view"): lambda: loose().map_batches(decode_and_augment, **views),
         ("pack shards", "read → decode → view"): lambda: shards().map_batches(decode_and_augment, **views),
@@ -151,15 +162,22 @@ def decode_rates(blobs: list, passes: int = 3) -> dict:
         return np.asarray(read_image(data))
 
     def tv(data):
-        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                            mode=ImageReadMode.RGB).permute(1, 2, 0).contiguous().numpy()
+        return (
+            decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+            .permute(1, 2, 0)
+            .contiguous()
+            .numpy()
+        )
 
     def tv_pil(data):
         return Image.fromarray(tv(data))
 
     rates = {}
-    for name, fn in (("PIL (read_image)", pil), ("torchvision.io.decode_image", tv),
-                     ("torchvision.io.decode_image → PIL image", tv_pil)):
+    for name, fn in (
+        ("PIL (read_image)", pil),
+        ("torchvision.io.decode_image", tv),
+        ("torchvision.io.decode_image → PIL image", tv_pil),
+    ):
         fn(blobs[0])
         best = 0.0
         for _ in range(passes):
@@ -186,34 +204,47 @@ def agreement(blobs: list) -> dict:
     raw, views, a32, b32 = [], [], [], []
     for data in blobs:
         a = read_image(data)
-        b = Image.fromarray(decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                                         mode=ImageReadMode.RGB).permute(1, 2, 0).contiguous().numpy())
+        b = Image.fromarray(
+            decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+            .permute(1, 2, 0)
+            .contiguous()
+            .numpy()
+        )
         raw.append(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)))
-        views.append(np.abs(render_test(a, VIEW_SIZE).astype(np.int16) - render_test(b, VIEW_SIZE).astype(np.int16)))
+        views.append(
+            np.abs(render_test(a, VIEW_SIZE).astype(np.int16) - render_test(b, VIEW_SIZE).astype(np.int16))
+        )
         a32.append(render_test(a, 32))
         b32.append(render_test(b, 32))
     teacher = ModelRef("zeroshot", build_world(profile="quick", progress=False).teacher_spec).build("cpu")
     with torch.no_grad():
         fa, fb = (teacher.encode_image(to_model_input(torch.from_numpy(np.stack(x)))) for x in (a32, b32))
     cos = torch.nn.functional.cosine_similarity(fa, fb).numpy()
-    stats = {"images": len(blobs),
-             "decoded_max_abs": int(max(d.max() for d in raw)),
-             "decoded_mean_abs": float(np.mean([d.mean() for d in raw])),
-             "decoded_equal_fraction": float(np.mean([(d == 0).mean() for d in raw])),
-             "view224_max_abs": int(max(d.max() for d in views)),
-             "view224_mean_abs": float(np.mean([d.mean() for d in views])),
-             "toy_teacher_cosine_min": float(cos.min()), "toy_teacher_cosine_mean": float(cos.mean())}
+    stats = {
+        "images": len(blobs),
+        "decoded_max_abs": int(max(d.max() for d in raw)),
+        "decoded_mean_abs": float(np.mean([d.mean() for d in raw])),
+        "decoded_equal_fraction": float(np.mean([(d == 0).mean() for d in raw])),
+        "view224_max_abs": int(max(d.max() for d in views)),
+        "view224_mean_abs": float(np.mean([d.mean() for d in views])),
+        "toy_teacher_cosine_min": float(cos.min()),
+        "toy_teacher_cosine_mean": float(cos.mean()),
+    }
     log.info("agreement: %s", stats)
     return stats
 
 
 def report(sizes: list, pack_stats: dict, rates: dict, decode: dict, agree: dict, cpus: int) -> str:
-    lines = [f"# Ingest: {len(sizes)} photo-like JPEGs, mean {np.mean(sizes) / 1e3:.1f} KB "
-             f"(≈ 500 × 375), Ray with {cpus} CPUs", "",
-             f"Pack: {pack_stats['shards']} shards, {pack_stats['mb']:.1f} MB, written at "
-             f"{pack_stats['images_per_s']:.0f} images/s.", "",
-             "| Ray Data path | loose files (images/s) | pack shards (images/s) | shards / loose |",
-             "|---|---|---|---|"]
+    lines = [
+        f"# Ingest: {len(sizes)} photo-like JPEGs, mean {np.mean(sizes) / 1e3:.1f} KB "
+        f"(≈ 500 × 375), Ray with {cpus} CPUs",
+        "",
+        f"Pack: {pack_stats['shards']} shards, {pack_stats['mb']:.1f} MB, written at "
+        f"{pack_stats['images_per_s']:.0f} images/s.",
+        "",
+        "| Ray Data path | loose files (images/s) | pack shards (images/s) | shards / loose |",
+        "|---|---|---|---|",
+    ]
     for stage in ("read", "read → decode → view"):
         a, b = rates[("loose files", stage)], rates[("pack shards", stage)]
         label = stage if stage == "read" else f"{stage} ({VIEW_SIZE}-px train view)"
@@ -221,11 +252,15 @@ def report(sizes: list, pack_stats: dict, rates: dict, decode: dict, agree: dict
     base = decode["PIL (read_image)"]
     lines += ["", "| decoder (one core, to an RGB uint8 array) | images/s | vs PIL |", "|---|---|---|"]
     lines += [f"| {name} | {rate:.1f} | {rate / base:.2f}× |" for name, rate in decode.items()]
-    lines += ["", f"Agreement PIL vs torchvision.io over {agree['images']} images: decoded pixels max |Δ| "
-              f"{agree['decoded_max_abs']}, mean |Δ| {agree['decoded_mean_abs']:.4f}, "
-              f"{100 * agree['decoded_equal_fraction']:.2f} % of values equal; {VIEW_SIZE}-px test views max |Δ| "
-              f"{agree['view224_max_abs']}, mean |Δ| {agree['view224_mean_abs']:.4f}; toy teacher feature cosine "
-              f"min {agree['toy_teacher_cosine_min']:.6f}, mean {agree['toy_teacher_cosine_mean']:.6f}.", ""]
+    lines += [
+        "",
+        f"Agreement PIL vs torchvision.io over {agree['images']} images: decoded pixels max |Δ| "
+        f"{agree['decoded_max_abs']}, mean |Δ| {agree['decoded_mean_abs']:.4f}, "
+        f"{100 * agree['decoded_equal_fraction']:.2f} % of values equal; {VIEW_SIZE}-px test views max |Δ| "
+        f"{agree['view224_max_abs']}, mean |Δ| {agree['view224_mean_abs']:.4f}; toy teacher feature cosine "
+        f"min {agree['toy_teacher_cosine_min']:.6f}, mean {agree['toy_teacher_cosine_mean']:.6f}.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -242,23 +277,34 @@ def main(argv=None) -> int:
     sizes = [os.path.getsize(p) for p in paths]
     log.info("%d JPEGs, mean %.1f KB", len(paths), np.mean(sizes) / 1e3)
     start = time.perf_counter()
-    pack = write_pack(splits, str(out / "pack"), {"kind": "imagefolder", "root": str(root)}, ["train"],
-                      shard_mb=args.shard_mb, overwrite=True, progress=False)
+    pack = write_pack(
+        splits,
+        str(out / "pack"),
+        {"kind": "imagefolder", "root": str(root)},
+        ["train"],
+        shard_mb=args.shard_mb,
+        overwrite=True,
+        progress=False,
+    )
     shards = pack.manifest["splits"]["train"]["shards"]
-    pack_stats = {"shards": len(shards), "mb": sum(s["bytes"] for s in shards) / 1e6,
-                  "images_per_s": len(paths) / (time.perf_counter() - start)}
+    pack_stats = {
+        "shards": len(shards),
+        "mb": sum(s["bytes"] for s in shards) / 1e6,
+        "images_per_s": len(paths) / (time.perf_counter() - start),
+    }
     cpus = args.num_cpus or os.cpu_count()
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     rates = ingest_rates(paths, pack.root, args)
     ray.shutdown()
-    blobs = [Path(p).read_bytes() for p in paths[:args.decode_images]]
+    blobs = [Path(p).read_bytes() for p in paths[: args.decode_images]]
     decode, agree = decode_rates(blobs), agreement(blobs)
     text = report(sizes, pack_stats, rates, decode, agree, cpus)
     (out / "ingest.md").write_text(text)
     ray_rates = {" / ".join(k): v for k, v in rates.items()}
-    (out / "ingest.json").write_text(json.dumps({"pack": pack_stats, "ray": ray_rates, "decode": decode,
-                                                 "agreement": agree}, indent=1))
+    (out / "ingest.json").write_text(
+        json.dumps({"pack": pack_stats, "ray": ray_rates, "decode": decode, "agreement": agree}, indent=1)
+    )
     print(text)
     return 0
 

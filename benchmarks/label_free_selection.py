@@ -26,7 +26,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from cost import start_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,8 +64,12 @@ def test_hm(sweep, trial) -> dict:
 
     job = distill_job_from_dict(sweep.trial_raw(trial.params, trial.trial_id, {}))
     cv = load_class_vectors(class_vectors_of(job, trial.run_dir))
-    (s,) = score([Entry(trial.trial_id, ModelRef("student", f"{trial.run_dir}/student.safetensors"), cv, job.seed)],
-                 open_splits(job.data), "base2novel", batch_size=128)
+    (s,) = score(
+        [Entry(trial.trial_id, ModelRef("student", f"{trial.run_dir}/student.safetensors"), cv, job.seed)],
+        open_splits(job.data),
+        "base2novel",
+        batch_size=128,
+    )
     return s.metrics
 
 
@@ -76,29 +79,51 @@ def main(argv=None) -> int:
 
     args, out = start_benchmark(parse_args, argv)
     sweep = open_sweep(args.space, "", [f"storage_path={out / 'runs'}", *args.overrides])
-    sweep = dataclasses.replace(sweep, space=dataclasses.replace(sweep.space, scheduler=SchedulerConfig(kind="fifo")))
+    sweep = dataclasses.replace(
+        sweep, space=dataclasses.replace(sweep.space, scheduler=SchedulerConfig(kind="fifo"))
+    )
     report = run_sweep(sweep)
     rows = []
     for t in (t for t in report.trials if t.status == "completed"):
         final = json.loads(Path(t.run_dir, "metrics.json").read_text())["final"]
-        rows.append({"trial": t.trial_id, **{k: t.params[k] for k in sweep.space.params},
-                     **{k: final[k] for k in CANDIDATES}, **test_hm(sweep, t)})
+        rows.append(
+            {
+                "trial": t.trial_id,
+                **{k: t.params[k] for k in sweep.space.params},
+                **{k: final[k] for k in CANDIDATES},
+                **test_hm(sweep, t),
+            }
+        )
     best_hm = max(r["hm"] for r in rows)
-    lines = [f"# Label-free selection on `{Path(args.space).name}` ({len(rows)} trials, every one to the end)", "",
-             "| selection metric | Spearman with test HM (metric oriented: higher = better) | picks | its test HM | "
-             "regret (best HM − its HM) |", "|---|---|---|---|---|"]
+    lines = [
+        f"# Label-free selection on `{Path(args.space).name}` ({len(rows)} trials, every one to the end)",
+        "",
+        "| selection metric | Spearman with test HM (metric oriented: higher = better) | picks | its test HM | "
+        "regret (best HM − its HM) |",
+        "|---|---|---|---|---|",
+    ]
     for metric, sign in CANDIDATES.items():
         rho = spearman([sign * r[metric] for r in rows], [r["hm"] for r in rows])
         pick = max(rows, key=lambda r: sign * r[metric])
-        lines.append(f"| {metric}{' (training loss at the swept T)' if metric == 'loss' else ''} | {rho:+.3f} | "
-                     f"trial {pick['trial']} | {pick['hm']:.2f} | {best_hm - pick['hm']:.2f} |")
+        lines.append(
+            f"| {metric}{' (training loss at the swept T)' if metric == 'loss' else ''} | {rho:+.3f} | "
+            f"trial {pick['trial']} | {pick['hm']:.2f} | {best_hm - pick['hm']:.2f} |"
+        )
     keys = list(sweep.space.params)
-    lines += ["", "| trial | " + " | ".join(keys) + " | held-out KL | held-out agreement | train loss | base | novel | HM |",
-              "|---|" + "---|" * (len(keys) + 6)]
+    lines += [
+        "",
+        "| trial | "
+        + " | ".join(keys)
+        + " | held-out KL | held-out agreement | train loss | base | novel | HM |",
+        "|---|" + "---|" * (len(keys) + 6),
+    ]
     for r in sorted(rows, key=lambda r: -r["hm"]):
-        lines.append(f"| {r['trial']} | " + " | ".join(str(r[k]) for k in keys) +
-                     f" | {r['heldout_kl']:.4f} | {r['heldout_agreement']:.1f} | {r['loss']:.3f} | {r['base']:.2f} | "
-                     f"{r['novel']:.2f} | {r['hm']:.2f} |")
+        lines.append(
+            f"| {r['trial']} | "
+            + " | ".join(str(r[k]) for k in keys)
+            + f" | {r['heldout_kl']:.4f} | {r['heldout_agreement']:.1f} | {r['loss']:.3f} | {r['base']:.2f} | "
+            f"{r['novel']:.2f} | {r['hm']:.2f} |"
+        )
     text = "\n".join(lines + ["", f"Sweep outputs: {report.folder}", ""])
     (out / "selection.md").write_text(text)
     with open(out / "trials_test.csv", "w", newline="") as f:

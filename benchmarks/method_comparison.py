@@ -75,9 +75,16 @@ def distill(args, seed: int, config: str):
     from promptkd_ray.distill import run_distillation
 
     name = f"{config.replace(' ', '_').replace('/', '')}-seed{seed}"
-    overrides = [f"name={name}", f"storage_path={Path(args.out).resolve() / 'runs'}", f"seed={seed}",
-                 f"data.root={args.cache_dir}", f"data.toyworld_profile={args.profile}", f"data.toyworld_seed={seed}",
-                 *([f"train.epochs={args.epochs}"] if args.epochs else []), *CONFIGS[config]]
+    overrides = [
+        f"name={name}",
+        f"storage_path={Path(args.out).resolve() / 'runs'}",
+        f"seed={seed}",
+        f"data.root={args.cache_dir}",
+        f"data.toyworld_profile={args.profile}",
+        f"data.toyworld_seed={seed}",
+        *([f"train.epochs={args.epochs}"] if args.epochs else []),
+        *CONFIGS[config],
+    ]
     return run_distillation(load_distill_job(DEMO_JOB, overrides))
 
 
@@ -97,8 +104,10 @@ def score_seed(args, seed: int, runs: dict) -> list:
     scores = []
     for protocol, domain in (("base2novel", "doodles"), ("cross", "neon")):
         splits = world.domain(domain).splits()
-        entries = [Entry("teacher zero-shot", ModelRef("zeroshot", world.teacher_spec), None, seed),
-                   Entry("student zero-shot", ModelRef("zeroshot", world.student_spec), None, seed)]
+        entries = [
+            Entry("teacher zero-shot", ModelRef("zeroshot", world.teacher_spec), None, seed),
+            Entry("student zero-shot", ModelRef("zeroshot", world.student_spec), None, seed),
+        ]
         for config, result in runs.items():
             run_cv = load_class_vectors(f"{result.run_dir}/class_vectors")
             cv = class_vectors_for(result.student_artifact, splits, [run_cv], protocol)
@@ -113,8 +122,11 @@ def table(scores: list, dataset: str, keys: tuple) -> tuple[str, list]:
     rows = [r for r in summarize([s for s in scores if s.dataset == dataset])]
     lines = ["| model | " + " | ".join(keys) + " | seeds |", "|---|" + "---|" * (len(keys) + 1)]
     for r in rows:
-        lines.append(f"| {r['model']} | " + " | ".join(f"{r[k]:.2f} ± {r[k + '_std']:.2f}" for k in keys)
-                     + f" | {r['seeds']} |")
+        lines.append(
+            f"| {r['model']} | "
+            + " | ".join(f"{r[k]:.2f} ± {r[k + '_std']:.2f}" for k in keys)
+            + f" | {r['seeds']} |"
+        )
     return "\n".join(lines), rows
 
 
@@ -131,25 +143,47 @@ def main(argv=None) -> int:
     n_runs = len(args.seeds) * len(args.configs)
     from promptkd_ray.evaluate import write_report
 
-    write_report([s for s in scores if s.dataset == "ToyDoodles"], out / "report_b2n", "Methods, base-to-novel")
+    write_report(
+        [s for s in scores if s.dataset == "ToyDoodles"], out / "report_b2n", "Methods, base-to-novel"
+    )
     write_report([s for s in scores if s.dataset == "ToyNeon"], out / "report_cross", "Methods, cross-domain")
     b2n, _ = table(scores, "ToyDoodles", ("base", "novel", "hm"))
     cross, _ = table(scores, "ToyNeon", ("accuracy",))
     command = "python benchmarks/method_comparison.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = "\n".join([
-        f"# Methods on the toy world ({args.profile}, seeds {', '.join(map(str, args.seeds))})", "",
-        f"Command: `{command.strip()}`. Training time of the {n_runs} runs, as each run recorded it "
-        f"(sum of metrics.csv's epoch_seconds, start-up included): {trained / 60:.1f} min; this "
-        f"invocation's wall time (finished runs are reused, not re-trained): {total / 60:.1f} min.", "",
-        "## Base-to-novel on ToyDoodles (distilled there without labels)", "", b2n, "",
-        "## Cross-domain: zero-shot on ToyNeon (all classes, its own class vectors)", "", cross, ""])
+    text = "\n".join(
+        [
+            f"# Methods on the toy world ({args.profile}, seeds {', '.join(map(str, args.seeds))})",
+            "",
+            f"Command: `{command.strip()}`. Training time of the {n_runs} runs, as each run recorded it "
+            f"(sum of metrics.csv's epoch_seconds, start-up included): {trained / 60:.1f} min; this "
+            f"invocation's wall time (finished runs are reused, not re-trained): {total / 60:.1f} min.",
+            "",
+            "## Base-to-novel on ToyDoodles (distilled there without labels)",
+            "",
+            b2n,
+            "",
+            "## Cross-domain: zero-shot on ToyNeon (all classes, its own class vectors)",
+            "",
+            cross,
+            "",
+        ]
+    )
     (out / "comparison.md").write_text(text)
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["dataset", "model", "seed", "base", "novel", "hm", "accuracy"])
         for s in scores:
-            writer.writerow([s.dataset, s.model, s.seed, *(f"{s.metrics[k]:.2f}" if k in s.metrics else ""
-                                                          for k in ("base", "novel", "hm", "accuracy"))])
+            writer.writerow(
+                [
+                    s.dataset,
+                    s.model,
+                    s.seed,
+                    *(
+                        f"{s.metrics[k]:.2f}" if k in s.metrics else ""
+                        for k in ("base", "novel", "hm", "accuracy")
+                    ),
+                ]
+            )
     print(text)
     return 0
 

@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
 from cost import start_benchmark
 
 TEACHER, STUDENT = "ViT-L-14", "ViT-B-16"
@@ -56,7 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--images", type=int, default=16, help="images per timed pass of ours (whole batches)")
     p.add_argument("--classes", type=int, default=1000, help="classes the authors' step encodes every step")
-    p.add_argument("--authors-steps", type=int, default=1, help="timed authors'-style steps (after a warm-up)")
+    p.add_argument(
+        "--authors-steps", type=int, default=1, help="timed authors'-style steps (after a warm-up)"
+    )
     p.add_argument("--memory-steps", type=int, default=2, help="steps / batches each memory probe runs")
     p.add_argument("--probe", choices=["trainer", "teacher", "imports"], help=argparse.SUPPRESS)
     p.add_argument("--out", default="runs/real_size")
@@ -73,9 +74,18 @@ class RealModels:
     batches: list  # [B, 3, 224, 224] float32 model inputs
 
 
-def real_models(batch_size: int, images: int, classes: int = 1000, teacher_depth: int = 0,
-                teacher: str = TEACHER, student: str = STUDENT, image_size: int = 224, n_ctx: int = N_CTX,
-                student_depth: int = STUDENT_DEPTH, device: str = "cpu") -> RealModels:
+def real_models(
+    batch_size: int,
+    images: int,
+    classes: int = 1000,
+    teacher_depth: int = 0,
+    teacher: str = TEACHER,
+    student: str = STUDENT,
+    image_size: int = 224,
+    n_ctx: int = N_CTX,
+    student_depth: int = STUDENT_DEPTH,
+    device: str = "cpu",
+) -> RealModels:
     """The teacher and student (random init unless the specs name weights; the real sizes by
     default), the recipe's SGD and random batches, on `device`."""
     import torch.nn.functional as F
@@ -84,14 +94,19 @@ def real_models(batch_size: int, images: int, classes: int = 1000, teacher_depth
     from promptkd_ray.core.models import build_student, build_teacher
 
     torch.manual_seed(0)
-    t = build_teacher(teacher, vision_depth=teacher_depth, text_depth=teacher_depth, n_ctx=n_ctx, device=device)
+    t = build_teacher(
+        teacher, vision_depth=teacher_depth, text_depth=teacher_depth, n_ctx=n_ctx, device=device
+    )
     t = t.to(device).eval()
-    s = build_student(student, teacher_dim=t.embed_dim, n_ctx=n_ctx, depth=student_depth, projector=PROJECTOR,
-                      device=device)
+    s = build_student(
+        student, teacher_dim=t.embed_dim, n_ctx=n_ctx, depth=student_depth, projector=PROJECTOR, device=device
+    )
     optimizer = torch.optim.SGD(s.trainable_parameters(), lr=0.005, momentum=0.9)
     class_vectors = F.normalize(torch.randn(classes, t.embed_dim, device=device), dim=-1)
-    batches = [torch.randn(batch_size, 3, image_size, image_size, device=device)
-               for _ in range(max(1, images // batch_size))]
+    batches = [
+        torch.randn(batch_size, 3, image_size, image_size, device=device)
+        for _ in range(max(1, images // batch_size))
+    ]
     return RealModels(t, s, optimizer, class_vectors, LOSS_PRESETS["promptkd"], batches)
 
 
@@ -107,7 +122,9 @@ def student_pass(m: RealModels, features: list) -> None:
         distill_step(m.student, images, feats.clone(), m.class_vectors, m.optimizer, m.loss, 100.0)
 
 
-def authors_step(m: RealModels, images: torch.Tensor, classnames: list, autocast=None, sync=lambda: None) -> dict:
+def authors_step(
+    m: RealModels, images: torch.Tensor, classnames: list, autocast=None, sync=lambda: None
+) -> dict:
     """One authors'-style step; wall seconds of its three parts and of the whole, and the whole's
     CPU seconds of this process (`autocast`: e.g. torch.bfloat16 on a GPU; `sync` waits for the device)."""
     from promptkd_ray.core.step import distill_step
@@ -122,12 +139,25 @@ def authors_step(m: RealModels, images: torch.Tensor, classnames: list, autocast
         class_vectors = m.teacher.encode_text(classnames).float()
     sync()
     t2 = time.perf_counter()
-    distill_step(m.student, images, features.clone(), class_vectors.clone(), m.optimizer, m.loss, 100.0,
-                 autocast=autocast)
+    distill_step(
+        m.student,
+        images,
+        features.clone(),
+        class_vectors.clone(),
+        m.optimizer,
+        m.loss,
+        100.0,
+        autocast=autocast,
+    )
     sync()
     t3 = time.perf_counter()
-    return {"image": t1 - t0, "text": t2 - t1, "student": t3 - t2, "total": t3 - t0,
-            "cpu_total": time.process_time() - c0}
+    return {
+        "image": t1 - t0,
+        "text": t2 - t1,
+        "student": t3 - t2,
+        "total": t3 - t0,
+        "cpu_total": time.process_time() - c0,
+    }
 
 
 def timings(args) -> dict:
@@ -164,16 +194,25 @@ def timings(args) -> dict:
     b = args.batch_size
     pool_s, trainer_s = min(pool), min(trainer)
     authors = {k: v / b for k, v in best.items()}
-    return {"batch_size": b, "images": n, "classes": args.classes, "threads": torch.get_num_threads(),
-            "authors_steps": len(steps), "authors_s_per_image": authors,
-            "pool_s_per_image": pool_s, "trainer_s_per_image": trainer_s,
-            "ours_all_s_per_image": pool_s + trainer_s, "ours_cpu_s_per_image": min(cpu),
-            "ratio_vs_ours_all": authors["total"] / (pool_s + trainer_s),
-            "ratio_vs_trainer": authors["total"] / trainer_s,
-            "cpu_ratio_vs_ours_all": authors["cpu_total"] / min(cpu)}
+    return {
+        "batch_size": b,
+        "images": n,
+        "classes": args.classes,
+        "threads": torch.get_num_threads(),
+        "authors_steps": len(steps),
+        "authors_s_per_image": authors,
+        "pool_s_per_image": pool_s,
+        "trainer_s_per_image": trainer_s,
+        "ours_all_s_per_image": pool_s + trainer_s,
+        "ours_cpu_s_per_image": min(cpu),
+        "ratio_vs_ours_all": authors["total"] / (pool_s + trainer_s),
+        "ratio_vs_trainer": authors["total"] / trainer_s,
+        "cpu_ratio_vs_ours_all": authors["cpu_total"] / min(cpu),
+    }
 
 
 # ---- memory probes (each runs in its own process) ----
+
 
 def probe(role: str, batch_size: int, steps: int, classes: int) -> dict:
     import numpy as np
@@ -189,13 +228,22 @@ def probe(role: str, batch_size: int, steps: int, classes: int) -> dict:
     if role == "trainer":
         import torch.nn.functional as F
 
-        student = build_student(STUDENT, teacher_dim=768, n_ctx=N_CTX, depth=STUDENT_DEPTH, projector=PROJECTOR)
+        student = build_student(
+            STUDENT, teacher_dim=768, n_ctx=N_CTX, depth=STUDENT_DEPTH, projector=PROJECTOR
+        )
         optimizer = torch.optim.SGD(student.trainable_parameters(), lr=0.005, momentum=0.9)
         class_vectors = F.normalize(torch.randn(classes, 768), dim=-1)
         for _ in range(steps):
             features = F.normalize(torch.randn(batch_size, 768), dim=-1)
-            distill_step(student, torch.randn(batch_size, 3, 224, 224), features, class_vectors, optimizer,
-                         LOSS_PRESETS["promptkd"], 100.0)
+            distill_step(
+                student,
+                torch.randn(batch_size, 3, 224, 224),
+                features,
+                class_vectors,
+                optimizer,
+                LOSS_PRESETS["promptkd"],
+                100.0,
+            )
     elif role == "teacher":
         predictor = TeacherPredictor(ModelRef("zeroshot", TEACHER), precision="auto")
         rng = np.random.default_rng(0)
@@ -218,8 +266,20 @@ def start_probes(args) -> dict:
     """Start one child process per role."""
     children = {}
     for role in ("imports", "trainer", "teacher"):
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--probe", role, "--batch-size", str(args.batch_size),
-               "--memory-steps", str(args.memory_steps), "--classes", str(args.classes), "--out", args.out]
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--probe",
+            role,
+            "--batch-size",
+            str(args.batch_size),
+            "--memory-steps",
+            str(args.memory_steps),
+            "--classes",
+            str(args.classes),
+            "--out",
+            args.out,
+        ]
         children[role] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return children
 
@@ -239,30 +299,38 @@ def collect_probes(children: dict) -> dict:
 def report(r: dict) -> str:
     t, mem = r["timings"], r["memory"]
     a = t["authors_s_per_image"]
-    return "\n".join([
-        f"# Real sizes on the CPU (`python benchmarks/real_size.py {' '.join(sys.argv[1:])}`)", "",
-        f"Random-init {TEACHER} (prompted, depth {TEACHER_DEPTH}) → {STUDENT} (depth {STUDENT_DEPTH}, n_ctx {N_CTX}, "
-        f"{PROJECTOR}), 224 px, batch {t['batch_size']}, {t['classes']} classes, fp32, {t['threads']} threads; "
-        f"{r['cores']} cores, load average {r['load_average'][0]:.1f} → {r['load_average'][1]:.1f}.", "",
-        "| step | s / image |", "|---|---|",
-        f"| authors'-style: teacher image forward | {a['image']:.3f} |",
-        f"| authors'-style: teacher text forward over {t['classes']} classes (÷ batch) | {a['text']:.3f} |",
-        f"| authors'-style: student step | {a['student']:.3f} |",
-        f"| **authors'-style step, total** (best of {t['authors_steps']}) | **{a['total']:.3f}** |",
-        f"| ours: teacher pool, image forward | {t['pool_s_per_image']:.3f} |",
-        f"| ours: trainer step (stored class vectors, pool features) | {t['trainer_s_per_image']:.3f} |",
-        f"| **ours, all compute** (pool + trainer) | **{t['ours_all_s_per_image']:.3f}** |", "",
-        f"- authors'-style ÷ ours (all compute) per image: × {t['ratio_vs_ours_all']:.2f}",
-        f"- authors'-style ÷ ours (trainer step only) per image: × {t['ratio_vs_trainer']:.2f}",
-        f"- the same in CPU seconds of the process (robust to other load on the machine): authors'-style "
-        f"{a['cpu_total']:.3f} vs ours, all compute, {t['ours_cpu_s_per_image']:.3f} per image: "
-        f"× {t['cpu_ratio_vs_ours_all']:.2f}",
-        f"- wall times are best of {t['authors_steps']} authors'-style step(s) and of 3 passes of ours "
-        f"({t['images']} images each)", "",
-        f"Peak RSS (fresh process each, batch {t['batch_size']}): Train worker {mem['trainer']:.0f} MiB; "
-        f"teacher actor ({TEACHER}, `TeacherPredictor`) {mem['teacher']:.0f} MiB; "
-        f"imports alone {mem['imports']:.0f} MiB.",
-        ""])
+    return "\n".join(
+        [
+            f"# Real sizes on the CPU (`python benchmarks/real_size.py {' '.join(sys.argv[1:])}`)",
+            "",
+            f"Random-init {TEACHER} (prompted, depth {TEACHER_DEPTH}) → {STUDENT} (depth {STUDENT_DEPTH}, n_ctx {N_CTX}, "
+            f"{PROJECTOR}), 224 px, batch {t['batch_size']}, {t['classes']} classes, fp32, {t['threads']} threads; "
+            f"{r['cores']} cores, load average {r['load_average'][0]:.1f} → {r['load_average'][1]:.1f}.",
+            "",
+            "| step | s / image |",
+            "|---|---|",
+            f"| authors'-style: teacher image forward | {a['image']:.3f} |",
+            f"| authors'-style: teacher text forward over {t['classes']} classes (÷ batch) | {a['text']:.3f} |",
+            f"| authors'-style: student step | {a['student']:.3f} |",
+            f"| **authors'-style step, total** (best of {t['authors_steps']}) | **{a['total']:.3f}** |",
+            f"| ours: teacher pool, image forward | {t['pool_s_per_image']:.3f} |",
+            f"| ours: trainer step (stored class vectors, pool features) | {t['trainer_s_per_image']:.3f} |",
+            f"| **ours, all compute** (pool + trainer) | **{t['ours_all_s_per_image']:.3f}** |",
+            "",
+            f"- authors'-style ÷ ours (all compute) per image: × {t['ratio_vs_ours_all']:.2f}",
+            f"- authors'-style ÷ ours (trainer step only) per image: × {t['ratio_vs_trainer']:.2f}",
+            f"- the same in CPU seconds of the process (robust to other load on the machine): authors'-style "
+            f"{a['cpu_total']:.3f} vs ours, all compute, {t['ours_cpu_s_per_image']:.3f} per image: "
+            f"× {t['cpu_ratio_vs_ours_all']:.2f}",
+            f"- wall times are best of {t['authors_steps']} authors'-style step(s) and of 3 passes of ours "
+            f"({t['images']} images each)",
+            "",
+            f"Peak RSS (fresh process each, batch {t['batch_size']}): Train worker {mem['trainer']:.0f} MiB; "
+            f"teacher actor ({TEACHER}, `TeacherPredictor`) {mem['teacher']:.0f} MiB; "
+            f"imports alone {mem['imports']:.0f} MiB.",
+            "",
+        ]
+    )
 
 
 def main(argv=None) -> int:
@@ -273,9 +341,15 @@ def main(argv=None) -> int:
         print(text)
         return 0
     load_before = os.getloadavg()[0]
-    timed = timings(args)  # the memory probes start afterwards: on a small machine they would slow the timed steps
-    results = {"timings": timed, "memory": collect_probes(start_probes(args)), "cores": os.cpu_count(),
-               "load_average": [load_before, os.getloadavg()[0]]}
+    timed = timings(
+        args
+    )  # the memory probes start afterwards: on a small machine they would slow the timed steps
+    results = {
+        "timings": timed,
+        "memory": collect_probes(start_probes(args)),
+        "cores": os.cpu_count(),
+        "load_average": [load_before, os.getloadavg()[0]],
+    }
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     text = report(results)
     (out / "report.md").write_text(text)

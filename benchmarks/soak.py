@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from cost import start_benchmark
 
 log = logging.getLogger("soak")
@@ -107,13 +106,16 @@ def sampler_callback(raylet_pid: int, gcs_address: str, out_file: str, period_s:
             with self.lock:
                 peaks, self.peaks = self.peaks, {}
             reply = get_memory_info_reply(get_state_from_address(gcs_address))
-            row = {"epoch": int(metrics[0].get("epoch", -1)) if metrics else -1, "time": time.time(),
-                   "trainer_rss_mb": sorted(round(r, 1) for k, r in peaks.values() if k == "trainer"),
-                   "teacher_rss_mb": sorted(round(r, 1) for k, r in peaks.values() if k == "teacher"),
-                   "fds": sum(_fds(p) for _, _, p in seen.values()) + _fds(psutil.Process(raylet_pid)),
-                   "spilled_mb": reply.store_stats.spilled_bytes_total / 2**20,
-                   "store_used_mb": reply.store_stats.object_store_bytes_used / 2**20,
-                   "epoch_seconds": float(metrics[0].get("epoch_seconds", 0.0)) if metrics else 0.0}
+            row = {
+                "epoch": int(metrics[0].get("epoch", -1)) if metrics else -1,
+                "time": time.time(),
+                "trainer_rss_mb": sorted(round(r, 1) for k, r in peaks.values() if k == "trainer"),
+                "teacher_rss_mb": sorted(round(r, 1) for k, r in peaks.values() if k == "teacher"),
+                "fds": sum(_fds(p) for _, _, p in seen.values()) + _fds(psutil.Process(raylet_pid)),
+                "spilled_mb": reply.store_stats.spilled_bytes_total / 2**20,
+                "store_used_mb": reply.store_stats.object_store_bytes_used / 2**20,
+                "epoch_seconds": float(metrics[0].get("epoch_seconds", 0.0)) if metrics else 0.0,
+            }
             with open(out_file, "a") as f:
                 f.write(json.dumps(row) + "\n")
 
@@ -129,9 +131,18 @@ def slope(values: list) -> float:
 
 def flatten(rows: list) -> list:
     """Per epoch: the max trainer / teacher RSS over processes, the other series as they are."""
-    return [{"epoch": r["epoch"], "trainer_rss_mb": max(r["trainer_rss_mb"] or [0.0]),
-             "teacher_rss_mb": max(r["teacher_rss_mb"] or [0.0]), "fds": r["fds"], "spilled_mb": r["spilled_mb"],
-             "store_used_mb": r["store_used_mb"], "epoch_seconds": r["epoch_seconds"]} for r in rows]
+    return [
+        {
+            "epoch": r["epoch"],
+            "trainer_rss_mb": max(r["trainer_rss_mb"] or [0.0]),
+            "teacher_rss_mb": max(r["teacher_rss_mb"] or [0.0]),
+            "fds": r["fds"],
+            "spilled_mb": r["spilled_mb"],
+            "store_used_mb": r["store_used_mb"],
+            "epoch_seconds": r["epoch_seconds"],
+        }
+        for r in rows
+    ]
 
 
 def verdict(rows: list, warmup: int) -> list:
@@ -140,8 +151,10 @@ def verdict(rows: list, warmup: int) -> list:
     lines = ["| series | first after warm-up | last | change | slope per epoch |", "|---|---|---|---|---|"]
     for name in SERIES:
         values = [r[name] for r in tail]
-        lines.append(f"| {name} | {values[0]:.1f} | {values[-1]:.1f} | {values[-1] - values[0]:+.1f} | "
-                     f"{slope(values):+.3f} |")
+        lines.append(
+            f"| {name} | {values[0]:.1f} | {values[-1]:.1f} | {values[-1] - values[0]:+.1f} | "
+            f"{slope(values):+.3f} |"
+        )
     return lines
 
 
@@ -177,17 +190,29 @@ def main(argv=None) -> int:
     from promptkd_ray.config import load_distill_job
     from promptkd_ray.distill import run_distillation
 
-    ray.init(address="local", num_cpus=6, object_store_memory=200 * 2**20, include_dashboard=False,
-             log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=6,
+        object_store_memory=200 * 2**20,
+        include_dashboard=False,
+        log_to_driver=False,
+    )
     raylet = ray._private.worker._global_node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
     samples = out / "samples.jsonl"
     samples.unlink(missing_ok=True)
-    overrides = [f"name=soak-{args.epochs}", f"storage_path={out / 'runs'}", f"train.epochs={args.epochs}",
-                 f"data.toyworld_profile={args.profile}", "ray.progress_bars=false",
-                 *([f"data.root={args.cache_dir}"] if args.cache_dir else [])]
+    overrides = [
+        f"name=soak-{args.epochs}",
+        f"storage_path={out / 'runs'}",
+        f"train.epochs={args.epochs}",
+        f"data.toyworld_profile={args.profile}",
+        "ray.progress_bars=false",
+        *([f"data.root={args.cache_dir}"] if args.cache_dir else []),
+    ]
     job = load_distill_job(str(DEMO_JOB), overrides)
     started = time.perf_counter()
-    run_distillation(job, callbacks=[sampler_callback(raylet, ray.get_runtime_context().gcs_address, str(samples))])
+    run_distillation(
+        job, callbacks=[sampler_callback(raylet, ray.get_runtime_context().gcs_address, str(samples))]
+    )
     wall = time.perf_counter() - started
     ray.shutdown()
 
@@ -196,12 +221,27 @@ def main(argv=None) -> int:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    series = ["| epoch | Train worker RSS MB | teacher RSS MB | fds | spilled MB | store in use MB | epoch s |",
-              "|---|---|---|---|---|---|---|"]
-    series += [f"| {r['epoch']} | {r['trainer_rss_mb']:.1f} | {r['teacher_rss_mb']:.1f} | {r['fds']} | "
-               f"{r['spilled_mb']:.1f} | {r['store_used_mb']:.1f} | {r['epoch_seconds']:.1f} |" for r in rows]
-    text = "\n".join([f"# Soak: {len(rows)} epochs of the demo job ({args.profile} toy world), wall {wall:.1f} s", "",
-                      *series, "", f"Growth after {args.warmup} warm-up epochs:", "", *verdict(rows, args.warmup), ""])
+    series = [
+        "| epoch | Train worker RSS MB | teacher RSS MB | fds | spilled MB | store in use MB | epoch s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    series += [
+        f"| {r['epoch']} | {r['trainer_rss_mb']:.1f} | {r['teacher_rss_mb']:.1f} | {r['fds']} | "
+        f"{r['spilled_mb']:.1f} | {r['store_used_mb']:.1f} | {r['epoch_seconds']:.1f} |"
+        for r in rows
+    ]
+    text = "\n".join(
+        [
+            f"# Soak: {len(rows)} epochs of the demo job ({args.profile} toy world), wall {wall:.1f} s",
+            "",
+            *series,
+            "",
+            f"Growth after {args.warmup} warm-up epochs:",
+            "",
+            *verdict(rows, args.warmup),
+            "",
+        ]
+    )
     (out / "soak.md").write_text(text)
     plot(rows, out / "soak.png")
     print(text)

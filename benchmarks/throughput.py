@@ -78,15 +78,16 @@ def authors_style_images_per_s(paths: list, classnames: list, args) -> float:
         order = rng.permutation(len(paths))
         for i in range(0, len(order) - args.batch_size + 1, args.batch_size):
             views = []
-            for j in order[i:i + args.batch_size]:
+            for j in order[i : i + args.batch_size]:
                 image = read_image(paths[j])
                 views.append(render_view(image, sample_view(*image.size, rng), size))
             images = to_model_input(torch.from_numpy(np.stack(views)))
             with torch.no_grad():
                 teacher_features = teacher.encode_image(images)
                 class_vectors = teacher.encode_text(classnames)  # every step, as the official code
-            distill_step(student, images, teacher_features, class_vectors, optimizer, loss,
-                         float(teacher.logit_scale))
+            distill_step(
+                student, images, teacher_features, class_vectors, optimizer, loss, float(teacher.logit_scale)
+            )
             seen += images.shape[0]
         return seen, time.perf_counter() - start
 
@@ -100,16 +101,34 @@ def ours_images_per_s(root: Path, storage: Path, workers: int, args) -> tuple[fl
     from promptkd_ray.config import distill_job_from_dict
     from promptkd_ray.distill import run_distillation
 
-    job = distill_job_from_dict({
-        "name": f"throughput_{workers}w", "storage_path": str(storage),
-        "teacher": {"spec": args.teacher}, "student": {"spec": args.student, "n_ctx": args.n_ctx, "depth": args.depth},
-        "data": {"source": "split_json", "root": str(root), "dataset": "bench", "image_folder": "images",
-                 "split_file": "split.json", "heldout_images": 0, "decode_batch_size": 32},
-        "teacher_pool": {"size": args.teacher_actors, "batch_size": 64},
-        "train": {"epochs": args.epochs, "batch_size": args.batch_size * workers, "num_workers": workers,
-                  "optimizer": "adamw", "lr": 0.01, "log_every": 10**6, "checkpoints_to_keep": 1},
-        "ray": {"progress_bars": False},
-    })
+    job = distill_job_from_dict(
+        {
+            "name": f"throughput_{workers}w",
+            "storage_path": str(storage),
+            "teacher": {"spec": args.teacher},
+            "student": {"spec": args.student, "n_ctx": args.n_ctx, "depth": args.depth},
+            "data": {
+                "source": "split_json",
+                "root": str(root),
+                "dataset": "bench",
+                "image_folder": "images",
+                "split_file": "split.json",
+                "heldout_images": 0,
+                "decode_batch_size": 32,
+            },
+            "teacher_pool": {"size": args.teacher_actors, "batch_size": 64},
+            "train": {
+                "epochs": args.epochs,
+                "batch_size": args.batch_size * workers,
+                "num_workers": workers,
+                "optimizer": "adamw",
+                "lr": 0.01,
+                "log_every": 10**6,
+                "checkpoints_to_keep": 1,
+            },
+            "ray": {"progress_bars": False},
+        }
+    )
     history = run_distillation(job).history
     best = max(history[1:], key=lambda m: m["images"] / m["epoch_seconds"])
     return best["images"] / best["epoch_seconds"], best["startup_s"], best["images_per_s"]
@@ -128,9 +147,13 @@ def main(argv=None) -> int:
     p.add_argument("--n-ctx", type=int, default=2)
     p.add_argument("--depth", type=int, default=2)
     p.add_argument("--num-cpus", type=int, default=6, help="logical CPUs of the local Ray cluster")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads of (a); 1 = like each Ray worker of (b), and immune to OpenMP spin-waits "
-                        "on a shared machine")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of (a); 1 = like each Ray worker of (b), and immune to OpenMP spin-waits "
+        "on a shared machine",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for name in ("throughput", "promptkd_ray"):  # not open_clip's INFO chatter on the root logger
@@ -155,13 +178,17 @@ def main(argv=None) -> int:
             ours[workers] = ours_images_per_s(root, Path(tmp) / "runs", workers, args)
         ray.shutdown()
 
-    print(f"\nload average {load_before:.1f} → {os.getloadavg()[0]:.1f}; throughput, {args.teacher} → {args.student}, {args.images} images, {args.classes} classes, "
-          f"batch {args.batch_size}/worker, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}")
+    print(
+        f"\nload average {load_before:.1f} → {os.getloadavg()[0]:.1f}; throughput, {args.teacher} → {args.student}, {args.images} images, {args.classes} classes, "
+        f"batch {args.batch_size}/worker, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}"
+    )
     print(f"  (a) authors-style loop (teacher image + text towers every step): {authors:8.1f} images/s")
     for workers, (rate, startup, steady) in ours.items():
-        print(f"  (b) ours, teacher pool of {args.teacher_actors} + {workers} trainer worker(s):      "
-              f"{rate:8.1f} images/s   ratio (b)/(a) = {rate / authors:.2f}   (epoch start-up {startup:.1f} s; "
-              f"after it {steady:.1f} images/s, ratio {steady / authors:.2f})")
+        print(
+            f"  (b) ours, teacher pool of {args.teacher_actors} + {workers} trainer worker(s):      "
+            f"{rate:8.1f} images/s   ratio (b)/(a) = {rate / authors:.2f}   (epoch start-up {startup:.1f} s; "
+            f"after it {steady:.1f} images/s, ratio {steady / authors:.2f})"
+        )
     return 0
 
 

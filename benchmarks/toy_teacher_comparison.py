@@ -58,7 +58,10 @@ from pathlib import Path
 log = logging.getLogger("toy_teacher_comparison")
 
 ZS_TEACHER, SRC_TEACHER = "teacher zero-shot", "teacher PromptSRC 16-shot"
-ZS_STUDENT, SRC_STUDENT = "student distilled from zero-shot teacher", "student distilled from PromptSRC teacher"
+ZS_STUDENT, SRC_STUDENT = (
+    "student distilled from zero-shot teacher",
+    "student distilled from PromptSRC teacher",
+)
 STUDENT_ZS = "student zero-shot"
 
 
@@ -76,22 +79,40 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--profile", choices=["full", "quick"], default="full", help="toy world size")
     p.add_argument("--cache-dir", default="", help="toy world cache (default ~/.cache/promptkd_ray/toyworld)")
     p.add_argument("--out", default="runs/toy_teacher_comparison", help="folder for runs and the report")
-    p.add_argument("--epochs", type=int, default=defaults["epochs"],
-                   help=f"Stage II epochs (default: the demo's, {defaults['epochs']})")
-    p.add_argument("--workers", type=int, default=defaults["workers"],
-                   help=f"Stage II Ray Train workers (default: the demo's, {defaults['workers']})")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=defaults["epochs"],
+        help=f"Stage II epochs (default: the demo's, {defaults['epochs']})",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=defaults["workers"],
+        help=f"Stage II Ray Train workers (default: the demo's, {defaults['workers']})",
+    )
     p.add_argument("--teacher-epochs", type=int, default=20, help="Stage I epochs (authors: 20)")
     p.add_argument("--shots", type=int, default=16, help="Stage I shots per base class (authors: 16)")
     p.add_argument("--vision-depth", type=int, default=6, help="Stage I prompted image layers (see above)")
     p.add_argument("--text-depth", type=int, default=3, help="Stage I prompted text layers (see above)")
-    p.add_argument("--crop-scale-min", type=float, default=1.0,
-                   help="Stage I smallest train crop, a fraction of the image area (authors: 0.08; see above)")
-    p.add_argument("--teacher-set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="further Stage I job overrides, passed to the command (e.g. train.lr=0.01)")
+    p.add_argument(
+        "--crop-scale-min",
+        type=float,
+        default=1.0,
+        help="Stage I smallest train crop, a fraction of the image area (authors: 0.08; see above)",
+    )
+    p.add_argument(
+        "--teacher-set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="further Stage I job overrides, passed to the command (e.g. train.lr=0.01)",
+    )
     return p.parse_args(argv)
 
 
 # --- Stage I ---------------------------------------------------------------------------------------------
+
 
 def stage1_job(world, seed: int, storage: Path, args) -> dict:
     """The Stage I job (`kind: teacher`, as a dict) for the world's doodles domain."""
@@ -103,15 +124,40 @@ def stage1_job(world, seed: int, storage: Path, args) -> dict:
         "name": f"promptsrc-teacher-seed{seed}",
         "storage_path": str(storage),
         "seed": seed,
-        "teacher": {"spec": world.teacher_spec, "mode": "promptsrc", "vision_depth": args.vision_depth,
-                    "text_depth": args.text_depth, "n_ctx": 4, "ctx_init": "a photo of a",
-                    "scl_templates": "imagenet60"},
-        "data": {"source": "split_json", "root": str(split.parent.parent), "dataset": split.parent.name,
-                 "image_folder": domain.image_folder, "split_file": split.name, "shots": args.shots,
-                 "crop_scale_min": args.crop_scale_min, "classes": "base", "eval_test": True},
-        "train": {"epochs": epochs, "batch_size": 8, "lr": 0.005, "momentum": 0.9, "weight_decay": 0.0005,
-                  "warmup_epochs": 1, "warmup_lr": 0.00001, "gpa_mean": 0.75 * epochs, "gpa_std": 1.0,
-                  "text_loss_weight": 25.0, "image_loss_weight": 10.0, "num_workers": 1},
+        "teacher": {
+            "spec": world.teacher_spec,
+            "mode": "promptsrc",
+            "vision_depth": args.vision_depth,
+            "text_depth": args.text_depth,
+            "n_ctx": 4,
+            "ctx_init": "a photo of a",
+            "scl_templates": "imagenet60",
+        },
+        "data": {
+            "source": "split_json",
+            "root": str(split.parent.parent),
+            "dataset": split.parent.name,
+            "image_folder": domain.image_folder,
+            "split_file": split.name,
+            "shots": args.shots,
+            "crop_scale_min": args.crop_scale_min,
+            "classes": "base",
+            "eval_test": True,
+        },
+        "train": {
+            "epochs": epochs,
+            "batch_size": 8,
+            "lr": 0.005,
+            "momentum": 0.9,
+            "weight_decay": 0.0005,
+            "warmup_epochs": 1,
+            "warmup_lr": 0.00001,
+            "gpa_mean": 0.75 * epochs,
+            "gpa_std": 1.0,
+            "text_loss_weight": 25.0,
+            "image_loss_weight": 10.0,
+            "num_workers": 1,
+        },
     }
 
 
@@ -124,7 +170,9 @@ def train_promptsrc_teacher(raw: dict, job_file: Path, overrides=()) -> tuple[Pa
 
     teacher_job_from_dict(raw, str(job_file), overrides)  # validate before starting a process
     job_file.parent.mkdir(parents=True, exist_ok=True)
-    job_file.write_text("# written by benchmarks/toy_teacher_comparison.py\n" + yaml.safe_dump(raw, sort_keys=False))
+    job_file.write_text(
+        "# written by benchmarks/toy_teacher_comparison.py\n" + yaml.safe_dump(raw, sort_keys=False)
+    )
     cmd = [sys.executable, "-m", "promptkd_ray.cli", "teacher", "--config", str(job_file), *overrides]
     log.info("Stage I: %s", " ".join(cmd))
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
@@ -142,21 +190,30 @@ def train_promptsrc_teacher(raw: dict, job_file: Path, overrides=()) -> tuple[Pa
 
 # --- Stage II (the demo's distillation) ------------------------------------------------------------------
 
+
 def distill(args, seed: int, storage: Path, name: str, teacher: dict):
     """The demo's distillation job (jobs/toy_b2n.yaml + what `demo.run` sets) with `teacher` fields on top."""
     from promptkd_ray.config import load_distill_job
     from promptkd_ray.distill import run_distillation
 
-    overrides = [f"name={name}", f"storage_path={storage.resolve()}", f"seed={seed}", f"data.root={args.cache_dir}",
-                 f"data.toyworld_profile={args.profile}", f"data.toyworld_seed={seed}",
-                 f"train.epochs={args.epochs}", f"train.num_workers={args.workers}",
-                 *(f"teacher.{key}={value}" for key, value in teacher.items())]
+    overrides = [
+        f"name={name}",
+        f"storage_path={storage.resolve()}",
+        f"seed={seed}",
+        f"data.root={args.cache_dir}",
+        f"data.toyworld_profile={args.profile}",
+        f"data.toyworld_seed={seed}",
+        f"train.epochs={args.epochs}",
+        f"train.num_workers={args.workers}",
+        *(f"teacher.{key}={value}" for key, value in teacher.items()),
+    ]
     storage.mkdir(parents=True, exist_ok=True)
     (storage / f"{name}.overrides.json").write_text(json.dumps(overrides, indent=2) + "\n")
     return run_distillation(load_distill_job(DEMO_JOB, overrides))
 
 
 # --- one seed -----------------------------------------------------------------------------------------------
+
 
 def run_seed(args, seed: int) -> tuple[list, dict]:
     """→ (Scores of the five models, extra facts: wall times, the Stage I command's own accuracy)."""
@@ -170,26 +227,41 @@ def run_seed(args, seed: int) -> tuple[list, dict]:
     facts = {}
 
     start = time.perf_counter()
-    teacher, teacher_cv, reported = train_promptsrc_teacher(stage1_job(world, seed, out, args),
-                                                            out / "teacher_job.yaml", args.teacher_set)
+    teacher, teacher_cv, reported = train_promptsrc_teacher(
+        stage1_job(world, seed, out, args), out / "teacher_job.yaml", args.teacher_set
+    )
     facts["stage1_s"], facts["stage1_reported_base"] = time.perf_counter() - start, reported
 
     start = time.perf_counter()
     from_zs = distill(args, seed, out, "distill-from-zeroshot-teacher", {})
-    from_src = distill(args, seed, out, "distill-from-promptsrc-teacher",
-                       {"artifact": str(teacher), "class_vectors": str(teacher_cv)})
+    from_src = distill(
+        args,
+        seed,
+        out,
+        "distill-from-promptsrc-teacher",
+        {"artifact": str(teacher), "class_vectors": str(teacher_cv)},
+    )
     facts["stage2_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
     src_cv = load_class_vectors(str(teacher_cv))
-    scores = score([
-        Entry(ZS_TEACHER, ModelRef("zeroshot", world.teacher_spec), None, seed),
-        Entry(SRC_TEACHER, ModelRef("teacher", str(teacher)), src_cv, seed),
-        Entry(STUDENT_ZS, ModelRef("zeroshot", world.student_spec), None, seed),
-        Entry(ZS_STUDENT, ModelRef("student", from_zs.student_artifact),
-              load_class_vectors(f"{from_zs.run_dir}/class_vectors"), seed),
-        Entry(SRC_STUDENT, ModelRef("student", from_src.student_artifact), src_cv, seed),
-    ], world.domain().splits(), "base2novel", batch_size=128)
+    scores = score(
+        [
+            Entry(ZS_TEACHER, ModelRef("zeroshot", world.teacher_spec), None, seed),
+            Entry(SRC_TEACHER, ModelRef("teacher", str(teacher)), src_cv, seed),
+            Entry(STUDENT_ZS, ModelRef("zeroshot", world.student_spec), None, seed),
+            Entry(
+                ZS_STUDENT,
+                ModelRef("student", from_zs.student_artifact),
+                load_class_vectors(f"{from_zs.run_dir}/class_vectors"),
+                seed,
+            ),
+            Entry(SRC_STUDENT, ModelRef("student", from_src.student_artifact), src_cv, seed),
+        ],
+        world.domain().splits(),
+        "base2novel",
+        batch_size=128,
+    )
     facts["eval_s"] = time.perf_counter() - start
     import ray
 
@@ -199,9 +271,12 @@ def run_seed(args, seed: int) -> tuple[list, dict]:
 
 # --- report -------------------------------------------------------------------------------------------------
 
+
 def check(by_model: dict) -> dict:
-    return {"teacher_base": by_model[SRC_TEACHER]["base"] > by_model[ZS_TEACHER]["base"],
-            "student_hm": by_model[SRC_STUDENT]["hm"] > by_model[ZS_STUDENT]["hm"]}
+    return {
+        "teacher_base": by_model[SRC_TEACHER]["base"] > by_model[ZS_TEACHER]["base"],
+        "student_hm": by_model[SRC_STUDENT]["hm"] > by_model[ZS_STUDENT]["hm"],
+    }
 
 
 def seed_table(seed: int, by_model: dict) -> str:
@@ -209,32 +284,47 @@ def seed_table(seed: int, by_model: dict) -> str:
     for model, m in by_model.items():
         lines.append(f"| {model} | {m['base']:.2f} | {m['novel']:.2f} | {m['hm']:.2f} |")
     ok = check(by_model)
-    lines += ["", f"PromptSRC teacher base > zero-shot teacher base: {'yes' if ok['teacher_base'] else 'NO'} "
-                  f"({by_model[SRC_TEACHER]['base']:.2f} vs {by_model[ZS_TEACHER]['base']:.2f}); "
-                  f"HM of the student from PromptSRC > from zero-shot: {'yes' if ok['student_hm'] else 'NO'} "
-                  f"({by_model[SRC_STUDENT]['hm']:.2f} vs {by_model[ZS_STUDENT]['hm']:.2f})", ""]
+    lines += [
+        "",
+        f"PromptSRC teacher base > zero-shot teacher base: {'yes' if ok['teacher_base'] else 'NO'} "
+        f"({by_model[SRC_TEACHER]['base']:.2f} vs {by_model[ZS_TEACHER]['base']:.2f}); "
+        f"HM of the student from PromptSRC > from zero-shot: {'yes' if ok['student_hm'] else 'NO'} "
+        f"({by_model[SRC_STUDENT]['hm']:.2f} vs {by_model[ZS_STUDENT]['hm']:.2f})",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def summary_table(per_seed: dict) -> tuple[str, list]:
     models = list(next(iter(per_seed.values())))
-    rows, lines = [], [f"### mean ± std over seeds {', '.join(map(str, per_seed))} (population std)", "",
-                       "| model | base | novel | hm |", "|---|---|---|---|"]
+    rows, lines = (
+        [],
+        [
+            f"### mean ± std over seeds {', '.join(map(str, per_seed))} (population std)",
+            "",
+            "| model | base | novel | hm |",
+            "|---|---|---|---|",
+        ],
+    )
     for model in models:
         row = {"model": model, "seeds": len(per_seed)}
         for key in ("base", "novel", "hm"):
             values = [per_seed[s][model][key] for s in per_seed]
             row[key], row[key + "_std"] = statistics.fmean(values), statistics.pstdev(values)
         rows.append(row)
-        lines.append(f"| {model} | " + " | ".join(f"{row[k]:.2f} ± {row[k + '_std']:.2f}"
-                                                  for k in ("base", "novel", "hm")) + " |")
+        lines.append(
+            f"| {model} | "
+            + " | ".join(f"{row[k]:.2f} ± {row[k + '_std']:.2f}" for k in ("base", "novel", "hm"))
+            + " |"
+        )
     return "\n".join(lines) + "\n", rows
 
 
 def main(argv=None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -249,31 +339,60 @@ def main(argv=None) -> int:
 
     from promptkd_ray.evaluate import write_report
 
-    title = (f"PromptSRC vs zero-shot teacher on the toy world ({args.profile}, seeds "
-             f"{', '.join(map(str, args.seeds))})")
+    title = (
+        f"PromptSRC vs zero-shot teacher on the toy world ({args.profile}, seeds "
+        f"{', '.join(map(str, args.seeds))})"
+    )
     write_report(all_scores, out / "report", title)
     summary, rows = summary_table(per_seed)
     verdict = {s: check(per_seed[s]) for s in per_seed}
     holds = all(v["teacher_base"] and v["student_hm"] for v in verdict.values())
     means = {r["model"]: r for r in rows}
     on_means = check(means)
-    mean_line = (f"On the means: PromptSRC teacher base {means[SRC_TEACHER]['base']:.2f} vs zero-shot "
-                 f"{means[ZS_TEACHER]['base']:.2f} ({'better' if on_means['teacher_base'] else 'NOT better'}); "
-                 f"distilled HM {means[SRC_STUDENT]['hm']:.2f} from PromptSRC vs {means[ZS_STUDENT]['hm']:.2f} from "
-                 f"zero-shot ({'better' if on_means['student_hm'] else 'NOT better'}).")
+    mean_line = (
+        f"On the means: PromptSRC teacher base {means[SRC_TEACHER]['base']:.2f} vs zero-shot "
+        f"{means[ZS_TEACHER]['base']:.2f} ({'better' if on_means['teacher_base'] else 'NOT better'}); "
+        f"distilled HM {means[SRC_STUDENT]['hm']:.2f} from PromptSRC vs {means[ZS_STUDENT]['hm']:.2f} from "
+        f"zero-shot ({'better' if on_means['student_hm'] else 'NOT better'})."
+    )
     extra = "".join(f" {o}" for o in args.teacher_set)
-    settings = (f"Stage I: {args.shots}-shot PromptSRC, {args.teacher_epochs} epochs, vision/text depth "
-                f"{args.vision_depth}/{args.text_depth}, train crops ≥ {args.crop_scale_min:.0%} of the image{extra}; Stage II: the demo's job, {args.epochs} epochs, "
-                f"{args.workers} workers. Wall time {total_s / 60:.1f} min.")
-    timing = ["| seed | Stage I s | Stage II (2 runs) s | eval s | Stage I command's own base acc |",
-              "|---|---|---|---|---|"]
-    timing += [f"| {s} | {f['stage1_s']:.0f} | {f['stage2_s']:.0f} | {f['eval_s']:.0f} | "
-               f"{f['stage1_reported_base']:.2f} |" for s, f in facts.items()]
-    text = "\n".join([f"# {title}", "", settings, "", *[seed_table(s, per_seed[s]) for s in per_seed], summary,
-                      f"Acceptance (every seed: teacher base and distilled HM improve): "
-                      f"{'HOLDS' if holds else 'DOES NOT HOLD'}", "", mean_line, "", *timing, "",
-                      f"Stage II job (the demo's, {DEMO_JOB.relative_to(REPO)}):", "", "```yaml",
-                      DEMO_JOB.read_text().strip(), "```", ""])
+    settings = (
+        f"Stage I: {args.shots}-shot PromptSRC, {args.teacher_epochs} epochs, vision/text depth "
+        f"{args.vision_depth}/{args.text_depth}, train crops ≥ {args.crop_scale_min:.0%} of the image{extra}; Stage II: the demo's job, {args.epochs} epochs, "
+        f"{args.workers} workers. Wall time {total_s / 60:.1f} min."
+    )
+    timing = [
+        "| seed | Stage I s | Stage II (2 runs) s | eval s | Stage I command's own base acc |",
+        "|---|---|---|---|---|",
+    ]
+    timing += [
+        f"| {s} | {f['stage1_s']:.0f} | {f['stage2_s']:.0f} | {f['eval_s']:.0f} | "
+        f"{f['stage1_reported_base']:.2f} |"
+        for s, f in facts.items()
+    ]
+    text = "\n".join(
+        [
+            f"# {title}",
+            "",
+            settings,
+            "",
+            *[seed_table(s, per_seed[s]) for s in per_seed],
+            summary,
+            f"Acceptance (every seed: teacher base and distilled HM improve): "
+            f"{'HOLDS' if holds else 'DOES NOT HOLD'}",
+            "",
+            mean_line,
+            "",
+            *timing,
+            "",
+            f"Stage II job (the demo's, {DEMO_JOB.relative_to(REPO)}):",
+            "",
+            "```yaml",
+            DEMO_JOB.read_text().strip(),
+            "```",
+            "",
+        ]
+    )
     (out / "comparison.md").write_text(text)
     with open(out / "comparison.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -283,13 +402,18 @@ def main(argv=None) -> int:
                 writer.writerow([s, model, f"{m['base']:.2f}", f"{m['novel']:.2f}", f"{m['hm']:.2f}"])
         for r in rows:
             writer.writerow(["mean", r["model"], f"{r['base']:.2f}", f"{r['novel']:.2f}", f"{r['hm']:.2f}"])
-            writer.writerow(["std", r["model"], f"{r['base_std']:.2f}", f"{r['novel_std']:.2f}",
-                             f"{r['hm_std']:.2f}"])
+            writer.writerow(
+                ["std", r["model"], f"{r['base_std']:.2f}", f"{r['novel_std']:.2f}", f"{r['hm_std']:.2f}"]
+            )
     print(summary)
     print(settings)
-    print(f"ACCEPTANCE {'HOLDS' if holds else 'DOES NOT HOLD'}: " + "; ".join(
-        f"seed {s} teacher_base {'ok' if v['teacher_base'] else 'FAIL'} student_hm {'ok' if v['student_hm'] else 'FAIL'}"
-        for s, v in verdict.items()))
+    print(
+        f"ACCEPTANCE {'HOLDS' if holds else 'DOES NOT HOLD'}: "
+        + "; ".join(
+            f"seed {s} teacher_base {'ok' if v['teacher_base'] else 'FAIL'} student_hm {'ok' if v['student_hm'] else 'FAIL'}"
+            for s, v in verdict.items()
+        )
+    )
     print(mean_line)
     print(f"report: {out / 'comparison.md'}")
     return 0

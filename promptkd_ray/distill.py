@@ -44,8 +44,13 @@ import torch.nn.functional as F
 
 from .config import DistillJob, to_dict
 from .core.artifacts import ModelRef, StudentInfo, read_teacher_info, save_student
-from .core.classvectors import ClassVectors, check_class_vectors, compute_class_vectors, load_class_vectors, \
-    save_class_vectors
+from .core.classvectors import (
+    ClassVectors,
+    check_class_vectors,
+    compute_class_vectors,
+    load_class_vectors,
+    save_class_vectors,
+)
 from .core.models import build_student
 from .core.models.loading import vision_setting
 from .core.schedule import build_optimizer, build_scheduler
@@ -54,14 +59,30 @@ from .data.decode import to_model_input
 from .data.sources import ImageSource, open_world, resolve_source, vocabulary_names
 from .errors import ConfigError
 from .orchestration import cluster
-from .orchestration.checkpoints import TensorBoardLog, anchored, check_resumable, final_checkpoint, read_progress, report, \
-    restore, run_storage, TRAINABLE_FILE
 from .orchestration.audit import IdAudit, recorded_ids  # noqa: F401  (recorded_ids: re-exported for callers)
+from .orchestration.checkpoints import (
+    TRAINABLE_FILE,
+    TensorBoardLog,
+    anchored,
+    check_resumable,
+    final_checkpoint,
+    read_progress,
+    report,
+    restore,
+    run_storage,
+)
 from .orchestration.epochs import set_epoch, start_clock
 from .orchestration.pipeline import bad_images, distill_datasets, start_ledger
 from .orchestration.progress import BuildProgress, Console, Reporter
 from .orchestration.softlabels import Cache, build_cache, open_cache, replay_datasets
-from .orchestration.trainer import all_reduce, dataset_shard, fit, prepare_model, surface_user_errors, this_worker
+from .orchestration.trainer import (
+    all_reduce,
+    dataset_shard,
+    fit,
+    prepare_model,
+    surface_user_errors,
+    this_worker,
+)
 from .storage import Storage
 
 log = logging.getLogger(__name__)
@@ -92,9 +113,15 @@ class Setup:
     def fingerprint(self, job: DistillJob) -> dict:
         """What a checkpoint must have been made with to be resumed by this job."""
         s = job.student
-        return {"student": self.student_spec, "n_ctx": s.n_ctx, "depth": s.depth, "projector": s.projector,
-                "edu_attention_width": edu_attention_width(job, self.class_vectors.dim),
-                "teacher": self.teacher_spec, "class_vectors_sha256": self.class_vectors.sha256}
+        return {
+            "student": self.student_spec,
+            "n_ctx": s.n_ctx,
+            "depth": s.depth,
+            "projector": s.projector,
+            "edu_attention_width": edu_attention_width(job, self.class_vectors.dim),
+            "teacher": self.teacher_spec,
+            "class_vectors_sha256": self.class_vectors.sha256,
+        }
 
 
 @dataclass(frozen=True)
@@ -116,6 +143,7 @@ class WorkerPlan:
 
 # --- setup -------------------------------------------------------------------------------------------
 
+
 def edu_attention_width(job: DistillJob, dim: int) -> int:
     """C of the student's ComKD-CLIP EduAttention (0 = none): on with `loss.edu_attention`."""
     return (job.student.edu_attention_width or dim) if job.loss.edu_attention else 0
@@ -124,8 +152,15 @@ def edu_attention_width(job: DistillJob, dim: int) -> int:
 def new_student(job: DistillJob, spec: str, dim: int, device="cpu"):
     """The job's student (frozen backbone, fresh prompts, projector and EduAttention)."""
     s = job.student
-    return build_student(spec, teacher_dim=dim, n_ctx=s.n_ctx, depth=s.depth, projector=s.projector,
-                         device=device, edu_attention_width=edu_attention_width(job, dim))
+    return build_student(
+        spec,
+        teacher_dim=dim,
+        n_ctx=s.n_ctx,
+        depth=s.depth,
+        projector=s.projector,
+        device=device,
+        edu_attention_width=edu_attention_width(job, dim),
+    )
 
 
 def prepare(job: DistillJob, run: Storage) -> Setup:
@@ -135,8 +170,10 @@ def prepare(job: DistillJob, run: Storage) -> Setup:
     cache = open_cache(job.teacher.cache, job, source, teacher, size) if job.teacher.cache else None
     cv = _class_vectors(job, run, teacher, teacher_spec, source)
     if cv.dim != vision_setting(teacher_spec, "embed_dim"):
-        raise ConfigError(f"The class vectors have dim {cv.dim}, but the teacher {teacher_spec} emits "
-                          f"features of dim {vision_setting(teacher_spec, 'embed_dim')}.")
+        raise ConfigError(
+            f"The class vectors have dim {cv.dim}, but the teacher {teacher_spec} emits "
+            f"features of dim {vision_setting(teacher_spec, 'embed_dim')}."
+        )
     return Setup(source, teacher, teacher_spec, student_spec, cv, size, cache)
 
 
@@ -145,7 +182,10 @@ def resolve(job: DistillJob) -> tuple:
     world = open_world(job.data) if job.data.source == "toyworld" else None
     student_spec = job.student.spec or (world.student_spec if world else "")
     if job.teacher.artifact:
-        teacher, teacher_spec = ModelRef("teacher", job.teacher.artifact), read_teacher_info(job.teacher.artifact).spec
+        teacher, teacher_spec = (
+            ModelRef("teacher", job.teacher.artifact),
+            read_teacher_info(job.teacher.artifact).spec,
+        )
     else:
         teacher_spec = job.teacher.spec or (world.teacher_spec if world else "")
         teacher = ModelRef("zeroshot", teacher_spec)
@@ -153,21 +193,28 @@ def resolve(job: DistillJob) -> tuple:
     size = job.data.image_size or vision_setting(student_spec, "image_size")
     for role, spec in (("teacher", teacher_spec), ("student", student_spec)):
         if vision_setting(spec, "image_size") != size:
-            raise ConfigError(f"The {role} {spec} takes {vision_setting(spec, 'image_size')}-px images, but the job "
-                              f"trains at {size} px (data.image_size); teacher and student must see the same view.")
+            raise ConfigError(
+                f"The {role} {spec} takes {vision_setting(spec, 'image_size')}-px images, but the job "
+                f"trains at {size} px (data.image_size); teacher and student must see the same view."
+            )
     return source, teacher, teacher_spec, student_spec, size
 
 
-def _class_vectors(job: DistillJob, run: Storage, teacher: ModelRef, teacher_spec: str,
-                   source: ImageSource) -> ClassVectors:
+def _class_vectors(
+    job: DistillJob, run: Storage, teacher: ModelRef, teacher_spec: str, source: ImageSource
+) -> ClassVectors:
     """The class vectors the student distils against: of the dataset's classes, or (KDPL-CA) of
     `teacher.vocabulary`; given, stored in the run folder by an earlier attempt, or computed here.
     The run folder always ends up with a copy, so a run (or a sweep's trial) can be scored alone."""
     names = vocabulary_names(job.teacher.vocabulary) if job.teacher.vocabulary else source.classnames
     expected = tuple(names) or None
-    for path, where in ((job.teacher.class_vectors, f"class vectors {job.teacher.class_vectors}"),
-                        (run.path(CLASS_VECTORS_NAME) if run.exists(CLASS_VECTORS_NAME + ".json") else "",
-                         f"class vectors in {run.root}")):
+    for path, where in (
+        (job.teacher.class_vectors, f"class vectors {job.teacher.class_vectors}"),
+        (
+            run.path(CLASS_VECTORS_NAME) if run.exists(CLASS_VECTORS_NAME + ".json") else "",
+            f"class vectors in {run.root}",
+        ),
+    ):
         if path:
             cv = load_class_vectors(path)
             check_class_vectors(cv, expected_classnames=expected, source=where)
@@ -175,17 +222,26 @@ def _class_vectors(job: DistillJob, run: Storage, teacher: ModelRef, teacher_spe
                 save_class_vectors(cv, run.path(CLASS_VECTORS_NAME))
             return cv
     if not names:
-        raise ConfigError(f"{source.name} has no class names to compute class vectors from; set "
-                          "teacher.class_vectors to a class-vectors artifact (or teacher.vocabulary).")
-    log.info("computing class vectors for %d classes%s with %s (templates: %s)", len(names),
-             " of the vocabulary" if job.teacher.vocabulary else "", teacher_spec, job.teacher.templates)
-    cv = compute_class_vectors(teacher.build("cpu"), list(names), templates=job.teacher.templates,
-                               teacher_spec=teacher_spec)
+        raise ConfigError(
+            f"{source.name} has no class names to compute class vectors from; set "
+            "teacher.class_vectors to a class-vectors artifact (or teacher.vocabulary)."
+        )
+    log.info(
+        "computing class vectors for %d classes%s with %s (templates: %s)",
+        len(names),
+        " of the vocabulary" if job.teacher.vocabulary else "",
+        teacher_spec,
+        job.teacher.templates,
+    )
+    cv = compute_class_vectors(
+        teacher.build("cpu"), list(names), templates=job.teacher.templates, teacher_spec=teacher_spec
+    )
     save_class_vectors(cv, run.path(CLASS_VECTORS_NAME))
     return cv
 
 
 # --- driver --------------------------------------------------------------------------------------------
+
 
 def run_distillation(job: DistillJob, callbacks: Sequence = ()) -> DistillResult:
     """Run (or resume) the Stage II job; returns where its artifacts are. `callbacks` go to Ray
@@ -202,22 +258,47 @@ def run_distillation(job: DistillJob, callbacks: Sequence = ()) -> DistillResult
     ledger, clock = start_ledger(), start_clock()
     with contextlib.ExitStack() as running:  # the run's teacher actors end with it
         if setup.cache is not None:
-            log.info("replaying the soft-label cache %s (%d views per image): no teacher actors",
-                     setup.cache.storage.root, setup.cache.views)
+            log.info(
+                "replaying the soft-label cache %s (%d views per image): no teacher actors",
+                setup.cache.storage.root,
+                setup.cache.views,
+            )
             datasets = replay_datasets(job, setup.cache, setup.image_size, ledger, clock)
         else:
-            datasets = distill_datasets(job, setup.source, setup.teacher, setup.image_size, ledger,
-                                        cluster.has_gpus(), clock, running)
-        log.info("run %s: %d epochs on %d images, %d worker(s), storage %s", job.name, job.train.epochs,
-                 setup.source.num_train, job.train.num_workers, run.root)
+            datasets = distill_datasets(
+                job, setup.source, setup.teacher, setup.image_size, ledger, cluster.has_gpus(), clock, running
+            )
+        log.info(
+            "run %s: %d epochs on %d images, %d worker(s), storage %s",
+            job.name,
+            job.train.epochs,
+            setup.source.num_train,
+            job.train.num_workers,
+            run.root,
+        )
         board = running.enter_context(Console("distill", job.ray.progress_bars))
-        plan = WorkerPlan(job=job, student_spec=setup.student_spec, class_vectors=setup.class_vectors.vectors,
-                          teacher_logit_scale=setup.class_vectors.logit_scale, fingerprint=setup.fingerprint(job),
-                          steps_per_epoch=setup.source.num_train // job.train.batch_size,
-                          local_shuffle=4 * job.train.batch_size if setup.source.is_parquet and job.data.shuffle
-                          else None, has_heldout="heldout" in datasets, ledger=ledger, clock=clock, board=board)
-        result = fit(train_loop_per_worker, plan, job, job.train, datasets, preserve_order=job.data.preserve_order,
-                     callbacks=callbacks)
+        plan = WorkerPlan(
+            job=job,
+            student_spec=setup.student_spec,
+            class_vectors=setup.class_vectors.vectors,
+            teacher_logit_scale=setup.class_vectors.logit_scale,
+            fingerprint=setup.fingerprint(job),
+            steps_per_epoch=setup.source.num_train // job.train.batch_size,
+            local_shuffle=4 * job.train.batch_size if setup.source.is_parquet and job.data.shuffle else None,
+            has_heldout="heldout" in datasets,
+            ledger=ledger,
+            clock=clock,
+            board=board,
+        )
+        result = fit(
+            train_loop_per_worker,
+            plan,
+            job,
+            job.train,
+            datasets,
+            preserve_order=job.data.preserve_order,
+            callbacks=callbacks,
+        )
     return _finish(job, setup, run, result, ledger)
 
 
@@ -229,11 +310,29 @@ def build_soft_label_cache(job: DistillJob, out: str = "", views: int = 0) -> Ca
     source, teacher, teacher_spec, _, size = resolve(job)
     out = out or job.teacher.cache or Storage(job.storage_path).path(f"soft_labels/{job.name}")
     views = views or job.train.epochs
-    log.info("soft-label cache of %d images × %d views (+ %d held out) with %s at %s", source.num_train, views,
-             len(source.heldout_paths), teacher_spec, out)
-    with BuildProgress(source.num_train * views + len(source.heldout_paths), job.ray.progress_bars) as progress:
-        return build_cache(job, source, teacher, size, out, views, start_ledger(), start_clock(),
-                           cluster.has_gpus(), progress)
+    log.info(
+        "soft-label cache of %d images × %d views (+ %d held out) with %s at %s",
+        source.num_train,
+        views,
+        len(source.heldout_paths),
+        teacher_spec,
+        out,
+    )
+    with BuildProgress(
+        source.num_train * views + len(source.heldout_paths), job.ray.progress_bars
+    ) as progress:
+        return build_cache(
+            job,
+            source,
+            teacher,
+            size,
+            out,
+            views,
+            start_ledger(),
+            start_clock(),
+            cluster.has_gpus(),
+            progress,
+        )
 
 
 def _finish(job: DistillJob, setup: Setup, run: Storage, result, ledger) -> DistillResult:
@@ -247,28 +346,50 @@ def _finish(job: DistillJob, setup: Setup, run: Storage, result, ledger) -> Dist
         student.load_trainable_state_dict(load_file(str(directory / TRAINABLE_FILE)))
     history, bad = progress["history"], bad_images(ledger)
     summary = {
-        "name": job.name, "run_dir": run.root, "epochs": len(history), "resumes": progress["resumes"],
+        "name": job.name,
+        "run_dir": run.root,
+        "epochs": len(history),
+        "resumes": progress["resumes"],
         "bad_images": history[-1]["bad_images"] if history else len(bad),
-        "bad_image_examples": sorted(bad)[:20], "class_vectors_sha256": cv.sha256,
-        "student_artifact": run.path("student.safetensors"), "final": history[-1] if history else {},
+        "bad_image_examples": sorted(bad)[:20],
+        "class_vectors_sha256": cv.sha256,
+        "student_artifact": run.path("student.safetensors"),
+        "final": history[-1] if history else {},
         "history": history,
     }
-    info = StudentInfo(spec=setup.student_spec, teacher_dim=cv.dim, n_ctx=s.n_ctx, depth=s.depth,
-                       projector=s.projector, class_vectors_sha256=cv.sha256,
-                       edu_attention_width=student.edu_attention_width,
-                       extra={"job": job.name, "teacher": setup.teacher_spec, "epochs": len(history),
-                              "teacher_ref": {"kind": setup.teacher.kind, "source": setup.teacher.source},
-                              "class_vectors_templates": list(cv.templates),
-                              "vocabulary": job.teacher.vocabulary,
-                              "image_size": setup.image_size, "loss": to_dict(job)["loss"],
-                              "final_metrics": summary["final"]})
+    info = StudentInfo(
+        spec=setup.student_spec,
+        teacher_dim=cv.dim,
+        n_ctx=s.n_ctx,
+        depth=s.depth,
+        projector=s.projector,
+        class_vectors_sha256=cv.sha256,
+        edu_attention_width=student.edu_attention_width,
+        extra={
+            "job": job.name,
+            "teacher": setup.teacher_spec,
+            "epochs": len(history),
+            "teacher_ref": {"kind": setup.teacher.kind, "source": setup.teacher.source},
+            "class_vectors_templates": list(cv.templates),
+            "vocabulary": job.teacher.vocabulary,
+            "image_size": setup.image_size,
+            "loss": to_dict(job)["loss"],
+            "final_metrics": summary["final"],
+        },
+    )
     save_student(student, info, run.path("student"))
     run.write_text("metrics.json", json.dumps(summary, indent=1) + "\n")
     run.write_text("metrics.csv", _csv(history))
-    log.info("run %s done: %d epochs, student artifact %s, %d unreadable image(s) skipped", job.name,
-             len(history), summary["student_artifact"], summary["bad_images"])
-    return DistillResult(run_dir=run.root, student_artifact=summary["student_artifact"], history=history,
-                         summary=summary)
+    log.info(
+        "run %s done: %d epochs, student artifact %s, %d unreadable image(s) skipped",
+        job.name,
+        len(history),
+        summary["student_artifact"],
+        summary["bad_images"],
+    )
+    return DistillResult(
+        run_dir=run.root, student_artifact=summary["student_artifact"], history=history, summary=summary
+    )
 
 
 def _csv(history: list) -> str:
@@ -281,6 +402,7 @@ def _csv(history: list) -> str:
 
 
 # --- worker --------------------------------------------------------------------------------------------
+
 
 def train_loop_per_worker(plan: WorkerPlan) -> None:
     """Ray Train worker: build, restore, then train and report epoch after epoch."""
@@ -298,15 +420,21 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
     model = prepare_model(student)
     rank0 = worker.rank == 0
     heldout = dataset_shard("heldout") if rank0 and plan.has_heldout else None
-    reporter = Reporter(plan.board if rank0 else None, job.train.epochs, plan.steps_per_epoch,
-                        TensorBoardLog(run_storage(job)) if rank0 else None, job.train.log_every)
+    reporter = Reporter(
+        plan.board if rank0 else None,
+        job.train.epochs,
+        plan.steps_per_epoch,
+        TensorBoardLog(run_storage(job)) if rank0 else None,
+        job.train.log_every,
+    )
     shard = dataset_shard("train")
     for epoch in range(progress["epoch"] + 1, job.train.epochs):
         lr_now = optimizer.param_groups[0]["lr"]
         if rank0:  # every worker has finished the previous epoch (its all-reduce); none reads this one yet
             set_epoch(plan.clock, epoch)
-        stats, progress["step"] = train_one_epoch(model, shard, class_vectors, optimizer, plan, epoch,
-                                                  progress["step"], reporter)
+        stats, progress["step"] = train_one_epoch(
+            model, shard, class_vectors, optimizer, plan, epoch, progress["step"], reporter
+        )
         scheduler.step()
         metrics = {"epoch": epoch, "step": progress["step"], "lr": lr_now, **stats}
         if rank0:
@@ -316,13 +444,19 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
                 metrics.update(heldout_metrics(student, heldout, class_vectors, scale))
             reporter.epoch_end(epoch, metrics)
         progress.update(epoch=epoch, history=progress["history"] + [metrics])
-        report(metrics, progress, student.trainable_state_dict(),
-               {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, worker.rank)
+        report(
+            metrics,
+            progress,
+            student.trainable_state_dict(),
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+            worker.rank,
+        )
     reporter.close()
 
 
-def train_one_epoch(model, shard, class_vectors, optimizer, plan: WorkerPlan, epoch: int, step: int,
-                    reporter: Reporter) -> tuple[dict, int]:
+def train_one_epoch(
+    model, shard, class_vectors, optimizer, plan: WorkerPlan, epoch: int, step: int, reporter: Reporter
+) -> tuple[dict, int]:
     """One pass over this worker's shard; → (metrics averaged over all workers, global step).
 
     `images_per_s` counts all workers' images from the epoch's first batch on; `startup_s`, the wait
@@ -332,33 +466,53 @@ def train_one_epoch(model, shard, class_vectors, optimizer, plan: WorkerPlan, ep
     totals = torch.zeros(4, dtype=torch.float64)  # Σ loss·n, Σ kd·n, Σ agreement·n, n
     start, first_batch_at = time.perf_counter(), None
     per_worker, audit = job.train.batch_size // world, IdAudit() if job.train.record_ids else None
-    batches = shard.iter_torch_batches(batch_size=per_worker, drop_last=audit is None,
-                                       local_shuffle_buffer_size=plan.local_shuffle,
-                                       local_shuffle_seed=job.seed * 100_003 + epoch if plan.local_shuffle else None,
-                                       collate_fn=audit.collate if audit else None)
+    batches = shard.iter_torch_batches(
+        batch_size=per_worker,
+        drop_last=audit is None,
+        local_shuffle_buffer_size=plan.local_shuffle,
+        local_shuffle_seed=job.seed * 100_003 + epoch if plan.local_shuffle else None,
+        collate_fn=audit.collate if audit else None,
+    )
     for i, batch in enumerate(surface_user_errors(batches)):
         if audit is not None and not audit.keep(batch, per_worker):
             break  # the epoch's short last batch: recorded, not trained (as drop_last)
         first_batch_at = first_batch_at or time.perf_counter()
         images = to_model_input(batch["image"].to(class_vectors.device))
-        out = distill_step(model, images, batch["teacher_feature"].to(class_vectors.device), class_vectors,
-                           optimizer, job.loss, plan.teacher_logit_scale, autocast=precision)
+        out = distill_step(
+            model,
+            images,
+            batch["teacher_feature"].to(class_vectors.device),
+            class_vectors,
+            optimizer,
+            job.loss,
+            plan.teacher_logit_scale,
+            autocast=precision,
+        )
         n = images.shape[0]
-        totals += torch.tensor([out["loss"] * n, out.get("kd", out["loss"]) * n, out["agreement"] * n, n],
-                               dtype=torch.float64)
+        totals += torch.tensor(
+            [out["loss"] * n, out.get("kd", out["loss"]) * n, out["agreement"] * n, n], dtype=torch.float64
+        )
         step += 1
         rate = totals[3].item() * world / max(time.perf_counter() - first_batch_at, 1e-9)
         reporter.step(epoch, i + 1, step, loss=out["loss"], agreement=out["agreement"], images_per_s=rate)
     end = time.perf_counter()
     if audit is not None:
         audit.write(run_storage(job), epoch, this_worker().rank)
-    times = all_reduce(torch.tensor([end - (first_batch_at or end), (first_batch_at or end) - start],
-                                    dtype=torch.float64), "max")
+    times = all_reduce(
+        torch.tensor([end - (first_batch_at or end), (first_batch_at or end) - start], dtype=torch.float64),
+        "max",
+    )
     all_reduce(totals)
     n = max(float(totals[3]), 1.0)
-    return {"loss": float(totals[0]) / n, "kd_loss": float(totals[1]) / n, "train_agreement": float(totals[2]) / n,
-            "images": int(totals[3]), "images_per_s": float(totals[3]) / max(float(times[0]), 1e-9),
-            "startup_s": float(times[1]), "epoch_seconds": float(times[0] + times[1])}, step
+    return {
+        "loss": float(totals[0]) / n,
+        "kd_loss": float(totals[1]) / n,
+        "train_agreement": float(totals[2]) / n,
+        "images": int(totals[3]),
+        "images_per_s": float(totals[3]) / max(float(times[0]), 1e-9),
+        "startup_s": float(times[1]),
+        "epoch_seconds": float(times[0] + times[1]),
+    }, step
 
 
 @torch.no_grad()
@@ -377,4 +531,8 @@ def heldout_metrics(student, shard, class_vectors: torch.Tensor, scale: float) -
     student.train()
     if not count:
         return {}
-    return {"heldout_agreement": 100.0 * agree / count, "heldout_kl": kl / count, "heldout_images": int(count)}
+    return {
+        "heldout_agreement": 100.0 * agree / count,
+        "heldout_kl": kl / count,
+        "heldout_images": int(count),
+    }

@@ -47,10 +47,17 @@ log = logging.getLogger(__name__)
 
 # PromptKD (ViT-B/16 student, ViT-L/14 teacher), base / novel / HM — PROTOCOL.md
 PUBLISHED_B2N = {
-    "Average": (86.96, 80.73, 83.73), "ImageNet": (80.83, 74.66, 77.62), "Caltech101": (98.91, 96.65, 97.77),
-    "OxfordPets": (96.30, 98.01, 97.15), "StanfordCars": (82.80, 83.37, 83.13),
-    "Flowers102": (99.42, 82.62, 90.24), "Food101": (92.43, 93.68, 93.05), "FGVCAircraft": (49.12, 41.81, 45.17),
-    "SUN397": (83.69, 81.54, 82.60), "DTD": (85.84, 71.37, 77.94), "EuroSAT": (97.54, 82.08, 89.14),
+    "Average": (86.96, 80.73, 83.73),
+    "ImageNet": (80.83, 74.66, 77.62),
+    "Caltech101": (98.91, 96.65, 97.77),
+    "OxfordPets": (96.30, 98.01, 97.15),
+    "StanfordCars": (82.80, 83.37, 83.13),
+    "Flowers102": (99.42, 82.62, 90.24),
+    "Food101": (92.43, 93.68, 93.05),
+    "FGVCAircraft": (49.12, 41.81, 45.17),
+    "SUN397": (83.69, 81.54, 82.60),
+    "DTD": (85.84, 71.37, 77.94),
+    "EuroSAT": (97.54, 82.08, 89.14),
     "UCF101": (89.71, 82.27, 86.10),
 }
 PUBLISHED_CROSS_DATASET_AVERAGE = 71.33
@@ -81,9 +88,17 @@ PROTOCOLS = ("base2novel", "cross", "dg")
 MARKDOWN_FILES = 20  # unreadable test images named in report.md (unreadable.csv holds them all)
 
 
-def score(entries: Sequence[Entry], dataset, protocol: str = "base2novel", templates: str = "single",
-          use_ray: bool = True, batch_size: int = 64, actors: int = 1, skip_unreadable: bool = False,
-          options: DecodeOptions = DecodeOptions()) -> list[Score]:
+def score(
+    entries: Sequence[Entry],
+    dataset,
+    protocol: str = "base2novel",
+    templates: str = "single",
+    use_ray: bool = True,
+    batch_size: int = 64,
+    actors: int = 1,
+    skip_unreadable: bool = False,
+    options: DecodeOptions = DecodeOptions(),
+) -> list[Score]:
     """Score each entry on `dataset`'s test split under `protocol` (base2novel, cross or dg), its
     images decoded with `options` (pixel limit, EXIF rule)."""
     from .orchestration.inference import encode_items
@@ -93,23 +108,51 @@ def score(entries: Sequence[Entry], dataset, protocol: str = "base2novel", templ
     for entry in entries:
         cv = entry.class_vectors
         if cv is None:
-            cv = compute_class_vectors(entry.model.build(), list(dataset.classnames), templates=templates,
-                                       teacher_spec=entry.model.spec)
+            cv = compute_class_vectors(
+                entry.model.build(),
+                list(dataset.classnames),
+                templates=templates,
+                teacher_spec=entry.model.spec,
+            )
         if protocol == "dg":
             cv = restrict_by_name(cv, dataset.classnames)
-        encoded = encode_items(entry.model, paths, labels, use_ray=use_ray, batch_size=batch_size, num_actors=actors,
-                               options=options, pack=getattr(dataset, "pack", ""))  # a pack: `data.pack.PackedSplits`
+        encoded = encode_items(
+            entry.model,
+            paths,
+            labels,
+            use_ray=use_ray,
+            batch_size=batch_size,
+            num_actors=actors,
+            options=options,
+            pack=getattr(dataset, "pack", ""),
+        )  # a pack: `data.pack.PackedSplits`
         _check_readable(encoded.unreadable, len(paths), dataset.name, skip_unreadable)
         metrics = (base_to_novel if protocol == "base2novel" else all_classes)(
-            encoded.features, encoded.labels, cv, dataset.classnames, entry.model.classifier())
-        scores.append(Score(dataset.name, entry.name, entry.seed, metrics, len(encoded.unreadable),
-                            tuple(sorted(encoded.unreadable.items()))))
-        log.info("%s %s seed %d: %s", dataset.name, entry.name, entry.seed, {k: round(v, 2) for k, v in metrics.items()})
+            encoded.features, encoded.labels, cv, dataset.classnames, entry.model.classifier()
+        )
+        scores.append(
+            Score(
+                dataset.name,
+                entry.name,
+                entry.seed,
+                metrics,
+                len(encoded.unreadable),
+                tuple(sorted(encoded.unreadable.items())),
+            )
+        )
+        log.info(
+            "%s %s seed %d: %s",
+            dataset.name,
+            entry.name,
+            entry.seed,
+            {k: round(v, 2) for k, v in metrics.items()},
+        )
     return scores
 
 
-def class_vectors_for(student: str, dataset, given: Sequence[ClassVectors], protocol: str,
-                      cache: Optional[dict] = None) -> ClassVectors:
+def class_vectors_for(
+    student: str, dataset, given: Sequence[ClassVectors], protocol: str, cache: Optional[dict] = None
+) -> ClassVectors:
     """The class vectors a student is scored against on `dataset`: a given set holding the dataset's
     classes (in order; for dg: holding them all, restricted later), else the dataset's class vectors
     computed by the teacher the student was distilled from (its artifact records it) with the same
@@ -123,16 +166,25 @@ def class_vectors_for(student: str, dataset, given: Sequence[ClassVectors], prot
     if not ref:
         raise ClassVectorsError(
             f"No class vectors given hold the {len(names)} classes of {dataset.name}, and the student {student} "
-            f"records no teacher to compute them with; pass --class-vectors with a file of {dataset.name}'s classes.")
+            f"records no teacher to compute them with; pass --class-vectors with a file of {dataset.name}'s classes."
+        )
     cache = {} if cache is None else cache
     key = (ref["kind"], ref["source"], names)
     if key not in cache:
         templates = list(info.extra.get("class_vectors_templates") or ["single"])
         teacher = ModelRef(ref["kind"], ref["source"])
-        log.info("class vectors of %s's %d classes from the student's teacher %s", dataset.name, len(names),
-                 ref["source"])
-        cache[key] = compute_class_vectors(teacher.build(), list(names), teacher_spec=teacher.spec,
-                                           templates="single" if templates == ["prompted"] else templates)
+        log.info(
+            "class vectors of %s's %d classes from the student's teacher %s",
+            dataset.name,
+            len(names),
+            ref["source"],
+        )
+        cache[key] = compute_class_vectors(
+            teacher.build(),
+            list(names),
+            teacher_spec=teacher.spec,
+            templates="single" if templates == ["prompted"] else templates,
+        )
     return cache[key]
 
 
@@ -141,24 +193,45 @@ def _check_readable(unreadable: dict, total: int, dataset: str, skip: bool) -> N
         return
     path, reason = next(iter(sorted(unreadable.items())))
     if len(unreadable) >= total:
-        raise BadImageError(f"All {total} test images of {dataset} are unreadable (first: {path}: {reason}); "
-                            "there is nothing to score.")
+        raise BadImageError(
+            f"All {total} test images of {dataset} are unreadable (first: {path}: {reason}); "
+            "there is nothing to score."
+        )
     if not skip:
-        raise BadImageError(f"{len(unreadable)} of {total} test images of {dataset} are unreadable (first: {path}: "
-                            f"{reason}); fix them, or pass --skip-unreadable to score without them and report "
-                            "their count beside the score.")
-    log.warning("%d of %d test images of %s are unreadable and left out (first: %s)", len(unreadable), total,
-                dataset, path)
+        raise BadImageError(
+            f"{len(unreadable)} of {total} test images of {dataset} are unreadable (first: {path}: "
+            f"{reason}); fix them, or pass --skip-unreadable to score without them and report "
+            "their count beside the score."
+        )
+    log.warning(
+        "%d of %d test images of %s are unreadable and left out (first: %s)",
+        len(unreadable),
+        total,
+        dataset,
+        path,
+    )
 
 
-def base_to_novel(features: torch.Tensor, labels: torch.Tensor, class_vectors: ClassVectors,
-                  classnames: Sequence[str], logits=cosine_logits) -> dict[str, float]:
+def base_to_novel(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    class_vectors: ClassVectors,
+    classnames: Sequence[str],
+    logits=cosine_logits,
+) -> dict[str, float]:
     check_class_vectors(class_vectors, expected_classnames=classnames, source="class vectors")
-    return base_novel_accuracy(features, labels, class_vectors.vectors, num_base_classes(len(classnames)), logits)
+    return base_novel_accuracy(
+        features, labels, class_vectors.vectors, num_base_classes(len(classnames)), logits
+    )
 
 
-def all_classes(features: torch.Tensor, labels: torch.Tensor, class_vectors: ClassVectors,
-                classnames: Sequence[str], logits=cosine_logits) -> dict[str, float]:
+def all_classes(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    class_vectors: ClassVectors,
+    classnames: Sequence[str],
+    logits=cosine_logits,
+) -> dict[str, float]:
     check_class_vectors(class_vectors, expected_classnames=classnames, source="class vectors")
     return {"accuracy": accuracy(logits(features, class_vectors.vectors), labels)}
 
@@ -181,8 +254,12 @@ def summarize(scores: Sequence[Score]) -> list[dict]:
         groups.setdefault((s.dataset, s.model), []).append(s)
     rows = []
     for (dataset, model), group in groups.items():
-        row = {"dataset": dataset, "model": model, "seeds": len(group),
-               "unreadable": max(g.unreadable for g in group)}
+        row = {
+            "dataset": dataset,
+            "model": model,
+            "seeds": len(group),
+            "unreadable": max(g.unreadable for g in group),
+        }
         for key in group[0].metrics:
             values = [g.metrics[key] for g in group]
             row[key] = statistics.fmean(values)
@@ -191,7 +268,9 @@ def summarize(scores: Sequence[Score]) -> list[dict]:
     return rows
 
 
-def write_report(scores: Sequence[Score], out_dir: "str | Path", title: str, published: dict | None = None) -> dict:
+def write_report(
+    scores: Sequence[Score], out_dir: "str | Path", title: str, published: dict | None = None
+) -> dict:
     """Write report.md, results.csv (per seed), summary.csv and report.png; returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -203,16 +282,26 @@ def write_report(scores: Sequence[Score], out_dir: "str | Path", title: str, pub
         writer = csv.writer(f)
         writer.writerow(["dataset", "model", "seed", *keys] + ["unreadable"] * skipped)
         for s in scores:
-            writer.writerow([s.dataset, s.model, s.seed, *[f"{s.metrics[k]:.2f}" for k in keys]]
-                            + [s.unreadable] * skipped)
+            writer.writerow(
+                [s.dataset, s.model, s.seed, *[f"{s.metrics[k]:.2f}" for k in keys]]
+                + [s.unreadable] * skipped
+            )
     with _text_file(written, "summary.csv") as f:
         writer = csv.writer(f)
-        writer.writerow(["dataset", "model", "seeds", *[c for k in keys for c in (k, f"{k}_std")]]
-                        + ["unreadable"] * skipped)
+        writer.writerow(
+            ["dataset", "model", "seeds", *[c for k in keys for c in (k, f"{k}_std")]]
+            + ["unreadable"] * skipped
+        )
         for r in rows:
-            writer.writerow([r["dataset"], r["model"], r["seeds"], *[f"{r[c]:.2f}" for k in keys
-                                                                     for c in (k, f"{k}_std")]]
-                            + [r["unreadable"]] * skipped)
+            writer.writerow(
+                [
+                    r["dataset"],
+                    r["model"],
+                    r["seeds"],
+                    *[f"{r[c]:.2f}" for k in keys for c in (k, f"{k}_std")],
+                ]
+                + [r["unreadable"]] * skipped
+            )
     files = sorted({(s.dataset, path, reason) for s in scores for path, reason in s.unreadable_files})
     if files:
         with _text_file(written, "unreadable.csv") as f:
@@ -221,15 +310,29 @@ def write_report(scores: Sequence[Score], out_dir: "str | Path", title: str, pub
     written["report.md"] = _markdown(rows, keys, title, published, skipped, files).encode("utf-8")
     Storage(str(out)).write_files(written)  # each complete under a temporary name, then moved, report.md last
     log.info("report written to %s", out / "report.md")
-    return {"markdown": out / "report.md", "csv": out / "results.csv", "summary": out / "summary.csv",
-            "plot": out / "report.png", **({"unreadable": out / "unreadable.csv"} if files else {})}
+    return {
+        "markdown": out / "report.md",
+        "csv": out / "results.csv",
+        "summary": out / "summary.csv",
+        "plot": out / "report.png",
+        **({"unreadable": out / "unreadable.csv"} if files else {}),
+    }
 
 
-def _markdown(rows: list[dict], keys: list[str], title: str, published: dict | None, skipped: bool,
-              files: Sequence[tuple] = ()) -> str:
+def _markdown(
+    rows: list[dict],
+    keys: list[str],
+    title: str,
+    published: dict | None,
+    skipped: bool,
+    files: Sequence[tuple] = (),
+) -> str:
     lines = [f"# {title}", "", "Mean ± std over seeds; no checkpoint was selected on test data.", ""]
     if skipped:
-        lines += ["Unreadable test images were left out (--skip-unreadable); their count is in the last column.", ""]
+        lines += [
+            "Unreadable test images were left out (--skip-unreadable); their count is in the last column.",
+            "",
+        ]
     header = ["dataset", "model", "seeds", *keys] + ["unreadable test images"] * skipped
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
@@ -242,8 +345,13 @@ def _markdown(rows: list[dict], keys: list[str], title: str, published: dict | N
         lines += [f"- … and {len(files) - MARKDOWN_FILES} more"] * (len(files) > MARKDOWN_FILES)
     shown = [r["dataset"] for r in rows if published and r["dataset"] in published]
     if shown and keys == ["base", "novel", "hm"]:
-        lines += ["", "Published PromptKD (ViT-L/14 → ViT-B/16), for reference:", "",
-                  "| dataset | base | novel | hm |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "Published PromptKD (ViT-L/14 → ViT-B/16), for reference:",
+            "",
+            "| dataset | base | novel | hm |",
+            "|---|---|---|---|",
+        ]
         for name in dict.fromkeys(shown):
             b, n, h = published[name]
             lines.append(f"| {name} | {b:.2f} | {n:.2f} | {h:.2f} |")
@@ -269,7 +377,9 @@ def _bar_chart(rows: list[dict], keys: list[str], title: str) -> bytes:
     width = 0.8 / max(1, len(keys))
     for j, key in enumerate(keys):
         xs = [i + (j - (len(keys) - 1) / 2) * width for i in range(len(rows))]
-        bars = ax.bar(xs, [r[key] for r in rows], width, yerr=[r[key + "_std"] for r in rows], label=key, capsize=3)
+        bars = ax.bar(
+            xs, [r[key] for r in rows], width, yerr=[r[key + "_std"] for r in rows], label=key, capsize=3
+        )
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
     ax.set_xticks(range(len(rows)), labels, fontsize=8)
     ax.set_ylabel("accuracy (%)")

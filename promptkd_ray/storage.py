@@ -60,7 +60,9 @@ def _pyarrow_fs(uri: str):
     try:
         return pafs.FileSystem.from_uri(uri)
     except Exception as exc:  # pyarrow raises several types for a bad or unsupported URI
-        raise StorageError(f"Expected a local path or a URI that pyarrow can open, found {uri!r} ({exc}).") from exc
+        raise StorageError(
+            f"Expected a local path or a URI that pyarrow can open, found {uri!r} ({exc})."
+        ) from exc
 
 
 class Storage:
@@ -142,14 +144,18 @@ class Storage:
             with self._fs.open_input_stream(self._fs_path(rel)) as f:
                 return f.read()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
-            raise StorageError(f"Expected a file at {self.path(rel)}, found none ({type(exc).__name__}).") from exc
+            raise StorageError(
+                f"Expected a file at {self.path(rel)}, found none ({type(exc).__name__})."
+            ) from exc
 
     def read_text(self, rel: str) -> str:
         data = self.read_bytes(rel)
         try:
             return data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise StorageError(f"Expected UTF-8 text in {self.path(rel)}, found undecodable bytes ({exc}).") from None
+            raise StorageError(
+                f"Expected UTF-8 text in {self.path(rel)}, found undecodable bytes ({exc})."
+            ) from None
 
     def open_input_file(self, rel: str):
         """`rel` for a reader that seeks (Parquet's row groups): its local path, or a random-access

@@ -53,27 +53,44 @@ def collect_trials(sweep, results) -> list:
     trials = []
     for r in results:
         # Tune's trial id (a restored trial's folder may carry a suffix; its results do not)
-        trial_id = (r.metrics or {}).get("trial_id") or re.sub(r"^trial_", "", r.path.rstrip("/").rsplit("/", 1)[-1])
+        trial_id = (r.metrics or {}).get("trial_id") or re.sub(
+            r"^trial_", "", r.path.rstrip("/").rsplit("/", 1)[-1]
+        )
         rows = _rows_by_epoch(r.metrics_dataframe)
-        curve = [float(row[sweep.space.metric]) for row in rows
-                 if row.get(sweep.space.metric) is not None and not _nan(row[sweep.space.metric])]
+        curve = [
+            float(row[sweep.space.metric])
+            for row in rows
+            if row.get(sweep.space.metric) is not None and not _nan(row[sweep.space.metric])
+        ]
         epochs = len(rows)
         wanted = int(r.config.get("train.epochs", sweep.job.train.epochs))
         status = "failed" if r.error else "completed" if epochs >= wanted else "stopped early"
-        trials.append(Trial(trial_id, dict(r.config), status, epochs, curve,
-                            float(max((row.get("time_total_s") or 0) for row in rows)) if rows else 0.0,
-                            sweep.trial_run_dir(trial_id),
-                            str(r.error).splitlines()[0][:300] if r.error else ""))
+        trials.append(
+            Trial(
+                trial_id,
+                dict(r.config),
+                status,
+                epochs,
+                curve,
+                float(max((row.get("time_total_s") or 0) for row in rows)) if rows else 0.0,
+                sweep.trial_run_dir(trial_id),
+                str(r.error).splitlines()[0][:300] if r.error else "",
+            )
+        )
     sign = -1 if sweep.space.mode == "max" else 1
     order = {"completed": 0, "stopped early": 1, "failed": 2}
-    return sorted(trials, key=lambda t: (order[t.status], sign * t.final if t.curve else math.inf, t.trial_id))
+    return sorted(
+        trials, key=lambda t: (order[t.status], sign * t.final if t.curve else math.inf, t.trial_id)
+    )
 
 
 def _rows_by_epoch(df) -> list:
     """A trial's results, one per epoch (the last one reported for it), in epoch order: a trial
     restarted by a resumed sweep reports its recorded epochs again, beside what Tune kept."""
     rows = [] if df is None or df.empty else df.to_dict("records")
-    by_epoch = {int(row["epoch"]): row for row in rows if row.get("epoch") is not None and not _nan(row["epoch"])}
+    by_epoch = {
+        int(row["epoch"]): row for row in rows if row.get("epoch") is not None and not _nan(row["epoch"])
+    }
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
@@ -98,8 +115,10 @@ def write_sweep_outputs(sweep, results, caches: dict) -> SweepReport:
         raw["ray"]["progress_bars"] = sweep.job.ray.progress_bars
         job = distill_job_from_dict(raw, sweep.space.source)
         text = yaml.safe_dump(to_dict(job), sort_keys=False)
-        header = (f"# The winner of sweep {sweep.name} (trial {best.trial_id}, {sweep.space.metric} "
-                  f"{best.final:.4g}).\n#   promptkd-ray distill --config {folder.path('best_job.yaml')}\n")
+        header = (
+            f"# The winner of sweep {sweep.name} (trial {best.trial_id}, {sweep.space.metric} "
+            f"{best.final:.4g}).\n#   promptkd-ray distill --config {folder.path('best_job.yaml')}\n"
+        )
         class_vectors = class_vectors_of(job, best.run_dir)
         for suffix in (".safetensors", ".json"):  # tensors first, sidecars last
             files[f"best/student{suffix}"] = Storage(best.run_dir).read_bytes(f"student{suffix}")
@@ -116,7 +135,9 @@ def write_sweep_outputs(sweep, results, caches: dict) -> SweepReport:
 
 
 def _counts(trials: list) -> str:
-    return ", ".join(f"{sum(t.status == s for t in trials)} {s}" for s in ("completed", "stopped early", "failed"))
+    return ", ".join(
+        f"{sum(t.status == s for t in trials)} {s}" for s in ("completed", "stopped early", "failed")
+    )
 
 
 def _show(value) -> str:
@@ -129,31 +150,54 @@ def trials_csv(sweep, trials: list) -> str:
     writer = csv.writer(out)
     writer.writerow(["trial", *keys, "status", "epochs", metric, f"{metric}_per_epoch", "seconds", "error"])
     for t in trials:
-        writer.writerow([t.trial_id, *(t.params.get(k, "") for k in keys), t.status, t.epochs,
-                         "" if not t.curve else f"{t.final:.6g}", ";".join(f"{v:.6g}" for v in t.curve),
-                         f"{t.seconds:.1f}", t.error])
+        writer.writerow(
+            [
+                t.trial_id,
+                *(t.params.get(k, "") for k in keys),
+                t.status,
+                t.epochs,
+                "" if not t.curve else f"{t.final:.6g}",
+                ";".join(f"{v:.6g}" for v in t.curve),
+                f"{t.seconds:.1f}",
+                t.error,
+            ]
+        )
     return out.getvalue()
 
 
 def sweep_markdown(sweep, trials: list, best: Optional[Trial]) -> str:
     space, keys = sweep.space, list(sweep.space.params)
-    lines = [f"# Sweep {sweep.name}", "",
-             f"Space `{space.source}` over `{', '.join(keys)}`; {space.search.algorithm} search, "
-             f"{space.scheduler.kind} scheduler; selected on **{space.metric}** ({space.mode}imum, "
-             "never on test labels nor on the training loss at a swept temperature).", "",
-             f"Trials: {len(trials)} ({_counts(trials)}).", ""]
+    lines = [
+        f"# Sweep {sweep.name}",
+        "",
+        f"Space `{space.source}` over `{', '.join(keys)}`; {space.search.algorithm} search, "
+        f"{space.scheduler.kind} scheduler; selected on **{space.metric}** ({space.mode}imum, "
+        "never on test labels nor on the training loss at a swept temperature).",
+        "",
+        f"Trials: {len(trials)} ({_counts(trials)}).",
+        "",
+    ]
     if sweep.command:
         lines += [f"Command: `{sweep.command}`", ""]
-    lines += ["| rank | trial | " + " | ".join(keys) + f" | status | epochs | {space.metric} | seconds |",
-              "|---|---|" + "---|" * (len(keys) + 4)]
+    lines += [
+        "| rank | trial | " + " | ".join(keys) + f" | status | epochs | {space.metric} | seconds |",
+        "|---|---|" + "---|" * (len(keys) + 4),
+    ]
     for i, t in enumerate(trials, 1):
-        lines.append(f"| {i} | {t.trial_id} | " + " | ".join(_show(t.params.get(k, "")) for k in keys)
-                     + f" | {t.status} | {t.epochs} | {'' if not t.curve else f'{t.final:.4f}'} | {t.seconds:.0f} |")
+        lines.append(
+            f"| {i} | {t.trial_id} | "
+            + " | ".join(_show(t.params.get(k, "")) for k in keys)
+            + f" | {t.status} | {t.epochs} | {'' if not t.curve else f'{t.final:.4f}'} | {t.seconds:.0f} |"
+        )
     lines.append("")
     if best is not None:
-        lines += [f"Winner: trial {best.trial_id} (" + ", ".join(f"{k} = {_show(best.params[k])}" for k in keys)
-                  + f"), {space.metric} {best.final:.4f}. Its job: `best_job.yaml` "
-                  "(`promptkd-ray distill --config best_job.yaml`); its student: `best/`.", ""]
+        lines += [
+            f"Winner: trial {best.trial_id} ("
+            + ", ".join(f"{k} = {_show(best.params[k])}" for k in keys)
+            + f"), {space.metric} {best.final:.4f}. Its job: `best_job.yaml` "
+            "(`promptkd-ray distill --config best_job.yaml`); its student: `best/`.",
+            "",
+        ]
     failed = [t for t in trials if t.status == "failed"]
     lines += [f"- trial {t.trial_id} failed: {t.error}" for t in failed] + ([""] if failed else [])
     lines += ["![the metric against each swept key, and learning curves](sweep.png)", ""]
@@ -175,7 +219,9 @@ def sweep_png(sweep, trials: list) -> bytes:
         for t in (t for t in trials if t.curve):
             x = labels.index(_show(t.params.get(key)))
             done = t.status == "completed"
-            ax.scatter(x, t.final, marker="o" if done else "x", color="tab:blue" if done else "grey", zorder=3)
+            ax.scatter(
+                x, t.final, marker="o" if done else "x", color="tab:blue" if done else "grey", zorder=3
+            )
         ax.set_xticks(range(len(labels)), labels, rotation=30 if max(map(len, labels or [""])) > 6 else 0)
         ax.set_xlabel(key)
         ax.set_ylabel(metric)

@@ -81,9 +81,19 @@ class TeacherData:
         """What a checkpoint must have been made with to be resumed by this job."""
         m, t = job.teacher, job.train
         items = hashlib.sha256(json.dumps([(i.path, i.label) for i in self.items]).encode()).hexdigest()
-        return {"teacher": self.spec, "mode": m.mode, "vision_depth": m.vision_depth, "text_depth": m.text_depth,
-                "n_ctx": m.n_ctx, "ctx_init": m.ctx_init, "classes": list(self.train_classnames),
-                "items_sha256": items, "epochs": t.epochs, "gpa_mean": t.gpa_mean, "gpa_std": t.gpa_std}
+        return {
+            "teacher": self.spec,
+            "mode": m.mode,
+            "vision_depth": m.vision_depth,
+            "text_depth": m.text_depth,
+            "n_ctx": m.n_ctx,
+            "ctx_init": m.ctx_init,
+            "classes": list(self.train_classnames),
+            "items_sha256": items,
+            "epochs": t.epochs,
+            "gpa_mean": t.gpa_mean,
+            "gpa_std": t.gpa_std,
+        }
 
 
 @dataclass(frozen=True)
@@ -97,6 +107,7 @@ class TeacherPlan:
 
 
 # --- data -------------------------------------------------------------------------------------------
+
 
 def open_data(job: TeacherJob) -> TeacherData:
     """The k-shot items of the training classes (the base classes, or all), and all class names."""
@@ -113,12 +124,20 @@ def open_data(job: TeacherJob) -> TeacherData:
     log.info("%s: %d-shot, %d training classes, %d images", dataset.summary(), d.shots, n, len(items))
     test = tuple(i for i in dataset.test if i.label < n) if d.eval_test else ()
     spec = job.teacher.spec or (world.teacher_spec if world else "")
-    return TeacherData(spec, dataset.name, tuple(items), tuple(dataset.classnames[:n]), tuple(dataset.classnames),
-                       test, tuple(unreadable))
+    return TeacherData(
+        spec,
+        dataset.name,
+        tuple(items),
+        tuple(dataset.classnames[:n]),
+        tuple(dataset.classnames),
+        test,
+        tuple(unreadable),
+    )
 
 
 def readable_items(items: Sequence, options: DecodeOptions, threads: int = 8) -> tuple[list, list]:
     """(the items whose image decodes, [(path, reason)] of the others), each decoded once."""
+
     def reason(item) -> str:
         try:
             read_image(item.path, options)
@@ -136,15 +155,24 @@ def readable_items(items: Sequence, options: DecodeOptions, threads: int = 8) ->
     return [item for item, r in zip(items, reasons) if not r], bad
 
 
-def iter_batches(items: Sequence, batch_size: int, epoch: int, seed: int, size: int, rank: int = 0, world: int = 1,
-                 crop_scale_min: float = 0.08, options: DecodeOptions = DecodeOptions()):
+def iter_batches(
+    items: Sequence,
+    batch_size: int,
+    epoch: int,
+    seed: int,
+    size: int,
+    rank: int = 0,
+    world: int = 1,
+    crop_scale_min: float = 0.08,
+    options: DecodeOptions = DecodeOptions(),
+):
     """This worker's (images [b, 3, size, size], labels [b]) batches of one epoch; drop_last when
     there is at least one full global batch, else one smaller batch."""
     order = np.random.default_rng([seed, epoch]).permutation(len(items))
     mine, per_worker = order[rank::world], batch_size // world
     rng = np.random.default_rng([seed, epoch, rank, 7])
     for b in range(max(len(order) // batch_size, 1)):
-        chunk = [items[i] for i in mine[b * per_worker:(b + 1) * per_worker]]
+        chunk = [items[i] for i in mine[b * per_worker : (b + 1) * per_worker]]
         if not chunk:
             return
         images = torch.stack([load_view(item.path, size, rng, crop_scale_min, options) for item in chunk])
@@ -153,6 +181,7 @@ def iter_batches(items: Sequence, batch_size: int, epoch: int, seed: int, size: 
 
 # --- recipe (plain PyTorch) ----------------------------------------------------------------------
 
+
 def build_job_teacher(job: TeacherJob, spec: str = "", device: str = "cpu"):
     """The job's Teacher with freshly initialised prompts (seeded: identical on every worker)."""
     from .core.models import build_teacher
@@ -160,19 +189,33 @@ def build_job_teacher(job: TeacherJob, spec: str = "", device: str = "cpu"):
     m = job.teacher
     torch.manual_seed(job.seed)
     prompted = m.mode == "promptsrc"
-    return build_teacher(spec or m.spec, vision_depth=m.vision_depth if prompted else 0,
-                         text_depth=m.text_depth if prompted else 0, n_ctx=m.n_ctx, ctx_init=m.ctx_init,
-                         device=device)
+    return build_teacher(
+        spec or m.spec,
+        vision_depth=m.vision_depth if prompted else 0,
+        text_depth=m.text_depth if prompted else 0,
+        n_ctx=m.n_ctx,
+        ctx_init=m.ctx_init,
+        device=device,
+    )
 
 
 def image_size(job: TeacherJob, teacher) -> int:
     return job.data.image_size or int(teacher.image_encoder.visual.image_size[0])
 
 
-def train_prompts(teacher, items: Sequence, train_classnames: Sequence[str], job: TeacherJob, device="cpu",
-                  rank: int = 0, world: int = 1, grad_hook: Optional[Callable] = None,
-                  resume: Optional[tuple] = None, on_epoch_end: Optional[Callable] = None,
-                  on_step: Optional[Callable] = None) -> dict:
+def train_prompts(
+    teacher,
+    items: Sequence,
+    train_classnames: Sequence[str],
+    job: TeacherJob,
+    device="cpu",
+    rank: int = 0,
+    world: int = 1,
+    grad_hook: Optional[Callable] = None,
+    resume: Optional[tuple] = None,
+    on_epoch_end: Optional[Callable] = None,
+    on_step: Optional[Callable] = None,
+) -> dict:
     """Run the remaining epochs of PromptSRC on `items`; returns the GPA prompts (CPU tensors).
 
     `resume` = (tensors, state, progress) of a checkpoint; `on_epoch_end(epoch, metrics, tensors, state)`
@@ -190,16 +233,34 @@ def train_prompts(teacher, items: Sequence, train_classnames: Sequence[str], job
         scheduler.load_state_dict(state["scheduler"])
         gpa.load_state_dict(state["gpa"])
         start = progress["epoch"] + 1
-    frozen_text = frozen_text_targets(teacher.text_encoder, train_classnames,
-                                      resolve_templates(job.teacher.scl_templates)).to(device)
+    frozen_text = frozen_text_targets(
+        teacher.text_encoder, train_classnames, resolve_templates(job.teacher.scl_templates)
+    ).to(device)
     weights, size = SCLWeights(text=t.text_loss_weight, image=t.image_loss_weight), image_size(job, teacher)
     for epoch in range(start, t.epochs):
         lr = optimizer.param_groups[0]["lr"]
         sums, steps = defaultdict(float), 0
-        for images, labels in iter_batches(items, t.batch_size, epoch, job.seed, size, rank, world,
-                                           job.data.crop_scale_min, DecodeOptions.of(job.data)):
-            out = promptsrc_step(teacher, images.to(device), labels.to(device), train_classnames, frozen_text,
-                                 optimizer, weights, grad_hook)
+        for images, labels in iter_batches(
+            items,
+            t.batch_size,
+            epoch,
+            job.seed,
+            size,
+            rank,
+            world,
+            job.data.crop_scale_min,
+            DecodeOptions.of(job.data),
+        ):
+            out = promptsrc_step(
+                teacher,
+                images.to(device),
+                labels.to(device),
+                train_classnames,
+                frozen_text,
+                optimizer,
+                weights,
+                grad_hook,
+            )
             steps += 1
             for key, value in out.items():
                 sums[key] += value
@@ -209,21 +270,35 @@ def train_prompts(teacher, items: Sequence, train_classnames: Sequence[str], job
         gpa.add(epoch + 1, teacher.prompt_state_dict())
         metrics = {"epoch": epoch, "lr": lr, **{k: v / max(steps, 1) for k, v in sums.items()}}
         if on_epoch_end is not None:
-            on_epoch_end(epoch, metrics, teacher.prompt_state_dict(),
-                         {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                          "gpa": gpa.state_dict()})
+            on_epoch_end(
+                epoch,
+                metrics,
+                teacher.prompt_state_dict(),
+                {
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "gpa": gpa.state_dict(),
+                },
+            )
     return gpa.result()
 
 
 @torch.no_grad()
-def test_accuracy(teacher, items: Sequence, class_vectors: torch.Tensor, size: int, device="cpu",
-                  batch_size: int = 64, options: DecodeOptions = DecodeOptions()) -> float:
+def test_accuracy(
+    teacher,
+    items: Sequence,
+    class_vectors: torch.Tensor,
+    size: int,
+    device="cpu",
+    batch_size: int = 64,
+    options: DecodeOptions = DecodeOptions(),
+) -> float:
     """Top-1 accuracy (percent) of the teacher on `items` against `class_vectors` [N, d]; an
     unreadable test image is a `BadImageError`."""
     teacher.eval()
     correct = 0
     for i in range(0, len(items), batch_size):
-        chunk = items[i:i + batch_size]
+        chunk = items[i : i + batch_size]
         images = torch.stack([load_test_view(item.path, size, options) for item in chunk]).to(device)
         predicted = (teacher.encode_image(images) @ class_vectors.to(device).t()).argmax(-1).cpu()
         correct += int((predicted == torch.tensor([item.label for item in chunk])).sum())
@@ -235,9 +310,11 @@ def load_test_view(path: str, size: int, options: DecodeOptions) -> torch.Tensor
     try:
         return load_view(path, size, options=options)
     except Exception as exc:
-        raise BadImageError(f"test image {path} is not a readable image ({type(exc).__name__}: {exc}); fix or "
-                            "remove it, or set data.eval_test: false (a re-run resumes from the last "
-                            "checkpoint).") from None
+        raise BadImageError(
+            f"test image {path} is not a readable image ({type(exc).__name__}: {exc}); fix or "
+            "remove it, or set data.eval_test: false (a re-run resumes from the last "
+            "checkpoint)."
+        ) from None
 
 
 def write_teacher_outputs(teacher, job: TeacherJob, data: TeacherData, run: Storage, device="cpu") -> dict:
@@ -251,21 +328,39 @@ def write_teacher_outputs(teacher, job: TeacherJob, data: TeacherData, run: Stor
     metrics: dict = {"bad_images": len(data.unreadable)}
     if data.test_items:
         n = len(data.train_classnames)
-        metrics["test_accuracy_train_classes"] = test_accuracy(teacher, data.test_items, cv.vectors[:n],
-                                                               image_size(job, teacher), device,
-                                                               options=DecodeOptions.of(job.data))
+        metrics["test_accuracy_train_classes"] = test_accuracy(
+            teacher,
+            data.test_items,
+            cv.vectors[:n],
+            image_size(job, teacher),
+            device,
+            options=DecodeOptions.of(job.data),
+        )
         log.info("test accuracy on the %d training classes: %.2f", n, metrics["test_accuracy_train_classes"])
-    info = TeacherInfo(spec=data.spec, vision_depth=teacher.image_encoder.depth, text_depth=teacher.text_encoder.depth,
-                       n_ctx=m.n_ctx, ctx_init=m.ctx_init,
-                       extra={"recipe": m.mode, "job": job.name, "dataset": data.dataset_name, "shots": job.data.shots,
-                              "classes": job.data.classes, "seed": job.seed, "epochs": job.train.epochs,
-                              "metrics": metrics})
+    info = TeacherInfo(
+        spec=data.spec,
+        vision_depth=teacher.image_encoder.depth,
+        text_depth=teacher.text_encoder.depth,
+        n_ctx=m.n_ctx,
+        ctx_init=m.ctx_init,
+        extra={
+            "recipe": m.mode,
+            "job": job.name,
+            "dataset": data.dataset_name,
+            "shots": job.data.shots,
+            "classes": job.data.classes,
+            "seed": job.seed,
+            "epochs": job.train.epochs,
+            "metrics": metrics,
+        },
+    )
     save_class_vectors(cv, run.path("class_vectors"))
     save_teacher(teacher, info, run.path("teacher"))
     return metrics
 
 
 # --- Ray Train ----------------------------------------------------------------------------------------
+
 
 def train_loop_per_worker(plan: TeacherPlan) -> None:
     """Ray Train worker: PromptSRC epochs with per-epoch checkpoints, then (rank 0) the artifacts."""
@@ -274,19 +369,35 @@ def train_loop_per_worker(plan: TeacherPlan) -> None:
     tensors, state, progress = restore(plan.fingerprint, worker.rank)
     steps = max(len(plan.data.items) // job.train.batch_size, 1)
     rank0 = worker.rank == 0
-    reporter = Reporter(plan.board if rank0 else None, job.train.epochs, steps,
-                        TensorBoardLog(run_storage(job)) if rank0 else None, job.train.log_every, stage="teacher")
+    reporter = Reporter(
+        plan.board if rank0 else None,
+        job.train.epochs,
+        steps,
+        TensorBoardLog(run_storage(job)) if rank0 else None,
+        job.train.log_every,
+        stage="teacher",
+    )
 
     def on_epoch_end(epoch: int, metrics: dict, prompts: dict, train_state: dict) -> None:
         progress.update(epoch=epoch, history=progress["history"] + [metrics])
         reporter.epoch_end(epoch, metrics)
         report(metrics, progress, prompts, train_state, worker.rank)
 
-    prompts = train_prompts(teacher, plan.data.items, plan.data.train_classnames, job, worker.device, worker.rank,
-                            worker.world, gradient_averager(teacher.prompt_parameters(), worker.world),
-                            None if tensors is None else (tensors, state, progress), on_epoch_end,
-                            lambda epoch, step, out: reporter.step(epoch, step, epoch * steps + step,
-                                                                   loss=out["loss"], accuracy=out["accuracy"]))
+    prompts = train_prompts(
+        teacher,
+        plan.data.items,
+        plan.data.train_classnames,
+        job,
+        worker.device,
+        worker.rank,
+        worker.world,
+        gradient_averager(teacher.prompt_parameters(), worker.world),
+        None if tensors is None else (tensors, state, progress),
+        on_epoch_end,
+        lambda epoch, step, out: reporter.step(
+            epoch, step, epoch * steps + step, loss=out["loss"], accuracy=out["accuracy"]
+        ),
+    )
     reporter.close()
     if rank0:
         teacher.load_state_dict({k: v.to(worker.device) for k, v in prompts.items()}, strict=False)

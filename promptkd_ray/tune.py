@@ -32,13 +32,27 @@ from typing import Sequence
 
 from .config import DistillJob, distill_job_from_dict
 from .config.loader import apply_override
-from .config.space import (Space, apply_params, candidate_values, check_space, domain_parts, read_space,
-                           read_space_job)
+from .config.space import (
+    Space,
+    apply_params,
+    candidate_values,
+    check_space,
+    domain_parts,
+    read_space,
+    read_space_job,
+)
 from .errors import ConfigError
 from .storage import Storage
 
 log = logging.getLogger(__name__)
-CACHE_NEUTRAL = ("loss.", "student.", "train.", "teacher.class_vectors", "teacher.templates", "teacher.vocabulary")
+CACHE_NEUTRAL = (
+    "loss.",
+    "student.",
+    "train.",
+    "teacher.class_vectors",
+    "teacher.templates",
+    "teacher.vocabulary",
+)
 
 
 @dataclass(frozen=True)
@@ -80,15 +94,22 @@ class Sweep:
         return raw
 
 
-def open_sweep(space_path: str, job_path: str = "", overrides: Sequence[str] = (), command: str = "",
-               check_paths: bool = True) -> Sweep:
+def open_sweep(
+    space_path: str,
+    job_path: str = "",
+    overrides: Sequence[str] = (),
+    command: str = "",
+    check_paths: bool = True,
+) -> Sweep:
     """Read the space and its job; check every value of every key against the job (`check_paths`:
     local paths must exist, as for a job file)."""
     space = read_space(space_path)
     job_path, raw = read_space_job(space, job_path)
     for text in overrides:
         apply_override(raw, text, job_path)
-    job = check_space(space, raw, lambda r, source: distill_job_from_dict(r, source, check_paths_exist=check_paths))
+    job = check_space(
+        space, raw, lambda r, source: distill_job_from_dict(r, source, check_paths_exist=check_paths)
+    )
     _check_metric_and_cache(space, job)
     name = space.name or Path(space_path).stem
     return Sweep(space, raw, job, name, Storage(job.storage_path).path(f"sweeps/{name}"), command)
@@ -96,18 +117,24 @@ def open_sweep(space_path: str, job_path: str = "", overrides: Sequence[str] = (
 
 def _check_metric_and_cache(space: Space, job: DistillJob) -> None:
     if space.metric.startswith("heldout") and job.data.heldout_images < 1:
-        raise ConfigError(f"{space.source}: metric {space.metric} needs a held-out slice; the job has "
-                          "data.heldout_images: 0.")
+        raise ConfigError(
+            f"{space.source}: metric {space.metric} needs a held-out slice; the job has "
+            "data.heldout_images: 0."
+        )
     if not space.search.cache:
         return
     views = [k for k, domain in space.params.items() if _changes_views(k, domain)]
     if views:
-        raise ConfigError(f"{space.source}: params.{views[0]} changes what the teacher sees (or how many views), so "
-                          "trials cannot share a soft-label cache; set search.cache: false (each trial then runs "
-                          "the teacher) or sweep teachers with teacher: {grid: {NAME: …}}.")
+        raise ConfigError(
+            f"{space.source}: params.{views[0]} changes what the teacher sees (or how many views), so "
+            "trials cannot share a soft-label cache; set search.cache: false (each trial then runs "
+            "the teacher) or sweep teachers with teacher: {grid: {NAME: …}}."
+        )
     if job.teacher.cache:
-        raise ConfigError(f"{space.source}: the job already names teacher.cache; the sweep builds its own caches "
-                          "(search.cache: true), so drop it from the job or set search.cache: false.")
+        raise ConfigError(
+            f"{space.source}: the job already names teacher.cache; the sweep builds its own caches "
+            "(search.cache: true), so drop it from the job or set search.cache: false."
+        )
 
 
 def _changes_views(key: str, domain) -> bool:
@@ -130,9 +157,16 @@ def run_sweep(sweep: Sweep):
     cluster.connect(job.ray, max(cluster.cpus_needed(job.train, job.teacher_pool), two_trials))
     caches = prepare_caches(sweep)
     concurrency = sweep.space.search.max_concurrent or trials_the_cluster_holds(job)
-    log.info("sweep %s: %s search, %s scheduler, metric %s (%s), %d trial(s) at once; folder %s", sweep.name,
-             sweep.space.search.algorithm, sweep.space.scheduler.kind, sweep.space.metric, sweep.space.mode,
-             concurrency, sweep.folder)
+    log.info(
+        "sweep %s: %s search, %s scheduler, metric %s (%s), %d trial(s) at once; folder %s",
+        sweep.name,
+        sweep.space.search.algorithm,
+        sweep.space.scheduler.kind,
+        sweep.space.metric,
+        sweep.space.mode,
+        concurrency,
+        sweep.folder,
+    )
     trial = functools.partial(run_trial, sweep=sweep, caches=caches)
     results = run_tuner(trial, sweep.space, sweep.folder, "tune", job.train.epochs, concurrency)
     return write_sweep_outputs(sweep, results, caches)
@@ -143,8 +177,11 @@ def prepare_caches(sweep: Sweep) -> dict:
     from .distill import build_soft_label_cache
 
     if not sweep.space.search.cache:
-        log.info("search.cache: false — every trial runs its own teacher pool: %d epochs of teacher forward passes "
-                 "over all training images per trial, as many teacher passes as trials", sweep.job.train.epochs)
+        log.info(
+            "search.cache: false — every trial runs its own teacher pool: %d epochs of teacher forward passes "
+            "over all training images per trial, as many teacher passes as trials",
+            sweep.job.train.epochs,
+        )
         return {}
     caches = {}
     for label in sweep.teachers:
@@ -171,7 +208,9 @@ def run_trial(config: dict, sweep: Sweep, caches: dict) -> None:
     for metrics in (previous or {}).get("history", []):
         tune.report(metrics)  # Tune restarts the trial's results from zero; give it the epochs already run
     done = previous is not None and previous["epoch"] + 1 >= job.train.epochs
-    if done and run.is_file("student.safetensors"):  # finished before the sweep's driver stopped: nothing to do
+    if done and run.is_file(
+        "student.safetensors"
+    ):  # finished before the sweep's driver stopped: nothing to do
         result = DistillResult(run.root, run.path("student.safetensors"), previous["history"], {})
     else:
         result = run_distillation(job, callbacks=[] if done else [epoch_reporter(job.train.epochs)])
@@ -199,8 +238,12 @@ def val_accuracy(job: DistillJob, result, shots: int) -> float:
     items = sample_k_shot(splits.val, shots, job.seed, labels=range(base))
     val = dataclasses.replace(splits, classnames=splits.classnames[:base], train=(), test=items, val=())
     cv = restrict_by_name(load_class_vectors(class_vectors_of(job, result.run_dir)), val.classnames)
-    (s,) = score([Entry("student", ModelRef("student", result.student_artifact), cv, job.seed)], val,
-                 protocol="cross", batch_size=64)
+    (s,) = score(
+        [Entry("student", ModelRef("student", result.student_artifact), cv, job.seed)],
+        val,
+        protocol="cross",
+        batch_size=64,
+    )
     return float(s.metrics["accuracy"])
 
 

@@ -18,8 +18,13 @@ def ray_cluster():
     import ray
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=6, object_store_memory=200 * 1024**2, include_dashboard=False,
-                 log_to_driver=True)
+        ray.init(
+            address="local",
+            num_cpus=6,
+            object_store_memory=200 * 1024**2,
+            include_dashboard=False,
+            log_to_driver=True,
+        )
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()

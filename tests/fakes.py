@@ -27,42 +27,96 @@ from typing import Callable, Optional
 from PIL import Image
 
 FAKE_DATASETS = (
-    "ImageNet", "Caltech101", "OxfordPets", "StanfordCars", "Flowers102", "Food101",
-    "FGVCAircraft", "SUN397", "DTD", "EuroSAT", "UCF101",
-    "ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR",
+    "ImageNet",
+    "Caltech101",
+    "OxfordPets",
+    "StanfordCars",
+    "Flowers102",
+    "Food101",
+    "FGVCAircraft",
+    "SUN397",
+    "DTD",
+    "EuroSAT",
+    "UCF101",
+    "ImageNetV2",
+    "ImageNetSketch",
+    "ImageNetA",
+    "ImageNetR",
 )
 
 # (folder or key, class name) in label order; extended with generated classes when needed.
 _CLASSES: dict[str, list[tuple[str, str]]] = {
-    "Caltech101": [("Faces", "face"), ("Leopards", "leopard"), ("Motorbikes", "motorbike"),
-                   ("accordion", "accordion"), ("airplanes", "airplane")],
-    "OxfordPets": [("Abyssinian", "abyssinian"), ("american_bulldog", "american_bulldog"),
-                   ("american_pit_bull_terrier", "american_pit_bull_terrier"),
-                   ("basset_hound", "basset_hound"), ("Bengal", "bengal")],
-    "StanfordCars": [("", "2000 AM General Hummer SUV"), ("", "2012 Acura RL Sedan"),
-                     ("", "2012 Acura TL Sedan"), ("", "2008 Acura TL Type-S"),
-                     ("", "2012 Acura TSX Sedan")],
-    "Flowers102": [("", "pink primrose"), ("", "hard-leaved pocket orchid"),
-                   ("", "canterbury bells"), ("", "sweet pea"), ("", "english marigold")],
-    "Food101": [("apple_pie", "apple_pie"), ("baby_back_ribs", "baby_back_ribs"),
-                ("baklava", "baklava"), ("beef_carpaccio", "beef_carpaccio"),
-                ("beef_tartare", "beef_tartare")],
-    "SUN397": [("a/abbey", "abbey"), ("a/airplane_cabin", "airplane_cabin"),
-               ("a/apartment_building/outdoor", "apartment_building outdoor"),
-               ("b/badlands", "badlands"), ("b/bakery/shop", "bakery shop")],
-    "DTD": [("banded", "banded"), ("blotchy", "blotchy"), ("braided", "braided"),
-            ("bubbly", "bubbly"), ("bumpy", "bumpy")],
-    "EuroSAT": [("AnnualCrop", "Annual Crop Land"), ("Forest", "Forest"),
-                ("HerbaceousVegetation", "Herbaceous Vegetation Land"),
-                ("Highway", "Highway or Road"), ("Industrial", "Industrial Buildings")],
-    "UCF101": [("Apply_Eye_Makeup", "Apply_Eye_Makeup"), ("Apply_Lipstick", "Apply_Lipstick"),
-               ("Archery", "Archery"), ("Baby_Crawling", "Baby_Crawling"),
-               ("Balance_Beam", "Balance_Beam")],
-    "FGVCAircraft": [("", "707-320"), ("", "A300B4"), ("", "737-200"), ("", "Cessna 172"),
-                     ("", "DC-10")],
-    "ImageNet": [("n01440764", "tench"), ("n01443537", "goldfish"),
-                 ("n01484850", "great white shark"), ("n01491361", "tiger shark"),
-                 ("n01494475", "hammerhead shark")],
+    "Caltech101": [
+        ("Faces", "face"),
+        ("Leopards", "leopard"),
+        ("Motorbikes", "motorbike"),
+        ("accordion", "accordion"),
+        ("airplanes", "airplane"),
+    ],
+    "OxfordPets": [
+        ("Abyssinian", "abyssinian"),
+        ("american_bulldog", "american_bulldog"),
+        ("american_pit_bull_terrier", "american_pit_bull_terrier"),
+        ("basset_hound", "basset_hound"),
+        ("Bengal", "bengal"),
+    ],
+    "StanfordCars": [
+        ("", "2000 AM General Hummer SUV"),
+        ("", "2012 Acura RL Sedan"),
+        ("", "2012 Acura TL Sedan"),
+        ("", "2008 Acura TL Type-S"),
+        ("", "2012 Acura TSX Sedan"),
+    ],
+    "Flowers102": [
+        ("", "pink primrose"),
+        ("", "hard-leaved pocket orchid"),
+        ("", "canterbury bells"),
+        ("", "sweet pea"),
+        ("", "english marigold"),
+    ],
+    "Food101": [
+        ("apple_pie", "apple_pie"),
+        ("baby_back_ribs", "baby_back_ribs"),
+        ("baklava", "baklava"),
+        ("beef_carpaccio", "beef_carpaccio"),
+        ("beef_tartare", "beef_tartare"),
+    ],
+    "SUN397": [
+        ("a/abbey", "abbey"),
+        ("a/airplane_cabin", "airplane_cabin"),
+        ("a/apartment_building/outdoor", "apartment_building outdoor"),
+        ("b/badlands", "badlands"),
+        ("b/bakery/shop", "bakery shop"),
+    ],
+    "DTD": [
+        ("banded", "banded"),
+        ("blotchy", "blotchy"),
+        ("braided", "braided"),
+        ("bubbly", "bubbly"),
+        ("bumpy", "bumpy"),
+    ],
+    "EuroSAT": [
+        ("AnnualCrop", "Annual Crop Land"),
+        ("Forest", "Forest"),
+        ("HerbaceousVegetation", "Herbaceous Vegetation Land"),
+        ("Highway", "Highway or Road"),
+        ("Industrial", "Industrial Buildings"),
+    ],
+    "UCF101": [
+        ("Apply_Eye_Makeup", "Apply_Eye_Makeup"),
+        ("Apply_Lipstick", "Apply_Lipstick"),
+        ("Archery", "Archery"),
+        ("Baby_Crawling", "Baby_Crawling"),
+        ("Balance_Beam", "Balance_Beam"),
+    ],
+    "FGVCAircraft": [("", "707-320"), ("", "A300B4"), ("", "737-200"), ("", "Cessna 172"), ("", "DC-10")],
+    "ImageNet": [
+        ("n01440764", "tench"),
+        ("n01443537", "goldfish"),
+        ("n01484850", "great white shark"),
+        ("n01491361", "tiger shark"),
+        ("n01494475", "hammerhead shark"),
+    ],
 }
 # dataset -> (folder, image folder, split file) for the split-JSON layouts.
 _SPLIT_JSON = {
@@ -121,8 +175,9 @@ def fake_expectations(name: str, classes: int = 4, per_class: int = 3) -> FakeEx
     if name in _DG_FOLDERS:
         return FakeExpectation(names, 0, 0, classes * per_class)
     if name == "ImageNet":
-        return FakeExpectation(names, classes * per_class, classes * (per_class + 1),
-                               classes * (per_class + 1))
+        return FakeExpectation(
+            names, classes * per_class, classes * (per_class + 1), classes * (per_class + 1)
+        )
     return FakeExpectation(names, classes * per_class, classes, classes * (per_class + 1))
 
 
@@ -157,9 +212,10 @@ def _json_path(name: str) -> Callable[[str, str, str, int, int], str]:
     paths = {
         "Caltech101": lambda key, _c, s, _l, i: f"{key}/image_{s}{i:04d}.jpg",
         "OxfordPets": lambda key, _c, s, _l, i: f"{key}_{s}{i}.jpg",
-        "StanfordCars": lambda _k, _c, s, l, i: f"cars_{'test' if s == 'test' else 'train'}/"
-                                               f"{s}{l:03d}{i:02d}.jpg",
-        "Flowers102": lambda _k, _c, s, l, i: f"image_{s}{l:03d}{i:02d}.jpg",
+        "StanfordCars": lambda _k, _c, s, lab, i: (
+            f"cars_{'test' if s == 'test' else 'train'}/{s}{lab:03d}{i:02d}.jpg"
+        ),
+        "Flowers102": lambda _k, _c, s, lab, i: f"image_{s}{lab:03d}{i:02d}.jpg",
         "Food101": lambda key, _c, s, _l, i: f"{key}/{s}{1000 + i}.jpg",
         "SUN397": lambda key, _c, s, _l, i: f"{key}/sun_{s}{i}.jpg",
         "DTD": lambda key, _c, s, _l, i: f"{key}/{key}_{s}{i:04d}.jpg",
@@ -249,7 +305,9 @@ def _make_dg(name: str, root: Path, classes: int, per_class: int) -> Path:
 
 
 def make_image_folder(
-    root: str | Path, classnames=("cat", "dog", "fishing_boat"), per_class: int = 3,
+    root: str | Path,
+    classnames=("cat", "dog", "fishing_boat"),
+    per_class: int = 3,
     nested: bool = True,
 ) -> Path:
     """A user's ImageFolder tree `root/<class>/…`; with `nested`, one image per class sits in a

@@ -71,19 +71,37 @@ class LocalCluster:
     def _start_node(self, spec: dict, head: bool, timeout: float = 180.0) -> bool:
         """A raylet gives its dashboard agent a fixed 15 s to report its ports and aborts otherwise,
         which a machine loaded by other work can miss: then False (the caller starts it again)."""
-        (gcs, dashboard, client, agent_http, agent_grpc, metrics, runtime_env, manager, objects), low = \
+        (gcs, dashboard, client, agent_http, agent_grpc, metrics, runtime_env, manager, objects), low = (
             free_ports_and_worker_range(9, WORKER_PORTS)
-        cmd = [RAY, "start", "--block", "--node-ip-address=127.0.0.1", f"--num-cpus={spec['num_cpus']}",
-               f"--resources={json.dumps(spec.get('resources', {}))}", f"--object-store-memory={OBJECT_STORE}",
-               f"--node-manager-port={manager}", f"--object-manager-port={objects}",
-               f"--min-worker-port={low}", f"--max-worker-port={low + WORKER_PORTS}",
-               f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
-               f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}"]
+        )
+        cmd = [
+            RAY,
+            "start",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--num-cpus={spec['num_cpus']}",
+            f"--resources={json.dumps(spec.get('resources', {}))}",
+            f"--object-store-memory={OBJECT_STORE}",
+            f"--node-manager-port={manager}",
+            f"--object-manager-port={objects}",
+            f"--min-worker-port={low}",
+            f"--max-worker-port={low + WORKER_PORTS}",
+            f"--dashboard-agent-listen-port={agent_http}",
+            f"--dashboard-agent-grpc-port={agent_grpc}",
+            f"--metrics-export-port={metrics}",
+            f"--runtime-env-agent-port={runtime_env}",
+        ]
         if head:
             self.address = f"127.0.0.1:{gcs}"
-            cmd += ["--head", f"--port={gcs}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                    f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}",
-                    f"--temp-dir={self.temp_dir}"]
+            cmd += [
+                "--head",
+                f"--port={gcs}",
+                "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dashboard}",
+                f"--ray-client-server-port={client}",
+                f"--temp-dir={self.temp_dir}",
+            ]
         else:
             cmd += [f"--address={self.address}"]
         log = Path(self.temp_dir) / f"start_{spec['name']}.log"
@@ -91,7 +109,9 @@ class LocalCluster:
         # cleaner, through the state API) finds this one and not another on the machine.
         env = dict(os.environ, RAY_ADDRESS=self.address)
         with log.open("w") as out:
-            process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+            process = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
+            )
         self.starting = process  # ended by `shutdown` too, should the driver stop meanwhile
         deadline = time.time() + timeout
         while time.time() < deadline and process.poll() is None:
@@ -138,15 +158,17 @@ def alive_actor_on(dashboard: str, node_id: str, class_part: str) -> bool:
     from ray.util.state import list_actors
 
     try:
-        actors = list_actors(address=dashboard, filters=[("state", "=", "ALIVE")], limit=10_000,
-                             raise_on_missing_output=False)
+        actors = list_actors(
+            address=dashboard, filters=[("state", "=", "ALIVE")], limit=10_000, raise_on_missing_output=False
+        )
     except Exception:  # the state API timed out on a busy machine: ask again
         return False
     return any(class_part in a.class_name and a.node_id == node_id for a in actors)
 
 
-def kill_later(cluster: LocalCluster, nodes: dict, run_dir: Path, kill: dict, killed: dict,
-               timeout: float = 600.0) -> None:
+def kill_later(
+    cluster: LocalCluster, nodes: dict, run_dir: Path, kill: dict, killed: dict, timeout: float = 600.0
+) -> None:
     """In the background: once `after_checkpoint` is registered, SIGKILL every process of the first
     node of `kill["nodes"]` on which an actor of class `kill["actor"]` is alive."""
 
@@ -155,7 +177,11 @@ def kill_later(cluster: LocalCluster, nodes: dict, run_dir: Path, kill: dict, ki
         while not registered(run_dir, kill["after_checkpoint"]) and time.time() < deadline:
             time.sleep(0.1)
         while time.time() < deadline:
-            victims = [name for name in kill["nodes"] if alive_actor_on(cluster.dashboard, nodes[name], kill["actor"])]
+            victims = [
+                name
+                for name in kill["nodes"]
+                if alive_actor_on(cluster.dashboard, nodes[name], kill["actor"])
+            ]
             if victims:
                 ids_before = sorted(p.name for p in (run_dir / "ids").glob("epoch_*"))
                 cluster.kill(victims[0])
@@ -172,11 +198,19 @@ def placement(dashboard: str, names: dict) -> tuple[list, list]:
     from ray.util.state import list_actors, list_tasks
 
     by_id = {node_id: name for name, node_id in names.items()}
-    actors = [{"class_name": a.class_name, "node": by_id.get(a.node_id, a.node_id), "state": a.state}
-              for a in list_actors(address=dashboard, limit=10_000, raise_on_missing_output=False)]
-    tasks = [{"name": t.name, "node": by_id.get(t.node_id, t.node_id), "state": t.state}
-             for t in list_tasks(address=dashboard, filters=[("type", "=", "NORMAL_TASK")], limit=10_000,
-                        raise_on_missing_output=False)]
+    actors = [
+        {"class_name": a.class_name, "node": by_id.get(a.node_id, a.node_id), "state": a.state}
+        for a in list_actors(address=dashboard, limit=10_000, raise_on_missing_output=False)
+    ]
+    tasks = [
+        {"name": t.name, "node": by_id.get(t.node_id, t.node_id), "state": t.state}
+        for t in list_tasks(
+            address=dashboard,
+            filters=[("type", "=", "NORMAL_TASK")],
+            limit=10_000,
+            raise_on_missing_output=False,
+        )
+    ]
     return actors, tasks
 
 
@@ -203,10 +237,20 @@ def main(spec_path: str, out_path: str) -> None:
         result = run_distillation(job)
         seconds = time.time() - start
         actors, tasks = placement(cluster.dashboard, names)
-        Path(out_path).write_text(json.dumps({
-            "nodes": names, "actors": actors, "tasks": tasks, "history": result.history,
-            "summary": {k: v for k, v in result.summary.items() if k != "history"},
-            "killed": killed or None, "seconds": seconds}, default=str))
+        Path(out_path).write_text(
+            json.dumps(
+                {
+                    "nodes": names,
+                    "actors": actors,
+                    "tasks": tasks,
+                    "history": result.history,
+                    "summary": {k: v for k, v in result.summary.items() if k != "history"},
+                    "killed": killed or None,
+                    "seconds": seconds,
+                },
+                default=str,
+            )
+        )
     finally:
         ray.shutdown()
         cluster.shutdown()

@@ -29,7 +29,7 @@ def attention(x, sd, prefix, heads, mask=None):
         return t.reshape(B, L, heads, hd).transpose(1, 2)  # [B, H, L, hd]
 
     q, k, v = split(q), split(k), split(v)
-    scores = q @ k.transpose(-1, -2) / hd ** 0.5
+    scores = q @ k.transpose(-1, -2) / hd**0.5
     if mask is not None:
         scores = scores + mask
     out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, L, W)
@@ -70,16 +70,19 @@ def reference_text_features(tokens, sd, heads, ctx=None, deep=(), prefix=""):
     x = sd[prefix + "token_embedding.weight"][tokens]
     if ctx is not None:
         n = ctx.shape[0]
-        x = torch.cat([x[:, :1], ctx.expand(x.shape[0], -1, -1), x[:, 1 + n:]], dim=1)
+        x = torch.cat([x[:, :1], ctx.expand(x.shape[0], -1, -1), x[:, 1 + n :]], dim=1)
     x = x + sd[prefix + "positional_embedding"]
     L = x.shape[1]
     mask = torch.full((L, L), float("-inf")).triu(1)
-    n_layers = 1 + max(int(k.split(".")[2 if not prefix else 3]) for k in sd
-                       if k.startswith(prefix + "transformer.resblocks."))
+    n_layers = 1 + max(
+        int(k.split(".")[2 if not prefix else 3])
+        for k in sd
+        if k.startswith(prefix + "transformer.resblocks.")
+    )
     for i in range(n_layers):
         if 1 <= i <= len(deep):
             n = deep[i - 1].shape[0]
-            x = torch.cat([x[:, :1], deep[i - 1].expand(x.shape[0], -1, -1), x[:, 1 + n:]], dim=1)
+            x = torch.cat([x[:, :1], deep[i - 1].expand(x.shape[0], -1, -1), x[:, 1 + n :]], dim=1)
         x = block(x, sd, f"{prefix}transformer.resblocks.{i}", heads, mask)
     x = layer_norm(x, sd, prefix + "ln_final")
     return x[torch.arange(x.shape[0]), tokens.argmax(-1)] @ sd[prefix + "text_projection"]

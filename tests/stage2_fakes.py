@@ -17,7 +17,7 @@ def png_bytes(rng: np.random.Generator, width: int = 40, height: int = 36) -> by
     """A small random image: a coloured rectangle on a noisy background."""
     pixels = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
     top, left = rng.integers(0, height // 2), rng.integers(0, width // 2)
-    pixels[top:top + height // 2, left:left + width // 2] = rng.integers(0, 255, 3, dtype=np.uint8)
+    pixels[top : top + height // 2, left : left + width // 2] = rng.integers(0, 255, 3, dtype=np.uint8)
     out = io.BytesIO()
     Image.fromarray(pixels).save(out, format="PNG")
     return out.getvalue()
@@ -33,8 +33,14 @@ def bad_bytes(kind: str, rng: np.random.Generator) -> bytes:
     raise ValueError(kind)
 
 
-def make_split_json(root: Path, classnames=("red", "green", "blue", "yellow"), per_class: int = 20,
-                    bad_per_kind: int = 0, seed: int = 0, val_per_class: int = 0) -> tuple[Path, list[str]]:
+def make_split_json(
+    root: Path,
+    classnames=("red", "green", "blue", "yellow"),
+    per_class: int = 20,
+    bad_per_kind: int = 0,
+    seed: int = 0,
+    val_per_class: int = 0,
+) -> tuple[Path, list[str]]:
     """`root/toy/images/…` + `root/toy/split.json` ({"train", "val", "test"}); bad files go in train.
     Returns (root, absolute paths of the bad files)."""
     rng = np.random.default_rng(seed)
@@ -67,11 +73,24 @@ def tiny_job(root: Path, storage: "Path | str", name: str, **sections) -> dict:
         "storage_path": str(storage),
         "teacher": {"spec": "tiny-vit-teacher"},
         "student": {"spec": "tiny-vit-student", "depth": 2, "n_ctx": 2},
-        "data": {"source": "split_json", "root": str(root), "dataset": "toy", "image_folder": "images",
-                 "split_file": "split.json", "heldout_images": 8, "decode_batch_size": 16},
+        "data": {
+            "source": "split_json",
+            "root": str(root),
+            "dataset": "toy",
+            "image_folder": "images",
+            "split_file": "split.json",
+            "heldout_images": 8,
+            "decode_batch_size": 16,
+        },
         "teacher_pool": {"size": 1, "batch_size": 32},
-        "train": {"epochs": 2, "batch_size": 8, "num_workers": 1, "optimizer": "adamw", "lr": 0.01,
-                  "log_every": 1000},
+        "train": {
+            "epochs": 2,
+            "batch_size": 8,
+            "num_workers": 1,
+            "optimizer": "adamw",
+            "lr": 0.01,
+            "log_every": 1000,
+        },
         "ray": {"progress_bars": False},
     }
     for key, value in sections.items():

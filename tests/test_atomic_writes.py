@@ -26,7 +26,7 @@ from promptkd_ray.storage import Storage
 
 # Runs in a subprocess: writes class vectors v2 over v1 at OUT, and at the chosen point of the write
 # (after writing both temporary files, or between the two moves) signals READY and sleeps until killed.
-WRITER = textwrap.dedent('''
+WRITER = textwrap.dedent("""
     import os, sys, time, torch
     from promptkd_ray import storage
     from promptkd_ray.core.classvectors import ClassVectors, save_class_vectors
@@ -48,11 +48,13 @@ WRITER = textwrap.dedent('''
         storage.Storage._move = move_then_stop
     vectors = torch.nn.functional.normalize(torch.randn(300, 64, generator=torch.Generator().manual_seed(2)), dim=-1)
     save_class_vectors(ClassVectors(vectors, tuple(f"new{i}" for i in range(300)), "t", ("single",), 100.0), out)
-''')
+""")
 
 
 def class_vectors(prefix: str, n: int = 300) -> ClassVectors:
-    vectors = torch.nn.functional.normalize(torch.randn(n, 64, generator=torch.Generator().manual_seed(1)), dim=-1)
+    vectors = torch.nn.functional.normalize(
+        torch.randn(n, 64, generator=torch.Generator().manual_seed(1)), dim=-1
+    )
     return ClassVectors(vectors, tuple(f"{prefix}{i}" for i in range(n)), "t", ("single",), 100.0)
 
 
@@ -85,7 +87,12 @@ def test_a_writer_killed_while_writing_leaves_the_previous_version_loadable(tmp_
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name in before} == before
     loaded = load_class_vectors(out)
     assert loaded.classnames == old.classnames and torch.equal(loaded.vectors, old.vectors)
-    assert Storage(tmp_path).list_dir()[1] == ("READY", "cv.json", "cv.safetensors", "writer.py")  # leftovers unlisted
+    assert Storage(tmp_path).list_dir()[1] == (
+        "READY",
+        "cv.json",
+        "cv.safetensors",
+        "writer.py",
+    )  # leftovers unlisted
 
 
 def test_a_pair_caught_between_its_two_moves_is_refused_in_one_sentence(tmp_path):
@@ -118,8 +125,12 @@ def test_a_student_artifact_whose_pair_does_not_match_is_refused(tmp_path):
 
     write_artifact({"w": torch.zeros(3)}, {"kind": "student"}, str(tmp_path / "a"))
     write_artifact({"w": torch.ones(3)}, {"kind": "student"}, str(tmp_path / "b"))
-    (tmp_path / "a.safetensors").write_bytes((tmp_path / "b.safetensors").read_bytes())  # b's tensors, a's sidecar
-    with pytest.raises(ArtifactError, match=r"^Student tensors .*a\.safetensors do not match the sha256 in a\.json"):
+    (tmp_path / "a.safetensors").write_bytes(
+        (tmp_path / "b.safetensors").read_bytes()
+    )  # b's tensors, a's sidecar
+    with pytest.raises(
+        ArtifactError, match=r"^Student tensors .*a\.safetensors do not match the sha256 in a\.json"
+    ):
         read_tensors(str(tmp_path / "a"), "student")
     assert torch.equal(read_tensors(str(tmp_path / "b"), "student")["w"], torch.ones(3))
 
@@ -137,7 +148,9 @@ def write_run(root: Path, epochs: int = 3) -> list[Path]:
         folder = root / f"{CHECKPOINT_PREFIX}{epoch:03d}"
         folder.mkdir(parents=True)
         progress = dict(new_progress(FINGERPRINT), epoch=epoch)
-        save_checkpoint(folder, {"w": torch.full((4,), float(epoch))}, {"step": torch.tensor(epoch)}, progress)
+        save_checkpoint(
+            folder, {"w": torch.full((4,), float(epoch))}, {"step": torch.tensor(epoch)}, progress
+        )
         folders.append(folder)
     return folders
 
@@ -156,17 +169,20 @@ def flip_a_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage", ["truncated tensors", "flipped optimiser byte", "missing progress",
-                                    "garbled manifest"])
+@pytest.mark.parametrize(
+    "damage", ["truncated tensors", "flipped optimiser byte", "missing progress", "garbled manifest"]
+)
 def test_resume_falls_back_from_a_corrupt_latest_checkpoint_with_a_warning(damage, tmp_path, caplog):
     from promptkd_ray.orchestration.checkpoints import latest_progress, load_newest_good
 
     folders = write_run(tmp_path)
     latest = folders[-1]
-    {"truncated tensors": lambda: truncate(latest / "trainable.safetensors"),
-     "flipped optimiser byte": lambda: flip_a_byte(latest / "train_state.pt"),
-     "missing progress": lambda: (latest / "progress.json").unlink(),
-     "garbled manifest": lambda: (latest / "manifest.json").write_text("{not json")}[damage]()
+    {
+        "truncated tensors": lambda: truncate(latest / "trainable.safetensors"),
+        "flipped optimiser byte": lambda: flip_a_byte(latest / "train_state.pt"),
+        "missing progress": lambda: (latest / "progress.json").unlink(),
+        "garbled manifest": lambda: (latest / "manifest.json").write_text("{not json"),
+    }[damage]()
     with caplog.at_level(logging.WARNING, logger="promptkd_ray.orchestration.checkpoints"):
         tensors, state, progress, name = load_newest_good(newest_first(folders), FINGERPRINT)
     assert name == folders[1].name and progress["epoch"] == 1
@@ -185,7 +201,9 @@ def test_resume_stops_with_one_sentence_when_every_checkpoint_is_corrupt(tmp_pat
     with pytest.raises(CheckpointCorruptError) as caught:
         load_newest_good(newest_first(folders), FINGERPRINT)
     message = str(caught.value)
-    assert message.startswith("Every checkpoint of this run is corrupt or incomplete (") and "\n" not in message
+    assert (
+        message.startswith("Every checkpoint of this run is corrupt or incomplete (") and "\n" not in message
+    )
     assert all(f.name in message for f in folders)
 
 
@@ -209,7 +227,9 @@ def test_restore_in_a_worker_falls_back_to_the_checkpoint_before_rays(tmp_path, 
     with caplog.at_level(logging.WARNING, logger="promptkd_ray.orchestration.checkpoints"):
         tensors, state, progress = checkpoints.restore(FINGERPRINT, rank=0)
     assert progress["epoch"] == 1 and progress["resumes"] == [2] and int(state["step"]) == 1
-    assert any("checkpoint_epoch_002" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert any(
+        "checkpoint_epoch_002" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+    )
 
 
 def test_a_checkpoint_written_before_manifests_still_loads(tmp_path):

@@ -6,8 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from promptkd_ray.core.classvectors import (ClassVectorsError, artifact_paths, compute_class_vectors,
-                                       load_class_vectors, save_class_vectors)
+from promptkd_ray.core.classvectors import (
+    ClassVectorsError,
+    artifact_paths,
+    compute_class_vectors,
+    load_class_vectors,
+    save_class_vectors,
+)
 from promptkd_ray.core.models import build_teacher
 
 NAMES = ["red circle", "blue_square", "green triangle", "yellow star", "grey ring"]

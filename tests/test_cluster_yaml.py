@@ -65,13 +65,21 @@ def test_cluster_keeps_token_auth_on_and_the_job_server_on_localhost(cluster):
     assert len(ray_starts) == 2 and all(c.startswith("RAY_AUTH_MODE=token ray start") for c in ray_starts)
     head = [c for c in cluster["head_start_ray_commands"] if "ray start" in c][0]
     assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in yaml.safe_dump(cluster)
-    assert cluster["file_mounts"].get("~/.ray/auth_token") == "~/.ray/auth_token"  # the same token on every node
+    assert (
+        cluster["file_mounts"].get("~/.ray/auth_token") == "~/.ray/auth_token"
+    )  # the same token on every node
 
 
 def test_no_shipped_config_turns_auth_off():
     """Auth is off only for the local test cluster (tests/conftest.py, the Makefile's local targets)."""
-    shipped = [REPO / "cluster.yaml", *sorted((REPO / "deploy").iterdir()), *sorted((REPO / "jobs").glob("*.yaml"))]
+    shipped = [
+        REPO / "cluster.yaml",
+        *sorted((REPO / "deploy").iterdir()),
+        *sorted((REPO / "jobs").glob("*.yaml")),
+    ]
     for path in shipped:
         text = path.read_text()
         assert not re.search(r"RAY_AUTH_MODE\W+disabled|mode:\s*disabled", text), path
-    assert 'os.environ.setdefault("RAY_AUTH_MODE", "disabled")' in (REPO / "tests" / "conftest.py").read_text()
+    assert (
+        'os.environ.setdefault("RAY_AUTH_MODE", "disabled")' in (REPO / "tests" / "conftest.py").read_text()
+    )

@@ -7,12 +7,14 @@ import pytest
 import yaml
 
 from promptkd_ray.cli import main
-from promptkd_ray.config import ConfigError, DistillJob, distill_job_from_dict, to_dict, load_job
-from promptkd_ray.core.schedule import lr_at_epoch
+from promptkd_ray.config import ConfigError, DistillJob, distill_job_from_dict, load_job, to_dict
 from promptkd_ray.core.losses import LOSS_PRESETS
+from promptkd_ray.core.schedule import lr_at_epoch
 
 REPO = Path(__file__).resolve().parents[1]
-STAGE2_JOBS = sorted(p for p in (REPO / "jobs").glob("*.yaml") if yaml.safe_load(p.read_text()).get("kind") == "distill")
+STAGE2_JOBS = sorted(
+    p for p in (REPO / "jobs").glob("*.yaml") if yaml.safe_load(p.read_text()).get("kind") == "distill"
+)
 
 
 def write_job(tmp_path, content: dict, name: str = "job.yaml") -> Path:
@@ -24,8 +26,13 @@ def write_job(tmp_path, content: dict, name: str = "job.yaml") -> Path:
 def minimal(tmp_path, **extra) -> dict:
     data_root = tmp_path / "data"
     data_root.mkdir(exist_ok=True)
-    job = {"kind": "distill", "name": "t", "teacher": {"spec": "tiny-vit-teacher"}, "student": {"spec": "tiny-vit-student"},
-           "data": {"source": "imagefolder", "root": str(data_root)}}
+    job = {
+        "kind": "distill",
+        "name": "t",
+        "teacher": {"spec": "tiny-vit-teacher"},
+        "student": {"spec": "tiny-vit-student"},
+        "data": {"source": "imagefolder", "root": str(data_root)},
+    }
     job.update(extra)
     return job
 
@@ -34,22 +41,37 @@ def test_minimal_job_gets_the_authors_defaults(tmp_path):
     job = load_job(write_job(tmp_path, minimal(tmp_path)))
     assert isinstance(job, DistillJob)
     t = job.train
-    assert (t.optimizer, t.lr, t.momentum, t.weight_decay, t.batch_size, t.epochs) == ("sgd", 0.005, 0.9, 5e-4, 8, 20)
+    assert (t.optimizer, t.lr, t.momentum, t.weight_decay, t.batch_size, t.epochs) == (
+        "sgd",
+        0.005,
+        0.9,
+        5e-4,
+        8,
+        20,
+    )
     assert (t.schedule, t.warmup_epochs, t.warmup_lr) == ("cosine", 1, 1e-5)
     assert job.loss == LOSS_PRESETS["promptkd"] and job.student.depth == 9 and job.student.n_ctx == 4
     assert job.data.on_bad_image == "skip"
 
 
-@pytest.mark.parametrize("section, key, value, words", [
-    ("train", "epochz", 3, ["unknown key train.epochz"]),
-    ("train", "epochs", "20 epochs", ["train.epochs", "integer", "'20 epochs'"]),
-    ("train", "lr", True, ["train.lr", "number"]),
-    ("data", "shuffle", "yes", ["data.shuffle", "true or false"]),
-    ("data", "on_bad_image", "ignore", ["data.on_bad_image", "skip, fail", "'ignore'"]),
-    ("teacher_pool", "resources", {"teacher": "one"}, ["teacher_pool.resources", "mapping of names to numbers"]),
-    ("loss", "preset", "nope", ["loss.preset", "promptkd"]),
-    ("loss", "kd", "l2", ["loss.kd", "'l2'"]),
-])
+@pytest.mark.parametrize(
+    "section, key, value, words",
+    [
+        ("train", "epochz", 3, ["unknown key train.epochz"]),
+        ("train", "epochs", "20 epochs", ["train.epochs", "integer", "'20 epochs'"]),
+        ("train", "lr", True, ["train.lr", "number"]),
+        ("data", "shuffle", "yes", ["data.shuffle", "true or false"]),
+        ("data", "on_bad_image", "ignore", ["data.on_bad_image", "skip, fail", "'ignore'"]),
+        (
+            "teacher_pool",
+            "resources",
+            {"teacher": "one"},
+            ["teacher_pool.resources", "mapping of names to numbers"],
+        ),
+        ("loss", "preset", "nope", ["loss.preset", "promptkd"]),
+        ("loss", "kd", "l2", ["loss.kd", "'l2'"]),
+    ],
+)
 def test_bad_value_is_one_sentence_naming_file_and_key(tmp_path, section, key, value, words):
     content = minimal(tmp_path)
     content.setdefault(section, {})[key] = value
@@ -75,7 +97,9 @@ def test_missing_local_path_is_named_but_uris_are_not_checked(tmp_path):
     content["data"]["root"] = "s3://bucket/datasets"
     assert load_job(write_job(tmp_path, content)).data.root == "s3://bucket/datasets"
     content["teacher"]["class_vectors"] = str(tmp_path / "cv")
-    with pytest.raises(ConfigError, match=r"teacher.class_vectors names .*cv, but .*cv.safetensors does not exist"):
+    with pytest.raises(
+        ConfigError, match=r"teacher.class_vectors names .*cv, but .*cv.safetensors does not exist"
+    ):
         load_job(write_job(tmp_path, content))
 
 
@@ -88,9 +112,20 @@ def test_missing_weights_file_in_a_model_spec_is_named(tmp_path):
 
 def test_overrides_use_dotted_keys_and_yaml_values(tmp_path):
     path = write_job(tmp_path, minimal(tmp_path))
-    job = load_job(path, ["train.epochs=3", "train.use_gpu=null", "teacher_pool.resources={teacher: 1}",
-                          "loss.preset=kdpl", "train.lr=1e-3", "name=other"])
-    assert job.train.epochs == 3 and job.train.use_gpu is None and job.teacher_pool.resources == {"teacher": 1.0}
+    job = load_job(
+        path,
+        [
+            "train.epochs=3",
+            "train.use_gpu=null",
+            "teacher_pool.resources={teacher: 1}",
+            "loss.preset=kdpl",
+            "train.lr=1e-3",
+            "name=other",
+        ],
+    )
+    assert (
+        job.train.epochs == 3 and job.train.use_gpu is None and job.teacher_pool.resources == {"teacher": 1.0}
+    )
     assert job.loss == LOSS_PRESETS["kdpl"] and job.train.lr == 1e-3 and job.name == "other"
     with pytest.raises(ConfigError, match="unknown key train.epoch "):
         load_job(path, ["train.epoch=3"])
@@ -103,14 +138,23 @@ def test_loss_preset_then_fields_override_it(tmp_path):
     assert job.loss.kd == "symmetric_kl" and job.loss.teacher_scale == "student" and job.loss.kd_weight == 2.0
 
 
-@pytest.mark.parametrize("changes, words", [
-    ({"train": {"batch_size": 9, "num_workers": 2}}, "train.batch_size (9) must be divisible by train.num_workers"),
-    ({"train": {"warmup_epochs": 5, "epochs": 5}}, "train.warmup_epochs must be ≥ 0 and less than train.epochs"),
-    ({"name": ""}, "name must be set"),
-    ({"data": {"crop_scale_min": 0.0}}, "data.crop_scale_min must be in (0, 1], got 0.0"),
-    ({"data": {"source": "benchmark"}}, "data.dataset must be set when data.source is benchmark"),
-    ({"train": {"checkpoints_to_keep": 0}}, "train.checkpoints_to_keep must be ≥ 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        (
+            {"train": {"batch_size": 9, "num_workers": 2}},
+            "train.batch_size (9) must be divisible by train.num_workers",
+        ),
+        (
+            {"train": {"warmup_epochs": 5, "epochs": 5}},
+            "train.warmup_epochs must be ≥ 0 and less than train.epochs",
+        ),
+        ({"name": ""}, "name must be set"),
+        ({"data": {"crop_scale_min": 0.0}}, "data.crop_scale_min must be in (0, 1], got 0.0"),
+        ({"data": {"source": "benchmark"}}, "data.dataset must be set when data.source is benchmark"),
+        ({"train": {"checkpoints_to_keep": 0}}, "train.checkpoints_to_keep must be ≥ 1, got 0"),
+    ],
+)
 def test_cross_field_rules(tmp_path, changes, words):
     content = minimal(tmp_path)
     for key, value in changes.items():
@@ -145,7 +189,7 @@ def test_authors_schedule_warmup_then_cosine_per_epoch(tmp_path):
 def test_every_shipped_job_loads_and_says_how_to_run_it(path):
     job = load_job(path, check_paths_exist=False)
     lines = path.read_text().splitlines()
-    header = "\n".join(lines[:next(i for i, line in enumerate(lines) if not line.startswith("#"))])
+    header = "\n".join(lines[: next(i for i, line in enumerate(lines) if not line.startswith("#"))])
     assert f"promptkd-ray distill --config jobs/{path.name}" in header
     assert "ray job submit --address" in header
     assert job.name

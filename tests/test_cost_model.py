@@ -10,10 +10,26 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import cost_model  # noqa: E402
 
-GIVEN = ["images=3600", "epochs=2", "hours=1", "cache_views=1", "decode_per_core=0.5", "decode_source=given",
-         "teacher_gflops=500", "student_step_gflops=250", "flops_source=given", "peak_tflops=1",
-         "mfu_teacher=0.5", "mfu_student=0.25", "feature_bytes=1000", "network_gbytes_per_s=0.0001",
-         "decode_cores=4", "teacher_gpus=1", "student_gpus=2", "nodes=3"]
+GIVEN = [
+    "images=3600",
+    "epochs=2",
+    "hours=1",
+    "cache_views=1",
+    "decode_per_core=0.5",
+    "decode_source=given",
+    "teacher_gflops=500",
+    "student_step_gflops=250",
+    "flops_source=given",
+    "peak_tflops=1",
+    "mfu_teacher=0.5",
+    "mfu_student=0.25",
+    "feature_bytes=1000",
+    "network_gbytes_per_s=0.0001",
+    "decode_cores=4",
+    "teacher_gpus=1",
+    "student_gpus=2",
+    "nodes=3",
+]
 
 
 def test_the_stages_arithmetic_on_given_inputs():
@@ -53,11 +69,19 @@ def test_bad_inputs_are_refused_in_one_sentence():
 
 
 def test_the_script_prints_the_table_with_its_defaults(tmp_path):
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cost_model.py"), "--out", str(tmp_path / "t.md")],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "cost_model.py"), "--out", str(tmp_path / "t.md")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "| plan | stage |" in done.stdout and "bottleneck" in done.stdout
     assert (tmp_path / "t.md").read_text() in done.stdout
-    bad = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cost_model.py"), "--set", "nope=1"],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "cost_model.py"), "--set", "nope=1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "Unknown cost-model input" in bad.stderr

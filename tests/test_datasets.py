@@ -8,6 +8,15 @@ import shutil
 from pathlib import Path
 
 import pytest
+from fakes import (  # tests/fakes.py (tests/ is on sys.path under pytest)
+    FAKE_DATASETS,
+    fake_expectations,
+    make_all_fake_datasets,
+    make_fake_dataset,
+    make_image_folder,
+    make_parquet_images,
+    write_image,
+)
 
 from promptkd_ray.data.benchmarks import (
     BASE_TO_NOVEL_DATASETS,
@@ -21,17 +30,8 @@ from promptkd_ray.data.benchmarks import (
 )
 from promptkd_ray.data.fewshot import sample_k_shot
 from promptkd_ray.data.folders import list_images, load_image_folder
-from promptkd_ray.data.parquet import load_parquet_images
 from promptkd_ray.data.layout import Item
-from fakes import (  # tests/fakes.py (tests/ is on sys.path under pytest)
-    FAKE_DATASETS,
-    fake_expectations,
-    make_all_fake_datasets,
-    make_fake_dataset,
-    make_image_folder,
-    make_parquet_images,
-    write_image,
-)
+from promptkd_ray.data.parquet import load_parquet_images
 
 
 def assert_one_sentence(message: str) -> None:
@@ -62,7 +62,10 @@ def test_layout_reads_with_expected_classes_order_and_split_sizes(fake_root, nam
     assert splits.name == name
     assert splits.classnames == expected.classnames
     assert (len(splits.train), len(splits.val), len(splits.test)) == (
-        expected.train, expected.val, expected.test)
+        expected.train,
+        expected.val,
+        expected.test,
+    )
     for split in (splits.train, splits.val, splits.test):
         assert {item.label for item in split} <= set(range(4))
         assert all(Path(item.path).is_absolute() and Path(item.path).is_file() for item in split)
@@ -77,11 +80,9 @@ def test_class_name_text_and_order_follow_the_source(fake_root):
     assert classnames("SUN397", fake_root)[2] == "apartment_building outdoor"
     assert classnames("FGVCAircraft", fake_root) == ("707-320", "A300B4", "737-200", "Cessna 172")
     # ImageNet: labels follow sorted wnid folders although classnames.txt is in reverse order.
-    assert classnames("ImageNet", fake_root) == (
-        "tench", "goldfish", "great white shark", "tiger shark")
+    assert classnames("ImageNet", fake_root) == ("tench", "goldfish", "great white shark", "tiger shark")
     # ImageNet-A: only the present folders (every other wnid of classnames.txt), sorted.
-    assert classnames("ImageNetA", fake_root) == (
-        "goldfish", "tiger shark", "extra class 5", "extra class 7")
+    assert classnames("ImageNetA", fake_root) == ("goldfish", "tiger shark", "extra class 5", "extra class 7")
 
 
 @pytest.mark.parametrize("name", sorted(set(BASE_TO_NOVEL_DATASETS) - {"ImageNet", "FGVCAircraft"}))
@@ -118,13 +119,25 @@ def test_folder_listed_sets_label_items_by_their_folder(fake_root):
         assert load_dataset(name, fake_root).train == ()
 
 
-@pytest.mark.parametrize("alias, name", [
-    ("oxford_pets", "OxfordPets"), ("OXFORDPETS", "OxfordPets"), ("pets", "OxfordPets"),
-    ("caltech-101", "Caltech101"), ("fgvc_aircraft", "FGVCAircraft"), ("flowers", "Flowers102"),
-    ("oxford_flowers", "Flowers102"), ("DescribableTextures", "DTD"), ("food-101", "Food101"),
-    ("imagenet-a", "ImageNetA"), ("imagenet_rendition", "ImageNetR"),
-    ("ImageNet-Sketch", "ImageNetSketch"), ("imagenet_v2", "ImageNetV2"), ("imagenet", "ImageNet"),
-])
+@pytest.mark.parametrize(
+    "alias, name",
+    [
+        ("oxford_pets", "OxfordPets"),
+        ("OXFORDPETS", "OxfordPets"),
+        ("pets", "OxfordPets"),
+        ("caltech-101", "Caltech101"),
+        ("fgvc_aircraft", "FGVCAircraft"),
+        ("flowers", "Flowers102"),
+        ("oxford_flowers", "Flowers102"),
+        ("DescribableTextures", "DTD"),
+        ("food-101", "Food101"),
+        ("imagenet-a", "ImageNetA"),
+        ("imagenet_rendition", "ImageNetR"),
+        ("ImageNet-Sketch", "ImageNetSketch"),
+        ("imagenet_v2", "ImageNetV2"),
+        ("imagenet", "ImageNet"),
+    ],
+)
 def test_names_are_case_insensitive_and_accept_aliases(alias, name):
     assert canonical_name(alias) == name
 
@@ -147,12 +160,14 @@ def test_generic_split_json_reader_serves_any_folder_names(tmp_path):
     folder = make_fake_dataset("DTD", tmp_path)
     folder.rename(tmp_path / "toy_domain")
     splits = load_split_json_dataset(
-        tmp_path, "toy_domain", "images", "split_zhou_DescribableTextures.json", "Toy")
+        tmp_path, "toy_domain", "images", "split_zhou_DescribableTextures.json", "Toy"
+    )
     assert splits.name == "Toy" and splits.classnames[:2] == ("banded", "blotchy")
     assert len(splits.train) == 12
 
 
 # --- wrong layouts: each mutation must end in one DatasetLayoutError sentence ---------------
+
 
 def _drop_first_line(path: Path) -> None:
     path.write_text("".join(path.read_text().splitlines(keepends=True)[1:]))
@@ -172,51 +187,106 @@ def _shift_labels_from(content, first):  # leaves a gap at `first`
 
 BROKEN_LAYOUTS = {
     "missing dataset folder": ("OxfordPets", lambda f: shutil.rmtree(f), "oxford_pets"),
-    "missing split file": ("OxfordPets", lambda f: (f / "split_zhou_OxfordPets.json").unlink(),
-                           "split_zhou_OxfordPets.json"),
-    "renamed split file": ("Food101", lambda f: (f / "split_zhou_Food101.json").rename(
-        f / "split_food101.json"), "split_food101.json"),
-    "renamed image folder": ("Caltech101", lambda f: (f / "101_ObjectCategories").rename(
-        f / "101_objectcategories"), "101_objectcategories"),
-    "label gap": ("DTD", lambda f: _edit_json(f / "split_zhou_DescribableTextures.json",
-                                              lambda c: _shift_labels_from(c, 2)), "label 2"),
-    "two names for a label": ("EuroSAT", lambda f: _edit_json(
-        f / "split_zhou_EuroSAT.json", lambda c: c["test"][0].__setitem__(2, "Lake")), "Lake"),
-    "malformed split entry": ("UCF101", lambda f: _edit_json(
-        f / "split_zhou_UCF101.json", lambda c: c["val"][0].pop()), "index 0"),
-    "invalid JSON": ("SUN397", lambda f: (f / "split_zhou_SUN397.json").write_text("{\"train\": ["),
-                     "JSON"),
-    "split file without test": ("StanfordCars", lambda f: _edit_json(
-        f / "split_zhou_StanfordCars.json", lambda c: c.pop("test")), "'test'"),
-    "image path prefix off": ("Flowers102", lambda f: _edit_json(
-        f / "split_zhou_OxfordFlowers.json",
-        lambda c: [row.__setitem__(0, "jpg/" + row[0]) for v in c.values() for row in v]),
-        "jpg/jpg/"),
-    "missing classnames.txt": ("ImageNet", lambda f: (f / "classnames.txt").unlink(),
-                               "classnames.txt"),
-    "folder without classnames.txt line": ("ImageNet",
-                                           lambda f: _drop_first_line(f / "classnames.txt"),
-                                           "n01491361"),
-    "classnames.txt wnid without folder": ("ImageNet", lambda f: shutil.rmtree(
-        f / "images" / "train" / "n01443537"), "n01443537"),
-    "val folders differ": ("ImageNet", lambda f: shutil.rmtree(
-        f / "images" / "val" / "n01484850"), "n01484850"),
-    "empty class folder": ("ImageNet", lambda f: [p.unlink() for p in (
-        f / "images" / "train" / "n01440764").iterdir()], "n01440764"),
-    "malformed classnames line": ("ImageNetSketch", lambda f: (f / "classnames.txt").write_text(
-        "n01440764\n"), "line 1"),
-    "sketch class without folder": ("ImageNetSketch", lambda f: shutil.rmtree(
-        f / "images" / "n01491361"), "n01491361"),
-    "subset folder unknown": ("ImageNetA", lambda f: write_image(
-        f / "imagenet-a" / "n77777777" / "x.jpg"), "n77777777"),
-    "v2 folder missing": ("ImageNetV2", lambda f: shutil.rmtree(
-        f / "imagenetv2-matched-frequency-format-val" / "2"), "missing 2"),
-    "unknown variant": ("FGVCAircraft", lambda f: (f / "images_variant_train.txt").write_text(
-        "1000000 Boeing 797\n"), "Boeing 797"),
-    "missing variant list": ("FGVCAircraft", lambda f: (f / "images_variant_test.txt").unlink(),
-                             "images_variant_test.txt"),
-    "duplicate variant": ("FGVCAircraft", lambda f: (f / "variants.txt").write_text(
-        "707-320\n707-320\n"), "distinct"),
+    "missing split file": (
+        "OxfordPets",
+        lambda f: (f / "split_zhou_OxfordPets.json").unlink(),
+        "split_zhou_OxfordPets.json",
+    ),
+    "renamed split file": (
+        "Food101",
+        lambda f: (f / "split_zhou_Food101.json").rename(f / "split_food101.json"),
+        "split_food101.json",
+    ),
+    "renamed image folder": (
+        "Caltech101",
+        lambda f: (f / "101_ObjectCategories").rename(f / "101_objectcategories"),
+        "101_objectcategories",
+    ),
+    "label gap": (
+        "DTD",
+        lambda f: _edit_json(f / "split_zhou_DescribableTextures.json", lambda c: _shift_labels_from(c, 2)),
+        "label 2",
+    ),
+    "two names for a label": (
+        "EuroSAT",
+        lambda f: _edit_json(f / "split_zhou_EuroSAT.json", lambda c: c["test"][0].__setitem__(2, "Lake")),
+        "Lake",
+    ),
+    "malformed split entry": (
+        "UCF101",
+        lambda f: _edit_json(f / "split_zhou_UCF101.json", lambda c: c["val"][0].pop()),
+        "index 0",
+    ),
+    "invalid JSON": ("SUN397", lambda f: (f / "split_zhou_SUN397.json").write_text('{"train": ['), "JSON"),
+    "split file without test": (
+        "StanfordCars",
+        lambda f: _edit_json(f / "split_zhou_StanfordCars.json", lambda c: c.pop("test")),
+        "'test'",
+    ),
+    "image path prefix off": (
+        "Flowers102",
+        lambda f: _edit_json(
+            f / "split_zhou_OxfordFlowers.json",
+            lambda c: [row.__setitem__(0, "jpg/" + row[0]) for v in c.values() for row in v],
+        ),
+        "jpg/jpg/",
+    ),
+    "missing classnames.txt": ("ImageNet", lambda f: (f / "classnames.txt").unlink(), "classnames.txt"),
+    "folder without classnames.txt line": (
+        "ImageNet",
+        lambda f: _drop_first_line(f / "classnames.txt"),
+        "n01491361",
+    ),
+    "classnames.txt wnid without folder": (
+        "ImageNet",
+        lambda f: shutil.rmtree(f / "images" / "train" / "n01443537"),
+        "n01443537",
+    ),
+    "val folders differ": (
+        "ImageNet",
+        lambda f: shutil.rmtree(f / "images" / "val" / "n01484850"),
+        "n01484850",
+    ),
+    "empty class folder": (
+        "ImageNet",
+        lambda f: [p.unlink() for p in (f / "images" / "train" / "n01440764").iterdir()],
+        "n01440764",
+    ),
+    "malformed classnames line": (
+        "ImageNetSketch",
+        lambda f: (f / "classnames.txt").write_text("n01440764\n"),
+        "line 1",
+    ),
+    "sketch class without folder": (
+        "ImageNetSketch",
+        lambda f: shutil.rmtree(f / "images" / "n01491361"),
+        "n01491361",
+    ),
+    "subset folder unknown": (
+        "ImageNetA",
+        lambda f: write_image(f / "imagenet-a" / "n77777777" / "x.jpg"),
+        "n77777777",
+    ),
+    "v2 folder missing": (
+        "ImageNetV2",
+        lambda f: shutil.rmtree(f / "imagenetv2-matched-frequency-format-val" / "2"),
+        "missing 2",
+    ),
+    "unknown variant": (
+        "FGVCAircraft",
+        lambda f: (f / "images_variant_train.txt").write_text("1000000 Boeing 797\n"),
+        "Boeing 797",
+    ),
+    "missing variant list": (
+        "FGVCAircraft",
+        lambda f: (f / "images_variant_test.txt").unlink(),
+        "images_variant_test.txt",
+    ),
+    "duplicate variant": (
+        "FGVCAircraft",
+        lambda f: (f / "variants.txt").write_text("707-320\n707-320\n"),
+        "distinct",
+    ),
 }
 
 
@@ -244,6 +314,7 @@ def test_check_files_modes_control_the_image_existence_check(tmp_path):
 
 
 # --- base / novel, k-shot ------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("n, base_count", [(2, 1), (10, 5), (37, 19), (397, 199)])
 def test_base_is_the_first_ceil_half_of_the_labels(n, base_count):
@@ -288,6 +359,7 @@ def test_k_shot_takes_all_items_of_small_classes_and_rejects_bad_k():
 
 # --- a user's own domain ----------------------------------------------------------------
 
+
 def test_image_folder_sorts_classes_and_finds_nested_images_only(tmp_path):
     make_image_folder(tmp_path / "domain", classnames=("dog", "cat", "fishing_boat"), per_class=3)
     splits = load_image_folder(tmp_path / "domain")
@@ -306,8 +378,9 @@ def test_image_folder_without_class_folders_fails_with_one_sentence(tmp_path):
     assert_one_sentence(str(info.value))
 
 
-@pytest.mark.parametrize("labels, struct, names", [
-    ("int", False, ()), ("str", True, ("ant", "moth", "zebra")), (None, False, ())])
+@pytest.mark.parametrize(
+    "labels, struct, names", [("int", False, ()), ("str", True, ("ant", "moth", "zebra")), (None, False, ())]
+)
 def test_parquet_descriptor_reads_schema_and_row_count(tmp_path, labels, struct, names):
     path = make_parquet_images(tmp_path / "x.parquet", rows=6, labels=labels, struct=struct)
     label_column = "label" if labels else None
@@ -316,8 +389,10 @@ def test_parquet_descriptor_reads_schema_and_row_count(tmp_path, labels, struct,
     assert described.image_field == ("bytes" if struct else None)
 
 
-@pytest.mark.parametrize("image_column, label_column, text", [
-    ("img", None, "'img'"), ("label", None, "image bytes"), ("image", "nope", "'nope'")])
+@pytest.mark.parametrize(
+    "image_column, label_column, text",
+    [("img", None, "'img'"), ("label", None, "image bytes"), ("image", "nope", "'nope'")],
+)
 def test_parquet_schema_errors_are_one_sentence(tmp_path, image_column, label_column, text):
     path = make_parquet_images(tmp_path / "x.parquet")
     with pytest.raises(DatasetLayoutError) as info:

@@ -21,11 +21,27 @@ MIN_DISTILL_GAIN = 5.0
 
 
 def run_demo(out, capsys, *overrides) -> tuple[float, float, float]:
-    rc = main(["demo", "--config", str(DEMO_JOB), "--profile", "quick", "--epochs", "2", "--out", str(out), *overrides])
+    rc = main(
+        [
+            "demo",
+            "--config",
+            str(DEMO_JOB),
+            "--profile",
+            "quick",
+            "--epochs",
+            "2",
+            "--out",
+            str(out),
+            *overrides,
+        ]
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert rc == 0
-    m = re.fullmatch(r"RESULT teacher_hm=(\d+\.\d\d) student_zero_shot_hm=(\d+\.\d\d) "
-                     r"student_distilled_hm=(\d+\.\d\d)", lines[-1])
+    m = re.fullmatch(
+        r"RESULT teacher_hm=(\d+\.\d\d) student_zero_shot_hm=(\d+\.\d\d) "
+        r"student_distilled_hm=(\d+\.\d\d)",
+        lines[-1],
+    )
     assert m, lines[-1]
     for name in ("report.md", "results.csv", "report.png"):
         assert (out / "report" / name).is_file()

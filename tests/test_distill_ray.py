@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from own_ray import descendants, registered
+from stage2_fakes import make_split_json, tiny_job
 
 from promptkd_ray.config import distill_job_from_dict
 from promptkd_ray.errors import CheckpointMismatchError
-from own_ray import descendants, registered
-from stage2_fakes import make_split_json, tiny_job
 
 pytestmark = pytest.mark.slow
 
@@ -50,8 +50,12 @@ def faulty_run(tmp_path_factory, ray_cluster):
 
     tmp = tmp_path_factory.mktemp("faulty")
     root, bad = make_split_json(tmp / "data", per_class=12, bad_per_kind=1)  # 48 good + 3 bad = 5.9 %
-    raw = tiny_job(root, f"file://{tmp / 'runs'}", "faulty",
-                   train={"num_workers": 2, "epochs": EPOCHS, "max_failures": 1, "record_ids": True})
+    raw = tiny_job(
+        root,
+        f"file://{tmp / 'runs'}",
+        "faulty",
+        train={"num_workers": 2, "epochs": EPOCHS, "max_failures": 1, "record_ids": True},
+    )
     killed = kill_a_train_worker_once(tmp / "runs" / "faulty")
     result = run_distillation(distill_job_from_dict(raw))
     return result, raw, bad, tmp / "runs" / "faulty", killed
@@ -105,20 +109,40 @@ def test_checkpoints_tensorboard_metrics_and_student_artifact_are_written(faulty
     from promptkd_ray.core.artifacts import load_student
 
     result, _, _, run_dir, _ = faulty_run
-    assert result.run_dir == f"file://{run_dir}" and result.student_artifact == f"file://{run_dir}/student.safetensors"
+    assert (
+        result.run_dir == f"file://{run_dir}"
+        and result.student_artifact == f"file://{run_dir}/student.safetensors"
+    )
     checkpoints = sorted(p.name for p in run_dir.glob("checkpoint_epoch_*"))
-    assert checkpoints == [f"checkpoint_epoch_{e:03d}" for e in range(EPOCHS - 2, EPOCHS)]  # checkpoints_to_keep: 2
-    assert {"trainable.safetensors", "train_state.pt", "progress.json"} <= {p.name for p in (run_dir / checkpoints[-1]).iterdir()}
+    assert checkpoints == [
+        f"checkpoint_epoch_{e:03d}" for e in range(EPOCHS - 2, EPOCHS)
+    ]  # checkpoints_to_keep: 2
+    assert {"trainable.safetensors", "train_state.pt", "progress.json"} <= {
+        p.name for p in (run_dir / checkpoints[-1]).iterdir()
+    }
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     assert [int(r["epoch"]) for r in rows] == list(range(EPOCHS))
-    for key in ("kd_loss", "train_agreement", "heldout_agreement", "heldout_kl", "images_per_s", "bad_images"):
+    for key in (
+        "kd_loss",
+        "train_agreement",
+        "heldout_agreement",
+        "heldout_kl",
+        "images_per_s",
+        "bad_images",
+    ):
         assert key in rows[0]
     summary = json.loads((run_dir / "metrics.json").read_text())
     student, info = load_student(result.student_artifact)  # read back through the URI
     sidecar = json.loads((run_dir / "student.json").read_text())
     assert info.class_vectors_sha256 == summary["class_vectors_sha256"] == sidecar["class_vectors_sha256"]
-    assert (info.spec, info.n_ctx, info.depth, info.projector, info.teacher_dim) == ("tiny-vit-student", 2, 2, "mlp2", 48)
+    assert (info.spec, info.n_ctx, info.depth, info.projector, info.teacher_dim) == (
+        "tiny-vit-student",
+        2,
+        2,
+        "mlp2",
+        48,
+    )
     progress = json.loads((run_dir / checkpoints[-1] / "progress.json").read_text())
     saved = load_file(str(run_dir / checkpoints[-1] / "trainable.safetensors"))
     assert progress["epoch"] == EPOCHS - 1
@@ -156,8 +180,13 @@ def test_distill_with_on_bad_image_fail_ends_in_one_sentence(tmp_path, ray_clust
     from promptkd_ray.cli import main
 
     root, bad = make_split_json(tmp_path / "data", per_class=2, bad_per_kind=1)
-    raw = tiny_job(root, tmp_path / "runs", "strict", train={"epochs": 1, "warmup_epochs": 0, "max_failures": 0},
-                   data={"heldout_images": 0, "on_bad_image": "fail"})
+    raw = tiny_job(
+        root,
+        tmp_path / "runs",
+        "strict",
+        train={"epochs": 1, "warmup_epochs": 0, "max_failures": 0},
+        data={"heldout_images": 0, "on_bad_image": "fail"},
+    )
     (tmp_path / "strict.yaml").write_text(yaml.safe_dump(raw))
     assert main(["distill", "--config", str(tmp_path / "strict.yaml")]) == 2
     # (the session's test cluster forwards Ray's worker logs to stderr too; the CLI's own line is one)

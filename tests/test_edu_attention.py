@@ -5,6 +5,7 @@ import csv
 
 import pytest
 import torch
+from fakes import make_fake_dataset
 
 from promptkd_ray.core.artifacts import ModelRef, StudentInfo, load_student, read_student_info, save_student
 from promptkd_ray.core.classvectors import compute_class_vectors, save_class_vectors
@@ -12,8 +13,6 @@ from promptkd_ray.core.losses import LOSS_PRESETS
 from promptkd_ray.core.models import EduAttention, build_student, build_teacher
 from promptkd_ray.core.step import distill_step
 from promptkd_ray.errors import ArtifactError
-
-from fakes import make_fake_dataset
 
 D = 48  # the tiny teacher's feature width
 
@@ -34,7 +33,10 @@ def test_alpha_zero_makes_a_comkd_student_start_bit_identical_to_a_promptkd_stud
     torch.manual_seed(4)
     comkd = build_student("tiny-vit-student", teacher_dim=D, n_ctx=2, depth=2, edu_attention_width=D)
     assert comkd.edu_attention.alpha.item() == 0.0
-    images, class_vectors = torch.randn(5, 3, 32, 32), torch.nn.functional.normalize(torch.randn(9, D), dim=-1)
+    images, class_vectors = (
+        torch.randn(5, 3, 32, 32),
+        torch.nn.functional.normalize(torch.randn(9, D), dim=-1),
+    )
     with torch.no_grad():
         assert torch.equal(comkd.eval()(images, class_vectors), plain.eval()(images, class_vectors))
     with torch.no_grad():
@@ -79,8 +81,9 @@ def comkd_world(tmp_path_factory):
     student = build_student(spec, teacher_dim=D, depth=2, edu_attention_width=24).eval()
     with torch.no_grad():
         student.edu_attention.alpha.fill_(2.0)
-    path = save_student(student, StudentInfo(spec, D, 4, 2, "mlp2", cv.sha256, edu_attention_width=24),
-                        str(root / "student"))
+    path = save_student(
+        student, StudentInfo(spec, D, 4, 2, "mlp2", cv.sha256, edu_attention_width=24), str(root / "student")
+    )
     return {"root": root, "dataset": dataset, "cv": cv, "cv_path": cv_path, "path": path, "student": student}
 
 
@@ -97,7 +100,9 @@ def test_the_artifact_says_it_holds_an_edu_attention_and_round_trips(comkd_world
     assert all(torch.equal(loaded.trainable_state_dict()[k], v) for k, v in original.items())
 
 
-def test_a_student_saved_without_one_still_loads_and_a_comkd_state_is_refused_by_a_plain_student(comkd_world, tmp_path):
+def test_a_student_saved_without_one_still_loads_and_a_comkd_state_is_refused_by_a_plain_student(
+    comkd_world, tmp_path
+):
     import json
     from pathlib import Path
 
@@ -108,8 +113,11 @@ def test_a_student_saved_without_one_still_loads_and_a_comkd_state_is_refused_by
     del old["edu_attention_width"]  # an artifact written before EduAttention existed
     sidecar.write_text(json.dumps(old))
     assert read_student_info(path).edu_attention_width == 0 and load_student(path)[0].edu_attention is None
-    with pytest.raises(ValueError, match=r"^The student state has an EduAttention of width 24 \(ComKD-CLIP\), "
-                                         r"but this student has none\.$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^The student state has an EduAttention of width 24 \(ComKD-CLIP\), "
+        r"but this student has none\.$",
+    ):
         plain.load_trainable_state_dict(comkd_world["student"].trainable_state_dict())
     tampered = json.loads(Path(comkd_world["path"].replace(".safetensors", ".json")).read_text())
     tampered["edu_attention_width"] = 0  # a ComKD student's tensors under a plain student's sidecar
@@ -126,8 +134,14 @@ def _expected_accuracy(world) -> float:
 
     from promptkd_ray.data.transforms import CLIP_MEAN, CLIP_STD
 
-    transform = T.Compose([T.Resize(32, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(32),
-                           T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)])
+    transform = T.Compose(
+        [
+            T.Resize(32, interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(32),
+            T.ToTensor(),
+            T.Normalize(CLIP_MEAN, CLIP_STD),
+        ]
+    )
     test = world["dataset"].test
     images = torch.stack([transform(Image.open(it.path).convert("RGB")) for it in test])
     student, w = world["student"], world["cv"].vectors
@@ -143,9 +157,27 @@ def test_eval_scores_a_comkd_student_through_its_edu_attention(comkd_world, tmp_
     from promptkd_ray.cli import main
 
     out = tmp_path / "r"
-    assert main(["eval", "--protocol", "cross", "--dataset", "OxfordPets", "--root", str(comkd_world["root"] / "data"),
-                 "--student", comkd_world["path"], "--class-vectors", comkd_world["cv_path"], "--no-ray",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--protocol",
+                "cross",
+                "--dataset",
+                "OxfordPets",
+                "--root",
+                str(comkd_world["root"] / "data"),
+                "--student",
+                comkd_world["path"],
+                "--class-vectors",
+                comkd_world["cv_path"],
+                "--no-ray",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     row = next(csv.DictReader(open(out / "results.csv")))
     assert float(row["accuracy"]) == pytest.approx(_expected_accuracy(comkd_world), abs=0.01)
 
@@ -156,8 +188,23 @@ def test_predict_ranks_classes_through_the_edu_attention(comkd_world, tmp_path):
     from promptkd_ray.cli import main
 
     out = tmp_path / "p.parquet"
-    assert main(["predict", "--student", comkd_world["path"], "--class-vectors", comkd_world["cv_path"],
-                 "--images", str(comkd_world["root"] / "data"), "--out", str(out), "--no-ray"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--student",
+                comkd_world["path"],
+                "--class-vectors",
+                comkd_world["cv_path"],
+                "--images",
+                str(comkd_world["root"] / "data"),
+                "--out",
+                str(out),
+                "--no-ray",
+            ]
+        )
+        == 0
+    )
     table = pq.read_table(out).to_pydict()
     encoded_model = ModelRef("student", comkd_world["path"])
     from promptkd_ray.orchestration.inference import encode_items
@@ -168,22 +215,49 @@ def test_predict_ranks_classes_through_the_edu_attention(comkd_world, tmp_path):
 
 
 @pytest.mark.slow
-def test_ray_batch_inference_scores_and_predicts_with_the_comkd_student_as_in_process(comkd_world, tmp_path,
-                                                                                      ray_cluster):
+def test_ray_batch_inference_scores_and_predicts_with_the_comkd_student_as_in_process(
+    comkd_world, tmp_path, ray_cluster
+):
     import pyarrow.parquet as pq
 
     from promptkd_ray.cli import main
 
-    args = ["eval", "--protocol", "cross", "--dataset", "OxfordPets", "--root", str(comkd_world["root"] / "data"),
-            "--student", comkd_world["path"], "--class-vectors", comkd_world["cv_path"]]
+    args = [
+        "eval",
+        "--protocol",
+        "cross",
+        "--dataset",
+        "OxfordPets",
+        "--root",
+        str(comkd_world["root"] / "data"),
+        "--student",
+        comkd_world["path"],
+        "--class-vectors",
+        comkd_world["cv_path"],
+    ]
     assert main(args + ["--out", str(tmp_path / "ray")]) == 0
     row = next(csv.DictReader(open(tmp_path / "ray" / "results.csv")))
     assert float(row["accuracy"]) == pytest.approx(_expected_accuracy(comkd_world), abs=0.01)
     predictions = {}
     for mode, extra in (("ray", []), ("local", ["--no-ray"])):
         out = tmp_path / f"{mode}.parquet"
-        assert main(["predict", "--student", comkd_world["path"], "--class-vectors", comkd_world["cv_path"],
-                     "--images", str(comkd_world["root"] / "data"), "--out", str(out), *extra]) == 0
+        assert (
+            main(
+                [
+                    "predict",
+                    "--student",
+                    comkd_world["path"],
+                    "--class-vectors",
+                    comkd_world["cv_path"],
+                    "--images",
+                    str(comkd_world["root"] / "data"),
+                    "--out",
+                    str(out),
+                    *extra,
+                ]
+            )
+            == 0
+        )
         table = pq.read_table(out).to_pydict()
         predictions[mode] = dict(zip(table["path"], table["top1_label"]))
     assert predictions["ray"] == predictions["local"] and len(predictions["ray"]) > 20

@@ -10,6 +10,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 import torch
+from fakes import make_fake_dataset
 from PIL import Image
 from torchvision import transforms as T
 
@@ -20,8 +21,6 @@ from promptkd_ray.core.metrics import base_novel_accuracy
 from promptkd_ray.core.models import build_student, build_teacher
 from promptkd_ray.data.benchmarks import load_dataset
 from promptkd_ray.data.transforms import CLIP_MEAN, CLIP_STD
-
-from fakes import make_fake_dataset
 
 
 @pytest.fixture(scope="module")
@@ -44,17 +43,30 @@ def world(tmp_path_factory):
     with torch.no_grad():  # trained-looking tensors, so that a round trip that drops them shows
         for p in student.trainable_parameters():
             p.add_(torch.randn_like(p) * 0.1)
-    student_path = save_student(student, StudentInfo(spec, cv.dim, 4, 2, "mlp2", cv.sha256),
-                                str(root / "artifacts" / "student"))
-    return {"root": root, "dataset": dataset, "cv": cv, "cv_path": cv_path, "student_path": student_path,
-            "student": student}
+    student_path = save_student(
+        student, StudentInfo(spec, cv.dim, 4, 2, "mlp2", cv.sha256), str(root / "artifacts" / "student")
+    )
+    return {
+        "root": root,
+        "dataset": dataset,
+        "cv": cv,
+        "cv_path": cv_path,
+        "student_path": student_path,
+        "student": student,
+    }
 
 
 def _direct_features(student_path, items):
     """The student's features with the authors' test transform written with torchvision alone."""
     student, _ = load_student(student_path)
-    transform = T.Compose([T.Resize(32, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(32),
-                           T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)])
+    transform = T.Compose(
+        [
+            T.Resize(32, interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(32),
+            T.ToTensor(),
+            T.Normalize(CLIP_MEAN, CLIP_STD),
+        ]
+    )
     images = torch.stack([transform(Image.open(it.path).convert("RGB")) for it in items])
     with torch.no_grad():
         return student.encode_image(images)
@@ -74,9 +86,26 @@ def test_student_artifact_round_trips_every_tensor_and_the_features(world):
 
 def test_eval_base2novel_writes_report_with_protocol_numbers(world, tmp_path):
     out = tmp_path / "report"
-    rc = main(["eval", "--protocol", "base2novel", "--dataset", "OxfordPets", "--root", str(world["root"]),
-               "--student", str(world["student_path"]), "--class-vectors", str(world["cv_path"]),
-               "--zeroshot", "tiny-vit-teacher", "--out", str(out), "--no-ray"])
+    rc = main(
+        [
+            "eval",
+            "--protocol",
+            "base2novel",
+            "--dataset",
+            "OxfordPets",
+            "--root",
+            str(world["root"]),
+            "--student",
+            str(world["student_path"]),
+            "--class-vectors",
+            str(world["cv_path"]),
+            "--zeroshot",
+            "tiny-vit-teacher",
+            "--out",
+            str(out),
+            "--no-ray",
+        ]
+    )
     assert rc == 0
     for name in ("report.md", "results.csv", "summary.csv", "report.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0
@@ -95,14 +124,54 @@ def test_eval_and_predict_read_images_and_artifacts_from_file_uris(world, tmp_pa
     """Data root, student and class vectors given as file:// URIs go through the storage layer
     (pyarrow), and score exactly as the local paths do."""
     local, remote = tmp_path / "local", tmp_path / "uri"
-    common = ["--student", f"file://{world['student_path']}", "--class-vectors", f"file://{world['cv_path']}",
-              "--no-ray"]
-    assert main(["eval", "--protocol", "cross", "--dataset", "OxfordPets", "--root", str(world["root"]),
-                 "--student", str(world["student_path"]), "--class-vectors", str(world["cv_path"]), "--no-ray",
-                 "--out", str(local)]) == 0
-    assert main(["eval", "--protocol", "cross", "--dataset", "OxfordPets", "--root", f"file://{world['root']}",
-                 *common, "--out", str(remote)]) == 0
-    assert list(csv.DictReader(open(remote / "results.csv"))) == list(csv.DictReader(open(local / "results.csv")))
+    common = [
+        "--student",
+        f"file://{world['student_path']}",
+        "--class-vectors",
+        f"file://{world['cv_path']}",
+        "--no-ray",
+    ]
+    assert (
+        main(
+            [
+                "eval",
+                "--protocol",
+                "cross",
+                "--dataset",
+                "OxfordPets",
+                "--root",
+                str(world["root"]),
+                "--student",
+                str(world["student_path"]),
+                "--class-vectors",
+                str(world["cv_path"]),
+                "--no-ray",
+                "--out",
+                str(local),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "eval",
+                "--protocol",
+                "cross",
+                "--dataset",
+                "OxfordPets",
+                "--root",
+                f"file://{world['root']}",
+                *common,
+                "--out",
+                str(remote),
+            ]
+        )
+        == 0
+    )
+    assert list(csv.DictReader(open(remote / "results.csv"))) == list(
+        csv.DictReader(open(local / "results.csv"))
+    )
     accuracy = float(next(csv.DictReader(open(remote / "results.csv")))["accuracy"])
     assert accuracy > 0  # the images were read: an unread test set cannot score
     out = tmp_path / "pred.parquet"
@@ -113,17 +182,36 @@ def test_eval_and_predict_read_images_and_artifacts_from_file_uris(world, tmp_pa
     assert all(p.startswith("file://") for p in paths)
 
 
-def test_an_unreadable_test_image_fails_eval_in_one_sentence_or_is_reported_when_skipped(world, tmp_path, capsys):
+def test_an_unreadable_test_image_fails_eval_in_one_sentence_or_is_reported_when_skipped(
+    world, tmp_path, capsys
+):
     root = tmp_path / "data"
     shutil.copytree(world["root"] / "oxford_pets", root / "oxford_pets")
     victim = next(it.path for it in world["dataset"].test).replace(str(world["root"]), str(root))
     with open(victim, "wb") as f:
         f.write(b"<html>not an image</html>")
-    args = ["eval", "--protocol", "cross", "--dataset", "OxfordPets", "--root", str(root), "--student",
-            str(world["student_path"]), "--class-vectors", str(world["cv_path"]), "--no-ray"]
+    args = [
+        "eval",
+        "--protocol",
+        "cross",
+        "--dataset",
+        "OxfordPets",
+        "--root",
+        str(root),
+        "--student",
+        str(world["student_path"]),
+        "--class-vectors",
+        str(world["cv_path"]),
+        "--no-ray",
+    ]
     assert main(args + ["--out", str(tmp_path / "failed")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and err.startswith("error: 1 of ") and victim in err and "--skip-unreadable" in err
+    assert (
+        err.count("\n") == 0
+        and err.startswith("error: 1 of ")
+        and victim in err
+        and "--skip-unreadable" in err
+    )
     assert not (tmp_path / "failed" / "report.md").exists()
     assert main(args + ["--out", str(tmp_path / "skipped"), "--skip-unreadable"]) == 0
     rows = list(csv.DictReader(open(tmp_path / "skipped" / "results.csv")))
@@ -132,18 +220,47 @@ def test_an_unreadable_test_image_fails_eval_in_one_sentence_or_is_reported_when
 
 
 def test_a_missing_student_is_one_line_with_exit_status_2(world, tmp_path, capsys):
-    rc = main(["predict", "--student", str(tmp_path / "missing"), "--class-vectors", str(world["cv_path"]),
-               "--images", str(world["root"]), "--out", str(tmp_path / "p.csv"), "--no-ray"])
+    rc = main(
+        [
+            "predict",
+            "--student",
+            str(tmp_path / "missing"),
+            "--class-vectors",
+            str(world["cv_path"]),
+            "--images",
+            str(world["root"]),
+            "--out",
+            str(tmp_path / "p.csv"),
+            "--no-ray",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.count("\n") == 0
-    assert err == f"error: Student artifact {tmp_path / 'missing'}.safetensors (with its .json sidecar) does not exist."
+    assert (
+        err
+        == f"error: Student artifact {tmp_path / 'missing'}.safetensors (with its .json sidecar) does not exist."
+    )
 
 
 def test_eval_refuses_class_vectors_of_other_classes(world, tmp_path, capsys):
     other = compute_class_vectors(build_teacher("tiny-vit-teacher"), ["a", "b", "c", "d", "e", "f"])
     path = save_class_vectors(other, str(tmp_path / "other"))
-    rc = main(["eval", "--dataset", "OxfordPets", "--root", str(world["root"]), "--student",
-               str(world["student_path"]), "--class-vectors", str(path), "--out", str(tmp_path / "r"), "--no-ray"])
+    rc = main(
+        [
+            "eval",
+            "--dataset",
+            "OxfordPets",
+            "--root",
+            str(world["root"]),
+            "--student",
+            str(world["student_path"]),
+            "--class-vectors",
+            str(path),
+            "--out",
+            str(tmp_path / "r"),
+            "--no-ray",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.count("\n") == 0
     assert err.startswith("error: No class vectors given hold the 6 classes of OxfordPets, and the student ")
@@ -166,23 +283,56 @@ def test_cross_dataset_eval_of_one_student_over_several_datasets(world, tmp_path
     save_file(load_clip("tiny-vit-teacher").state_dict(), str(teacher_weights))
     teacher_spec = f"tiny-vit-teacher:{teacher_weights}"
     student, info = load_student(world["student_path"])
-    recorded = save_student(student, StudentInfo(info.spec, info.teacher_dim, info.n_ctx, info.depth, info.projector,
-                                                 extra={"teacher_ref": {"kind": "zeroshot", "source": teacher_spec},
-                                                        "class_vectors_templates": ["a photo of a {}."]}),
-                            str(tmp_path / "student"))
+    recorded = save_student(
+        student,
+        StudentInfo(
+            info.spec,
+            info.teacher_dim,
+            info.n_ctx,
+            info.depth,
+            info.projector,
+            extra={
+                "teacher_ref": {"kind": "zeroshot", "source": teacher_spec},
+                "class_vectors_templates": ["a photo of a {}."],
+            },
+        ),
+        str(tmp_path / "student"),
+    )
     own = compute_class_vectors(build_teacher(teacher_spec), list(world["dataset"].classnames))
     own_path = save_class_vectors(own, str(tmp_path / "cv_pets"))
     out = tmp_path / "cross"
-    assert main(["eval", "--protocol", "cross", "--dataset", "OxfordPets", "DTD", "Caltech101", "--root", str(root),
-                 "--student", recorded, "--class-vectors", own_path, "--no-ray", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--protocol",
+                "cross",
+                "--dataset",
+                "OxfordPets",
+                "DTD",
+                "Caltech101",
+                "--root",
+                str(root),
+                "--student",
+                recorded,
+                "--class-vectors",
+                own_path,
+                "--no-ray",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = {r["dataset"]: float(r["accuracy"]) for r in csv.DictReader(open(out / "results.csv"))}
     assert set(rows) == {"OxfordPets", "DTD", "Caltech101"}
     dtd = load_dataset("DTD", root)
     cv = compute_class_vectors(build_teacher(teacher_spec), list(dtd.classnames))
     feats = _direct_features(recorded, dtd.test)
     labels = torch.tensor([it.label for it in dtd.test])
-    assert rows["DTD"] == pytest.approx(100.0 * float(((feats @ cv.vectors.t()).argmax(-1) == labels).float().mean()),
-                                        abs=0.01)
+    assert rows["DTD"] == pytest.approx(
+        100.0 * float(((feats @ cv.vectors.t()).argmax(-1) == labels).float().mean()), abs=0.01
+    )
 
 
 def test_domain_generalisation_scores_against_the_class_vectors_restricted_by_name(world):
@@ -209,15 +359,32 @@ def test_domain_generalisation_scores_against_the_class_vectors_restricted_by_na
 def test_predict_top1_agrees_with_eval_accuracy(world, tmp_path):
     images = world["root"] / "oxford_pets" / "images"
     out = tmp_path / "pred.parquet"
-    assert main(["predict", "--student", str(world["student_path"]), "--class-vectors", str(world["cv_path"]),
-                 "--images", str(images), "--top-k", "3", "--out", str(out), "--no-ray"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--student",
+                str(world["student_path"]),
+                "--class-vectors",
+                str(world["cv_path"]),
+                "--images",
+                str(images),
+                "--top-k",
+                "3",
+                "--out",
+                str(out),
+                "--no-ray",
+            ]
+        )
+        == 0
+    )
     table = pq.read_table(out).to_pydict()
     items = {it.path: it for it in world["dataset"].test}
-    rows = [(p, l) for p, l in zip(table["path"], table["top1_label"]) if p in items]
+    rows = [(p, label) for p, label in zip(table["path"], table["top1_label"]) if p in items]
     assert len(rows) == len(items)
     feats = _direct_features(world["student_path"], [items[p] for p, _ in rows])
     direct = (feats @ world["cv"].vectors.t()).argmax(-1).tolist()
-    assert [l for _, l in rows] == direct
+    assert [label for _, label in rows] == direct
     assert all(table["top1_prob"][i] >= table["top2_prob"][i] for i in range(len(table["path"])))
 
 
@@ -226,11 +393,21 @@ def test_predict_applies_the_decoders_pixel_limit_and_refuses_one_out_of_range(w
     folder.mkdir()
     Image.new("RGB", (40, 30), (200, 10, 10)).save(folder / "small.png")
     Image.new("RGB", (400, 300), (10, 200, 10)).save(folder / "large.png")  # 120,000 pixels
-    common = ["predict", "--student", str(world["student_path"]), "--class-vectors", str(world["cv_path"]),
-              "--images", str(folder), "--no-ray"]
+    common = [
+        "predict",
+        "--student",
+        str(world["student_path"]),
+        "--class-vectors",
+        str(world["cv_path"]),
+        "--images",
+        str(folder),
+        "--no-ray",
+    ]
     with caplog.at_level(logging.INFO):
         assert main(common + ["--out", str(tmp_path / "p.csv"), "--max-image-pixels", "100000"]) == 0
-    assert [Path(p).name for p in pcsv.read_csv(tmp_path / "p.csv").column("path").to_pylist()] == ["small.png"]
+    assert [Path(p).name for p in pcsv.read_csv(tmp_path / "p.csv").column("path").to_pylist()] == [
+        "small.png"
+    ]
     assert "1 unreadable images skipped, first: " in caplog.text and "large.png" in caplog.text
     assert main(common + ["--out", str(tmp_path / "all.csv")]) == 0  # the default limit decodes both
     assert len(pcsv.read_csv(tmp_path / "all.csv").column("path")) == 2
@@ -240,8 +417,19 @@ def test_predict_applies_the_decoders_pixel_limit_and_refuses_one_out_of_range(w
 
 @pytest.mark.slow
 def test_eval_through_ray_data_equals_in_process(world, tmp_path, ray_cluster):
-    common = ["eval", "--protocol", "cross", "--dataset", "OxfordPets", "--root", str(world["root"]),
-              "--student", str(world["student_path"]), "--class-vectors", str(world["cv_path"])]
+    common = [
+        "eval",
+        "--protocol",
+        "cross",
+        "--dataset",
+        "OxfordPets",
+        "--root",
+        str(world["root"]),
+        "--student",
+        str(world["student_path"]),
+        "--class-vectors",
+        str(world["cv_path"]),
+    ]
     assert main(common + ["--out", str(tmp_path / "ray")]) == 0
     assert main(common + ["--out", str(tmp_path / "local"), "--no-ray"]) == 0
     ray_rows = list(csv.DictReader(open(tmp_path / "ray" / "results.csv")))
@@ -268,12 +456,25 @@ def test_eval_warns_when_class_vectors_come_from_another_teacher(world, tmp_path
 
     cv = world["cv"]
     student, _ = load_student(world["student_path"])
-    path = save_student(student.eval(), StudentInfo(f"tiny-vit-student:{world['root']}/artifacts/student_clip.safetensors",
-                                                   cv.dim, 4, 2, "mlp2", cv.sha256, extra={"teacher": cv.teacher}),
-                        str(tmp_path / "student"))
+    path = save_student(
+        student.eval(),
+        StudentInfo(
+            f"tiny-vit-student:{world['root']}/artifacts/student_clip.safetensors",
+            cv.dim,
+            4,
+            2,
+            "mlp2",
+            cv.sha256,
+            extra={"teacher": cv.teacher},
+        ),
+        str(tmp_path / "student"),
+    )
     with caplog.at_level("WARNING"):
         warn_if_other_teacher(str(path), cv)
     assert "distilled from teacher" not in caplog.text
     with caplog.at_level("WARNING"):
         warn_if_other_teacher(str(path), dataclasses.replace(cv, teacher="another-teacher:w.pt"))
-    assert f"distilled from teacher {cv.teacher} but the class vectors come from another-teacher:w.pt" in caplog.text
+    assert (
+        f"distilled from teacher {cv.teacher} but the class vectors come from another-teacher:w.pt"
+        in caplog.text
+    )

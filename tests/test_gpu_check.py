@@ -17,8 +17,25 @@ SCRIPT = REPO / "benchmarks" / "gpu_check.py"
 
 def test_tiny_mode_runs_the_model_parts(tmp_path):
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
-    done = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--seconds", "0.5", "--parts", "teacher", "student",
-                           "authors", "--out", str(tmp_path)], capture_output=True, text=True, timeout=900, env=env)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--tiny",
+            "--seconds",
+            "0.5",
+            "--parts",
+            "teacher",
+            "student",
+            "authors",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     r = json.loads((tmp_path / "results.json").read_text())
     assert "pipeline" not in r
@@ -38,8 +55,13 @@ def test_tiny_mode_runs_the_model_parts(tmp_path):
 def test_tiny_mode_runs_the_pipeline_part_as_a_ray_job(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local cluster
     env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
-    done = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--parts", "pipeline", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=1200, env=env)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny", "--parts", "pipeline", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env=env,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     p = json.loads((tmp_path / "results.json").read_text())["pipeline"]
     assert "error" not in p and p["epochs"] >= 2 and p["images_per_epoch"] == 256, p
@@ -49,6 +71,11 @@ def test_tiny_mode_runs_the_pipeline_part_as_a_ray_job(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
 def test_real_mode_needs_a_gpu(tmp_path):
-    done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path)], capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, RAY_AUTH_MODE="disabled"))
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, RAY_AUTH_MODE="disabled"),
+    )
     assert done.returncode == 2 and "no GPU is visible; use --tiny" in done.stderr

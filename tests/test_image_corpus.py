@@ -17,8 +17,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from promptkd_ray.data.decode import (DEFAULT_MAX_IMAGE_PIXELS, DecodeOptions, ImageTooLargeError, decode_views,
-                                      read_image)
+from promptkd_ray.data.decode import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DecodeOptions,
+    ImageTooLargeError,
+    decode_views,
+    read_image,
+)
 
 BOMB_SIDE = 40_000
 
@@ -45,7 +50,12 @@ def bomb_png(side: int = BOMB_SIDE) -> bytes:
     packer = zlib.compressobj(9)
     idat = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
     header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # 1-bit grayscale
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", idat)
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -54,7 +64,9 @@ def readable_corpus() -> dict:
     rgba = np.zeros((8, 10, 4), np.uint8)
     rgba[..., :3] = (10, 20, 30)  # fully transparent, but these are the colours stored under the alpha
     palette = Image.fromarray(np.arange(48, dtype=np.uint8).reshape(6, 8)).convert("P")
-    wide = np.array([[0, 32768, 65535, 1000]] * 3, dtype=np.uint16)  # 16-bit gray: black, mid-gray, white, dark
+    wide = np.array(
+        [[0, 32768, 65535, 1000]] * 3, dtype=np.uint16
+    )  # 16-bit gray: black, mid-gray, white, dark
     frames = [Image.new("RGB", (12, 9), colour) for colour in ((255, 0, 0), (0, 0, 255))]
     animated = io.BytesIO()
     frames[0].save(animated, format="GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
@@ -85,8 +97,8 @@ def unreadable_corpus() -> dict:
     jpeg, png = _save(_noise(64, 64, 1), "JPEG", quality=95), _save(_noise(64, 64, 2), "PNG")
     return {
         "zero_bytes.jpg": b"",
-        "truncated.jpg": jpeg[:len(jpeg) // 2],
-        "truncated.png": png[:len(png) // 2],
+        "truncated.jpg": jpeg[: len(jpeg) // 2],
+        "truncated.png": png[: len(png) // 2],
         "html_page.jpg": b"<!DOCTYPE html><html><head><title>403 Forbidden</title></head><body></body></html>\n",
         "notes.png": b"this is a text file, not an image\n",
         "random_bytes.jpg": bytes(np.random.default_rng(3).integers(0, 255, 500, dtype=np.uint8)),
@@ -142,7 +154,9 @@ def test_exif_orientation_is_ignored_by_default_and_applied_when_asked(corpus):
     assert read_image(path).size == (30, 20)  # the authors' code: PIL does not rotate
     upright = read_image(path, DecodeOptions(exif_orientation="apply"))
     assert upright.size == (20, 30)
-    assert np.array_equal(np.asarray(upright), np.asarray(read_image(path).transpose(Image.Transpose.ROTATE_270)))
+    assert np.array_equal(
+        np.asarray(upright), np.asarray(read_image(path).transpose(Image.Transpose.ROTATE_270))
+    )
 
 
 @pytest.mark.parametrize("mode", ["train", "heldout", "test"])
@@ -154,13 +168,19 @@ def test_decode_views_keeps_every_oddity_and_drops_exactly_the_unreadable_files(
     assert sorted(Path(ident).name for ident, _ in bad) == sorted(unreadable_corpus())
     reasons = {Path(ident).name: reason for ident, reason in bad}
     print({name: reasons[name] for name in sorted(reasons)})
-    assert reasons["bomb.png"] == ("ImageTooLargeError: Image size (1600000000 pixels) exceeds limit of 178956970 "
-                                   "pixels, could be decompression bomb DOS attack (PIL), over the limit of "
-                                   f"{DEFAULT_MAX_IMAGE_PIXELS:,} (data.max_image_pixels); refused before decoding")
+    assert reasons["bomb.png"] == (
+        "ImageTooLargeError: Image size (1600000000 pixels) exceeds limit of 178956970 "
+        "pixels, could be decompression bomb DOS attack (PIL), over the limit of "
+        f"{DEFAULT_MAX_IMAGE_PIXELS:,} (data.max_image_pixels); refused before decoding"
+    )
     assert "truncated" in reasons["truncated.jpg"] and "truncated" in reasons["truncated.png"]
-    assert reasons["zero_bytes.jpg"] == "UnidentifiedImageError: not an image format PIL can read (an empty file)"
-    assert reasons["html_page.jpg"] == ("UnidentifiedImageError: not an image format PIL can read (83 bytes, "
-                                        "starting b'<!DOCTYPE html><')")
+    assert (
+        reasons["zero_bytes.jpg"]
+        == "UnidentifiedImageError: not an image format PIL can read (an empty file)"
+    )
+    assert reasons["html_page.jpg"] == (
+        "UnidentifiedImageError: not an image format PIL can read (83 bytes, starting b'<!DOCTYPE html><')"
+    )
     for name in ("notes.png", "random_bytes.jpg"):
         assert reasons[name].startswith("UnidentifiedImageError: not an image format PIL can read (")
 
@@ -170,7 +190,9 @@ def test_the_pixel_limit_is_the_callers_and_never_touches_pils_global(corpus):
     small = DecodeOptions(max_pixels=1_000)
     rows, bad = decode_views(_batch(corpus, ["sliver_600x2.png", "photo.webp"]), 16, "test", options=small)
     assert [Path(i).name for i in rows["id"]] == ["photo.webp"]
-    assert bad[0][1].startswith("ImageTooLargeError: declares 600 × 2 = 1,200 pixels, over the limit of 1,000")
+    assert bad[0][1].startswith(
+        "ImageTooLargeError: declares 600 × 2 = 1,200 pixels, over the limit of 1,000"
+    )
     assert Image.MAX_IMAGE_PIXELS == before
     with pytest.raises(ValueError, match="max_pixels must be in 1"):
         DecodeOptions(max_pixels=0)
@@ -178,20 +200,30 @@ def test_the_pixel_limit_is_the_callers_and_never_touches_pils_global(corpus):
 
 def test_a_sliver_the_test_transform_would_blow_up_is_refused_in_test_mode_only():
     """20,000 × 1 is 20,000 pixels, but Resize(224) would make it 4,480,000 × 224 (3 GB as RGB)."""
-    batch = {"id": np.asarray(["sliver"], dtype=object),
-             "bytes": np.asarray([_save(_noise(20_000, 1), "PNG")], dtype=object)}
+    batch = {
+        "id": np.asarray(["sliver"], dtype=object),
+        "bytes": np.asarray([_save(_noise(20_000, 1), "PNG")], dtype=object),
+    }
     rows, bad = decode_views(batch, 224, "test")
-    assert len(rows["id"]) == 0 and bad == [("sliver", "ImageTooLargeError: 20000 × 1 pixels: the test transform "
-                                             "would resize it to 4480000 × 224 = 1,003,520,000, over the limit of "
-                                             "89,478,485 (data.max_image_pixels, at least PIL's default)")]
+    assert len(rows["id"]) == 0 and bad == [
+        (
+            "sliver",
+            "ImageTooLargeError: 20000 × 1 pixels: the test transform "
+            "would resize it to 4480000 × 224 = 1,003,520,000, over the limit of "
+            "89,478,485 (data.max_image_pixels, at least PIL's default)",
+        )
+    ]
     rows, bad = decode_views(batch, 224, "train", seed=0)
     assert not bad and rows["image"].shape == (1, 224, 224, 3)
 
 
 def test_the_decoders_own_check_refuses_the_bomb_when_pils_guard_is_off(corpus, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # e.g. a library that disabled it process-wide
-    with pytest.raises(ImageTooLargeError, match=r"^declares 40000 × 40000 = 1,600,000,000 pixels, over the limit "
-                                                 r"of 89,478,485 \(data.max_image_pixels\); refused before decoding$"):
+    with pytest.raises(
+        ImageTooLargeError,
+        match=r"^declares 40000 × 40000 = 1,600,000,000 pixels, over the limit "
+        r"of 89,478,485 \(data.max_image_pixels\); refused before decoding$",
+    ):
         read_image(str(corpus / "bomb.png"))
 
 
@@ -225,14 +257,23 @@ def test_the_bomb_is_refused_undecoded_with_bounded_peak_memory(corpus, tmp_path
     image under the default limit — the control that shows the probe sees a decode when there is one."""
     big = tmp_path / "big.png"
     Image.new("L", (8000, 8000), 0).save(big)
-    runs = [(corpus / "bomb.png", DEFAULT_MAX_IMAGE_PIXELS), (big, 10_000_000), (big, DEFAULT_MAX_IMAGE_PIXELS)]
+    runs = [
+        (corpus / "bomb.png", DEFAULT_MAX_IMAGE_PIXELS),
+        (big, 10_000_000),
+        (big, DEFAULT_MAX_IMAGE_PIXELS),
+    ]
     argv = [str(a) for run in runs for a in run]
-    lines = subprocess.run([sys.executable, "-c", BOMB_PROBE, *argv], capture_output=True, text=True, timeout=300,
-                           check=True).stdout.splitlines()
-    (bomb, bomb_mb), (refused, refused_mb), (decoded, decoded_mb) = [(o, int(mb)) for o, mb in map(str.split, lines)]
-    print(f"bomb {BOMB_SIDE}×{BOMB_SIDE} ({(corpus / 'bomb.png').stat().st_size} bytes): {bomb}, peak memory "
-          f"growth {bomb_mb} MB; 8000×8000 over a 10,000,000-pixel limit: {refused}, {refused_mb} MB; "
-          f"8000×8000 under the default limit: {decoded}, {decoded_mb} MB")
+    lines = subprocess.run(
+        [sys.executable, "-c", BOMB_PROBE, *argv], capture_output=True, text=True, timeout=300, check=True
+    ).stdout.splitlines()
+    (bomb, bomb_mb), (refused, refused_mb), (decoded, decoded_mb) = [
+        (o, int(mb)) for o, mb in map(str.split, lines)
+    ]
+    print(
+        f"bomb {BOMB_SIDE}×{BOMB_SIDE} ({(corpus / 'bomb.png').stat().st_size} bytes): {bomb}, peak memory "
+        f"growth {bomb_mb} MB; 8000×8000 over a 10,000,000-pixel limit: {refused}, {refused_mb} MB; "
+        f"8000×8000 under the default limit: {decoded}, {decoded_mb} MB"
+    )
     assert bomb == refused == "ImageTooLargeError" and bomb_mb < 100 and refused_mb < 100
     assert decoded == "decoded" and decoded_mb > 100
 
@@ -267,13 +308,27 @@ def test_eval_refuses_an_unreadable_test_image_or_names_each_beside_the_score(co
 
     bad = ["bomb.png", "html_page.jpg", "truncated.jpg"]
     split = _split_json_dataset(tmp_path / "data", corpus, sorted(readable_corpus()) + bad)
-    args = ["eval", "--protocol", "cross", "--split-json", str(split), "--zeroshot", "tiny-vit-teacher", "--no-ray",
-            "--batch-size", "8"]
+    args = [
+        "eval",
+        "--protocol",
+        "cross",
+        "--split-json",
+        str(split),
+        "--zeroshot",
+        "tiny-vit-teacher",
+        "--no-ray",
+        "--batch-size",
+        "8",
+    ]
     assert main(args + ["--out", str(tmp_path / "failed")]) == 2
     err = capsys.readouterr().err.strip()
     print(err)
-    assert err.count("\n") == 0 and err.startswith("error: 3 of 18 test images of odd are unreadable (first: ")
-    assert "bomb.png: ImageTooLargeError: Image size (1600000000 pixels)" in err and "--skip-unreadable" in err
+    assert err.count("\n") == 0 and err.startswith(
+        "error: 3 of 18 test images of odd are unreadable (first: "
+    )
+    assert (
+        "bomb.png: ImageTooLargeError: Image size (1600000000 pixels)" in err and "--skip-unreadable" in err
+    )
     assert not (tmp_path / "failed" / "report.md").exists()
 
     out = tmp_path / "reported"
@@ -287,39 +342,65 @@ def test_eval_refuses_an_unreadable_test_image_or_names_each_beside_the_score(co
 
     tight = tmp_path / "tight"  # the pixel limit is eval's too: the 600 × 2 sliver is over 1,000 pixels
     assert main(args + ["--out", str(tight), "--skip-unreadable", "--max-image-pixels", "1000"]) == 0
-    assert sorted(Path(r["path"]).name for r in csv.DictReader(open(tight / "unreadable.csv"))) == \
-        sorted(bad + ["sliver_600x2.png"])
+    assert sorted(Path(r["path"]).name for r in csv.DictReader(open(tight / "unreadable.csv"))) == sorted(
+        bad + ["sliver_600x2.png"]
+    )
     capsys.readouterr()
     only_bad = _split_json_dataset(tmp_path / "bad_only", corpus, bad)
-    assert main([*args[:4], str(only_bad), *args[5:], "--out", str(tmp_path / "none"), "--skip-unreadable"]) == 2
+    assert (
+        main([*args[:4], str(only_bad), *args[5:], "--out", str(tmp_path / "none"), "--skip-unreadable"]) == 2
+    )
     assert capsys.readouterr().err.startswith("error: All 3 test images of odd are unreadable (first: ")
 
 
 @pytest.mark.slow
-def test_stage_two_trains_on_every_readable_oddity_and_counts_the_unreadable_exactly(corpus, tmp_path, ray_cluster):
+def test_stage_two_trains_on_every_readable_oddity_and_counts_the_unreadable_exactly(
+    corpus, tmp_path, ray_cluster
+):
     """A one-epoch distillation over a folder of the corpus (plus plain images to fill batches),
     with the job's pixel limit set below one legal image: the run's bad-image count is exactly the
     unreadable files + that image, and every other image is trained on."""
-    from promptkd_ray.config import distill_job_from_dict
-    from promptkd_ray.distill import run_distillation
     from stage2_fakes import png_bytes, tiny_job
 
-    files = {name: (corpus / name).read_bytes() for name in list(readable_corpus()) + list(unreadable_corpus())}
+    from promptkd_ray.config import distill_job_from_dict
+    from promptkd_ray.distill import run_distillation
+
+    files = {
+        name: (corpus / name).read_bytes() for name in list(readable_corpus()) + list(unreadable_corpus())
+    }
     rng = np.random.default_rng(0)
-    files.update({f"plain_{i}.png": png_bytes(rng) for i in range(9)})  # 15 oddities + 9 plain = 24 = 6 batches of 4
-    files["over_the_jobs_limit.png"] = _save(_noise(400, 300), "PNG")  # legal, but over this job's pixel limit
+    files.update(
+        {f"plain_{i}.png": png_bytes(rng) for i in range(9)}
+    )  # 15 oddities + 9 plain = 24 = 6 batches of 4
+    files["over_the_jobs_limit.png"] = _save(
+        _noise(400, 300), "PNG"
+    )  # legal, but over this job's pixel limit
     paths = {}
-    for i, (name, data) in enumerate(sorted(files.items())):  # two classes, so that the KD loss is not trivially 0
+    for i, (name, data) in enumerate(
+        sorted(files.items())
+    ):  # two classes, so that the KD loss is not trivially 0
         folder = tmp_path / "data" / ("cats", "dogs")[i % 2]
         folder.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(data)
         paths[name] = str(folder / name)
     expected_bad = sorted(paths[n] for n in list(unreadable_corpus()) + ["over_the_jobs_limit.png"])
 
-    raw = tiny_job(tmp_path / "data", tmp_path / "runs", "corpus",
-                   data={"source": "imagefolder", "root": str(tmp_path / "data"), "dataset": "", "image_folder": "",
-                         "split_file": "", "heldout_images": 0, "decode_batch_size": 8, "max_image_pixels": 100_000},
-                   train={"epochs": 1, "warmup_epochs": 0, "batch_size": 4, "num_workers": 1})
+    raw = tiny_job(
+        tmp_path / "data",
+        tmp_path / "runs",
+        "corpus",
+        data={
+            "source": "imagefolder",
+            "root": str(tmp_path / "data"),
+            "dataset": "",
+            "image_folder": "",
+            "split_file": "",
+            "heldout_images": 0,
+            "decode_batch_size": 8,
+            "max_image_pixels": 100_000,
+        },
+        train={"epochs": 1, "warmup_epochs": 0, "batch_size": 4, "num_workers": 1},
+    )
     result = run_distillation(distill_job_from_dict(raw))
     print(result.summary["bad_images"], result.history[-1]["images"])
     assert result.summary["bad_images"] == len(expected_bad) == 8

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from own_ray import descendants, free_ports_and_worker_range, stop_tree
 from stage2_fakes import make_split_json, tiny_job
 
@@ -32,23 +31,46 @@ WORKER_PORTS = 200  # width of the head's worker port range
 def ray_head():
     """A Ray head with the job server on loopback; yields the job server's address, the environment
     to talk to it with, and the pid of the `ray start` process (the head's processes descend from it)."""
-    (gcs, dashboard, client, agent_http, agent_grpc, metrics, runtime_env, node_manager,
-     object_manager), min_worker = free_ports_and_worker_range(9, WORKER_PORTS)
-    temp_dir = tempfile.mkdtemp(prefix="rayhead_", dir="/tmp")  # short: Ray's socket paths have a length limit
+    (
+        (gcs, dashboard, client, agent_http, agent_grpc, metrics, runtime_env, node_manager, object_manager),
+        min_worker,
+    ) = free_ports_and_worker_range(9, WORKER_PORTS)
+    temp_dir = tempfile.mkdtemp(
+        prefix="rayhead_", dir="/tmp"
+    )  # short: Ray's socket paths have a length limit
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
-    cmd = [RAY, "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
-           "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--include-dashboard=true",
-           f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent_http}",
-           f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
-           f"--runtime-env-agent-port={runtime_env}", f"--node-manager-port={node_manager}",
-           f"--object-manager-port={object_manager}", f"--min-worker-port={min_worker}",
-           f"--max-worker-port={min_worker + WORKER_PORTS}", "--num-cpus=6", "--object-store-memory=200000000",
-           f"--temp-dir={temp_dir}"]
-    head = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    cmd = [
+        RAY,
+        "start",
+        "--head",
+        "--block",
+        f"--port={gcs}",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}",
+        "--include-dashboard=true",
+        f"--ray-client-server-port={client}",
+        f"--dashboard-agent-listen-port={agent_http}",
+        f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--metrics-export-port={metrics}",
+        f"--runtime-env-agent-port={runtime_env}",
+        f"--node-manager-port={node_manager}",
+        f"--object-manager-port={object_manager}",
+        f"--min-worker-port={min_worker}",
+        f"--max-worker-port={min_worker + WORKER_PORTS}",
+        "--num-cpus=6",
+        "--object-store-memory=200000000",
+        f"--temp-dir={temp_dir}",
+    ]
+    head = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
     address = f"http://127.0.0.1:{dashboard}"
     try:
         deadline = time.time() + 120
-        while subprocess.run([RAY, "job", "list", "--address", address], env=env, capture_output=True).returncode:
+        while subprocess.run(
+            [RAY, "job", "list", "--address", address], env=env, capture_output=True
+        ).returncode:
             if head.poll() is not None or time.time() > deadline:
                 pytest.fail(f"the Ray head did not start: {head.stdout.read().decode()[-2000:]}")
             time.sleep(2)
@@ -61,8 +83,26 @@ def ray_head():
 def submit(address: str, env: dict, submission_id: str, *command: str) -> None:
     """`ray job submit --no-wait` of `promptkd-ray COMMAND …` to the head."""
     done = subprocess.run(
-        [RAY, "job", "submit", "--address", address, "--submission-id", submission_id, "--no-wait", "--",
-         sys.executable, "-m", "promptkd_ray.cli", *command], env=env, capture_output=True, text=True, timeout=120)
+        [
+            RAY,
+            "job",
+            "submit",
+            "--address",
+            address,
+            "--submission-id",
+            submission_id,
+            "--no-wait",
+            "--",
+            sys.executable,
+            "-m",
+            "promptkd_ray.cli",
+            *command,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -74,7 +114,11 @@ def submit_and_wait(address: str, env: dict, submission_id: str, *command: str) 
     submit(address, env, submission_id, *command)
     client = JobSubmissionClient(address)
     deadline = time.time() + 400
-    while client.get_job_status(submission_id) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+    while client.get_job_status(submission_id) not in (
+        JobStatus.SUCCEEDED,
+        JobStatus.FAILED,
+        JobStatus.STOPPED,
+    ):
         assert time.time() < deadline, "the submitted job did not finish in time"
         time.sleep(3)
     logs = client.get_job_logs(submission_id)
@@ -86,8 +130,11 @@ def write_job(tmp_path: Path, name: str, epochs: int = 2) -> Path:
     """An `epochs`-epoch tiny distill job on 24 generated images, as a job file."""
     root, _ = make_split_json(tmp_path / "data", per_class=6)
     job_file = tmp_path / "submit.yaml"
-    job_file.write_text(yaml.safe_dump(tiny_job(root, tmp_path / "runs", name, train={"epochs": epochs},
-                                               data={"heldout_images": 0})))
+    job_file.write_text(
+        yaml.safe_dump(
+            tiny_job(root, tmp_path / "runs", name, train={"epochs": epochs}, data={"heldout_images": 0})
+        )
+    )
     return job_file
 
 
@@ -97,7 +144,10 @@ def test_ray_job_submit_runs_a_distill_job_and_leaves_checkpoints_and_tensorboar
     logs = submit_and_wait(address, env, "distill-test", "distill", "--config", str(job_file))
     assert "run submitted: 2 epochs" in logs
     run_dir = tmp_path / "runs" / "submitted"
-    assert sorted(p.name for p in run_dir.glob("checkpoint_epoch_*")) == ["checkpoint_epoch_000", "checkpoint_epoch_001"]
+    assert sorted(p.name for p in run_dir.glob("checkpoint_epoch_*")) == [
+        "checkpoint_epoch_000",
+        "checkpoint_epoch_001",
+    ]
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert (run_dir / "student.safetensors").is_file() and (run_dir / "metrics.json").is_file()
 
@@ -106,35 +156,59 @@ def test_ray_job_submit_builds_a_soft_label_cache_then_distils_from_it(tmp_path,
     address, env, _ = ray_head
     job_file = write_job(tmp_path, "from_cache")
     cache = tmp_path / "cache"
-    logs = submit_and_wait(address, env, "cache-test", "cache", "--config", str(job_file), "--out", str(cache))
+    logs = submit_and_wait(
+        address, env, "cache-test", "cache", "--config", str(job_file), "--out", str(cache)
+    )
     assert "2 views, 48 rows" in logs and (cache / "manifest.json").is_file()
-    logs = submit_and_wait(address, env, "cached-distill-test", "distill", "--config", str(job_file),
-                           f"teacher.cache={cache}")
+    logs = submit_and_wait(
+        address, env, "cached-distill-test", "distill", "--config", str(job_file), f"teacher.cache={cache}"
+    )
     assert "replaying the soft-label cache" in logs and "run from_cache: 2 epochs" in logs
     from ray.job_submission import JobSubmissionClient
     from ray.util.state import list_actors
 
-    jobs = {sid: JobSubmissionClient(address).get_job_info(sid).job_id for sid in ("cache-test", "cached-distill-test")}
-    teachers = [a.job_id for a in list_actors(address=address, limit=1000) if "TeacherPredictor" in a.class_name]
-    assert jobs["cache-test"] in teachers and jobs["cached-distill-test"] not in teachers  # the distill ran none
+    jobs = {
+        sid: JobSubmissionClient(address).get_job_info(sid).job_id
+        for sid in ("cache-test", "cached-distill-test")
+    }
+    teachers = [
+        a.job_id for a in list_actors(address=address, limit=1000) if "TeacherPredictor" in a.class_name
+    ]
+    assert (
+        jobs["cache-test"] in teachers and jobs["cached-distill-test"] not in teachers
+    )  # the distill ran none
 
 
 def test_ray_job_submit_runs_a_sweep(tmp_path, ray_head):
     address, env, _ = ray_head
     root, _ = make_split_json(tmp_path / "data", per_class=6)
     job_file = tmp_path / "sweep_job.yaml"
-    job_file.write_text(yaml.safe_dump(tiny_job(root, tmp_path / "runs", "swept", train={"epochs": 2},
-                                                data={"heldout_images": 4})))
+    job_file.write_text(
+        yaml.safe_dump(
+            tiny_job(root, tmp_path / "runs", "swept", train={"epochs": 2}, data={"heldout_images": 4})
+        )
+    )
     space = tmp_path / "sweep.yaml"
-    space.write_text(yaml.safe_dump({"kind": "space", "job": str(job_file), "metric": "heldout_kl",
-                                     "scheduler": {"kind": "fifo"}, "params": {"loss.temperature": {"grid": [1, 4]}}}))
+    space.write_text(
+        yaml.safe_dump(
+            {
+                "kind": "space",
+                "job": str(job_file),
+                "metric": "heldout_kl",
+                "scheduler": {"kind": "fifo"},
+                "params": {"loss.temperature": {"grid": [1, 4]}},
+            }
+        )
+    )
     logs = submit_and_wait(address, env, "tune-test", "tune", "--space", str(space))
     folder = tmp_path / "runs" / "sweeps" / "sweep"
     assert "sweep sweep: best trial" in logs and (folder / "best_job.yaml").is_file()
     assert len((folder / "trials.csv").read_text().splitlines()) == 3  # header + 2 trials
 
 
-def test_a_killed_driver_resubmitted_resumes_from_its_last_checkpoint_with_the_same_history(tmp_path, ray_head):
+def test_a_killed_driver_resubmitted_resumes_from_its_last_checkpoint_with_the_same_history(
+    tmp_path, ray_head
+):
     """The driver of a submitted distill job is SIGKILLed once epoch 0's checkpoint is registered;
     its Train workers and teacher actors end with it; the same command submitted again resumes
     after the last checkpoint, and the run's history holds every epoch once, the first ones as the
@@ -151,8 +225,10 @@ def test_a_killed_driver_resubmitted_resumes_from_its_last_checkpoint_with_the_s
     submit(address, env, "driver-killed", *command)
     deadline = time.time() + 400
     while "checkpoint_epoch_000" not in _read(run_dir / "checkpoint_manager_snapshot.json"):
-        assert client.get_job_status("driver-killed") in (JobStatus.PENDING, JobStatus.RUNNING) \
-            and time.time() < deadline, client.get_job_logs("driver-killed")[-3000:]
+        assert (
+            client.get_job_status("driver-killed") in (JobStatus.PENDING, JobStatus.RUNNING)
+            and time.time() < deadline
+        ), client.get_job_logs("driver-killed")[-3000:]
         time.sleep(0.2)
     drivers = descendants(head_pid, "promptkd_ray.cli", "distill")
     assert drivers
@@ -162,7 +238,9 @@ def test_a_killed_driver_resubmitted_resumes_from_its_last_checkpoint_with_the_s
         assert time.time() < deadline
         time.sleep(1)
     assert client.get_job_status("driver-killed") == JobStatus.FAILED
-    registered = max(re.findall(r"checkpoint_epoch_\d{3}", _read(run_dir / "checkpoint_manager_snapshot.json")))
+    registered = max(
+        re.findall(r"checkpoint_epoch_\d{3}", _read(run_dir / "checkpoint_manager_snapshot.json"))
+    )
     before = json.loads((run_dir / registered / "progress.json").read_text())
     assert before["epoch"] < epochs - 1  # killed before the last epoch
     orphans_gone = time.time() + 120
@@ -175,7 +253,7 @@ def test_a_killed_driver_resubmitted_resumes_from_its_last_checkpoint_with_the_s
     summary = json.loads((run_dir / "metrics.json").read_text())
     assert [m["epoch"] for m in summary["history"]] == list(range(epochs))
     assert summary["resumes"] == [before["epoch"] + 1]
-    assert summary["history"][:before["epoch"] + 1] == before["history"]
+    assert summary["history"][: before["epoch"] + 1] == before["history"]
     steps = [m["step"] for m in summary["history"]]
     assert steps == [steps[0] * (e + 1) for e in range(epochs)]
 

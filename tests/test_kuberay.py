@@ -22,8 +22,10 @@ def group_resources(group: dict) -> dict:
     limits (as KubeRay derives them) unless rayStartParams set them, plus the custom resources."""
     params = group.get("rayStartParams") or {}
     limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
-    offered = {"CPU": float(params.get("num-cpus", limits.get("cpu", 0))),
-               "GPU": float(params.get("num-gpus", limits.get("nvidia.com/gpu", 0)))}
+    offered = {
+        "CPU": float(params.get("num-cpus", limits.get("cpu", 0))),
+        "GPU": float(params.get("num-gpus", limits.get("nvidia.com/gpu", 0))),
+    }
     if "resources" in params:  # KubeRay's form: a quoted JSON string, e.g. '"{\"teacher\": 8}"'
         custom = json.loads(params["resources"])
         offered.update(json.loads(custom) if isinstance(custom, str) else custom)
@@ -60,12 +62,18 @@ def test_rayjob_offers_what_the_cluster_job_asks_for(rayjob):
     pods = [(g, group_resources(g)) for g in rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]]
     pool, train = job.teacher_pool, job.train
     actor = {"CPU": pool.num_cpus, "GPU": pool.num_gpus, **pool.resources}
-    worker = {"CPU": train.cpus_per_worker, "GPU": 1.0 if train.use_gpu else 0.0, **train.resources_per_worker}
+    worker = {
+        "CPU": train.cpus_per_worker,
+        "GPU": 1.0 if train.use_gpu else 0.0,
+        **train.resources_per_worker,
+    }
     for wanted, count in ((actor, max(pool.size, pool.max_size)), (worker, train.num_workers)):
         fits = [(g, r) for g, r in pods if all(r.get(k, 0) >= v for k, v in wanted.items())]
         assert fits, wanted
         # enough of them at the groups' maximum size: per pod as many as every resource allows
-        capacity = sum(g["maxReplicas"] * min(int(r[k] // v) for k, v in wanted.items() if v) for g, r in fits)
+        capacity = sum(
+            g["maxReplicas"] * min(int(r[k] // v) for k, v in wanted.items() if v) for g, r in fits
+        )
         assert capacity >= count, (wanted, capacity, count)
     teacher_groups = {g["groupName"] for g, r in pods if r.get("teacher")}
     trainer_groups = {g["groupName"] for g, r in pods if r.get("trainer")}
@@ -77,7 +85,9 @@ def test_rayjob_keeps_token_auth_on_and_the_job_server_on_localhost(rayjob):
     cluster = spec["rayClusterSpec"]
     assert cluster["authOptions"]["mode"] == "token"
     assert cluster["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "127.0.0.1"
-    assert spec["submissionMode"] == "SidecarMode"  # the submitter reaches the job server on the head's localhost
+    assert (
+        spec["submissionMode"] == "SidecarMode"
+    )  # the submitter reaches the job server on the head's localhost
     groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
     for group in groups:
         for container in group["template"]["spec"]["containers"]:

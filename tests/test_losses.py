@@ -23,20 +23,22 @@ def _kl(p, q):  # KL(p ‖ q)
 
 
 def _kl_sum(s, t, temp):
-    return sum(_kl(_softmax([v / temp for v in tr]), _softmax([v / temp for v in sr]))
-               for sr, tr in zip(s.tolist(), t.tolist()))
+    return sum(
+        _kl(_softmax([v / temp for v in tr]), _softmax([v / temp for v in sr]))
+        for sr, tr in zip(s.tolist(), t.tolist())
+    )
 
 
 @pytest.mark.parametrize("temp", [1.0, 2.5])
 def test_kd_kl_authors_normalisation_is_sum_over_b_times_n(temp):
-    expected = 7.0 * _kl_sum(S, T, temp) * temp ** 2 / (2 * 3)
+    expected = 7.0 * _kl_sum(S, T, temp) * temp**2 / (2 * 3)
     got = losses.kd_kl(S, T, temperature=temp, normalization="authors", weight=7.0)
     assert got.item() == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("temp", [1.0, 2.5])
 def test_kd_kl_batchmean_normalisation_is_sum_over_b(temp):
-    expected = _kl_sum(S, T, temp) * temp ** 2 / 2
+    expected = _kl_sum(S, T, temp) * temp**2 / 2
     got = losses.kd_kl(S, T, temperature=temp, normalization="batchmean")
     assert got.item() == pytest.approx(expected, rel=1e-5)
 
@@ -50,8 +52,13 @@ def test_kd_kl_is_zero_for_equal_logits_and_rejects_bad_args():
 
 
 def test_symmetric_kl_matches_hand_value_and_is_symmetric():
-    expected = sum(0.5 * _kl(_softmax(t), _softmax(s)) + 0.5 * _kl(_softmax(s), _softmax(t))
-                   for s, t in zip(S.tolist(), T.tolist())) / 2
+    expected = (
+        sum(
+            0.5 * _kl(_softmax(t), _softmax(s)) + 0.5 * _kl(_softmax(s), _softmax(t))
+            for s, t in zip(S.tolist(), T.tolist())
+        )
+        / 2
+    )
     assert losses.symmetric_kl(S, T).item() == pytest.approx(expected, rel=1e-5)
     assert losses.symmetric_kl(S, T).item() == pytest.approx(losses.symmetric_kl(T, S).item(), rel=1e-6)
 
@@ -110,8 +117,15 @@ def test_distill_step_kdpl_uses_the_students_logit_scale_for_the_teacher():
     scale_s = float(student.logit_scale)
     assert scale_s != 7.0
     cfg = LOSS_PRESETS["kdpl"]
-    out = distill_step(student, images, u_t, w, torch.optim.SGD(student.trainable_parameters(), lr=0.0), cfg,
-                       teacher_logit_scale=7.0)
+    out = distill_step(
+        student,
+        images,
+        u_t,
+        w,
+        torch.optim.SGD(student.trainable_parameters(), lr=0.0),
+        cfg,
+        teacher_logit_scale=7.0,
+    )
     by_hand = losses.symmetric_kl(s_logits, scale_s * u_t @ w.t())
     assert out["loss"] == pytest.approx(float(by_hand), rel=1e-4)
     with_teachers = losses.symmetric_kl(s_logits, 7.0 * u_t @ w.t())
@@ -124,8 +138,15 @@ def test_distill_step_class_agnostic_k_restricts_both_logit_sets_to_the_teachers
     student, images, w, u_t, s_logits = _step_setup()
     scale_s = float(student.logit_scale)
     cfg = dataclasses.replace(LOSS_PRESETS["kdpl_ca"], class_agnostic_k=2)
-    out = distill_step(student, images, u_t, w, torch.optim.SGD(student.trainable_parameters(), lr=0.0), cfg,
-                       teacher_logit_scale=7.0)
+    out = distill_step(
+        student,
+        images,
+        u_t,
+        w,
+        torch.optim.SGD(student.trainable_parameters(), lr=0.0),
+        cfg,
+        teacher_logit_scale=7.0,
+    )
     t_logits = scale_s * u_t @ w.t()
     mean_prob = torch.softmax(t_logits, -1).mean(0)
     keep = sorted(range(6), key=lambda c: -float(mean_prob[c]))[:2]

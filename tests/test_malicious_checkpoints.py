@@ -16,7 +16,6 @@ import warnings
 import pytest
 import torch
 import yaml
-
 from test_interop import dassl_checkpoint, save_torchscript, student_base_clip_state_dict, student_state_dict
 
 PAYLOADS = ("open_zip", "system_legacy", "plain_pickle", "open_outside_state_dict", "torchscript_setstate")
@@ -73,7 +72,9 @@ def write_payload(kind: str, path, marker, state_dict=None) -> None:
     if kind == "open_zip":
         torch.save({"state_dict": {**tensors, "evil": _OpenFile(marker)}}, path)
     elif kind == "system_legacy":
-        torch.save({"state_dict": tensors, "evil": _System(marker)}, path, _use_new_zipfile_serialization=False)
+        torch.save(
+            {"state_dict": tensors, "evil": _System(marker)}, path, _use_new_zipfile_serialization=False
+        )
     elif kind == "plain_pickle":
         with open(path, "wb") as f:
             pickle.dump({"state_dict": {"w": [0.0]}, "evil": _OpenFile(marker)}, f)
@@ -89,10 +90,16 @@ def write_payload(kind: str, path, marker, state_dict=None) -> None:
 
 def unsafe_load(kind: str, path) -> None:
     """Load `path` the way a careless reader would, in a subprocess."""
-    code = ("import torch,sys; torch.jit.load(sys.argv[1])" if kind == "torchscript_setstate" else
-            "import torch,sys; torch.load(sys.argv[1], weights_only=False)")
-    subprocess.run([sys.executable, "-W", "ignore", "-c", code, str(path)], cwd=os.path.dirname(__file__),
-                   capture_output=True)
+    code = (
+        "import torch,sys; torch.jit.load(sys.argv[1])"
+        if kind == "torchscript_setstate"
+        else "import torch,sys; torch.load(sys.argv[1], weights_only=False)"
+    )
+    subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code, str(path)],
+        cwd=os.path.dirname(__file__),
+        capture_output=True,
+    )
 
 
 @pytest.mark.parametrize("kind", PAYLOADS)
@@ -123,8 +130,19 @@ def test_import_student_with_a_malicious_checkpoint(kind, tmp_path, marker, caps
     sd = student_state_dict()
     torch.save(student_base_clip_state_dict(sd), tmp_path / "ViT-student.pt")
     write_payload(kind, tmp_path / "model-best.pth.tar", marker, sd)
-    rc = main(["import", "student", str(tmp_path / "model-best.pth.tar"), "--student-clip",
-               str(tmp_path / "ViT-student.pt"), "--out", str(tmp_path / "student"), "--head-width", "16"])
+    rc = main(
+        [
+            "import",
+            "student",
+            str(tmp_path / "model-best.pth.tar"),
+            "--student-clip",
+            str(tmp_path / "ViT-student.pt"),
+            "--out",
+            str(tmp_path / "student"),
+            "--head-width",
+            "16",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     if kind == "open_outside_state_dict":  # loads only the tensors: the import works
         assert rc == 0 and err == "" and (tmp_path / "student.safetensors").is_file()
@@ -141,17 +159,31 @@ def test_import_student_with_a_malicious_base_clip(kind, tmp_path, marker, capsy
     sd = student_state_dict()
     torch.save(dassl_checkpoint(sd), tmp_path / "model-best.pth.tar")
     write_payload(kind, tmp_path / "ViT-student.pt", marker, student_base_clip_state_dict(sd))
-    rc = main(["import", "student", str(tmp_path / "model-best.pth.tar"), "--student-clip",
-               str(tmp_path / "ViT-student.pt"), "--out", str(tmp_path / "student"), "--head-width", "16"])
+    rc = main(
+        [
+            "import",
+            "student",
+            str(tmp_path / "model-best.pth.tar"),
+            "--student-clip",
+            str(tmp_path / "ViT-student.pt"),
+            "--out",
+            str(tmp_path / "student"),
+            "--head-width",
+            "16",
+        ]
+    )
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and "ViT-student.pt" in err  # a weights file must be tensors only: even a stray object is refused
+    assert (
+        rc == 2 and "ViT-student.pt" in err
+    )  # a weights file must be tensors only: even a stray object is refused
     assert_one_sentence(err)
 
 
 @pytest.mark.parametrize("kind", PAYLOADS)
 def test_import_teacher_with_a_malicious_checkpoint_or_base_clip(kind, tmp_path, marker, capsys):
-    from promptkd_ray.cli import main
     from test_interop import CLASSNAMES, base_clip_state_dict, teacher_state_dict
+
+    from promptkd_ray.cli import main
 
     base = base_clip_state_dict()
     save_torchscript(base, tmp_path / "ViT-tiny.pt")
@@ -161,10 +193,25 @@ def test_import_teacher_with_a_malicious_checkpoint_or_base_clip(kind, tmp_path,
     (tmp_path / "classnames.txt").write_text("\n".join(CLASSNAMES) + "\n")
     for checkpoint, clip in (("evil.pth.tar", "ViT-tiny.pt"), ("good.pth.tar", "ViT-evil.pt")):
         out = tmp_path / f"out_{checkpoint}"
-        rc = main(["import", "teacher", str(tmp_path / checkpoint), "--clip-weights", str(tmp_path / clip),
-                   "--classnames-file", str(tmp_path / "classnames.txt"), "--out", str(out), "--head-width", "32"])
+        rc = main(
+            [
+                "import",
+                "teacher",
+                str(tmp_path / checkpoint),
+                "--clip-weights",
+                str(tmp_path / clip),
+                "--classnames-file",
+                str(tmp_path / "classnames.txt"),
+                "--out",
+                str(out),
+                "--head-width",
+                "32",
+            ]
+        )
         err = capsys.readouterr().err.strip()
-        if kind == "open_outside_state_dict" and checkpoint == "evil.pth.tar":  # its tensors load, nothing else
+        if (
+            kind == "open_outside_state_dict" and checkpoint == "evil.pth.tar"
+        ):  # its tensors load, nothing else
             assert rc == 0 and err == "" and (out / "teacher.safetensors").is_file()
         else:
             assert rc == 2 and ("evil" in err.lower()), err
@@ -182,8 +229,17 @@ def test_a_model_spec_naming_a_malicious_file(kind, tmp_path, marker, capsys):
     write_payload(kind, tmp_path / "evil.pt", marker, load_clip("tiny-vit-teacher").state_dict())
     (tmp_path / "names.txt").write_text("cat\ndog\n")
     spec = f"tiny-vit-teacher:{tmp_path / 'evil.pt'}"
-    rc = main(["classvectors", "--names", str(tmp_path / "names.txt"), "--zeroshot", spec,
-               "--out", str(tmp_path / "cv")])
+    rc = main(
+        [
+            "classvectors",
+            "--names",
+            str(tmp_path / "names.txt"),
+            "--zeroshot",
+            spec,
+            "--out",
+            str(tmp_path / "cv"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "evil.pt" in err
     assert_one_sentence(err)
@@ -200,9 +256,13 @@ def test_the_teacher_job_refuses_a_malicious_base_model(kind, tmp_path, marker, 
 
     make_fake_dataset("OxfordPets", tmp_path / "data", classes=4, per_class=4)
     write_payload(kind, tmp_path / "evil.pt", marker, load_clip("tiny-vit-teacher").state_dict())
-    job = {"kind": "teacher", "name": "evil", "storage_path": str(tmp_path / "runs"),
-           "teacher": {"spec": f"tiny-vit-teacher:{tmp_path / 'evil.pt'}", "mode": "zeroshot"},
-           "data": {"source": "benchmark", "root": str(tmp_path / "data"), "dataset": "OxfordPets", "shots": 2}}
+    job = {
+        "kind": "teacher",
+        "name": "evil",
+        "storage_path": str(tmp_path / "runs"),
+        "teacher": {"spec": f"tiny-vit-teacher:{tmp_path / 'evil.pt'}", "mode": "zeroshot"},
+        "data": {"source": "benchmark", "root": str(tmp_path / "data"), "dataset": "OxfordPets", "shots": 2},
+    }
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -216,14 +276,23 @@ def test_the_teacher_job_refuses_a_malicious_base_model(kind, tmp_path, marker, 
 def test_a_run_checkpoint_with_a_malicious_optimiser_state_is_refused(kind, tmp_path, marker):
     """A run folder from elsewhere: its train_state.pt (sealed into the manifest) would run code."""
     from promptkd_ray.errors import CheckpointCorruptError
-    from promptkd_ray.orchestration.checkpoints import load_checkpoint, new_progress, save_checkpoint, \
-        seal_checkpoint
+    from promptkd_ray.orchestration.checkpoints import (
+        load_checkpoint,
+        new_progress,
+        save_checkpoint,
+        seal_checkpoint,
+    )
 
     folder = tmp_path / "checkpoint_epoch_000"
     folder.mkdir()
-    save_checkpoint(folder, {"w": torch.zeros(2)}, {"step": torch.tensor(0)}, dict(new_progress({"job": "x"}), epoch=0))
+    save_checkpoint(
+        folder, {"w": torch.zeros(2)}, {"step": torch.tensor(0)}, dict(new_progress({"job": "x"}), epoch=0)
+    )
     write_payload(kind, folder / "train_state.pt", marker)
     seal_checkpoint(folder)
-    with pytest.raises(CheckpointCorruptError, match=r"^The checkpoint .* is corrupt: its (files do not load|"
-                                                     r"train_state\.pt is TorchScript)"):
+    with pytest.raises(
+        CheckpointCorruptError,
+        match=r"^The checkpoint .* is corrupt: its (files do not load|"
+        r"train_state\.pt is TorchScript)",
+    ):
         load_checkpoint(folder, {"job": "x"})

@@ -16,12 +16,18 @@ ARCH = "tiny-openai-format-quickgelu"
 
 def _block_keys(prefix, width):
     return {
-        f"{prefix}.attn.in_proj_weight": (3 * width, width), f"{prefix}.attn.in_proj_bias": (3 * width,),
-        f"{prefix}.attn.out_proj.weight": (width, width), f"{prefix}.attn.out_proj.bias": (width,),
-        f"{prefix}.ln_1.weight": (width,), f"{prefix}.ln_1.bias": (width,),
-        f"{prefix}.mlp.c_fc.weight": (4 * width, width), f"{prefix}.mlp.c_fc.bias": (4 * width,),
-        f"{prefix}.mlp.c_proj.weight": (width, 4 * width), f"{prefix}.mlp.c_proj.bias": (width,),
-        f"{prefix}.ln_2.weight": (width,), f"{prefix}.ln_2.bias": (width,),
+        f"{prefix}.attn.in_proj_weight": (3 * width, width),
+        f"{prefix}.attn.in_proj_bias": (3 * width,),
+        f"{prefix}.attn.out_proj.weight": (width, width),
+        f"{prefix}.attn.out_proj.bias": (width,),
+        f"{prefix}.ln_1.weight": (width,),
+        f"{prefix}.ln_1.bias": (width,),
+        f"{prefix}.mlp.c_fc.weight": (4 * width, width),
+        f"{prefix}.mlp.c_fc.bias": (4 * width,),
+        f"{prefix}.mlp.c_proj.weight": (width, 4 * width),
+        f"{prefix}.mlp.c_proj.bias": (width,),
+        f"{prefix}.ln_2.weight": (width,),
+        f"{prefix}.ln_2.bias": (width,),
     }
 
 
@@ -29,19 +35,30 @@ def openai_state_dict(seed=0):
     """The key names and shapes of OpenAI's ViT-B-16.pt, at tiny sizes, fp16 like the real file."""
     grid = IMAGE // PATCH
     shapes = {
-        "visual.class_embedding": (WIDTH,), "visual.positional_embedding": (grid * grid + 1, WIDTH),
-        "visual.proj": (WIDTH, EMBED), "visual.conv1.weight": (WIDTH, 3, PATCH, PATCH),
-        "visual.ln_pre.weight": (WIDTH,), "visual.ln_pre.bias": (WIDTH,),
-        "visual.ln_post.weight": (WIDTH,), "visual.ln_post.bias": (WIDTH,),
-        "positional_embedding": (CONTEXT, WIDTH), "text_projection": (WIDTH, EMBED),
-        "token_embedding.weight": (VOCAB, WIDTH), "ln_final.weight": (WIDTH,), "ln_final.bias": (WIDTH,),
+        "visual.class_embedding": (WIDTH,),
+        "visual.positional_embedding": (grid * grid + 1, WIDTH),
+        "visual.proj": (WIDTH, EMBED),
+        "visual.conv1.weight": (WIDTH, 3, PATCH, PATCH),
+        "visual.ln_pre.weight": (WIDTH,),
+        "visual.ln_pre.bias": (WIDTH,),
+        "visual.ln_post.weight": (WIDTH,),
+        "visual.ln_post.bias": (WIDTH,),
+        "positional_embedding": (CONTEXT, WIDTH),
+        "text_projection": (WIDTH, EMBED),
+        "token_embedding.weight": (VOCAB, WIDTH),
+        "ln_final.weight": (WIDTH,),
+        "ln_final.bias": (WIDTH,),
     }
     for i in range(LAYERS):
         shapes.update(_block_keys(f"visual.transformer.resblocks.{i}", WIDTH))
         shapes.update(_block_keys(f"transformer.resblocks.{i}", WIDTH))
     g = torch.Generator().manual_seed(seed)
-    sd = {k: (0.05 * torch.randn(s, generator=g) + (1.0 if k.endswith(("ln_1.weight", "ln_2.weight"))
-                                                    else 0.0)).half() for k, s in shapes.items()}
+    sd = {
+        k: (
+            0.05 * torch.randn(s, generator=g) + (1.0 if k.endswith(("ln_1.weight", "ln_2.weight")) else 0.0)
+        ).half()
+        for k, s in shapes.items()
+    }
     sd["logit_scale"] = torch.tensor(4.6052).half()
     sd["input_resolution"] = torch.tensor(IMAGE)
     sd["context_length"] = torch.tensor(CONTEXT)
@@ -74,12 +91,22 @@ def save_torchscript_archive(sd, path):
 @pytest.fixture(scope="module")
 def arch_registered(tmp_path_factory):
     folder = tmp_path_factory.mktemp("configs")
-    (folder / f"{ARCH}.json").write_text(json.dumps({
-        "embed_dim": EMBED, "quick_gelu": True,
-        "vision_cfg": {"image_size": IMAGE, "layers": LAYERS, "width": WIDTH, "patch_size": PATCH},
-        "text_cfg": {"context_length": CONTEXT, "vocab_size": VOCAB, "width": WIDTH, "heads": WIDTH // 64,
-                     "layers": LAYERS},
-    }))
+    (folder / f"{ARCH}.json").write_text(
+        json.dumps(
+            {
+                "embed_dim": EMBED,
+                "quick_gelu": True,
+                "vision_cfg": {"image_size": IMAGE, "layers": LAYERS, "width": WIDTH, "patch_size": PATCH},
+                "text_cfg": {
+                    "context_length": CONTEXT,
+                    "vocab_size": VOCAB,
+                    "width": WIDTH,
+                    "heads": WIDTH // 64,
+                    "layers": LAYERS,
+                },
+            }
+        )
+    )
     open_clip.add_model_config(folder)
     return ARCH
 
@@ -123,7 +150,8 @@ def test_safetensors_and_dassl_style_checkpoints_load(arch_registered, tmp_path)
 
 def test_spec_parsing():
     assert ModelSpec.parse("ViT-B-16-quickgelu:/data/clip/ViT-B-16.pt") == ModelSpec(
-        "ViT-B-16-quickgelu", "/data/clip/ViT-B-16.pt")
+        "ViT-B-16-quickgelu", "/data/clip/ViT-B-16.pt"
+    )
     assert ModelSpec.parse("ViT-L-14") == ModelSpec("ViT-L-14", None)
     assert str(ModelSpec.parse("ViT-H-14-quickgelu:dfn5b")) == "ViT-H-14-quickgelu:dfn5b"
 
@@ -179,7 +207,11 @@ def test_open_clip_info_chatter_shows_only_at_debug(caplog):
         with caplog.at_level(level):
             load_clip("tiny-vit-student")
             get_tokenizer("tiny-vit-student")
-        return [r.getMessage() for r in caplog.records if "open_clip" in r.pathname and r.levelno < logging.WARNING]
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if "open_clip" in r.pathname and r.levelno < logging.WARNING
+        ]
 
     assert open_clip_records("INFO") == []
     at_debug = open_clip_records("DEBUG")

@@ -10,14 +10,13 @@ the job asks for them as jobs/imagenet_full.yaml does.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
-import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
-
 from stage2_fakes import make_split_json, tiny_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.multinode]
@@ -35,13 +34,27 @@ def trainer_node(name: str, slots: int = 1) -> dict:
     return {"name": name, "num_cpus": 2, "resources": {"trainer": slots}}
 
 
-def shaped_job(tmp_path: Path, name: str, per_class: int, pool: int, workers: int, epochs: int) -> tuple[dict, list]:
+def shaped_job(
+    tmp_path: Path, name: str, per_class: int, pool: int, workers: int, epochs: int
+) -> tuple[dict, list]:
     """A tiny distill job with imagenet_full.yaml's resource keys, ids recorded; 3 unreadable files."""
     root, bad = make_split_json(tmp_path / "data", per_class=per_class, bad_per_kind=1)
-    job = tiny_job(root, tmp_path / "runs", name, data={"heldout_images": 4},
-                   teacher_pool={"size": pool, "resources": {"teacher": 1}},
-                   train={"num_workers": workers, "epochs": epochs, "resources_per_worker": {"trainer": 1},
-                          "batch_size": 8, "warmup_epochs": 0, "max_failures": 2, "record_ids": True})
+    job = tiny_job(
+        root,
+        tmp_path / "runs",
+        name,
+        data={"heldout_images": 4},
+        teacher_pool={"size": pool, "resources": {"teacher": 1}},
+        train={
+            "num_workers": workers,
+            "epochs": epochs,
+            "resources_per_worker": {"trainer": 1},
+            "batch_size": 8,
+            "warmup_epochs": 0,
+            "max_failures": 2,
+            "record_ids": True,
+        },
+    )
     return job, bad
 
 
@@ -55,8 +68,15 @@ def run_on_cluster(tmp_path: Path, nodes: list, job: dict, kill: dict = None, ti
     spec.write_text(json.dumps({"temp_dir": temp_dir, "nodes": nodes, "job": job, "kill": kill}))
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
-    driver = subprocess.Popen([sys.executable, str(DRIVER), str(spec), str(out)], env=env, cwd=DRIVER.parent,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    driver = subprocess.Popen(
+        [sys.executable, str(DRIVER), str(spec), str(out)],
+        env=env,
+        cwd=DRIVER.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         log, _ = driver.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -67,9 +87,11 @@ def run_on_cluster(tmp_path: Path, nodes: list, job: dict, kill: dict = None, ti
         shutil.rmtree(temp_dir, ignore_errors=True)
     assert driver.returncode == 0, log[-6000:]
     report = json.loads(out.read_text())
-    print(f"\n{job['name']}: {report['seconds']:.0f} s, epochs {[m['epoch'] for m in report['history']]}, "
-          f"images {[m['images'] for m in report['history']]}, bad {report['summary']['bad_images']}, "
-          f"resumes {report['summary']['resumes']}, killed {report['killed']}")
+    print(
+        f"\n{job['name']}: {report['seconds']:.0f} s, epochs {[m['epoch'] for m in report['history']]}, "
+        f"images {[m['images'] for m in report['history']]}, bad {report['summary']['bad_images']}, "
+        f"resumes {report['summary']['resumes']}, killed {report['killed']}"
+    )
     return report
 
 
@@ -116,9 +138,13 @@ def test_teachers_trainers_and_decode_run_only_where_cluster_yaml_puts_them(tmp_
     report = run_on_cluster(tmp_path, nodes, job)
     teachers, trainers = where(report, "TeacherPredictor"), where(report, "RayTrainWorker")
     decode = where(report, "decode_and_augment", kind="tasks")
-    bookkeeping = {name: where(report, name) for name in ("EpochClock", "BadImageLedger", "ProgressBoard",
-                                                          "SplitCoordinator")}
-    print(f"teacher actors {teachers}, Train workers {trainers}, decode tasks {decode}, bookkeeping {bookkeeping}")
+    bookkeeping = {
+        name: where(report, name)
+        for name in ("EpochClock", "BadImageLedger", "ProgressBoard", "SplitCoordinator")
+    }
+    print(
+        f"teacher actors {teachers}, Train workers {trainers}, decode tasks {decode}, bookkeeping {bookkeeping}"
+    )
     assert set(teachers) == {"teacher_1"} and sum(teachers.values()) >= 2
     assert set(trainers) == {"trainer_1"} and sum(trainers.values()) >= 2  # (a restarted group adds some)
     assert decode and "head" not in decode
@@ -131,10 +157,19 @@ def test_losing_a_teacher_node_mid_epoch_still_trains_every_image_once_per_epoch
     """Two teacher nodes (2 teacher slots each), a pool of 2 teacher actors; right after epoch 0's
     checkpoint the raylet of a teacher node holding a live teacher actor (and every process on it)
     is killed: the run goes on with the teacher node left."""
-    nodes = [HEAD, teacher_node("teacher_1"), teacher_node("teacher_2"), trainer_node("trainer_1", slots=2), DECODE]
+    nodes = [
+        HEAD,
+        teacher_node("teacher_1"),
+        teacher_node("teacher_2"),
+        trainer_node("trainer_1", slots=2),
+        DECODE,
+    ]
     job, bad = shaped_job(tmp_path, "teacher_lost", per_class=6, pool=2, workers=2, epochs=2)
-    kill = {"nodes": ["teacher_1", "teacher_2"], "actor": "TeacherPredictor",
-            "after_checkpoint": "checkpoint_epoch_000"}
+    kill = {
+        "nodes": ["teacher_1", "teacher_2"],
+        "actor": "TeacherPredictor",
+        "after_checkpoint": "checkpoint_epoch_000",
+    }
     report = run_on_cluster(tmp_path, nodes, job, kill)
     # the killed node held a live teacher actor (the kill's condition); where the state API last saw
     # that actor depends on whether its restart on the node left was done when the run ended (runs
@@ -147,11 +182,20 @@ def test_losing_a_teacher_node_mid_epoch_still_trains_every_image_once_per_epoch
 def test_losing_a_trainer_node_resumes_from_the_last_checkpoint(tmp_path):
     """Three trainer nodes, two Train workers; the raylet of a node running a worker is killed
     after epoch 0's checkpoint: the worker group restarts on the two left and resumes after epoch 0."""
-    nodes = [HEAD, teacher_node("teacher_1"), trainer_node("trainer_1"), trainer_node("trainer_2"),
-             trainer_node("trainer_3"), DECODE]
+    nodes = [
+        HEAD,
+        teacher_node("teacher_1"),
+        trainer_node("trainer_1"),
+        trainer_node("trainer_2"),
+        trainer_node("trainer_3"),
+        DECODE,
+    ]
     job, bad = shaped_job(tmp_path, "trainer_lost", per_class=6, pool=1, workers=2, epochs=2)
-    kill = {"nodes": ["trainer_1", "trainer_2", "trainer_3"], "actor": "RayTrainWorker",
-            "after_checkpoint": "checkpoint_epoch_000"}
+    kill = {
+        "nodes": ["trainer_1", "trainer_2", "trainer_3"],
+        "actor": "RayTrainWorker",
+        "after_checkpoint": "checkpoint_epoch_000",
+    }
     report = run_on_cluster(tmp_path, nodes, job, kill)
     assert report["killed"] and report["killed"]["node"] in where(report, "RayTrainWorker")
     resumes = report["summary"]["resumes"]

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from stage2_fakes import make_split_json
 
 from promptkd_ray.data import pack as packing
 from promptkd_ray.data.benchmarks import load_split_json_dataset
 from promptkd_ray.data.pack import open_pack, row_filter, write_pack
 from promptkd_ray.errors import DatasetLayoutError, UsageError
-from stage2_fakes import make_split_json
 
 SOURCE = {"kind": "split_json", "test": True}
 
@@ -32,7 +32,9 @@ def test_a_pack_holds_every_image_as_its_bytes_under_its_relative_path_in_the_so
     splits, _ = _dataset(tmp_path, per_class=6, val_per_class=1)
     pack = write_pack(splits, str(tmp_path / "pack"), SOURCE, shard_images=5, progress=False)
     m = pack.manifest
-    assert m["base"] == str(tmp_path / "data" / "toy" / "images") and m["classnames"] == list(splits.classnames)
+    assert m["base"] == str(tmp_path / "data" / "toy" / "images") and m["classnames"] == list(
+        splits.classnames
+    )
     for split in ("train", "val", "test"):
         items, entry = getattr(splits, split), m["splits"][split]
         assert entry["images"] == len(items) and sum(s["rows"] for s in entry["shards"]) == len(items)
@@ -53,10 +55,16 @@ def test_the_row_group_reader_reads_a_pack_on_disk_and_behind_a_uri_alike(tmp_pa
 
     splits, _ = _dataset(tmp_path, per_class=6)
     for root in (str(tmp_path / "pack"), (tmp_path / "pack").as_uri()):
-        pack = open_pack(root) if (tmp_path / "pack").exists() else write_pack(splits, root, SOURCE, progress=False)
+        pack = (
+            open_pack(root)
+            if (tmp_path / "pack").exists()
+            else write_pack(splits, root, SOURCE, progress=False)
+        )
         groups = pack.row_groups("train")
         assert groups[0][0].startswith("file://") == root.startswith("file://")
-        rows = _read_row_groups({"path": [g[0] for g in groups], "group": [g[1] for g in groups]}, labels=True)
+        rows = _read_row_groups(
+            {"path": [g[0] for g in groups], "group": [g[1] for g in groups]}, labels=True
+        )
         blobs = packing.read_pack_bytes(str(tmp_path / "pack"), "train")
         assert list(rows["id"]) == list(blobs) and [bytes(b) for b in rows["bytes"]] == list(blobs.values())
         assert list(rows["label"]) == [it.label for it in splits.train]
@@ -74,7 +82,8 @@ def test_a_pack_without_its_manifest_is_refused_in_one_sentence(tmp_path):
 
 
 def test_an_interrupted_pack_resumes_after_its_last_complete_shard_and_equals_an_uninterrupted_one(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     splits, _ = _dataset(tmp_path, per_class=6)
     reference = write_pack(splits, str(tmp_path / "whole"), SOURCE, shard_images=4, progress=False)
     flush, written = packing._flush, []
@@ -91,7 +100,9 @@ def test_an_interrupted_pack_resumes_after_its_last_complete_shard_and_equals_an
     monkeypatch.setattr(packing, "_flush", flush)
     with pytest.raises(DatasetLayoutError, match="partial pack"):
         open_pack(str(tmp_path / "pack"))
-    with pytest.raises(UsageError, match=r"partial pack of another source or settings \(shard_images differ\)"):
+    with pytest.raises(
+        UsageError, match=r"partial pack of another source or settings \(shard_images differ\)"
+    ):
         write_pack(splits, str(tmp_path / "pack"), SOURCE, shard_images=5, progress=False)
     resumed = write_pack(splits, str(tmp_path / "pack"), SOURCE, shard_images=4, progress=False)
     assert resumed.manifest["splits"] == reference.manifest["splits"]
@@ -118,10 +129,14 @@ def test_unreadable_files_are_stored_as_read_so_the_decoder_reports_them_by_pack
     assert pack.manifest["splits"]["train"]["unreadable_at_pack"] == 3
     blobs = packing.read_pack_bytes(pack.root, "train")
     ids = list(blobs)
-    rows, unreadable = decode_views({"id": np.asarray(ids, object), "bytes": np.asarray(list(blobs.values()), object)},
-                                    8, "test")
+    rows, unreadable = decode_views(
+        {"id": np.asarray(ids, object), "bytes": np.asarray(list(blobs.values()), object)}, 8, "test"
+    )
     base = pack.manifest["base"]
-    assert sorted(os.path.join(base, i) for i, _ in unreadable) == sorted(bad) and len(rows["id"]) == len(ids) - 3
+    assert (
+        sorted(os.path.join(base, i) for i, _ in unreadable) == sorted(bad)
+        and len(rows["id"]) == len(ids) - 3
+    )
 
 
 def test_max_short_side_re_encodes_only_larger_images_as_jpeg():
@@ -144,17 +159,19 @@ def test_row_filter_tests_the_fewest_ids():
 
 
 def test_a_packed_job_holds_out_and_limits_the_same_images_as_the_loose_one(tmp_path):
+    from stage2_fakes import tiny_job
+
     from promptkd_ray.config import distill_job_from_dict
     from promptkd_ray.data.sources import resolve_source
-    from stage2_fakes import tiny_job
 
     splits, _ = _dataset(tmp_path, per_class=10, val_per_class=3)
     pack = write_pack(splits, str(tmp_path / "pack"), SOURCE, progress=False)
     base = pack.manifest["base"]
     for data in ({"heldout_images": 6}, {"heldout_images": 5, "heldout_split": "val", "limit": 12}):
         loose = tiny_job(tmp_path / "data", tmp_path / "runs", "loose", data=data)
-        packed = tiny_job(tmp_path / "data", tmp_path / "runs", "packed", data=dict(data, source="packed",
-                                                                                 root=pack.root))
+        packed = tiny_job(
+            tmp_path / "data", tmp_path / "runs", "packed", data=dict(data, source="packed", root=pack.root)
+        )
         a = resolve_source(distill_job_from_dict(loose).data, seed=3)
         b = resolve_source(distill_job_from_dict(packed).data, seed=3)
         assert [os.path.join(base, i) for i in b.train_paths] == list(a.train_paths)
@@ -169,8 +186,21 @@ def test_the_pack_command_packs_a_split_json_dataset_and_eval_arguments_open_it(
 
     root, _ = make_split_json(tmp_path / "data", per_class=3)
     out = tmp_path / "pack"
-    assert main(["pack", "--split-json", str(root / "toy" / "split.json"), "--out", str(out),
-                 "--splits", "train", "test"]) == 0
+    assert (
+        main(
+            [
+                "pack",
+                "--split-json",
+                str(root / "toy" / "split.json"),
+                "--out",
+                str(out),
+                "--splits",
+                "train",
+                "test",
+            ]
+        )
+        == 0
+    )
     assert f"distil from it with data.source=packed data.root={out}" in capsys.readouterr().out
     assert set(json.loads((out / "manifest.json").read_text())["splits"]) == {"train", "test"}
     assert main(["pack", "--split-json", str(root / "toy" / "split.json"), "--out", str(out)]) == 2
@@ -180,6 +210,7 @@ def test_the_pack_command_packs_a_split_json_dataset_and_eval_arguments_open_it(
 
 
 # --- on Ray: distil and evaluate from the shards ---------------------------------------------------
+
 
 def _report_rows(out: Path) -> list:
     return list(csv.DictReader((out / "results.csv").open()))
@@ -198,19 +229,46 @@ def test_distill_and_eval_from_a_pack_of_the_quick_toy_world(ray_cluster, toy_wo
     assert main(["pack", "--toyworld", "quick", "--out", str(pack), "--shard-mb", "1"]) == 0
     shards = json.loads((pack / "manifest.json").read_text())["splits"]["train"]["shards"]
     assert len(shards) > 1
-    job = load_distill_job(str(Path(__file__).resolve().parents[1] / "jobs" / "toy_b2n.yaml"), [
-        "data.source=packed", f"data.root={pack}", "data.toyworld_profile=quick", "data.limit=128",
-        "data.heldout_images=32", f"teacher.spec={toy_world.teacher_spec}", f"student.spec={toy_world.student_spec}",
-        "train.epochs=1", "train.num_workers=1", f"storage_path={tmp_path / 'runs'}", "ray.progress_bars=false"])
+    job = load_distill_job(
+        str(Path(__file__).resolve().parents[1] / "jobs" / "toy_b2n.yaml"),
+        [
+            "data.source=packed",
+            f"data.root={pack}",
+            "data.toyworld_profile=quick",
+            "data.limit=128",
+            "data.heldout_images=32",
+            f"teacher.spec={toy_world.teacher_spec}",
+            f"student.spec={toy_world.student_spec}",
+            "train.epochs=1",
+            "train.num_workers=1",
+            f"storage_path={tmp_path / 'runs'}",
+            "ray.progress_bars=false",
+        ],
+    )
     result = run_distillation(job)
     (epoch,) = result.history
     assert epoch["images"] == 128 and epoch["bad_images"] == 0
     assert np.isfinite(epoch["heldout_agreement"]) and epoch["heldout_images"] == 32
     reports = {}
-    for name, where in (("loose", ["--split-json", str(domain.split_file), "--dataset", domain.name]),
-                        ("packed", ["--pack", str(pack)])):
+    for name, where in (
+        ("loose", ["--split-json", str(domain.split_file), "--dataset", domain.name]),
+        ("packed", ["--pack", str(pack)]),
+    ):
         reports[name] = tmp_path / name
-        assert main(["eval", *where, "--student", result.student_artifact, "--class-vectors",
-                     f"{result.run_dir}/class_vectors", "--out", str(reports[name])]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    *where,
+                    "--student",
+                    result.student_artifact,
+                    "--class-vectors",
+                    f"{result.run_dir}/class_vectors",
+                    "--out",
+                    str(reports[name]),
+                ]
+            )
+            == 0
+        )
     loose, packed = _report_rows(reports["loose"]), _report_rows(reports["packed"])
     assert len(loose) == 1 and packed == loose

@@ -26,43 +26,70 @@ def _modules(subpackage: str = "") -> list[str]:
 
 
 def _run(code: str) -> str:
-    return subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def test_the_core_imports_no_ray_and_nothing_else_does_at_import():
     """In one fresh interpreter: the core and everything below orchestration import without Ray
     (directly or transitively); then every other module (recipes, orchestration, CLI) imports
     without importing Ray either: they import it inside the functions that use it."""
-    ray_free = [m for sub in RAY_FREE for m in _modules(sub)] + ["promptkd_ray.storage", "promptkd_ray.errors"]
+    ray_free = [m for sub in RAY_FREE for m in _modules(sub)] + [
+        "promptkd_ray.storage",
+        "promptkd_ray.errors",
+    ]
     everything = _modules()
     assert len(ray_free) > 30 and len(everything) > len(ray_free) + 15  # the walks found the modules
     loaded = "sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.'))"
-    code = "import sys\n" + "\n".join(f"import {m}" for m in ray_free) + f"\nprint({loaded})\n" + \
-        "\n".join(f"import {m}" for m in everything) + f"\nprint({loaded})"
+    code = (
+        "import sys\n"
+        + "\n".join(f"import {m}" for m in ray_free)
+        + f"\nprint({loaded})\n"
+        + "\n".join(f"import {m}" for m in everything)
+        + f"\nprint({loaded})"
+    )
     assert _run(code).splitlines() == ["[]", "[]"]
 
 
 def test_no_core_module_mentions_ray_imports():
     """The same rule, read from the source (what the before-stop hook checks too)."""
-    offenders = [str(p) for p in (PACKAGE / "core").rglob("*.py")
-                 if any(line.strip().startswith(("import ray", "from ray")) for line in p.read_text().splitlines())]
+    offenders = [
+        str(p)
+        for p in (PACKAGE / "core").rglob("*.py")
+        if any(line.strip().startswith(("import ray", "from ray")) for line in p.read_text().splitlines())
+    ]
     assert offenders == []
 
 
 def test_importing_the_package_registers_nothing_with_open_clip():
-    code = ("import open_clip\nbefore = set(open_clip.list_models())\n"
-            "import promptkd_ray, promptkd_ray.core.models\n"
-            "print(set(open_clip.list_models()) == before and 'tiny-vit-student' not in before)")
+    code = (
+        "import open_clip\nbefore = set(open_clip.list_models())\n"
+        "import promptkd_ray, promptkd_ray.core.models\n"
+        "print(set(open_clip.list_models()) == before and 'tiny-vit-student' not in before)"
+    )
     assert _run(code) == "True"
 
 
 def test_cli_help_lists_every_command_without_importing_ray():
-    code = ("import sys\nfrom promptkd_ray.cli import main, COMMANDS\n"
-            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "print('RAY', 'ray' in sys.modules, 'open_clip' in sys.modules, sorted(COMMANDS))")
+    code = (
+        "import sys\nfrom promptkd_ray.cli import main, COMMANDS\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('RAY', 'ray' in sys.modules, 'open_clip' in sys.modules, sorted(COMMANDS))"
+    )
     out = _run(code)
     help_text, last = out.rsplit("\n", 1)
     assert last.startswith("RAY False False")
-    for name in ("demo", "distill", "teacher", "cache", "tune", "validate", "classvectors", "eval", "predict",
-                 "import"):
+    for name in (
+        "demo",
+        "distill",
+        "teacher",
+        "cache",
+        "tune",
+        "validate",
+        "classvectors",
+        "eval",
+        "predict",
+        "import",
+    ):
         assert re.search(rf"^\s+{name}\s", help_text, re.M), name

@@ -12,14 +12,17 @@ def _scalars(folder, tag) -> list:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(folder), size_guidance={"scalars": 0}).Reload()
-    return [(e.step, round(e.value, 6)) for e in events.Scalars(tag)] if tag in events.Tags()["scalars"] else []
+    return (
+        [(e.step, round(e.value, 6)) for e in events.Scalars(tag)] if tag in events.Tags()["scalars"] else []
+    )
 
 
 @pytest.mark.parametrize("uri", [False, True])
 def test_steps_every_log_every_and_each_epoch_reach_tensorboard(tmp_path, uri):
     run = Storage(f"file://{tmp_path}" if uri else tmp_path)
-    reporter = Reporter(None, epochs=2, steps_per_epoch=5, tensorboard=TensorBoardLog(run), log_every=3,
-                        stage="teacher")
+    reporter = Reporter(
+        None, epochs=2, steps_per_epoch=5, tensorboard=TensorBoardLog(run), log_every=3, stage="teacher"
+    )
     for epoch in range(2):
         for i in range(1, 6):
             reporter.step(epoch, i, epoch * 5 + i, loss=float(epoch * 5 + i), accuracy=50.0)
@@ -32,5 +35,7 @@ def test_steps_every_log_every_and_each_epoch_reach_tensorboard(tmp_path, uri):
 
 
 def test_the_epoch_line_reads_well():
-    assert describe_epoch(0, 8, {"loss": 0.5, "train_agreement": 81.23, "bad_images": 2}) == \
-        "epoch 1/8: loss 0.5, agreement 81.2%, 2 unreadable image(s) skipped"
+    assert (
+        describe_epoch(0, 8, {"loss": 0.5, "train_agreement": 81.23, "bad_images": 2})
+        == "epoch 1/8: loss 0.5, agreement 81.2%, 2 unreadable image(s) skipped"
+    )

@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from reference_clip import reference_image_features, reference_text_features
 
 from promptkd_ray.core.models import PromptedVisionTransformer, build_student, build_teacher, load_clip
 from promptkd_ray.core.models.student import ConvMLPProjector
-
-from reference_clip import reference_image_features, reference_text_features
 
 torch.manual_seed(0)
 
@@ -59,10 +58,14 @@ def test_only_prompts_and_projector_train_and_backbone_stays_bit_identical():
     torch.manual_seed(1)
     student = build_student("tiny-vit-student", teacher_dim=48, n_ctx=4, depth=3)
     trainable = {n for n, p in student.named_parameters() if p.requires_grad}
-    assert trainable and all(n.startswith(("image_encoder.shallow_prompt", "image_encoder.deep_prompts",
-                                            "projector.")) for n in trainable)
+    assert trainable and all(
+        n.startswith(("image_encoder.shallow_prompt", "image_encoder.deep_prompts", "projector."))
+        for n in trainable
+    )
     assert not student.logit_scale.requires_grad
-    backbone = {k: v.clone() for k, v in student.state_dict().items() if k.startswith("image_encoder.visual.")}
+    backbone = {
+        k: v.clone() for k, v in student.state_dict().items() if k.startswith("image_encoder.visual.")
+    }
     prompts_before = [p.detach().clone() for p in student.image_encoder.prompt_parameters()]
     projector_before = [p.detach().clone() for p in student.projector.parameters()]
 
@@ -70,13 +73,17 @@ def test_only_prompts_and_projector_train_and_backbone_stays_bit_identical():
     class_vectors = torch.nn.functional.normalize(torch.randn(6, 48), dim=-1)
     teacher_features = torch.nn.functional.normalize(torch.randn(8, 48), dim=-1)
     optimizer = torch.optim.SGD(student.trainable_parameters(), lr=0.002, momentum=0.9)
-    losses = [distill_step(student, images, teacher_features, class_vectors, optimizer, LossConfig(), 50.0)["loss"]
-              for _ in range(15)]
+    losses = [
+        distill_step(student, images, teacher_features, class_vectors, optimizer, LossConfig(), 50.0)["loss"]
+        for _ in range(15)
+    ]
 
     for k, v in student.state_dict().items():
         if k in backbone:
             assert torch.equal(v, backbone[k]), k
-    assert all(not torch.equal(a, b) for a, b in zip(prompts_before, student.image_encoder.prompt_parameters()))
+    assert all(
+        not torch.equal(a, b) for a, b in zip(prompts_before, student.image_encoder.prompt_parameters())
+    )
     assert all(not torch.equal(a, b) for a, b in zip(projector_before, student.projector.parameters()))
     assert losses[-1] < 0.5 * losses[0], losses
 
@@ -84,8 +91,14 @@ def test_only_prompts_and_projector_train_and_backbone_stays_bit_identical():
 def test_mlp2_projector_is_the_authors_conv_bn_relu_conv_with_bn_running_stats():
     proj = ConvMLPProjector(8, 12)
     keys = set(proj.state_dict())
-    assert {"conv1.0.weight", "conv1.0.bias", "conv1.1.running_mean", "conv1.1.running_var",
-            "conv1.3.weight", "conv1.3.bias"} <= keys
+    assert {
+        "conv1.0.weight",
+        "conv1.0.bias",
+        "conv1.1.running_mean",
+        "conv1.1.running_var",
+        "conv1.3.weight",
+        "conv1.3.bias",
+    } <= keys
     x = torch.randn(5, 8)
     proj.train()
     proj(x)
@@ -119,8 +132,9 @@ def test_prompted_teacher_text_matches_reference_with_context_after_sos():
     sd = {k: v.detach() for k, v in enc.state_dict().items()}
     with torch.no_grad():
         ours = enc.encode_prompted(names)
-        ref = reference_text_features(tokens, sd, heads=2, ctx=enc.ctx.detach(),
-                                      deep=[p.detach() for p in enc.deep_prompts])
+        ref = reference_text_features(
+            tokens, sd, heads=2, ctx=enc.ctx.detach(), deep=[p.detach() for p in enc.deep_prompts]
+        )
     assert torch.allclose(ours, ref, atol=1e-5), (ours - ref).abs().max()
     # ctx starts as the token embeddings of "a photo of a": initially prompted = plain prompt text
     plain_sd = dict(sd)
@@ -153,9 +167,11 @@ def test_zero_shot_text_equals_open_clip_encode_text():
 
     clip = open_clip.create_model("tiny-vit-teacher")
     state = {}
-    for name, module in [("token_embedding", teacher.text_encoder.token_embedding),
-                         ("transformer", teacher.text_encoder.transformer),
-                         ("ln_final", teacher.text_encoder.ln_final)]:
+    for name, module in [
+        ("token_embedding", teacher.text_encoder.token_embedding),
+        ("transformer", teacher.text_encoder.transformer),
+        ("ln_final", teacher.text_encoder.ln_final),
+    ]:
         state.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
     state["positional_embedding"] = teacher.text_encoder.positional_embedding
     state["text_projection"] = teacher.text_encoder.text_projection

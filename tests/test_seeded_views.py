@@ -6,18 +6,21 @@ same losses."""
 import numpy as np
 import pytest
 import torch
+from stage2_fakes import make_split_json, png_bytes, tiny_job
 
 from promptkd_ray.config import distill_job_from_dict
 from promptkd_ray.data.decode import decode_views, row_view
 from promptkd_ray.data.sources import resolve_source
-from stage2_fakes import make_split_json, png_bytes, tiny_job
 
 
 def _views(ids, seed, slot, order=None):
     rng = np.random.default_rng(0)
     blobs = {i: png_bytes(rng, 40 + 3 * k, 30 + 2 * k) for k, i in enumerate(ids)}
     order = order or ids
-    batch = {"id": np.asarray(order, dtype=object), "bytes": np.asarray([blobs[i] for i in order], dtype=object)}
+    batch = {
+        "id": np.asarray(order, dtype=object),
+        "bytes": np.asarray([blobs[i] for i in order], dtype=object),
+    }
     rows, bad = decode_views(batch, 16, "train", seed=seed, slot=slot)
     assert not bad
     return {rows["id"][k]: row_view({c: v[k] for c, v in rows.items()}) for k in range(len(rows["id"]))}
@@ -26,7 +29,9 @@ def _views(ids, seed, slot, order=None):
 def test_a_view_is_a_function_of_the_seed_the_image_and_the_slot():
     ids = [f"img_{k}" for k in range(8)]
     first = _views(ids, seed=3, slot=0)
-    assert _views(ids, seed=3, slot=0, order=ids[::-1][:5]) == {i: first[i] for i in ids[::-1][:5]}  # any batch
+    assert _views(ids, seed=3, slot=0, order=ids[::-1][:5]) == {
+        i: first[i] for i in ids[::-1][:5]
+    }  # any batch
     assert sum(_views(ids, seed=3, slot=1)[i] != first[i] for i in ids) >= 6  # another epoch: other views
     assert sum(_views(ids, seed=4, slot=0)[i] != first[i] for i in ids) >= 6  # another seed: other views
     assert sum(_views(ids, None, 0)[i] != _views(ids, None, 0)[i] for i in ids) >= 6  # unseeded: fresh draws
@@ -74,12 +79,21 @@ def test_a_rerun_with_one_worker_and_preserved_order_reports_the_same_losses(tmp
 
     torch.manual_seed(0)  # a teacher with fixed weights: every actor of both runs builds the same one
     weights = tmp_path / "teacher.safetensors"
-    save_file({k: v.contiguous() for k, v in load_clip("tiny-vit-teacher").state_dict().items()}, str(weights))
+    save_file(
+        {k: v.contiguous() for k, v in load_clip("tiny-vit-teacher").state_dict().items()}, str(weights)
+    )
     root, _ = make_split_json(tmp_path / "data", per_class=8)
     histories = []
     for name in ("first", "second"):
-        raw = tiny_job(root, tmp_path / "runs", name, teacher={"spec": f"tiny-vit-teacher:{weights}"},
-                       data={"heldout_images": 0, "preserve_order": True}, train={"epochs": 2}, seed=5)
+        raw = tiny_job(
+            root,
+            tmp_path / "runs",
+            name,
+            teacher={"spec": f"tiny-vit-teacher:{weights}"},
+            data={"heldout_images": 0, "preserve_order": True},
+            train={"epochs": 2},
+            seed=5,
+        )
         histories.append(run_distillation(distill_job_from_dict(raw)).history)
     losses = [[epoch["loss"] for epoch in history] for history in histories]
     assert len(losses[0]) == 2 and losses[0][0] != losses[0][1]

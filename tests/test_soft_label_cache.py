@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from stage2_fakes import make_split_json, tiny_job
 
 from promptkd_ray.config import distill_job_from_dict
 from promptkd_ray.errors import ConfigError
-from stage2_fakes import make_split_json, tiny_job
 
 pytestmark = pytest.mark.slow
 VIEWS = 2
@@ -31,10 +31,19 @@ def built(tmp_path_factory, ray_cluster):
     tmp = tmp_path_factory.mktemp("cache")
     torch.manual_seed(0)
     weights = tmp / "teacher.safetensors"
-    save_file({k: v.contiguous() for k, v in load_clip("tiny-vit-teacher").state_dict().items()}, str(weights))
+    save_file(
+        {k: v.contiguous() for k, v in load_clip("tiny-vit-teacher").state_dict().items()}, str(weights)
+    )
     root, _ = make_split_json(tmp / "data", per_class=10)  # 40 images: 32 to distil on, 8 held out
-    raw = tiny_job(root, tmp / "runs", "cached", teacher={"spec": f"tiny-vit-teacher:{weights}"},
-                   data={"preserve_order": True}, train={"epochs": 3}, seed=11)
+    raw = tiny_job(
+        root,
+        tmp / "runs",
+        "cached",
+        teacher={"spec": f"tiny-vit-teacher:{weights}"},
+        data={"preserve_order": True},
+        train={"epochs": 3},
+        seed=11,
+    )
     uri = f"file://{tmp / 'cache'}"
     cache = build_soft_label_cache(distill_job_from_dict(raw), out=uri, views=VIEWS)
     return {"raw": raw, "uri": uri, "dir": tmp / "cache", "cache": cache, "tmp": tmp}
@@ -92,10 +101,15 @@ def test_slot_e_holds_the_views_a_streaming_run_draws_in_epoch_e_with_their_feat
         assert {r["id"] for r in streamed} == set(cached)
         for row in streamed:
             c = cached[row["id"]]
-            assert all(int(row[k]) == int(c[k]) for k in ("view_top", "view_left", "view_height", "view_width"))
+            assert all(
+                int(row[k]) == int(c[k]) for k in ("view_top", "view_left", "view_height", "view_width")
+            )
             assert bool(row["view_flip"]) == bool(c["view_flip"])
-            np.testing.assert_allclose(np.asarray(c["teacher_feature"], np.float32),
-                                       row["teacher_feature"].astype(np.float32), atol=1e-3)
+            np.testing.assert_allclose(
+                np.asarray(c["teacher_feature"], np.float32),
+                row["teacher_feature"].astype(np.float32),
+                atol=1e-3,
+            )
 
 
 def test_a_replayed_view_through_the_teacher_reproduces_the_stored_feature(built):
@@ -135,12 +149,15 @@ def test_a_cached_run_trains_as_the_streaming_run_without_a_teacher(built):
     assert [e["heldout_kl"] for e in cached] == pytest.approx([e["heldout_kl"] for e in streamed], abs=1e-4)
 
 
-@pytest.mark.parametrize("changes, words", [
-    ({"seed": 12}, "another seed (11 in the cache, 12 in the job)"),
-    ({"data": {"crop_scale_min": 0.5}}, "another crop setting"),
-    ({"data": {"limit": 20}}, "another image list"),
-    ({"teacher": {"spec": "tiny-vit-teacher"}}, "another teacher"),
-])
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        ({"seed": 12}, "another seed (11 in the cache, 12 in the job)"),
+        ({"data": {"crop_scale_min": 0.5}}, "another crop setting"),
+        ({"data": {"limit": 20}}, "another image list"),
+        ({"teacher": {"spec": "tiny-vit-teacher"}}, "another teacher"),
+    ],
+)
 def test_a_cache_made_for_another_job_is_refused(built, changes, words):
     from promptkd_ray.distill import run_distillation
 
@@ -155,7 +172,9 @@ def _copy(built, tmp_path) -> Path:
     return copy
 
 
-def test_a_tampered_a_missing_file_a_cut_manifest_and_a_half_written_cache_are_refused_in_one_sentence(built, tmp_path, capsys):
+def test_a_tampered_a_missing_file_a_cut_manifest_and_a_half_written_cache_are_refused_in_one_sentence(
+    built, tmp_path, capsys
+):
     from promptkd_ray.cli import main
 
     copy = _copy(built, tmp_path)
@@ -189,9 +208,14 @@ def test_an_interrupted_build_resumes_at_the_first_unfinished_slot(built, tmp_pa
     with caplog.at_level("INFO"):
         cache = build_soft_label_cache(_job(built), out=str(copy), views=VIEWS)
     assert "slot_0000: written by an earlier attempt, reused" in caplog.text
-    assert "slot_0001: 32 views written (2/3 parts; 64/72 views in" in caplog.text  # progress counts reused views
+    assert (
+        "slot_0001: 32 views written (2/3 parts; 64/72 views in" in caplog.text
+    )  # progress counts reused views
     assert "heldout: 8 views written (3/3 parts; 72/72 views in" in caplog.text
     assert sorted(p.name for p in (copy / "slot_0000").glob("*.parquet")) == kept
-    assert cache.manifest["rows"] == 72 and cache.manifest["parts"]["slot_0000"] == built["cache"].manifest["parts"]["slot_0000"]
+    assert (
+        cache.manifest["rows"] == 72
+        and cache.manifest["parts"]["slot_0000"] == built["cache"].manifest["parts"]["slot_0000"]
+    )
     with pytest.raises(ConfigError, match="2 views, not 3"):
         build_soft_label_cache(_job(built), out=str(copy), views=3)

@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-
-from promptkd_ray.config import distill_job_from_dict
 from own_ray import descendants
 from stage2_fakes import make_split_json, tiny_job
+
+from promptkd_ray.config import distill_job_from_dict
 
 EPOCHS = 3
 RAY_ISSUE = "53727"
@@ -36,16 +36,26 @@ def _calls_submitted_since(actor_id: str, since_ns: int) -> list:
     from ray.core.generated import common_pb2, gcs_service_pb2, gcs_service_pb2_grpc
 
     filters = gcs_service_pb2.GetTaskEventsRequest.Filters
-    request = gcs_service_pb2.GetTaskEventsRequest(filters=filters(actor_filters=[
-        filters.ActorIdFilter(actor_id=bytes.fromhex(actor_id), predicate=gcs_service_pb2.EQUAL)]))
+    request = gcs_service_pb2.GetTaskEventsRequest(
+        filters=filters(
+            actor_filters=[
+                filters.ActorIdFilter(actor_id=bytes.fromhex(actor_id), predicate=gcs_service_pb2.EQUAL)
+            ]
+        )
+    )
     with grpc.insecure_channel(_global_node.gcs_address) as channel:
         reply = gcs_service_pb2_grpc.TaskInfoGcsServiceStub(channel).GetTaskEvents(request, timeout=30)
     calls = []
     for event in reply.events_by_task:
         stamps = dict(event.state_updates.state_ts_ns)
         if event.task_info.type == common_pb2.ACTOR_TASK and stamps and min(stamps.values()) > since_ns:
-            calls.append((event.task_info.name.rsplit(".", 1)[-1], event.attempt_number,
-                          {common_pb2.TaskStatus.Name(k) for k in stamps}))
+            calls.append(
+                (
+                    event.task_info.name.rsplit(".", 1)[-1],
+                    event.attempt_number,
+                    {common_pb2.TaskStatus.Name(k) for k in stamps},
+                )
+            )
     return calls
 
 
@@ -53,12 +63,17 @@ def _actor_id(pid: int) -> str:
     """The id (hex) of the live TeacherPredictor actor in process `pid` (from the GCS's actor table)."""
     import ray._private.state
 
-    (found,) = [actor_id for actor_id, info in ray._private.state.actors().items()
-                if info["ActorClassName"] == "TeacherPredictor" and info["State"] == "ALIVE" and info["Pid"] == pid]
+    (found,) = [
+        actor_id
+        for actor_id, info in ray._private.state.actors().items()
+        if info["ActorClassName"] == "TeacherPredictor" and info["State"] == "ALIVE" and info["Pid"] == pid
+    ]
     return found
 
 
-def kill_a_teacher_mid_epoch(run_dir: Path, epoch: int = 1, timeout: float = 900.0) -> tuple[dict, threading.Thread]:
+def kill_a_teacher_mid_epoch(
+    run_dir: Path, epoch: int = 1, timeout: float = 900.0
+) -> tuple[dict, threading.Thread]:
     """In the background, deterministically on a fast machine or a slow one: as soon as checkpoint
     `epoch` − 1 is being written (its folder appears: rank 0 is reporting, epoch `epoch` cannot have
     started), SIGSTOP the run's teacher actor; wait until the epoch's first calls have been submitted
@@ -103,8 +118,11 @@ def _ray_issue_lines(logs: Path) -> set:
     for path in logs.rglob("*"):
         if path.is_file():
             try:
-                lines |= {f"{path.name}: {line}" for line in path.read_text(errors="replace").splitlines()
-                          if RAY_ISSUE in line}
+                lines |= {
+                    f"{path.name}: {line}"
+                    for line in path.read_text(errors="replace").splitlines()
+                    if RAY_ISSUE in line
+                }
             except OSError:
                 pass
     return lines
@@ -132,9 +150,14 @@ def teacher_killed_run(tmp_path_factory, ray_cluster):
 
     tmp = tmp_path_factory.mktemp("teacher_killed")
     root, bad = make_split_json(tmp / "data", per_class=24, bad_per_kind=1)
-    raw = tiny_job(root, tmp / "runs", "teacher_killed", teacher_pool={"size": 1, "batch_size": 4},
-                   data={"decode_batch_size": 4},
-                   train={"num_workers": 2, "epochs": EPOCHS, "max_failures": 0, "record_ids": True})
+    raw = tiny_job(
+        root,
+        tmp / "runs",
+        "teacher_killed",
+        teacher_pool={"size": 1, "batch_size": 4},
+        data={"decode_batch_size": 4},
+        train={"num_workers": 2, "epochs": EPOCHS, "max_failures": 0, "record_ids": True},
+    )
     logs = Path(_global_node.get_logs_dir_path())
     before = _ray_issue_lines(logs)
     seen, watcher = kill_a_teacher_mid_epoch(tmp / "runs" / "teacher_killed")
@@ -152,8 +175,19 @@ def teacher_killed_run(tmp_path_factory, ray_cluster):
 @pytest.mark.slow
 def test_the_teacher_was_killed_mid_epoch_and_restarted_without_a_train_restart(teacher_killed_run):
     result, _, _, _, seen, _ = teacher_killed_run
-    print({k: seen.get(k) for k in ("killed", "restarted", "restarts", "waiting_calls", "next_checkpoint_before_kill",
-                                    "error")})
+    print(
+        {
+            k: seen.get(k)
+            for k in (
+                "killed",
+                "restarted",
+                "restarts",
+                "waiting_calls",
+                "next_checkpoint_before_kill",
+                "error",
+            )
+        }
+    )
     assert seen.get("killed") and not seen["next_checkpoint_before_kill"]  # killed during epoch 1 …
     assert seen["waiting_calls"] >= 1  # … with epoch 1's calls submitted to it and unanswered
     assert len(seen["restarted"]) == 1 and seen["restarts"] == 1  # Ray restarted the actor: a new process

@@ -11,8 +11,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from promptkd_ray.core.promptsrc import (GaussianPromptAggregator, SCLWeights, frozen_text_targets, gpa_weights,
-                                    promptsrc_forward, promptsrc_loss, promptsrc_step, scl_kl)
+from promptkd_ray.core.promptsrc import (
+    GaussianPromptAggregator,
+    SCLWeights,
+    frozen_text_targets,
+    gpa_weights,
+    promptsrc_forward,
+    promptsrc_loss,
+    promptsrc_step,
+    scl_kl,
+)
 from promptkd_ray.core.templates import IMAGENET_TEMPLATES
 
 NAMES = ["red star", "blue circle", "green square"]
@@ -37,7 +45,10 @@ def test_promptsrc_loss_matches_hand_computation():
     logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
     zs = torch.tensor([[1.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
     labels = torch.tensor([0, 2])
-    text, frozen_text = torch.tensor([[0.6, 0.8], [1.0, 0.0], [0.0, 1.0]]), torch.tensor([[0.8, 0.6], [1.0, 0.0], [0.6, 0.8]])
+    text, frozen_text = (
+        torch.tensor([[0.6, 0.8], [1.0, 0.0], [0.0, 1.0]]),
+        torch.tensor([[0.8, 0.6], [1.0, 0.0], [0.6, 0.8]]),
+    )
     image, frozen_image = torch.tensor([[0.0, 1.0], [0.6, 0.8]]), torch.tensor([[0.6, 0.8], [0.6, 0.8]])
     loss, parts = promptsrc_loss(logits, labels, text, frozen_text, image, frozen_image, zs)
 
@@ -54,8 +65,12 @@ def test_promptsrc_loss_matches_hand_computation():
     assert parts["scl_image"] == pytest.approx(10 * l1_image, rel=1e-5)
     assert parts["scl_logits"] == pytest.approx(kl, rel=1e-5)
     assert float(loss) == pytest.approx(ce + 25 * l1_text + 10 * l1_image + kl, rel=1e-5)
-    _, weighted = promptsrc_loss(logits, labels, text, frozen_text, image, frozen_image, zs, SCLWeights(1.0, 2.0, 3.0))
-    assert weighted["scl_text"] == pytest.approx(l1_text, rel=1e-5) and weighted["scl_logits"] == pytest.approx(3 * kl, rel=1e-5)
+    _, weighted = promptsrc_loss(
+        logits, labels, text, frozen_text, image, frozen_image, zs, SCLWeights(1.0, 2.0, 3.0)
+    )
+    assert weighted["scl_text"] == pytest.approx(l1_text, rel=1e-5) and weighted[
+        "scl_logits"
+    ] == pytest.approx(3 * kl, rel=1e-5)
 
 
 def test_scl_kl_is_zero_for_equal_logits_and_has_no_gradient_into_the_zero_shot_side():
@@ -68,7 +83,10 @@ def test_scl_kl_is_zero_for_equal_logits_and_has_no_gradient_into_the_zero_shot_
 
 def test_gpa_weights_are_the_authors_normalised_gaussian():
     def authors(epochs, mu, sigma):  # trainers/promptsrc.py: get_gauss, then / sum
-        g = [(1 / (sigma * math.sqrt(2 * math.pi))) * math.exp(-0.5 * ((e - mu) / sigma) ** 2) for e in range(1, epochs + 1)]
+        g = [
+            (1 / (sigma * math.sqrt(2 * math.pi))) * math.exp(-0.5 * ((e - mu) / sigma) ** 2)
+            for e in range(1, epochs + 1)
+        ]
         return [v / sum(g) for v in g]
 
     for epochs, mu, sigma in ((20, 15, 1), (5, 15, 1), (10, 6, 2.5)):
@@ -163,7 +181,9 @@ def test_a_few_steps_raise_base_accuracy_on_tiny_data():
     before, losses = accuracy(), []
     for _ in range(30):
         idx = torch.randperm(24, generator=gen)[:8]
-        losses.append(promptsrc_step(teacher, images[idx], labels[idx], NAMES, frozen_text, optimizer)["loss"])
+        losses.append(
+            promptsrc_step(teacher, images[idx], labels[idx], NAMES, frozen_text, optimizer)["loss"]
+        )
     after = accuracy()
     assert after >= before + 30, (before, after)
     assert sum(losses[-5:]) < sum(losses[:5])
@@ -175,18 +195,26 @@ def fake_job(tmp_path_factory):
     """A tiny Stage I job on a fake OxfordPets (4 classes → 2 base) with a saved tiny base CLIP."""
     from fakes import make_fake_dataset
 
-    from promptkd_ray.core.models import load_clip
     from promptkd_ray.config import teacher_job_from_dict
+    from promptkd_ray.core.models import load_clip
 
     root = tmp_path_factory.mktemp("stage1")
     make_fake_dataset("OxfordPets", root / "data", classes=4, per_class=4)
     torch.manual_seed(5)
     torch.save(load_clip("tiny-vit-teacher").state_dict(), root / "tiny-base.pt")
-    raw = {"name": "stage1", "storage_path": str(root / "runs"), "seed": 2,
-           "teacher": {"spec": f"tiny-vit-teacher:{root / 'tiny-base.pt'}", "vision_depth": 2, "text_depth": 2,
-                       "scl_templates": "single"},
-           "data": {"source": "benchmark", "root": str(root / "data"), "dataset": "OxfordPets", "shots": 3},
-           "train": {"epochs": 3, "batch_size": 2, "lr": 0.05, "gpa_mean": 2.0}}
+    raw = {
+        "name": "stage1",
+        "storage_path": str(root / "runs"),
+        "seed": 2,
+        "teacher": {
+            "spec": f"tiny-vit-teacher:{root / 'tiny-base.pt'}",
+            "vision_depth": 2,
+            "text_depth": 2,
+            "scl_templates": "single",
+        },
+        "data": {"source": "benchmark", "root": str(root / "data"), "dataset": "OxfordPets", "shots": 3},
+        "train": {"epochs": 3, "batch_size": 2, "lr": 0.05, "gpa_mean": 2.0},
+    }
     return teacher_job_from_dict(raw, "fake.yaml")
 
 
@@ -220,8 +248,13 @@ def test_train_prompts_aggregates_epochs_with_gpa_and_resumes_exactly(fake_job, 
     for key, value in final.items():
         assert torch.allclose(value, sum(wi * s[key] for wi, s in zip(w, seen)), atol=1e-7)
         assert not torch.equal(value, initial[key])
-    resumed = train_prompts(build_job_teacher(fake_job), data.items, data.train_classnames, fake_job,
-                            resume=load_checkpoint(saved, {"job": "x"}))
+    resumed = train_prompts(
+        build_job_teacher(fake_job),
+        data.items,
+        data.train_classnames,
+        fake_job,
+        resume=load_checkpoint(saved, {"job": "x"}),
+    )
     for key, value in final.items():
         assert torch.equal(resumed[key], value), key
 
@@ -254,8 +287,9 @@ def test_zeroshot_job_writes_template_class_vectors_without_training(fake_job):
     from promptkd_ray.core.classvectors import load_class_vectors
     from promptkd_ray.teacher import run_teacher_job
 
-    job = dataclasses.replace(fake_job, name="zeroshot",
-                              teacher=dataclasses.replace(fake_job.teacher, mode="zeroshot"))
+    job = dataclasses.replace(
+        fake_job, name="zeroshot", teacher=dataclasses.replace(fake_job.teacher, mode="zeroshot")
+    )
     result = run_teacher_job(job)
     cv = load_class_vectors(result.teacher.replace("teacher.safetensors", "class_vectors"))
     assert cv.num_classes == 4 and cv.templates == ("a photo of a {}.",)
@@ -268,19 +302,30 @@ def test_stage1_refuses_to_resume_a_run_made_by_another_job(fake_job, tmp_path):
     import dataclasses
 
     from promptkd_ray.errors import CheckpointMismatchError
-    from promptkd_ray.orchestration.checkpoints import CHECKPOINT_PREFIX, PROGRESS_FILE, new_progress, \
-        run_storage
+    from promptkd_ray.orchestration.checkpoints import (
+        CHECKPOINT_PREFIX,
+        PROGRESS_FILE,
+        new_progress,
+        run_storage,
+    )
     from promptkd_ray.teacher import open_data, run_teacher_job
 
     job = dataclasses.replace(fake_job, storage_path=str(tmp_path), name="refused")
     checkpoint = run_storage(job).child(f"{CHECKPOINT_PREFIX}000")
-    checkpoint.write_text(PROGRESS_FILE, json.dumps(dict(new_progress(open_data(job).fingerprint(job)), epoch=0)))
+    checkpoint.write_text(
+        PROGRESS_FILE, json.dumps(dict(new_progress(open_data(job).fingerprint(job)), epoch=0))
+    )
     before = checkpoint.read_text(PROGRESS_FILE)
-    with pytest.raises(CheckpointMismatchError, match=r"was made with items_sha256='[0-9a-f]+', but the job now has"):
+    with pytest.raises(
+        CheckpointMismatchError, match=r"was made with items_sha256='[0-9a-f]+', but the job now has"
+    ):
         run_teacher_job(dataclasses.replace(job, seed=3))
     other_weights = dataclasses.replace(job.teacher, spec="tiny-vit-teacher")
-    with pytest.raises(CheckpointMismatchError, match=r"was made with teacher='tiny-vit-teacher:.*tiny-base.pt', "
-                                                       r"but the job now has 'tiny-vit-teacher'"):
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=r"was made with teacher='tiny-vit-teacher:.*tiny-base.pt', "
+        r"but the job now has 'tiny-vit-teacher'",
+    ):
         run_teacher_job(dataclasses.replace(job, teacher=other_weights))
     assert checkpoint.read_text(PROGRESS_FILE) == before and not run_storage(job).exists("job.yaml")
 
@@ -289,8 +334,10 @@ def test_job_file_errors_name_the_key(tmp_path):
     from promptkd_ray.config import ConfigError, load_teacher_job
 
     path = tmp_path / "job.yaml"
-    path.write_text("kind: teacher\nname: t\nteacher: {spec: tiny-vit-teacher, mode: promptsrc}\n"
-                    "data: {source: benchmark, root: /x, dataset: DTD, shots: 16}\ntrain: {epoch: 3}\n")
+    path.write_text(
+        "kind: teacher\nname: t\nteacher: {spec: tiny-vit-teacher, mode: promptsrc}\n"
+        "data: {source: benchmark, root: /x, dataset: DTD, shots: 16}\ntrain: {epoch: 3}\n"
+    )
     with pytest.raises(ConfigError, match=r"unknown key train\.epoch"):
         load_teacher_job(path)
     with pytest.raises(ConfigError, match=r"teacher\.mode must be one of"):
@@ -320,7 +367,9 @@ def test_crop_scale_min_bounds_the_stage1_train_crops(tmp_path):
 
     assert all(is_test_view(load_view(path, size, np.random.default_rng(i), 1.0)) for i in range(8))
     assert not any(is_test_view(load_view(path, size, np.random.default_rng(i), 0.08)) for i in range(8))
-    batch = {m: next(iter_batches([Item(path, 0)], 1, 0, 0, size, crop_scale_min=m))[0][0] for m in (1.0, 0.08)}
+    batch = {
+        m: next(iter_batches([Item(path, 0)], 1, 0, 0, size, crop_scale_min=m))[0][0] for m in (1.0, 0.08)
+    }
     assert is_test_view(batch[1.0]) and not is_test_view(batch[0.08])
 
 
@@ -333,8 +382,12 @@ def test_ray_train_job_writes_artifacts_and_a_rerun_resumes(fake_job, ray_cluste
     from promptkd_ray.teacher import run_teacher_job
 
     monkeypatch.chdir(tmp_path)  # a relative storage_path means the same on the driver and the Train workers
-    job = dataclasses.replace(fake_job, name="ray-stage1", storage_path="runs",
-                              train=dataclasses.replace(fake_job.train, epochs=2, num_workers=2, log_every=1))
+    job = dataclasses.replace(
+        fake_job,
+        name="ray-stage1",
+        storage_path="runs",
+        train=dataclasses.replace(fake_job.train, epochs=2, num_workers=2, log_every=1),
+    )
     result = run_teacher_job(job)
     assert result.teacher == str(tmp_path / "runs" / "ray-stage1" / "teacher.safetensors")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -358,9 +411,13 @@ def test_stage1_and_interop_modules_import_without_ray():
     import subprocess
     import sys
 
-    code = ("import sys\nimport promptkd_ray.core.promptsrc, promptkd_ray.teacher, promptkd_ray.config\n"
-            "import promptkd_ray.interop, promptkd_ray.interop.export\nprint('ray' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
+    code = (
+        "import sys\nimport promptkd_ray.core.promptsrc, promptkd_ray.teacher, promptkd_ray.config\n"
+        "import promptkd_ray.interop, promptkd_ray.interop.export\nprint('ray' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout.strip()
     assert out == "False"
 
 
@@ -371,8 +428,11 @@ def test_every_shipped_stage1_job_loads_and_says_how_to_run_it():
 
     from promptkd_ray.config import load_teacher_job
 
-    jobs = sorted(p for p in (Path(__file__).parents[1] / "jobs").glob("*.yaml")
-                  if yaml.safe_load(p.read_text()).get("kind") == "teacher")
+    jobs = sorted(
+        p
+        for p in (Path(__file__).parents[1] / "jobs").glob("*.yaml")
+        if yaml.safe_load(p.read_text()).get("kind") == "teacher"
+    )
     assert {"teacher_b2n.yaml", "teacher_zeroshot.yaml"} <= {p.name for p in jobs}
     for path in jobs:
         job = load_teacher_job(path, check_paths_exist=False)

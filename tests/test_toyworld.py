@@ -21,16 +21,31 @@ from promptkd_ray.toyworld import concepts, render
 from promptkd_ray.toyworld.concepts import CAPTION_STYLES, COLOURS, SHAPES, STYLE_WORDS
 from promptkd_ray.toyworld.corpus import CorpusSpec, sample_batch
 from promptkd_ray.toyworld.domains import DomainSpec, write_domain
-from promptkd_ray.toyworld.pretrain import (CLIP_MEAN, CLIP_STD, PretrainSpec, images_to_tensor,
-                                           multi_positive_infonce, pretrain_clip)
+from promptkd_ray.toyworld.pretrain import (
+    CLIP_MEAN,
+    CLIP_STD,
+    PretrainSpec,
+    images_to_tensor,
+    multi_positive_infonce,
+    pretrain_clip,
+)
 from promptkd_ray.toyworld.styles import STYLES
 from promptkd_ray.toyworld.world import build_world, default_cache_dir, world_path
 
-TINY_DOMAIN = DomainSpec(name="ToyTiny", folder="toy_tiny", style="doodle", colours=("red", "blue"),
-                         shapes=("star", "circle", "cross"), train_per_class=3, val_per_class=1, test_per_class=2)
+TINY_DOMAIN = DomainSpec(
+    name="ToyTiny",
+    folder="toy_tiny",
+    style="doodle",
+    colours=("red", "blue"),
+    shapes=("star", "circle", "cross"),
+    train_per_class=3,
+    val_per_class=1,
+    test_per_class=2,
+)
 
 
 # --- renderer -------------------------------------------------------------------------------
+
 
 def test_render_is_deterministic_uint8_hwc():
     a = render.render_image("red", "star", "photo", np.random.default_rng(7))
@@ -53,7 +68,7 @@ def test_shapes_have_distinct_silhouettes():
     masks = {s: render.downsample(render.shape_mask(s, 32, 32, 24, 0.0, False, 64)) for s in SHAPES}
     for i, a in enumerate(SHAPES):
         assert 0.1 < masks[a].mean() < 0.9, f"{a} covers {masks[a].mean():.2f} of the canvas"
-        for b in SHAPES[i + 1:]:
+        for b in SHAPES[i + 1 :]:
             assert np.abs(masks[a] - masks[b]).mean() > 0.02, f"{a} and {b} look alike"
 
 
@@ -76,6 +91,7 @@ def test_unknown_names_are_errors_that_list_the_known_ones():
 
 
 # --- captions and corpus ----------------------------------------------------------------------
+
 
 def test_every_caption_names_its_concept_and_fits_the_context():
     from promptkd_ray.core.models import get_tokenizer
@@ -107,27 +123,34 @@ def test_corpus_batch_is_consistent_and_follows_its_styles():
 
 # --- pretraining ------------------------------------------------------------------------------
 
+
 def test_multi_positive_infonce_is_clip_loss_without_duplicates_and_rewards_alignment():
     torch.manual_seed(0)
     img = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
     txt = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
     ids = torch.arange(6)
     logits = 10.0 * img @ txt.t()
-    clip = 0.5 * (torch.nn.functional.cross_entropy(logits, ids) + torch.nn.functional.cross_entropy(logits.t(), ids))
+    clip = 0.5 * (
+        torch.nn.functional.cross_entropy(logits, ids) + torch.nn.functional.cross_entropy(logits.t(), ids)
+    )
     assert torch.allclose(multi_positive_infonce(img, txt, ids, torch.tensor(10.0)), clip)
     assert multi_positive_infonce(img, img, ids, torch.tensor(10.0)) < clip
     # two items of one concept: matching either caption is right, so the loss is lower than with ids distinct
     dup = torch.tensor([0, 0, 1, 2, 3, 4])
     txt_dup = torch.cat([img[1:2], img[0:1], img[2:]])
     assert multi_positive_infonce(img, txt_dup, dup, torch.tensor(10.0)) < multi_positive_infonce(
-        img, txt_dup, ids, torch.tensor(10.0))
+        img, txt_dup, ids, torch.tensor(10.0)
+    )
 
 
 def test_pretrain_writes_a_deterministic_checkpoint_that_load_clip_reads(tmp_path):
-    from promptkd_ray.core.models import load_clip
     from safetensors.torch import load_file
 
-    spec = PretrainSpec("toy-student", CorpusSpec(), steps=2, batch_size=8, pool_size=16, warmup_steps=1, seed=3)
+    from promptkd_ray.core.models import load_clip
+
+    spec = PretrainSpec(
+        "toy-student", CorpusSpec(), steps=2, batch_size=8, pool_size=16, warmup_steps=1, seed=3
+    )
     first = pretrain_clip(spec, tmp_path / "a.safetensors", progress=False)
     second = pretrain_clip(spec, tmp_path / "b.safetensors", progress=False)
     a, b = load_file(str(first)), load_file(str(second))
@@ -157,6 +180,7 @@ def test_images_to_tensor_applies_clip_normalisation():
 
 # --- domains on disk --------------------------------------------------------------------------
 
+
 def test_domain_is_written_in_the_coop_split_json_layout(tmp_path):
     split_file = write_domain(TINY_DOMAIN, tmp_path, seed=0, progress=False)
     assert split_file == tmp_path / "toy_tiny" / "split_zhou_ToyTiny.json"
@@ -179,8 +203,9 @@ def test_domain_is_readable_by_the_benchmark_split_reader(tmp_path):
     from promptkd_ray.data.benchmarks import load_split_json_dataset
 
     write_domain(TINY_DOMAIN, tmp_path, seed=0, progress=False)
-    splits = load_split_json_dataset(tmp_path, "toy_tiny", "images", "split_zhou_ToyTiny.json", "ToyTiny",
-                                     check_files="all")
+    splits = load_split_json_dataset(
+        tmp_path, "toy_tiny", "images", "split_zhou_ToyTiny.json", "ToyTiny", check_files="all"
+    )
     assert list(splits.classnames) == TINY_DOMAIN.classnames
     assert (len(splits.train), len(splits.val), len(splits.test)) == (18, 6, 12)
 
@@ -198,6 +223,7 @@ def test_domain_pixels_are_fixed_by_the_seed_and_rewriting_is_a_no_op(tmp_path):
 
 
 # --- the world and its cache ------------------------------------------------------------------
+
 
 @pytest.fixture()
 def tiny_profile(monkeypatch):
@@ -220,7 +246,9 @@ def test_build_world_makes_loadable_models_and_domains_then_hits_the_cache(tmp_p
     assert built.path == world_path(tmp_path, tiny_profile, 5)
     teacher, student = load_clip(built.teacher_spec), load_clip(built.student_spec)
     assert teacher.text_projection.shape[1] == 64 and student.text_projection.shape[1] == 32
-    assert sum(p.numel() for p in teacher.visual.parameters()) > 4 * sum(p.numel() for p in student.visual.parameters())
+    assert sum(p.numel() for p in teacher.visual.parameters()) > 4 * sum(
+        p.numel() for p in student.visual.parameters()
+    )
     assert set(built.domains) == {"doodles", "neon"} and built.domain().key == "doodles"
     for domain in built.domains.values():
         assert domain.split_file.is_file() and domain.image_dir.is_dir()
@@ -251,7 +279,11 @@ def test_module_entry_point_builds_and_reports_the_world(tmp_path, tiny_profile,
 
 
 def test_world_folders_differ_by_profile_and_seed_and_the_cache_root_follows_the_env(tmp_path, monkeypatch):
-    assert world_path(tmp_path, "quick", 0) != world_path(tmp_path, "quick", 1) != world_path(tmp_path, "full", 0)
+    assert (
+        world_path(tmp_path, "quick", 0)
+        != world_path(tmp_path, "quick", 1)
+        != world_path(tmp_path, "full", 0)
+    )
     monkeypatch.setenv("PROMPTKD_RAY_CACHE", str(tmp_path / "cache"))
     assert default_cache_dir() == tmp_path / "cache" / "toyworld"
     monkeypatch.delenv("PROMPTKD_RAY_CACHE")
@@ -261,6 +293,7 @@ def test_world_folders_differ_by_profile_and_seed_and_the_cache_root_follows_the
 
 
 # --- the quick world (slow: pretrains once per cache) -----------------------------------------
+
 
 @pytest.fixture(scope="module")
 def quick_world():
@@ -272,7 +305,9 @@ def _zero_shot_hm(spec: str, domain) -> float:
     from promptkd_ray.core.models import build_teacher
 
     content = json.loads(domain.split_file.read_text())["test"]
-    images = np.stack([np.asarray(Image.open(domain.image_dir / rel).convert("RGB")) for rel, _, _ in content])
+    images = np.stack(
+        [np.asarray(Image.open(domain.image_dir / rel).convert("RGB")) for rel, _, _ in content]
+    )
     labels = torch.tensor([label for _, label, _ in content])
     clip = build_teacher(spec)
     with torch.no_grad():

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from stage2_fakes import make_split_json, tiny_job
 
 from promptkd_ray.cli import main
 from promptkd_ray.config.space import apply_params, read_space
 from promptkd_ray.errors import ConfigError
-from stage2_fakes import make_split_json, tiny_job
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,8 +28,13 @@ def write_space(folder: Path, job: "dict | Path", name: str = "space", **section
         job_path.write_text(yaml.safe_dump(job))
     else:
         job_path = job
-    space = {"kind": "space", "job": str(job_path), "metric": "heldout_kl",
-             "params": {"loss.temperature": {"grid": [1, 4]}}, **sections}
+    space = {
+        "kind": "space",
+        "job": str(job_path),
+        "metric": "heldout_kl",
+        "params": {"loss.temperature": {"grid": [1, 4]}},
+        **sections,
+    }
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(space, sort_keys=False))
     return path
@@ -38,46 +43,77 @@ def write_space(folder: Path, job: "dict | Path", name: str = "space", **section
 @pytest.fixture
 def tiny(tmp_path):
     root, _ = make_split_json(tmp_path / "data", per_class=10)
-    return tiny_job(root, tmp_path / "runs", "sweepme", train={"epochs": 3, "batch_size": 8, "log_every": 1000})
+    return tiny_job(
+        root, tmp_path / "runs", "sweepme", train={"epochs": 3, "batch_size": 8, "log_every": 1000}
+    )
 
 
 # --- space files ---------------------------------------------------------------------------------------
 
+
 def test_every_shipped_space_validates_and_its_header_gives_the_command(capsys):
     spaces = sorted((REPO / "tune_spaces").glob("*.yaml"))
-    assert {p.stem for p in spaces} >= {"toy", "toy_teachers", "temperature", "prompt_depth", "teacher_choice",
-                                         "promptkd_joint"}
+    assert {p.stem for p in spaces} >= {
+        "toy",
+        "toy_teachers",
+        "temperature",
+        "prompt_depth",
+        "teacher_choice",
+        "promptkd_joint",
+    }
     cwd = os.getcwd()
     os.chdir(REPO)  # a space's job: is relative to where the command runs
     try:
         for path in spaces:
             assert f"promptkd-ray tune --space tune_spaces/{path.name}" in path.read_text(), path.name
-            assert main(["validate", "--no-path-check", f"tune_spaces/{path.name}"]) == 0, capsys.readouterr().err
+            assert main(["validate", "--no-path-check", f"tune_spaces/{path.name}"]) == 0, (
+                capsys.readouterr().err
+            )
     finally:
         os.chdir(cwd)
     assert capsys.readouterr().out.count("ok: tune_spaces/") == len(spaces)
 
 
-@pytest.mark.parametrize("sections, words", [
-    ({"params": {"loss.tempreature": {"grid": [1, 2]}}}, "unknown key loss.tempreature"),
-    ({"params": {"student.depth": {"choice": []}}}, "params.student.depth: choice is empty"),
-    ({"params": {"student.projector": {"choice": ["mlp2", "conv"]}}}, "student.projector must be one of"),
-    ({"params": {"train.lr": {"grid": ["fast"]}}}, "train.lr must be a number"),
-    ({"params": {"train.lr": {"loguniform": [0, 0.1]}}}, "params.train.lr: loguniform needs low < high and low > 0"),
-    ({"params": {"loss.temperature": [1, 2]}}, "params.loss.temperature must be one domain"),
-    ({"params": {}}, "params must map at least one job key"),
-    ({"search": {"algorithm": "hyperband"}}, "search.algorithm must be one of grid, random, optuna"),
-    ({"search": {"samples": 0}}, "search.samples, search.val_shots and scheduler.grace_period must be ≥ 1"),
-    ({"scheduler": {"grace": 1}}, "unknown key scheduler.grace"),
-    ({"metric": "loss"}, "metric must be one of heldout_kl, heldout_agreement, val_accuracy"),
-    ({"metric": "val_accuracy"}, "ASHA cannot stop on it"),
-    ({"params": {"teacher": {"choice": {"a": {"spec": "tiny-vit-teacher"}}}}}, "must select on metric: val_accuracy"),
-    ({"params": {"teacher": {"grid": [{"spec": "tiny-vit-teacher"}]}}}, "params.teacher takes named values"),
-    ({"search": {"algorithm": "optuna"}}, "optuna draws its trials; use choice instead of grid"),
-    ({"params": {"data.crop_scale_min": {"grid": [0.2, 0.5]}}}, "params.data.crop_scale_min changes what the teacher"),
-    ({"params": {"train.epochs": {"grid": [2, 3]}}}, "params.train.epochs changes what the teacher sees"),
-])
-def test_a_bad_space_is_one_sentence_naming_the_file_and_the_key_exit_2(tmp_path, tiny, capsys, sections, words):
+@pytest.mark.parametrize(
+    "sections, words",
+    [
+        ({"params": {"loss.tempreature": {"grid": [1, 2]}}}, "unknown key loss.tempreature"),
+        ({"params": {"student.depth": {"choice": []}}}, "params.student.depth: choice is empty"),
+        ({"params": {"student.projector": {"choice": ["mlp2", "conv"]}}}, "student.projector must be one of"),
+        ({"params": {"train.lr": {"grid": ["fast"]}}}, "train.lr must be a number"),
+        (
+            {"params": {"train.lr": {"loguniform": [0, 0.1]}}},
+            "params.train.lr: loguniform needs low < high and low > 0",
+        ),
+        ({"params": {"loss.temperature": [1, 2]}}, "params.loss.temperature must be one domain"),
+        ({"params": {}}, "params must map at least one job key"),
+        ({"search": {"algorithm": "hyperband"}}, "search.algorithm must be one of grid, random, optuna"),
+        (
+            {"search": {"samples": 0}},
+            "search.samples, search.val_shots and scheduler.grace_period must be ≥ 1",
+        ),
+        ({"scheduler": {"grace": 1}}, "unknown key scheduler.grace"),
+        ({"metric": "loss"}, "metric must be one of heldout_kl, heldout_agreement, val_accuracy"),
+        ({"metric": "val_accuracy"}, "ASHA cannot stop on it"),
+        (
+            {"params": {"teacher": {"choice": {"a": {"spec": "tiny-vit-teacher"}}}}},
+            "must select on metric: val_accuracy",
+        ),
+        (
+            {"params": {"teacher": {"grid": [{"spec": "tiny-vit-teacher"}]}}},
+            "params.teacher takes named values",
+        ),
+        ({"search": {"algorithm": "optuna"}}, "optuna draws its trials; use choice instead of grid"),
+        (
+            {"params": {"data.crop_scale_min": {"grid": [0.2, 0.5]}}},
+            "params.data.crop_scale_min changes what the teacher",
+        ),
+        ({"params": {"train.epochs": {"grid": [2, 3]}}}, "params.train.epochs changes what the teacher sees"),
+    ],
+)
+def test_a_bad_space_is_one_sentence_naming_the_file_and_the_key_exit_2(
+    tmp_path, tiny, capsys, sections, words
+):
     path = write_space(tmp_path, tiny, **sections)
     assert main(["tune", "--space", str(path)]) == 2
     err = capsys.readouterr().err.strip()
@@ -106,11 +142,21 @@ def test_named_choices_reach_the_trial_as_their_values(tmp_path, tiny):
     from promptkd_ray.config import distill_job_from_dict
     from promptkd_ray.tune import open_sweep
 
-    path = write_space(tmp_path, tiny, params={"student": {"choice": {"shallow": {"depth": 1, "n_ctx": 2},
-                                                                      "deep": {"depth": 2, "n_ctx": 4}}}})
+    path = write_space(
+        tmp_path,
+        tiny,
+        params={
+            "student": {"choice": {"shallow": {"depth": 1, "n_ctx": 2}, "deep": {"depth": 2, "n_ctx": 4}}}
+        },
+    )
     sweep = open_sweep(str(path))
     job = distill_job_from_dict(sweep.trial_raw({"student": "deep"}, "x_00001", {"": "/c"}))
-    assert (job.student.depth, job.student.n_ctx, job.name, job.teacher.cache) == (2, 4, "space-x_00001", "/c")
+    assert (job.student.depth, job.student.n_ctx, job.name, job.teacher.cache) == (
+        2,
+        4,
+        "space-x_00001",
+        "/c",
+    )
     assert job.storage_path == str(tmp_path / "runs" / "sweeps" / "space" / "trials")
 
 
@@ -119,9 +165,19 @@ def test_the_space_becomes_tune_domains(tmp_path, tiny):
 
     from promptkd_ray.orchestration.tuning import tune_param_space
 
-    space = read_space(write_space(tmp_path, tiny, search={"algorithm": "random", "samples": 4}, params={
-        "loss.temperature": {"choice": [1, 2]}, "train.lr": {"loguniform": [1e-4, 1e-2]},
-        "student.n_ctx": {"randint": [2, 5]}, "student.depth": {"grid": [1, 2]}}))
+    space = read_space(
+        write_space(
+            tmp_path,
+            tiny,
+            search={"algorithm": "random", "samples": 4},
+            params={
+                "loss.temperature": {"choice": [1, 2]},
+                "train.lr": {"loguniform": [1e-4, 1e-2]},
+                "student.n_ctx": {"randint": [2, 5]},
+                "student.depth": {"grid": [1, 2]},
+            },
+        )
+    )
     domains = tune_param_space(space)
     assert isinstance(domains["loss.temperature"], tune.search.sample.Categorical)
     assert isinstance(domains["train.lr"].get_sampler(), tune.search.sample.LogUniform)
@@ -131,22 +187,31 @@ def test_the_space_becomes_tune_domains(tmp_path, tiny):
 
 # --- sweeps on Ray -------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_a_sweep_under_asha_writes_its_outputs_shares_one_cache_and_leaves_the_cluster_whole(
-        tmp_path, tiny, ray_cluster, caplog):
+    tmp_path, tiny, ray_cluster, caplog
+):
     from ray.util import placement_group_table
 
     from promptkd_ray.config import load_distill_job
     from promptkd_ray.distill import run_distillation
     from promptkd_ray.tune import open_sweep, run_sweep
 
-    path = write_space(tmp_path, tiny, scheduler={"kind": "asha", "grace_period": 1, "reduction_factor": 2},
-                       params={"loss.temperature": {"grid": [1, 4]}, "student.depth": {"grid": [1, 2]}})
+    path = write_space(
+        tmp_path,
+        tiny,
+        scheduler={"kind": "asha", "grace_period": 1, "reduction_factor": 2},
+        params={"loss.temperature": {"grid": [1, 4]}, "student.depth": {"grid": [1, 2]}},
+    )
     teachers_before = _teacher_actors(ray_cluster)
     with caplog.at_level("INFO"):
         report = run_sweep(open_sweep(str(path)))
     folder = Path(report.folder)
-    assert caplog.text.count("soft-label cache for teacher") == 1 and (folder / "caches/teacher/manifest.json").exists()
+    assert (
+        caplog.text.count("soft-label cache for teacher") == 1
+        and (folder / "caches/teacher/manifest.json").exists()
+    )
     # the build's pools only (one actor per view slot + the held-out slice); trials replay the cache
     assert _teacher_actors(ray_cluster) - teachers_before <= 3 + 1
     for job_file in (folder / "trials").glob("*/job.yaml"):
@@ -156,7 +221,9 @@ def test_a_sweep_under_asha_writes_its_outputs_shares_one_cache_and_leaves_the_c
     finals = [t.final for t in report.trials if t.status == "completed"]
     assert report.best.final == min(finals)  # heldout_kl: lower is better
     rows = (folder / "trials.csv").read_text().splitlines()
-    assert rows[0].startswith("trial,loss.temperature,student.depth,status,epochs,heldout_kl") and len(rows) == 5
+    assert (
+        rows[0].startswith("trial,loss.temperature,student.depth,status,epochs,heldout_kl") and len(rows) == 5
+    )
     assert "| rank | trial |" in (folder / "sweep.md").read_text()
     assert (folder / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     assert (folder / "best" / "student.safetensors").exists()
@@ -165,7 +232,9 @@ def test_a_sweep_under_asha_writes_its_outputs_shares_one_cache_and_leaves_the_c
     assert all(pg["state"] == "REMOVED" for pg in placement_group_table().values())
     best = load_distill_job(folder / "best_job.yaml")
     assert best.teacher.cache and best.name == "space-best"
-    assert [e["images"] for e in run_distillation(best).history] == [32] * 3  # the winner's job runs as written
+    assert [e["images"] for e in run_distillation(best).history] == [
+        32
+    ] * 3  # the winner's job runs as written
 
 
 def _teacher_actors(ray_cluster) -> int:
@@ -177,15 +246,31 @@ def _teacher_actors(ray_cluster) -> int:
 
 
 @pytest.mark.slow
-def test_a_sweep_whose_driver_is_killed_resumes_without_rerunning_finished_trials(tmp_path, tiny, ray_cluster):
+def test_a_sweep_whose_driver_is_killed_resumes_without_rerunning_finished_trials(
+    tmp_path, tiny, ray_cluster
+):
     from promptkd_ray.tune import open_sweep, run_sweep
 
     tiny["train"]["epochs"] = 2
-    path = write_space(tmp_path, tiny, search={"max_concurrent": 1}, scheduler={"kind": "fifo"},
-                       params={"loss.temperature": {"grid": [1, 4]}})
-    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address, "PYTHONPATH": str(REPO)}
-    driver = subprocess.Popen([sys.executable, "-m", "promptkd_ray.cli", "tune", "--space", str(path)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    path = write_space(
+        tmp_path,
+        tiny,
+        search={"max_concurrent": 1},
+        scheduler={"kind": "fifo"},
+        params={"loss.temperature": {"grid": [1, 4]}},
+    )
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address,
+        "PYTHONPATH": str(REPO),
+    }
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "promptkd_ray.cli", "tune", "--space", str(path)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     trials = tmp_path / "runs" / "sweeps" / "space" / "trials"
     deadline = time.time() + 600
     while time.time() < deadline and not list(trials.glob("*/student.safetensors")):
@@ -195,8 +280,9 @@ def test_a_sweep_whose_driver_is_killed_resumes_without_rerunning_finished_trial
     driver.wait()
     finished = {p.parent.name: p.stat().st_mtime_ns for p in trials.glob("*/student.safetensors")}
     assert len(finished) == 1
-    checkpoints = {p.name: sorted(c.name for c in p.glob("checkpoint_*")) for p in trials.iterdir()
-                   if p.name in finished}
+    checkpoints = {
+        p.name: sorted(c.name for c in p.glob("checkpoint_*")) for p in trials.iterdir() if p.name in finished
+    }
     report = run_sweep(open_sweep(str(path)))
     assert len(report.trials) == 2 and all(t.status == "completed" and t.epochs == 2 for t in report.trials)
     assert all(len(t.curve) == 2 and Path(t.run_dir, "student.safetensors").is_file() for t in report.trials)
@@ -210,33 +296,42 @@ def test_a_sweep_whose_driver_is_killed_resumes_without_rerunning_finished_trial
 def test_optuna_draws_the_trials_and_mlflow_gets_their_results(tmp_path, tiny, ray_cluster, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 wants a database; a folder is enough here
+    monkeypatch.setenv(
+        "MLFLOW_ALLOW_FILE_STORE", "true"
+    )  # MLflow 3 wants a database; a folder is enough here
 
     from promptkd_ray.tune import open_sweep, run_sweep
 
     tiny["train"]["epochs"] = 2
     uri = f"file://{tmp_path / 'mlruns'}"
-    path = write_space(tmp_path, tiny, search={"algorithm": "optuna", "samples": 2, "seed": 0},
-                       scheduler={"kind": "fifo"}, tracking={"mlflow_uri": uri, "experiment": "toy-sweep"},
-                       params={"loss.temperature": {"choice": [1, 4]}, "train.lr": {"loguniform": [0.001, 0.05]}})
+    path = write_space(
+        tmp_path,
+        tiny,
+        search={"algorithm": "optuna", "samples": 2, "seed": 0},
+        scheduler={"kind": "fifo"},
+        tracking={"mlflow_uri": uri, "experiment": "toy-sweep"},
+        params={"loss.temperature": {"choice": [1, 4]}, "train.lr": {"loguniform": [0.001, 0.05]}},
+    )
     report = run_sweep(open_sweep(str(path)))
     assert len(report.trials) == 2 and all(t.status == "completed" for t in report.trials)
     assert all(0.001 <= t.params["train.lr"] <= 0.05 for t in report.trials)
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("toy-sweep").experiment_id])
     assert len(runs) == 2 and all("heldout_kl" in r.data.metrics for r in runs)
-    assert {round(float(r.data.params["train.lr"]), 6) for r in runs} == {round(t.params["train.lr"], 6)
-                                                                          for t in report.trials}
+    assert {round(float(r.data.params["train.lr"]), 6) for r in runs} == {
+        round(t.params["train.lr"], 6) for t in report.trials
+    }
 
 
 @pytest.mark.slow
-def test_a_teacher_choice_builds_one_cache_per_teacher_and_selects_on_val_accuracy(tmp_path, ray_cluster, caplog):
+def test_a_teacher_choice_builds_one_cache_per_teacher_and_selects_on_val_accuracy(
+    tmp_path, ray_cluster, caplog
+):
     from safetensors.torch import save_file
 
+    from promptkd_ray.core.classvectors import compute_class_vectors, save_class_vectors
     from promptkd_ray.core.models import load_clip
     from promptkd_ray.tune import open_sweep, run_sweep
-
-    from promptkd_ray.core.classvectors import compute_class_vectors, save_class_vectors
 
     root, _ = make_split_json(tmp_path / "data", per_class=6, val_per_class=3)
     teachers = {}
@@ -248,13 +343,22 @@ def test_a_teacher_choice_builds_one_cache_per_teacher_and_selects_on_val_accura
         teachers[f"t{i}"] = {"spec": f"tiny-vit-teacher:{weights}"}
     from promptkd_ray.core.artifacts import ModelRef
 
-    cv = compute_class_vectors(ModelRef("zeroshot", teachers["t1"]["spec"]).build(), ["red", "green", "blue", "yellow"],
-                               teacher_spec=teachers["t1"]["spec"])
+    cv = compute_class_vectors(
+        ModelRef("zeroshot", teachers["t1"]["spec"]).build(),
+        ["red", "green", "blue", "yellow"],
+        teacher_spec=teachers["t1"]["spec"],
+    )
     save_class_vectors(cv, str(tmp_path / "t1_class_vectors"))
     teachers["t1"]["class_vectors"] = str(tmp_path / "t1_class_vectors")
     job = tiny_job(root, tmp_path / "runs", "teachers", train={"epochs": 2}, data={"heldout_images": 4})
-    path = write_space(tmp_path, job, metric="val_accuracy", search={"val_shots": 2}, scheduler={"kind": "fifo"},
-                       params={"teacher": {"grid": teachers}})
+    path = write_space(
+        tmp_path,
+        job,
+        metric="val_accuracy",
+        search={"val_shots": 2},
+        scheduler={"kind": "fifo"},
+        params={"teacher": {"grid": teachers}},
+    )
     with caplog.at_level("INFO"):
         report = run_sweep(open_sweep(str(path)))
     assert caplog.text.count("soft-label cache for teacher t") == 2  # one per teacher, not one per trial
@@ -291,10 +395,22 @@ def test_a_restored_trial_counts_each_epoch_once_under_its_own_id(tmp_path, tiny
     from promptkd_ray.tune import open_sweep
 
     sweep = open_sweep(str(write_space(tmp_path, tiny, scheduler={"kind": "fifo"})))
-    rows = [{"trial_id": "ab123_00001", "epoch": e, "heldout_kl": kl, "time_total_s": t}
-            for e, kl, t in ((0, 0.9, 5.0), (1, 0.7, 9.0), (0, 0.9, 2.0), (1, 0.7, 3.0), (2, 0.6, 8.0))]
-    result = SimpleNamespace(metrics=rows[-1], metrics_dataframe=pd.DataFrame(rows), error=None,
-                             path=str(tmp_path / "tune" / "trial_ab123_00001_71aa"), config={"loss.temperature": 1})
+    rows = [
+        {"trial_id": "ab123_00001", "epoch": e, "heldout_kl": kl, "time_total_s": t}
+        for e, kl, t in ((0, 0.9, 5.0), (1, 0.7, 9.0), (0, 0.9, 2.0), (1, 0.7, 3.0), (2, 0.6, 8.0))
+    ]
+    result = SimpleNamespace(
+        metrics=rows[-1],
+        metrics_dataframe=pd.DataFrame(rows),
+        error=None,
+        path=str(tmp_path / "tune" / "trial_ab123_00001_71aa"),
+        config={"loss.temperature": 1},
+    )
     (trial,) = collect_trials(sweep, [result])
-    assert (trial.trial_id, trial.epochs, trial.curve, trial.status) == ("ab123_00001", 3, [0.9, 0.7, 0.6], "completed")
+    assert (trial.trial_id, trial.epochs, trial.curve, trial.status) == (
+        "ab123_00001",
+        3,
+        [0.9, 0.7, 0.6],
+        "completed",
+    )
     assert trial.run_dir.endswith("trials/space-ab123_00001")

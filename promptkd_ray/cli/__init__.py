@@ -58,8 +58,11 @@ class _Format(logging.Formatter):
 
 def _configure_logging(verbose: bool) -> None:
     handler = logging.StreamHandler()
-    handler.setFormatter(_Format("%(asctime)s %(name)s: %(message)s" if verbose else "%(asctime)s %(message)s",
-                                 datefmt="%H:%M:%S"))
+    handler.setFormatter(
+        _Format(
+            "%(asctime)s %(name)s: %(message)s" if verbose else "%(asctime)s %(message)s", datefmt="%H:%M:%S"
+        )
+    )
     root = logging.getLogger()
     if not root.handlers:  # in-process callers (tests) keep their own handlers
         root.addHandler(handler)

@@ -13,8 +13,12 @@ def add_dataset_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", nargs="+", help="benchmark name(s) (DG: several); or a name for --split-json")
     p.add_argument("--root", help="data root folder or URI holding the benchmark folders")
     p.add_argument("--split-json", help="a dataset in the split-JSON layout: ROOT/FOLDER/split_file.json")
-    p.add_argument("--image-folder", default="images", help="image folder beside --split-json (default: images)")
-    p.add_argument("--pack", help="a pack folder or URI written by `promptkd-ray pack` (images read from its shards)")
+    p.add_argument(
+        "--image-folder", default="images", help="image folder beside --split-json (default: images)"
+    )
+    p.add_argument(
+        "--pack", help="a pack folder or URI written by `promptkd-ray pack` (images read from its shards)"
+    )
 
 
 def open_datasets(args) -> list:
@@ -28,7 +32,11 @@ def open_datasets(args) -> list:
     if args.split_json:
         split = Path(args.split_json)
         name = (args.dataset or [split.parent.name])[0]
-        return [load_split_json_dataset(split.parent.parent, split.parent.name, args.image_folder, split.name, name)]
+        return [
+            load_split_json_dataset(
+                split.parent.parent, split.parent.name, args.image_folder, split.name, name
+            )
+        ]
     if not args.dataset or not args.root:
         raise UsageError("Give --dataset NAME and --root DATA_ROOT, --split-json PATH or --pack PACK.")
     return [load_dataset(name, args.root) for name in args.dataset]
@@ -38,10 +46,18 @@ def add_decode_arguments(p: argparse.ArgumentParser) -> None:
     """The decoder's rules, as a training job's `data` section sets them."""
     from ..data.limits import DEFAULT_MAX_IMAGE_PIXELS, EXIF_ORIENTATIONS
 
-    p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
-                   help="an image declaring more pixels (width × height) is refused undecoded, i.e. unreadable")
-    p.add_argument("--exif-orientation", choices=EXIF_ORIENTATIONS, default="ignore",
-                   help="ignore EXIF rotation (the authors) or apply it before the test transform")
+    p.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        help="an image declaring more pixels (width × height) is refused undecoded, i.e. unreadable",
+    )
+    p.add_argument(
+        "--exif-orientation",
+        choices=EXIF_ORIENTATIONS,
+        default="ignore",
+        help="ignore EXIF rotation (the authors) or apply it before the test transform",
+    )
 
 
 def decode_options(args):
@@ -53,5 +69,7 @@ def decode_options(args):
     try:
         return DecodeOptions(args.max_image_pixels, args.exif_orientation)
     except ValueError:  # its own range check: said with the flag's name
-        raise UsageError(f"--max-image-pixels must be in 1 … {PIL_REFUSAL_PIXELS} (PIL refuses larger images "
-                         f"itself), got {args.max_image_pixels}.") from None
+        raise UsageError(
+            f"--max-image-pixels must be in 1 … {PIL_REFUSAL_PIXELS} (PIL refuses larger images "
+            f"itself), got {args.max_image_pixels}."
+        ) from None

@@ -13,10 +13,18 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, metavar="JOB.yaml", help="a `kind: distill` job file (see jobs/)")
-    p.add_argument("--views", type=int, default=0, metavar="K", help="views per image (default: the job's epochs)")
-    p.add_argument("--out", default="", metavar="PATH",
-                   help="cache folder or URI (default: teacher.cache, else STORAGE_PATH/soft_labels/NAME)")
+    p.add_argument(
+        "--config", required=True, metavar="JOB.yaml", help="a `kind: distill` job file (see jobs/)"
+    )
+    p.add_argument(
+        "--views", type=int, default=0, metavar="K", help="views per image (default: the job's epochs)"
+    )
+    p.add_argument(
+        "--out",
+        default="",
+        metavar="PATH",
+        help="cache folder or URI (default: teacher.cache, else STORAGE_PATH/soft_labels/NAME)",
+    )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override job fields, as for `distill`")
 
 
@@ -30,6 +38,8 @@ def run(args) -> int:
     job = load_distill_job(args.config, args.overrides)
     cache = build_soft_label_cache(job, args.out, args.views)
     m = cache.manifest
-    print(f"cache {cache.storage.root}: {m['views']} views, {m['rows']} rows, {m['bytes'] / 1e6:.1f} MB "
-          f"({m['bytes'] / max(m['rows'], 1):.0f} bytes per view); distil from it with teacher.cache={cache.storage.root}")
+    print(
+        f"cache {cache.storage.root}: {m['views']} views, {m['rows']} rows, {m['bytes'] / 1e6:.1f} MB "
+        f"({m['bytes'] / max(m['rows'], 1):.0f} bytes per view); distil from it with teacher.cache={cache.storage.root}"
+    )
     return 0

@@ -17,8 +17,11 @@ log = logging.getLogger(__name__)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_dataset_arguments(p)
-    p.add_argument("--names", help="a text file of class names, one per line (instead of a dataset); "
-                                   "'toyworld' = the toy world's whole vocabulary")
+    p.add_argument(
+        "--names",
+        help="a text file of class names, one per line (instead of a dataset); "
+        "'toyworld' = the toy world's whole vocabulary",
+    )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--teacher", help="teacher artifact (from `promptkd-ray teacher` or `import`)")
     source.add_argument("--zeroshot", help="MODEL[:PRETRAINED] of a zero-shot teacher")
@@ -32,7 +35,6 @@ def run(args) -> int:
 
     from ..core.artifacts import ModelRef
     from ..core.classvectors import compute_class_vectors, save_class_vectors
-
     from ..data.sources import vocabulary_names
 
     if args.names:
@@ -42,9 +44,16 @@ def run(args) -> int:
         names, what = dataset.classnames, dataset.name
     teacher = ModelRef("teacher", args.teacher) if args.teacher else ModelRef("zeroshot", args.zeroshot)
     model = teacher.build("cuda" if torch.cuda.is_available() else "cpu")
-    cv = compute_class_vectors(model, list(names), templates=args.templates,
-                               batch_size=args.batch_size, teacher_spec=teacher.spec)
+    cv = compute_class_vectors(
+        model, list(names), templates=args.templates, batch_size=args.batch_size, teacher_spec=teacher.spec
+    )
     path = save_class_vectors(cv, args.out)
-    log.info("%d class vectors of dim %d for %s written to %s (sha256 %s…)", cv.num_classes, cv.dim,
-             what, path, cv.sha256[:12])
+    log.info(
+        "%d class vectors of dim %d for %s written to %s (sha256 %s…)",
+        cv.num_classes,
+        cv.dim,
+        what,
+        path,
+        cv.sha256[:12],
+    )
     return 0

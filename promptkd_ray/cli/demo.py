@@ -23,16 +23,26 @@ DEMO_JOB = "jobs/toy_b2n.yaml"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=DEMO_JOB, metavar="JOB.yaml",
-                   help=f"the toy-world distillation job (default: {DEMO_JOB}, relative to the repository)")
-    p.add_argument("--profile", choices=["full", "quick"], default="full", help="toy world size (quick: tests)")
+    p.add_argument(
+        "--config",
+        default=DEMO_JOB,
+        metavar="JOB.yaml",
+        help=f"the toy-world distillation job (default: {DEMO_JOB}, relative to the repository)",
+    )
+    p.add_argument(
+        "--profile", choices=["full", "quick"], default="full", help="toy world size (quick: tests)"
+    )
     p.add_argument("--seed", type=int, default=0, help="world and distillation seed")
     p.add_argument("--epochs", type=int, help="epochs (default: the job's)")
     p.add_argument("--workers", type=int, help="Ray Train DDP workers (default: the job's)")
     p.add_argument("--out", default="runs/demo", help="folder for the run and the report")
     p.add_argument("--cache-dir", default="", help="toy world cache (default ~/.cache/promptkd_ray)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="overrides of the job, as for `distill` (e.g. loss.preset=kdpl)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="overrides of the job, as for `distill` (e.g. loss.preset=kdpl)",
+    )
 
 
 def run(args) -> int:
@@ -44,11 +54,18 @@ def run(args) -> int:
     from ..evaluate import write_report
 
     if not Path(args.config).is_file():
-        raise UsageError(f"The demo runs the job file {args.config}, which does not exist here; run it from "
-                         "the repository's root folder or pass --config.")
-    flags = [f"name=demo-{args.profile}-seed{args.seed}", f"storage_path={Path(args.out).resolve()}",
-             f"seed={args.seed}", f"data.toyworld_seed={args.seed}", f"data.toyworld_profile={args.profile}",
-             f"data.root={args.cache_dir}"]
+        raise UsageError(
+            f"The demo runs the job file {args.config}, which does not exist here; run it from "
+            "the repository's root folder or pass --config."
+        )
+    flags = [
+        f"name=demo-{args.profile}-seed{args.seed}",
+        f"storage_path={Path(args.out).resolve()}",
+        f"seed={args.seed}",
+        f"data.toyworld_seed={args.seed}",
+        f"data.toyworld_profile={args.profile}",
+        f"data.root={args.cache_dir}",
+    ]
     flags += [f"train.epochs={args.epochs}"] * (args.epochs is not None)
     flags += [f"train.num_workers={args.workers}"] * (args.workers is not None)
     job = load_distill_job(args.config, flags + list(args.overrides))
@@ -64,14 +81,19 @@ def run(args) -> int:
     if started_ray:
         ray.shutdown()
     domain = world.domain(job.data.dataset or None)
-    paths = write_report(scores, Path(args.out) / "report",
-                         f"Label-free distillation on the toy world ({domain.name}, seed {args.seed}; "
-                         f"loss: {loss_summary(job.loss)})")
+    paths = write_report(
+        scores,
+        Path(args.out) / "report",
+        f"Label-free distillation on the toy world ({domain.name}, seed {args.seed}; "
+        f"loss: {loss_summary(job.loss)})",
+    )
     hm = {s.model: s.metrics["hm"] for s in scores}
     print(Path(paths["markdown"]).read_text())
     print(f"report: {paths['markdown']}, {paths['plot']}")
-    print(f"RESULT teacher_hm={hm['teacher zero-shot']:.2f} student_zero_shot_hm={hm['student zero-shot']:.2f} "
-          f"student_distilled_hm={hm['student distilled']:.2f}")
+    print(
+        f"RESULT teacher_hm={hm['teacher zero-shot']:.2f} student_zero_shot_hm={hm['student zero-shot']:.2f} "
+        f"student_distilled_hm={hm['student distilled']:.2f}"
+    )
     return 0
 
 
@@ -85,10 +107,15 @@ def evaluate_demo(world, job, result) -> list:
 
     splits = world.domain(job.data.dataset or None).splits()
     run_cv = load_class_vectors(f"{result.run_dir}/class_vectors")
-    entries = [Entry("teacher zero-shot", ModelRef("zeroshot", world.teacher_spec)),
-               Entry("student zero-shot", ModelRef("zeroshot", world.student_spec)),
-               Entry("student distilled", ModelRef("student", result.student_artifact),
-                     class_vectors_for(result.student_artifact, splits, [run_cv], "base2novel"))]
+    entries = [
+        Entry("teacher zero-shot", ModelRef("zeroshot", world.teacher_spec)),
+        Entry("student zero-shot", ModelRef("zeroshot", world.student_spec)),
+        Entry(
+            "student distilled",
+            ModelRef("student", result.student_artifact),
+            class_vectors_for(result.student_artifact, splits, [run_cv], "base2novel"),
+        ),
+    ]
     return score(entries, splits, "base2novel", batch_size=128)
 
 

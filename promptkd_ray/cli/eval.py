@@ -26,18 +26,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", choices=PROTOCOLS, default="base2novel")
     add_dataset_arguments(p)
     p.add_argument("--student", nargs="*", default=[], help="student artifact(s), one per seed")
-    p.add_argument("--class-vectors", nargs="*", default=[],
-                   help="class vectors the students are scored against, one file per dataset (matched by class "
-                        "names); a dataset without one gets its class vectors from the students' own teacher")
-    p.add_argument("--teacher", nargs="*", default=[], help="teacher artifact(s) (scored with their own text)")
+    p.add_argument(
+        "--class-vectors",
+        nargs="*",
+        default=[],
+        help="class vectors the students are scored against, one file per dataset (matched by class "
+        "names); a dataset without one gets its class vectors from the students' own teacher",
+    )
+    p.add_argument(
+        "--teacher", nargs="*", default=[], help="teacher artifact(s) (scored with their own text)"
+    )
     p.add_argument("--zeroshot", nargs="*", default=[], help="MODEL[:PRETRAINED] zero-shot CLIP(s)")
     p.add_argument("--templates", default="single", help="zero-shot templates: single | imagenet60")
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--actors", type=int, default=1, help="inference actors (one GPU each where the cluster has GPUs)")
+    p.add_argument(
+        "--actors", type=int, default=1, help="inference actors (one GPU each where the cluster has GPUs)"
+    )
     p.add_argument("--no-ray", action="store_true", help="encode in-process instead of Ray Data")
-    p.add_argument("--skip-unreadable", action="store_true",
-                   help="leave unreadable test images out and report their count (and names) beside the score")
+    p.add_argument(
+        "--skip-unreadable",
+        action="store_true",
+        help="leave unreadable test images out and report their count (and names) beside the score",
+    )
     add_decode_arguments(p)
 
 
@@ -55,8 +66,10 @@ def run(args) -> int:
     datasets = open_datasets(args)
     given, computed = [load_class_vectors(path) for path in args.class_vectors], {}
     others = [Entry("teacher", ModelRef("teacher", t), None, i) for i, t in enumerate(args.teacher)]
-    others += [Entry(f"zero-shot {z.split(':')[0]}", ModelRef("zeroshot", z), None, i)
-               for i, z in enumerate(args.zeroshot)]
+    others += [
+        Entry(f"zero-shot {z.split(':')[0]}", ModelRef("zeroshot", z), None, i)
+        for i, z in enumerate(args.zeroshot)
+    ]
     if not args.no_ray:
         cluster.connect(RayConfig(), cpus_needed=2 + args.actors)
     scores = []
@@ -66,11 +79,21 @@ def run(args) -> int:
             cv = class_vectors_for(student, dataset, given, args.protocol, computed)
             warn_if_other_teacher(student, cv)
             entries.append(Entry("student", ModelRef("student", student), cv, seed))
-        scores += score(entries + others, dataset, args.protocol, args.templates, use_ray=not args.no_ray,
-                        batch_size=args.batch_size, actors=args.actors, skip_unreadable=args.skip_unreadable,
-                        options=options)
+        scores += score(
+            entries + others,
+            dataset,
+            args.protocol,
+            args.templates,
+            use_ray=not args.no_ray,
+            batch_size=args.batch_size,
+            actors=args.actors,
+            skip_unreadable=args.skip_unreadable,
+            options=options,
+        )
     published = PUBLISHED_B2N if args.protocol == "base2novel" else None
-    paths = write_report(scores, args.out, f"{args.protocol}: {', '.join(d.name for d in datasets)}", published)
+    paths = write_report(
+        scores, args.out, f"{args.protocol}: {', '.join(d.name for d in datasets)}", published
+    )
     print(Path(paths["markdown"]).read_text())
     return 0
 
@@ -82,5 +105,10 @@ def warn_if_other_teacher(student_path: str, cv) -> None:
 
     learnt_from = read_student_info(student_path).extra.get("teacher")
     if learnt_from and cv.teacher and learnt_from != cv.teacher:
-        log.warning("student %s was distilled from teacher %s but the class vectors come from %s: its scores "
-                    "are only meaningful if these are the same model", student_path, learnt_from, cv.teacher)
+        log.warning(
+            "student %s was distilled from teacher %s but the class vectors come from %s: its scores "
+            "are only meaningful if these are the same model",
+            student_path,
+            learnt_from,
+            cv.teacher,
+        )

@@ -25,15 +25,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="kind", required=True, metavar="KIND")
     student = sub.add_parser("student", help="a PromptKD student (VLPromptLearner/model-best.pth.tar)")
     student.add_argument("checkpoint", help="the official student checkpoint")
-    student.add_argument("--student-clip", required=True,
-                         help="base CLIP of the student, FILE or MODEL:FILE (the authors' ./clip/ViT-B-16.pt)")
+    student.add_argument(
+        "--student-clip",
+        required=True,
+        help="base CLIP of the student, FILE or MODEL:FILE (the authors' ./clip/ViT-B-16.pt)",
+    )
     student.add_argument("--class-vectors", help="class vectors it was distilled against (recorded by hash)")
     student.add_argument("--out", required=True, help="output NAME (writes NAME.safetensors + NAME.json)")
     teacher = sub.add_parser("teacher", help="a PromptSRC teacher (model-best.pth.tar / model.pth.tar-20)")
     teacher.add_argument("checkpoint", help="the official teacher checkpoint")
-    teacher.add_argument("--clip-weights", required=True,
-                         help="base CLIP of the teacher, FILE or MODEL:FILE (the authors' ./clip/ViT-L-14.pt)")
-    teacher.add_argument("--classnames-file", help="class names, one per line in label order (instead of a dataset)")
+    teacher.add_argument(
+        "--clip-weights",
+        required=True,
+        help="base CLIP of the teacher, FILE or MODEL:FILE (the authors' ./clip/ViT-L-14.pt)",
+    )
+    teacher.add_argument(
+        "--classnames-file", help="class names, one per line in label order (instead of a dataset)"
+    )
     add_dataset_arguments(teacher)
     teacher.add_argument("--out", required=True, help="output folder (teacher.* and class_vectors.*)")
     for q in (student, teacher):
@@ -57,11 +65,13 @@ def run(args) -> int:
             from ..core.classvectors import load_class_vectors
 
             sha = load_class_vectors(args.class_vectors).sha256
-        path = import_student(args.checkpoint, args.student_clip, args.out, head_width=args.head_width,
-                              class_vectors_sha256=sha)
+        path = import_student(
+            args.checkpoint, args.student_clip, args.out, head_width=args.head_width, class_vectors_sha256=sha
+        )
         print(f"student artifact: {path}")
         return 0
-    teacher_path, cv_path = import_teacher(args.checkpoint, args.clip_weights, _classnames(args), args.out,
-                                           head_width=args.head_width)
+    teacher_path, cv_path = import_teacher(
+        args.checkpoint, args.clip_weights, _classnames(args), args.out, head_width=args.head_width
+    )
     print(f"teacher artifact: {teacher_path}\nclass vectors: {cv_path}")
     return 0

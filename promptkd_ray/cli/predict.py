@@ -44,18 +44,33 @@ def run(args) -> int:
     info = read_student_info(args.student)
     cv = load_class_vectors(args.class_vectors, expected_dim=info.teacher_dim)
     if info.class_vectors_sha256 and info.class_vectors_sha256 != cv.sha256:
-        log.warning("the student was distilled against other class vectors (sha256 %s…, given %s…)",
-                    info.class_vectors_sha256[:12], cv.sha256[:12])
+        log.warning(
+            "the student was distilled against other class vectors (sha256 %s…, given %s…)",
+            info.class_vectors_sha256[:12],
+            cv.sha256[:12],
+        )
     paths = list(list_images(args.images))
     if not args.no_ray:
         cluster.connect(RayConfig(), cpus_needed=2 + args.actors)
     student = ModelRef("student", args.student)
-    encoded = encode_items(student, paths, [-1] * len(paths), use_ray=not args.no_ray,
-                           batch_size=args.batch_size, num_actors=args.actors, options=options)
+    encoded = encode_items(
+        student,
+        paths,
+        [-1] * len(paths),
+        use_ray=not args.no_ray,
+        batch_size=args.batch_size,
+        num_actors=args.actors,
+        options=options,
+    )
     table = predictions_table(encoded, cv, args.top_k, student.classifier())
     write_table(table, args.out)
-    log.info("%d predictions written to %s (%d unreadable images skipped%s)", table.num_rows, args.out,
-             encoded.skipped, f", first: {sorted(encoded.unreadable)[0]}" if encoded.skipped else "")
+    log.info(
+        "%d predictions written to %s (%d unreadable images skipped%s)",
+        table.num_rows,
+        args.out,
+        encoded.skipped,
+        f", first: {sorted(encoded.unreadable)[0]}" if encoded.skipped else "",
+    )
     return 0
 
 

@@ -13,9 +13,15 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, metavar="JOB.yaml", help="a `kind: teacher` job file (see jobs/)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="override job fields with dotted keys, e.g. train.epochs=2 data.root=/data")
+    p.add_argument(
+        "--config", required=True, metavar="JOB.yaml", help="a `kind: teacher` job file (see jobs/)"
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="override job fields with dotted keys, e.g. train.epochs=2 data.root=/data",
+    )
     p.add_argument("--check", action="store_true", help="validate the job and exit")
 
 
@@ -30,6 +36,8 @@ def run(args) -> int:
 
     result = run_teacher_job(job)
     accuracy = result.metrics.get("test_accuracy_train_classes")
-    shown = f", test accuracy on its {job.data.classes} classes {accuracy:.2f}%" if accuracy is not None else ""
+    shown = (
+        f", test accuracy on its {job.data.classes} classes {accuracy:.2f}%" if accuracy is not None else ""
+    )
     print(f"teacher {result.teacher}\nclass vectors {result.class_vectors}{shown}")
     return 0

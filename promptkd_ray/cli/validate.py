@@ -14,10 +14,17 @@ import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("items", nargs="+", metavar="JOB.yaml|KEY=VALUE",
-                   help="job files to check, and overrides applied to each of them")
-    p.add_argument("--no-path-check", action="store_true",
-                   help="do not require local paths to exist (jobs for another machine)")
+    p.add_argument(
+        "items",
+        nargs="+",
+        metavar="JOB.yaml|KEY=VALUE",
+        help="job files to check, and overrides applied to each of them",
+    )
+    p.add_argument(
+        "--no-path-check",
+        action="store_true",
+        help="do not require local paths to exist (jobs for another machine)",
+    )
 
 
 def run(args) -> int:
@@ -43,8 +50,10 @@ def check_file(path: str, overrides=(), check_paths: bool = True) -> str:
 
 
 def describe(job, path: str) -> str:
-    return (f"ok: {path} ({job.kind} job {job.name!r}: {job.data.source} data, {job.train.epochs} epochs, "
-            f"{job.train.num_workers} worker(s))")
+    return (
+        f"ok: {path} ({job.kind} job {job.name!r}: {job.data.source} data, {job.train.epochs} epochs, "
+        f"{job.train.num_workers} worker(s))"
+    )
 
 
 def is_space_file(path: str) -> bool:
@@ -63,8 +72,10 @@ def check_space_file(path: str, overrides=(), check_paths: bool = True) -> str:
 
     sweep = open_sweep(path, "", overrides, check_paths=check_paths)
     space = sweep.space
-    return (f"ok: {path} (space over {', '.join(space.params)} for {space.job}: {space.search.algorithm} search, "
-            f"{space.scheduler.kind}, metric {space.metric})")
+    return (
+        f"ok: {path} (space over {', '.join(space.params)} for {space.job}: {space.search.algorithm} search, "
+        f"{space.scheduler.kind}, metric {space.metric})"
+    )
 
 
 def check_job_file(path: str, overrides=(), check_paths: bool = True):

@@ -14,15 +14,31 @@ from .loader import JOB_KINDS, build, read_job_yaml, require_kind, to_dict
 from .sections import check_paths
 from .teacher import TeacherJob, teacher_checks
 
-__all__ = ["ConfigError", "DistillJob", "TeacherJob", "job_from_dict", "load_job", "distill_job_from_dict",
-           "load_distill_job", "teacher_job_from_dict", "load_teacher_job", "to_dict", "read_job_yaml"]
+__all__ = [
+    "ConfigError",
+    "DistillJob",
+    "TeacherJob",
+    "job_from_dict",
+    "load_job",
+    "distill_job_from_dict",
+    "load_distill_job",
+    "teacher_job_from_dict",
+    "load_teacher_job",
+    "to_dict",
+    "read_job_yaml",
+]
 
 KINDS = {"distill": (DistillJob, distill_checks), "teacher": (TeacherJob, teacher_checks)}
 assert set(KINDS) == set(JOB_KINDS)
 
 
-def job_from_dict(raw: dict, kind: str, source: str = "<dict>", overrides: Sequence[str] = (),
-                  check_paths_exist: bool = True):
+def job_from_dict(
+    raw: dict,
+    kind: str,
+    source: str = "<dict>",
+    overrides: Sequence[str] = (),
+    check_paths_exist: bool = True,
+):
     """A job of `kind` from a mapping (a parsed YAML file): overrides applied, converted, validated."""
     cls, checks = KINDS[kind]
     job = build(cls, raw, source, overrides, checks)
@@ -31,8 +47,9 @@ def job_from_dict(raw: dict, kind: str, source: str = "<dict>", overrides: Seque
     return job
 
 
-def load_job(path, overrides: Sequence[str] = (), check_paths_exist: bool = True,
-             kinds: Optional[Sequence[str]] = None):
+def load_job(
+    path, overrides: Sequence[str] = (), check_paths_exist: bool = True, kinds: Optional[Sequence[str]] = None
+):
     """Read a job file whose `kind:` is one of `kinds` (default: any), apply `key=value` overrides,
     convert and validate it."""
     raw = read_job_yaml(path)
@@ -40,13 +57,15 @@ def load_job(path, overrides: Sequence[str] = (), check_paths_exist: bool = True
     return job_from_dict(raw, kind, str(path), overrides, check_paths_exist)
 
 
-def distill_job_from_dict(raw: dict, source: str = "<dict>", overrides: Sequence[str] = (),
-                          check_paths_exist: bool = True) -> DistillJob:
+def distill_job_from_dict(
+    raw: dict, source: str = "<dict>", overrides: Sequence[str] = (), check_paths_exist: bool = True
+) -> DistillJob:
     return job_from_dict(raw, "distill", source, overrides, check_paths_exist)
 
 
-def teacher_job_from_dict(raw: dict, source: str = "<dict>", overrides: Sequence[str] = (),
-                          check_paths_exist: bool = True) -> TeacherJob:
+def teacher_job_from_dict(
+    raw: dict, source: str = "<dict>", overrides: Sequence[str] = (), check_paths_exist: bool = True
+) -> TeacherJob:
     return job_from_dict(raw, "teacher", source, overrides, check_paths_exist)
 
 

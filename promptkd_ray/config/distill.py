@@ -10,18 +10,36 @@ from typing import Dict
 
 from ..core.losses import LOSS_PRESETS, LossConfig
 from .loader import choice, path_field, section, show_value, spec_field
-from .sections import (IMAGE_SOURCES, ImagesConfig, JobBase, OptimConfig, Problems, RayConfig, WorkersConfig,
-                       resources_checks, templates_ok, training_job_checks)
+from .sections import (
+    IMAGE_SOURCES,
+    ImagesConfig,
+    JobBase,
+    OptimConfig,
+    Problems,
+    RayConfig,
+    WorkersConfig,
+    resources_checks,
+    templates_ok,
+    training_job_checks,
+)
 
 
 @dataclass(frozen=True)
 class TeacherConfig:
     spec: str = spec_field()  # zero-shot teacher CLIP as MODEL[:PRETRAINED]; ignored when `artifact` is set
-    artifact: str = path_field(artifact=True)  # Stage I teacher artifact (NAME.safetensors + NAME.json); "" = `spec`
-    class_vectors: str = path_field(artifact=True)  # class-vectors artifact; "" = compute them from the teacher here
-    templates: str = "single"  # templates for computed class vectors: "single", "imagenet60" or one '{}' template
+    artifact: str = path_field(
+        artifact=True
+    )  # Stage I teacher artifact (NAME.safetensors + NAME.json); "" = `spec`
+    class_vectors: str = path_field(
+        artifact=True
+    )  # class-vectors artifact; "" = compute them from the teacher here
+    templates: str = (
+        "single"  # templates for computed class vectors: "single", "imagenet60" or one '{}' template
+    )
     vocabulary: str = ""  # KDPL-CA: distil over these names, not the dataset's: a names file or "toyworld"
-    cache: str = ""  # soft-label cache folder or URI (`promptkd-ray cache`): replayed instead of running the teacher
+    cache: str = (
+        ""  # soft-label cache folder or URI (`promptkd-ray cache`): replayed instead of running the teacher
+    )
 
 
 @dataclass(frozen=True)
@@ -30,7 +48,9 @@ class StudentConfig:
     n_ctx: int = 4  # visual prompt tokens per layer
     depth: int = 9  # prompted layers (authors: 9 base-to-novel, 3 cross-dataset)
     projector: str = choice("mlp2", "linear", "identity")  # student→teacher dim projector (authors: mlp2)
-    edu_attention_width: int = 0  # width C of the EduAttention when loss.edu_attention (0 = the class vectors' dim)
+    edu_attention_width: int = (
+        0  # width C of the EduAttention when loss.edu_attention (0 = the class vectors' dim)
+    )
 
 
 @dataclass(frozen=True)
@@ -40,13 +60,19 @@ class DataConfig(ImagesConfig):
     parquet: str = path_field()  # parquet only: Parquet file, folder or URI with encoded images
     image_column: str = "image"  # parquet only: column of encoded image bytes
     heldout_images: int = 256  # images in the label-free held-out slice for agreement / KL (0 = none)
-    heldout_split: str = choice("", "train", "val", "test")  # split of the held-out slice; "" = held out of `split`
+    heldout_split: str = choice(
+        "", "train", "val", "test"
+    )  # split of the held-out slice; "" = held out of `split`
     limit: int = 0  # distil on at most this many images, picked with `seed` (0 = all)
     shuffle: bool = True  # reshuffle the image order every epoch (a shuffle of paths, not of pixels)
-    preserve_order: bool = False  # batches in the seeded order (the same batches on a re-run with 1 worker; slower)
+    preserve_order: bool = (
+        False  # batches in the seeded order (the same batches on a re-run with 1 worker; slower)
+    )
     on_bad_image: str = choice("skip", "fail")  # unreadable file: skip and count it, or fail the run
     decode_batch_size: int = 32  # images per decode + augment task batch
-    decode_memory_mb: int = 640  # memory reserved per decode task: its worker (Ray Data measured ~450 MiB) + a batch
+    decode_memory_mb: int = (
+        640  # memory reserved per decode task: its worker (Ray Data measured ~450 MiB) + a batch
+    )
 
 
 @dataclass(frozen=True)
@@ -57,7 +83,9 @@ class TeacherPoolConfig:
     num_gpus: float = -1.0  # GPUs per actor; -1 = 1 when the cluster has GPUs, else 0
     num_cpus: float = 1.0  # CPUs per actor
     resources: Dict[str, float] = field(default_factory=dict)  # custom resources per actor, e.g. {teacher: 1}
-    precision: str = choice("auto", "bf16", "fp16", "fp32")  # teacher autocast; auto = bf16 on GPU, fp32 on CPU
+    precision: str = choice(
+        "auto", "bf16", "fp16", "fp32"
+    )  # teacher autocast; auto = bf16 on GPU, fp32 on CPU
 
 
 @dataclass(frozen=True)
@@ -88,19 +116,32 @@ def distill_checks(job: DistillJob) -> Problems:
     problems = Problems()
     training_job_checks(job, problems)
     toy = d.source == "toyworld"
-    problems.need(bool(job.teacher.spec or job.teacher.artifact or toy), "teacher.spec", "or teacher.artifact must be set.")
+    problems.need(
+        bool(job.teacher.spec or job.teacher.artifact or toy),
+        "teacher.spec",
+        "or teacher.artifact must be set.",
+    )
     problems.need(bool(s.spec or toy), "student.spec", "must be set (MODEL[:PRETRAINED]).")
     problems.at_least("student", s, n_ctx=1, depth=0, edu_attention_width=0)
     problems.at_least("teacher_pool", p, size=1, batch_size=1)
     problems.at_least("data", d, decode_batch_size=1, decode_memory_mb=1, heldout_images=0, limit=0)
-    problems.need(p.max_size == 0 or p.max_size >= p.size, "teacher_pool.max_size",
-                  f"must be 0 or ≥ teacher_pool.size ({p.size}), got {p.max_size}.")
-    problems.need(p.num_gpus == -1 or p.num_gpus >= 0, "teacher_pool.num_gpus",
-                  f"must be -1 (auto) or ≥ 0, got {p.num_gpus}.")
+    problems.need(
+        p.max_size == 0 or p.max_size >= p.size,
+        "teacher_pool.max_size",
+        f"must be 0 or ≥ teacher_pool.size ({p.size}), got {p.max_size}.",
+    )
+    problems.need(
+        p.num_gpus == -1 or p.num_gpus >= 0,
+        "teacher_pool.num_gpus",
+        f"must be -1 (auto) or ≥ 0, got {p.num_gpus}.",
+    )
     problems.at_least("teacher_pool", p, num_cpus=0)
     resources_checks(p.resources, "teacher_pool.resources", problems)
     problems.at_least("loss", job.loss, kd_weight=0, feature_weight=0, ifalign_weight=0)
-    problems.need(templates_ok(job.teacher.templates), "teacher.templates",
-                  f"must be single, imagenet60 or one template with one '{{}}', "
-                  f"got {show_value(job.teacher.templates)}.")
+    problems.need(
+        templates_ok(job.teacher.templates),
+        "teacher.templates",
+        f"must be single, imagenet60 or one template with one '{{}}', "
+        f"got {show_value(job.teacher.templates)}.",
+    )
     return problems

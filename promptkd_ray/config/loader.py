@@ -42,7 +42,7 @@ from ..errors import ConfigError
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".tar")
 MAX_STRING = 4096  # longest string value (PATH_MAX on Linux): longer ones are refused, not cut
-INT_RANGE = (-2**63, 2**63 - 1)  # integers go to torch, numpy and Arrow as int64
+INT_RANGE = (-(2**63), 2**63 - 1)  # integers go to torch, numpy and Arrow as int64
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _SHOW = reprlib.Repr()
 _SHOW.maxstring, _SHOW.maxother, _SHOW.maxlevel = 60, 60, 3
@@ -98,7 +98,9 @@ def load_yaml(data: "bytes | str", source: str):
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{source} is not valid YAML ({_one_line(exc.problem or exc.context)}{where}).") from None
+        raise ConfigError(
+            f"{source} is not valid YAML ({_one_line(exc.problem or exc.context)}{where})."
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source} is not valid YAML ({_one_line(str(exc))}).") from None
     except RecursionError:
@@ -120,7 +122,11 @@ def _strict_loader():
                         continue  # unhashable keys: SafeLoader's own error
                     if key in seen:
                         raise yaml.constructor.ConstructorError(
-                            None, None, f"key {show_value(key)} appears twice in one mapping", key_node.start_mark)
+                            None,
+                            None,
+                            f"key {show_value(key)} appears twice in one mapping",
+                            key_node.start_mark,
+                        )
                     seen.add(key)
             return super().construct_mapping(node, deep)
 
@@ -137,7 +143,7 @@ def _hashable(value) -> bool:
 
 def _one_line(text: str, limit: int = 200) -> str:
     text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 JOB_KINDS = {"distill": "Stage II, `promptkd-ray distill`", "teacher": "Stage I, `promptkd-ray teacher`"}
@@ -154,8 +160,10 @@ def require_kind(raw: dict, source: str, kinds: Sequence[str] = tuple(JOB_KINDS)
         choices = " or ".join(f"`kind: {k}` ({JOB_KINDS[k]})" for k in kinds)
         raise ConfigError(f"{source}: kind must be set: {choices}.")
     if found in JOB_KINDS:
-        raise ConfigError(f"{source} is a {found} job ({JOB_KINDS[found]}), but this command runs "
-                          f"{' or '.join(kinds)} jobs.")
+        raise ConfigError(
+            f"{source} is a {found} job ({JOB_KINDS[found]}), but this command runs "
+            f"{' or '.join(kinds)} jobs."
+        )
     raise ConfigError(f"{source}: kind must be one of {', '.join(JOB_KINDS)}, got {show_value(found)}.")
 
 
@@ -166,7 +174,7 @@ def build(cls, raw: dict, source: str, overrides: Sequence[str] = (), checks: "C
     for text in overrides:
         apply_override(raw, text, source)
     job = convert(cls, raw, "", source)
-    for key, message in (checks(job) if checks else []):
+    for key, message in checks(job) if checks else []:
         raise ConfigError(f"{source}: {key} {message}")
     return job
 
@@ -183,8 +191,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, value = text.partition("=")
     keys = key.strip().split(".")
     if not sep or not all(k.strip() for k in keys):
-        raise ValueError("expected an override as KEY=VALUE with a dotted KEY (e.g. train.epochs=2), "
-                         f"got {show_value(text)}")
+        raise ValueError(
+            "expected an override as KEY=VALUE with a dotted KEY (e.g. train.epochs=2), "
+            f"got {show_value(text)}"
+        )
     try:
         parsed = yaml.load(value, Loader=_strict_loader()) if value.strip() else ""
     except (yaml.YAMLError, RecursionError):
@@ -208,8 +218,9 @@ def set_dotted(raw: dict, keys: Sequence[str], value, source: str, what: str) ->
         if node.get(key) is None:
             node[key] = {}
         if not isinstance(node[key], dict):
-            raise ConfigError(f"{source}: {what} goes inside {show_key('.'.join(keys[:i + 1]))}, "
-                              "which is not a section.")
+            raise ConfigError(
+                f"{source}: {what} goes inside {show_key('.'.join(keys[: i + 1]))}, which is not a section."
+            )
         node = node[key]
     node[keys[-1]] = value
 
@@ -220,13 +231,17 @@ def convert(cls, raw, prefix: str, source: str, base=None):
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: {prefix or 'the top level'} must be a mapping of keys, got {show_value(raw)}.")
+        raise ConfigError(
+            f"{source}: {prefix or 'the top level'} must be a mapping of keys, got {show_value(raw)}."
+        )
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
-            raise ConfigError(f"{source}: unknown key {_dotted(prefix, show_key(key))} "
-                              f"(known keys here: {', '.join(fields)}).")
+            raise ConfigError(
+                f"{source}: unknown key {_dotted(prefix, show_key(key))} "
+                f"(known keys here: {', '.join(fields)})."
+            )
     values = {}
     for name in raw:
         f, key = fields[name], _dotted(prefix, name)
@@ -236,7 +251,9 @@ def convert(cls, raw, prefix: str, source: str, base=None):
             values[name] = check_value(raw[name], hints[name], key, source)
         allowed = f.metadata.get("choices")
         if allowed and values[name] not in allowed:
-            raise ConfigError(f"{source}: {key} must be one of {', '.join(allowed)}, got {show_value(values[name])}.")
+            raise ConfigError(
+                f"{source}: {key} must be one of {', '.join(allowed)}, got {show_value(values[name])}."
+            )
     try:
         return dataclasses.replace(base if base is not None else cls(), **values)
     except ValueError as exc:  # __post_init__ checks (e.g. LossConfig)
@@ -249,7 +266,9 @@ def _convert_section(cls, raw, key: str, source: str, presets: "dict | None"):
     raw = dict(raw)
     preset = raw.pop("preset")
     if not isinstance(preset, str) or preset not in presets:
-        raise ConfigError(f"{source}: {key}.preset must be one of {sorted(presets)}, got {show_value(preset)}.")
+        raise ConfigError(
+            f"{source}: {key}.preset must be one of {sorted(presets)}, got {show_value(preset)}."
+        )
     return convert(cls, raw, key, source, base=presets[preset])
 
 
@@ -274,8 +293,9 @@ def check_value(value, hint, key: str, source: str):
             return cast(value)
         raise ConfigError(f"{source}: {key} must be {what}{_why_not(value, hint)}, got {show_value(value)}.")
     if origin in (dict, Dict):
-        if isinstance(value, dict) and all(_is_text(k) and k.strip() and _is_number(v) and not isinstance(v, str)
-                                           for k, v in value.items()):
+        if isinstance(value, dict) and all(
+            _is_text(k) and k.strip() and _is_number(v) and not isinstance(v, str) for k, v in value.items()
+        ):
             return {k: float(v) for k, v in value.items()}
         raise ConfigError(f"{source}: {key} must be a mapping of names to numbers, got {show_value(value)}.")
     raise TypeError(f"config field {key} has an unsupported type {hint}")  # a bug in a config module
@@ -293,8 +313,12 @@ def _is_number(value) -> bool:
         return abs(value) < 2**1023  # converts to a finite float
     if isinstance(value, float):
         return math.isfinite(value)
-    return isinstance(value, str) and len(value) <= 100 and bool(_FLOAT.fullmatch(value.strip())) \
+    return (
+        isinstance(value, str)
+        and len(value) <= 100
+        and bool(_FLOAT.fullmatch(value.strip()))
         and math.isfinite(float(value))
+    )
 
 
 def _why_not(value, hint) -> str:
@@ -304,8 +328,11 @@ def _why_not(value, hint) -> str:
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return " (finite)"
     if hint is str and isinstance(value, str):
-        return (f" of at most {MAX_STRING} characters ({len(value)} given)" if len(value) > MAX_STRING
-                else " without control characters (newline, tab, NUL, …)")
+        return (
+            f" of at most {MAX_STRING} characters ({len(value)} given)"
+            if len(value) > MAX_STRING
+            else " without control characters (newline, tab, NUL, …)"
+        )
     return ""
 
 
@@ -319,7 +346,11 @@ def _dotted(prefix: str, name: str) -> str:
 
 def show_key(key) -> str:
     """A mapping key as a message shows it: plain when it is a short printable string, else its repr."""
-    return key if isinstance(key, str) and key.strip() and len(key) <= 60 and key.isprintable() else show_value(key)
+    return (
+        key
+        if isinstance(key, str) and key.strip() and len(key) <= 60 and key.isprintable()
+        else show_value(key)
+    )
 
 
 def show_value(value) -> str:

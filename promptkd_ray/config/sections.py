@@ -34,8 +34,14 @@ URI_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")  # 
 SEED_MAX = 2**32 - 1  # numpy's legacy and Optuna's seeds are 32-bit
 _URI = re.compile(r"([a-z][a-z0-9+.-]*)://(.*)", re.S)
 _SPEC = re.compile(r"[^\s:]+(:.*)?", re.S)
-REQUIRED_BY_SOURCE = {"benchmark": ("root", "dataset"), "split_json": ("root", "dataset", "split_file"),
-                      "imagefolder": ("root",), "parquet": ("parquet",), "toyworld": (), "packed": ("root",)}
+REQUIRED_BY_SOURCE = {
+    "benchmark": ("root", "dataset"),
+    "split_json": ("root", "dataset", "split_file"),
+    "imagefolder": ("root",),
+    "parquet": ("parquet",),
+    "toyworld": (),
+    "packed": ("root",),
+}
 
 
 @dataclass(frozen=True)
@@ -60,7 +66,9 @@ class OptimConfig:
     batch_size: int = 8  # global batch, split evenly over the workers (authors: 8, drop_last)
     optimizer: str = choice("sgd", "adamw")  # sgd = the authors'; adamw for short toy jobs
     lr: float = 0.005  # learning rate at `base_batch_size` (authors: 0.005 at 8)
-    lr_scaling: str = choice("none", "linear")  # linear: lr × batch_size / base_batch_size (authors: 256 → 0.16)
+    lr_scaling: str = choice(
+        "none", "linear"
+    )  # linear: lr × batch_size / base_batch_size (authors: 256 → 0.16)
     base_batch_size: int = 8  # batch size that `lr` is given for
     momentum: float = 0.9  # SGD momentum (AdamW: beta1)
     weight_decay: float = 5e-4  # weight decay (authors: 5e-4)
@@ -89,16 +97,24 @@ class WorkersConfig:
 @dataclass(frozen=True)
 class ImagesConfig:
     source: str = choice(*IMAGE_SOURCES)  # how to find the images (see `data.sources`)
-    root: str = path_field()  # data root folder or URI; packed: the pack; toyworld: the world cache ("" = default)
+    root: str = (
+        path_field()
+    )  # data root folder or URI; packed: the pack; toyworld: the world cache ("" = default)
     dataset: str = ""  # benchmark name, split_json dataset folder, or toy-world domain ("" = its default)
     image_folder: str = ""  # split_json only: image folder inside the dataset folder
     split_file: str = ""  # split_json only: split JSON file inside the dataset folder
-    toyworld_profile: str = choice("full", "quick")  # toyworld only: which world (quick = the tests' small one)
+    toyworld_profile: str = choice(
+        "full", "quick"
+    )  # toyworld only: which world (quick = the tests' small one)
     toyworld_seed: int = 0  # toyworld only: seed of the world (pretraining + images), not of the run
     image_size: int = 0  # training resolution in pixels; 0 = the model's input size
     crop_scale_min: float = 0.08  # smallest train crop, as a fraction of the image area (authors: 0.08)
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # an image declaring more pixels (width × height) is refused undecoded
-    exif_orientation: str = choice(*EXIF_ORIENTATIONS)  # EXIF rotation: ignore (authors) or apply before cropping
+    max_image_pixels: int = (
+        DEFAULT_MAX_IMAGE_PIXELS  # an image declaring more pixels (width × height) is refused undecoded
+    )
+    exif_orientation: str = choice(
+        *EXIF_ORIENTATIONS
+    )  # EXIF rotation: ignore (authors) or apply before cropping
 
 
 class Problems(list):
@@ -118,9 +134,14 @@ class Problems(list):
 def training_job_checks(job, problems: Problems) -> None:
     """The rules every training job shares: its name and storage, `train` (optimisation and
     workers) and `data` (images)."""
-    problems.need(bool(job.name.strip()), "name", "must be set: it names the run and is how a re-run resumes it.")
-    problems.need(folder_name_ok(job.name) or not job.name.strip(), "name",
-                  f"must be one folder name (no '/', not '.' or '..', at most 255 bytes), got {show_value(job.name)}.")
+    problems.need(
+        bool(job.name.strip()), "name", "must be set: it names the run and is how a re-run resumes it."
+    )
+    problems.need(
+        folder_name_ok(job.name) or not job.name.strip(),
+        "name",
+        f"must be one folder name (no '/', not '.' or '..', at most 255 bytes), got {show_value(job.name)}.",
+    )
     problems.need(bool(job.storage_path.strip()), "storage_path", "must be a folder or URI.")
     problems.need(0 <= job.seed <= SEED_MAX, "seed", f"must be in 0 … {SEED_MAX}, got {job.seed}.")
     location_checks(job, problems)
@@ -134,19 +155,32 @@ def training_job_checks(job, problems: Problems) -> None:
 def optim_checks(t: OptimConfig, problems: Problems, section: str = "train") -> None:
     problems.at_least(section, t, epochs=1, batch_size=1, base_batch_size=1, log_every=1)
     problems.need(t.lr > 0, f"{section}.lr", f"must be > 0, got {t.lr}.")
-    problems.need(math.isfinite(t.effective_lr), f"{section}.lr", "× batch_size / base_batch_size "
-                  f"(lr_scaling: linear) must be a finite number, got {t.effective_lr}.")
+    problems.need(
+        math.isfinite(t.effective_lr),
+        f"{section}.lr",
+        f"× batch_size / base_batch_size (lr_scaling: linear) must be a finite number, got {t.effective_lr}.",
+    )
     problems.need(0 <= t.momentum < 1, f"{section}.momentum", f"must be in [0, 1), got {t.momentum}.")
     problems.at_least(section, t, weight_decay=0, warmup_lr=0)
-    problems.need(0 <= t.warmup_epochs < t.epochs, f"{section}.warmup_epochs",
-                  f"must be ≥ 0 and less than {section}.epochs ({t.epochs}), got {t.warmup_epochs}.")
+    problems.need(
+        0 <= t.warmup_epochs < t.epochs,
+        f"{section}.warmup_epochs",
+        f"must be ≥ 0 and less than {section}.epochs ({t.epochs}), got {t.warmup_epochs}.",
+    )
 
 
 def workers_checks(t: WorkersConfig, batch_size: int, problems: Problems, section: str = "train") -> None:
     problems.at_least(section, t, num_workers=1, checkpoints_to_keep=1)
-    problems.need(batch_size % max(t.num_workers, 1) == 0, f"{section}.batch_size",
-                  f"({batch_size}) must be divisible by {section}.num_workers ({t.num_workers}).")
-    problems.need(t.max_failures >= -1, f"{section}.max_failures", f"must be ≥ -1 (-1 = unlimited), got {t.max_failures}.")
+    problems.need(
+        batch_size % max(t.num_workers, 1) == 0,
+        f"{section}.batch_size",
+        f"({batch_size}) must be divisible by {section}.num_workers ({t.num_workers}).",
+    )
+    problems.need(
+        t.max_failures >= -1,
+        f"{section}.max_failures",
+        f"must be ≥ -1 (-1 = unlimited), got {t.max_failures}.",
+    )
     problems.at_least(section, t, cpus_per_worker=0)
     resources_checks(t.resources_per_worker, f"{section}.resources_per_worker", problems)
 
@@ -168,8 +202,12 @@ def templates_ok(templates: str) -> bool:
 
 def folder_name_ok(name: str, max_bytes: int = 255) -> bool:
     """Whether `name` can be one folder's name on every file system and object store we write to."""
-    return name.strip() == name and name not in (".", "..") and not {"/", "\\"} & set(name) \
+    return (
+        name.strip() == name
+        and name not in (".", "..")
+        and not {"/", "\\"} & set(name)
         and len(name.encode("utf-8", "surrogatepass")) <= max_bytes
+    )
 
 
 def location_problem(value: str) -> str:
@@ -192,29 +230,46 @@ def spec_checks(job, problems: Problems) -> None:
         for f in dataclasses.fields(section):
             value = getattr(section, f.name)
             if f.metadata.get("spec") and value:
-                problems.need(value == value.strip() and bool(_SPEC.fullmatch(value)), f"{prefix}.{f.name}",
-                              f"must be MODEL[:PRETRAINED], got {show_value(value)}.")
+                problems.need(
+                    value == value.strip() and bool(_SPEC.fullmatch(value)),
+                    f"{prefix}.{f.name}",
+                    f"must be MODEL[:PRETRAINED], got {show_value(value)}.",
+                )
 
 
 def location_checks(job, problems: Problems) -> None:
     """`storage_path`, a soft-label `teacher.cache` and every path field must be usable locations."""
     places = [("storage_path", job.storage_path), ("teacher.cache", getattr(job.teacher, "cache", ""))]
-    places += [(f"{prefix}.{f.name}", getattr(section, f.name)) for prefix, section in _sections(job)
-               for f in dataclasses.fields(section) if f.metadata.get("path")]
+    places += [
+        (f"{prefix}.{f.name}", getattr(section, f.name))
+        for prefix, section in _sections(job)
+        for f in dataclasses.fields(section)
+        if f.metadata.get("path")
+    ]
     for key, value in places:
         problem = location_problem(value) if value else ""
         problems.need(not problem, key, f"{problem}, got {show_value(value)}.")
 
 
 def images_checks(d: ImagesConfig, problems: Problems, section: str = "data") -> None:
-    problems.need(0 < d.crop_scale_min <= 1, f"{section}.crop_scale_min", f"must be in (0, 1], got {d.crop_scale_min}.")
+    problems.need(
+        0 < d.crop_scale_min <= 1, f"{section}.crop_scale_min", f"must be in (0, 1], got {d.crop_scale_min}."
+    )
     problems.need(d.image_size >= 0, f"{section}.image_size", f"must be ≥ 0, got {d.image_size}.")
-    problems.need(0 <= d.toyworld_seed <= SEED_MAX, f"{section}.toyworld_seed",
-                  f"must be in 0 … {SEED_MAX}, got {d.toyworld_seed}.")
-    problems.need(1 <= d.max_image_pixels <= PIL_REFUSAL_PIXELS, f"{section}.max_image_pixels",
-                  f"must be in 1 … {PIL_REFUSAL_PIXELS} (PIL refuses larger images itself), got {d.max_image_pixels}.")
+    problems.need(
+        0 <= d.toyworld_seed <= SEED_MAX,
+        f"{section}.toyworld_seed",
+        f"must be in 0 … {SEED_MAX}, got {d.toyworld_seed}.",
+    )
+    problems.need(
+        1 <= d.max_image_pixels <= PIL_REFUSAL_PIXELS,
+        f"{section}.max_image_pixels",
+        f"must be in 1 … {PIL_REFUSAL_PIXELS} (PIL refuses larger images itself), got {d.max_image_pixels}.",
+    )
     for name in REQUIRED_BY_SOURCE[d.source]:
-        problems.need(bool(getattr(d, name)), f"{section}.{name}", f"must be set when {section}.source is {d.source}.")
+        problems.need(
+            bool(getattr(d, name)), f"{section}.{name}", f"must be set when {section}.source is {d.source}."
+        )
 
 
 def check_paths(job, source: str) -> None:
@@ -228,7 +283,11 @@ def check_paths(job, source: str) -> None:
             if f.metadata.get("spec"):
                 _check_spec(value, key, source)
             kind = f.metadata.get("path")
-            if not kind or is_uri(value) or (f.name == "root" and getattr(section, "source", "") == "toyworld"):
+            if (
+                not kind
+                or is_uri(value)
+                or (f.name == "root" and getattr(section, "source", "") == "toyworld")
+            ):
                 continue
             if kind == "artifact":
                 _check_artifact(value, key, source)
@@ -245,8 +304,12 @@ def _sections(job):
 
 def _check_spec(spec: str, key: str, source: str) -> None:
     weights = spec.partition(":")[2]
-    if weights and (os.sep in weights or weights.endswith(WEIGHT_SUFFIXES)) and not is_uri(weights) \
-            and not os.path.exists(weights):
+    if (
+        weights
+        and (os.sep in weights or weights.endswith(WEIGHT_SUFFIXES))
+        and not is_uri(weights)
+        and not os.path.exists(weights)
+    ):
         raise ConfigError(f"{source}: {key} names the weights file {weights}, which does not exist.")
 
 

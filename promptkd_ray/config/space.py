@@ -39,7 +39,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
-from .loader import choice, convert, read_job_yaml, read_yaml_file, require_kind, set_dotted, show_key, show_value
+from .loader import (
+    choice,
+    convert,
+    read_job_yaml,
+    read_yaml_file,
+    require_kind,
+    set_dotted,
+    show_key,
+    show_value,
+)
 from .sections import SEED_MAX, folder_name_ok
 
 METRICS = {"heldout_kl": "min", "heldout_agreement": "max", "val_accuracy": "max"}
@@ -51,17 +60,25 @@ SPACE_KEYS = ("kind", "name", "job", "metric", "search", "scheduler", "tracking"
 
 @dataclass(frozen=True)
 class SearchConfig:
-    algorithm: str = choice("grid", "random", "optuna")  # grid/random: Tune's variant generator; optuna: TPE (extra)
+    algorithm: str = choice(
+        "grid", "random", "optuna"
+    )  # grid/random: Tune's variant generator; optuna: TPE (extra)
     samples: int = 1  # grid: repeats of the whole grid; random/optuna: trials drawn
     seed: int = 0  # seed of the random draws (random, optuna)
-    max_concurrent: int = 0  # trials at once; 0 = as many as the cluster holds (a trial starts when all its workers fit)
+    max_concurrent: int = (
+        0  # trials at once; 0 = as many as the cluster holds (a trial starts when all its workers fit)
+    )
     cache: bool = True  # one soft-label cache per teacher, built once (or reused) and read by every trial
-    val_shots: int = 16  # val_accuracy: labelled val images per base class (Stage I's few-shot val; never test)
+    val_shots: int = (
+        16  # val_accuracy: labelled val images per base class (Stage I's few-shot val; never test)
+    )
 
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    kind: str = choice("asha", "fifo")  # asha: stop poor trials after any epoch; fifo: run every trial to the end
+    kind: str = choice(
+        "asha", "fifo"
+    )  # asha: stop poor trials after any epoch; fifo: run every trial to the end
     grace_period: int = 1  # ASHA: epochs every trial runs before it can be stopped
     reduction_factor: float = 2.0  # ASHA: keep the best 1/η at each rung
     max_epochs: int = 0  # ASHA: the top rung (0 = the job's train.epochs)
@@ -109,20 +126,28 @@ def read_space(path: "str | os.PathLike") -> Space:
     raw = dict(raw)
     params = raw.pop("params", None)
     if not isinstance(params, dict) or not params:
-        raise ConfigError(f"{source}: params must map at least one job key to a domain (e.g. "
-                          "loss.temperature: {grid: [1, 2, 4]}).")
+        raise ConfigError(
+            f"{source}: params must map at least one job key to a domain (e.g. "
+            "loss.temperature: {grid: [1, 2, 4]})."
+        )
     for key in raw:
         if key not in SPACE_KEYS:
-            raise ConfigError(f"{source}: unknown key {show_key(key)} (known keys here: {', '.join(SPACE_KEYS)}).")
+            raise ConfigError(
+                f"{source}: unknown key {show_key(key)} (known keys here: {', '.join(SPACE_KEYS)})."
+            )
     sections = {"search": SearchConfig, "scheduler": SchedulerConfig, "tracking": TrackingConfig}
     values = {k: convert(sections[k], raw.pop(k), k, source) for k in list(raw) if k in sections}
     space = convert(Space, raw, "", source, base=Space(**values, params=params, source=source))
     if space.name and not folder_name_ok(space.name, TRIAL_NAME_ROOM):
-        raise ConfigError(f"{source}: name must be a folder name (no '/', not '.' or '..', at most "
-                          f"{TRIAL_NAME_ROOM} bytes: trials add their ids), got {show_value(space.name)}.")
+        raise ConfigError(
+            f"{source}: name must be a folder name (no '/', not '.' or '..', at most "
+            f"{TRIAL_NAME_ROOM} bytes: trials add their ids), got {show_value(space.name)}."
+        )
     for key, domain in params.items():
         if not (isinstance(key, str) and key.strip() and all(part.strip() for part in key.split("."))):
-            raise ConfigError(f"{source}: params.{show_key(key)} is not a job key (a dotted key such as train.lr).")
+            raise ConfigError(
+                f"{source}: params.{show_key(key)} is not a job key (a dotted key such as train.lr)."
+            )
         _check_domain(space, key, domain)
     _check_rules(space)
     return space
@@ -132,8 +157,9 @@ def read_space_job(space: Space, job_path: str = "") -> tuple[str, dict]:
     """The job file a space sweeps (`job_path`, else the space's `job:`) and its mapping, a distill job."""
     if not job_path:
         if not space.job:
-            raise ConfigError(f"{space.source}: no job to sweep; give --config jobs/X.yaml or `job:` in the "
-                              "space file.")
+            raise ConfigError(
+                f"{space.source}: no job to sweep; give --config jobs/X.yaml or `job:` in the space file."
+            )
         if not os.path.isfile(space.job):
             raise ConfigError(f"{space.source}: job names {show_value(space.job)}, which is not a job file.")
         job_path = space.job
@@ -143,51 +169,78 @@ def read_space_job(space: Space, job_path: str = "") -> tuple[str, dict]:
 
 
 def domain_parts(domain) -> tuple[str, Any]:
-    (kind, values), = domain.items()
+    ((kind, values),) = domain.items()
     return kind, values
 
 
 def _check_domain(space: Space, key: str, domain) -> None:
     where = f"{space.source}: params.{show_key(key)}"
     if not isinstance(domain, dict) or len(domain) != 1 or next(iter(domain)) not in DOMAINS:
-        raise ConfigError(f"{where} must be one domain, {{{'|'.join(DOMAINS)}: values}}, got {show_value(domain)}.")
+        raise ConfigError(
+            f"{where} must be one domain, {{{'|'.join(DOMAINS)}: values}}, got {show_value(domain)}."
+        )
     kind, values = domain_parts(domain)
     if kind in ("grid", "choice"):
         if not isinstance(values, (list, dict)) or not values:
-            raise ConfigError(f"{where}: {kind} is empty; give at least one value (a list, or names → values).")
+            raise ConfigError(
+                f"{where}: {kind} is empty; give at least one value (a list, or names → values)."
+            )
         names = values if isinstance(values, dict) else {}
         bad = [name for name in names if not (isinstance(name, str) and name.strip())]
         if bad:
-            raise ConfigError(f"{where}: {kind} value names must be non-empty strings, got {show_value(bad[0])}.")
+            raise ConfigError(
+                f"{where}: {kind} value names must be non-empty strings, got {show_value(bad[0])}."
+            )
         return
     if not (isinstance(values, list) and len(values) == 2 and all(_number(v) for v in values)):
         raise ConfigError(f"{where}: {kind} takes [low, high], two finite numbers, got {show_value(values)}.")
     low, high = values
-    if not low < high or (kind == "loguniform" and low <= 0) or (kind == "randint" and not
-                                                                   all(float(v).is_integer() for v in values)):
-        raise ConfigError(f"{where}: {kind} needs low < high" + (" and low > 0" if kind == "loguniform" else "")
-                          + (", both integers" if kind == "randint" else "") + f", got {show_value(values)}.")
+    if (
+        not low < high
+        or (kind == "loguniform" and low <= 0)
+        or (kind == "randint" and not all(float(v).is_integer() for v in values))
+    ):
+        raise ConfigError(
+            f"{where}: {kind} needs low < high"
+            + (" and low > 0" if kind == "loguniform" else "")
+            + (", both integers" if kind == "randint" else "")
+            + f", got {show_value(values)}."
+        )
 
 
 def _check_rules(space: Space) -> None:
     src, kinds = space.source, {domain_parts(d)[0] for d in space.params.values()}
     if "teacher" in space.params and not isinstance(domain_parts(space.params["teacher"])[1], dict):
-        raise ConfigError(f"{src}: params.teacher takes named values, {{grid: {{NAME: {{spec: …, class_vectors: …}}, "
-                          "…}}}}, so trials and tables can name their teacher.")
+        raise ConfigError(
+            f"{src}: params.teacher takes named values, {{grid: {{NAME: {{spec: …, class_vectors: …}}, "
+            "…}}}}, so trials and tables can name their teacher."
+        )
     if "teacher" in space.params and space.metric != "val_accuracy":
-        raise ConfigError(f"{src}: a space over teacher must select on metric: val_accuracy (agreement and KL "
-                          f"with different teachers are not comparable), not {space.metric}.")
+        raise ConfigError(
+            f"{src}: a space over teacher must select on metric: val_accuracy (agreement and KL "
+            f"with different teachers are not comparable), not {space.metric}."
+        )
     if space.metric == "val_accuracy" and space.scheduler.kind == "asha":
-        raise ConfigError(f"{src}: metric val_accuracy is measured when a trial ends, so ASHA cannot stop on it; "
-                          "use scheduler.kind: fifo.")
+        raise ConfigError(
+            f"{src}: metric val_accuracy is measured when a trial ends, so ASHA cannot stop on it; "
+            "use scheduler.kind: fifo."
+        )
     if space.search.algorithm == "optuna" and "grid" in kinds:
         raise ConfigError(f"{src}: search.algorithm optuna draws its trials; use choice instead of grid.")
     if not 0 <= space.search.seed <= SEED_MAX:
         raise ConfigError(f"{src}: search.seed must be in 0 … {SEED_MAX}, got {space.search.seed}.")
-    if space.search.samples < 1 or space.search.val_shots < 1 or space.search.max_concurrent < 0 or space.scheduler.grace_period < 1 \
-            or space.scheduler.reduction_factor <= 1 or space.scheduler.max_epochs < 0:
-        raise ConfigError(f"{src}: search.samples, search.val_shots and scheduler.grace_period must be ≥ 1, "
-                          "scheduler.reduction_factor > 1, max_concurrent and max_epochs ≥ 0.")
+    if (
+        space.search.samples < 1
+        or space.search.val_shots < 1
+        or space.search.max_concurrent < 0
+        or space.scheduler.grace_period < 1
+        or space.scheduler.reduction_factor <= 1
+        or space.scheduler.max_epochs < 0
+    ):
+        raise ConfigError(
+            f"{src}: search.samples, search.val_shots and scheduler.grace_period must be ≥ 1, "
+            "scheduler.reduction_factor > 1, max_concurrent and max_epochs ≥ 0."
+        )
 
 
 def _number(value) -> bool:
@@ -212,8 +265,10 @@ def apply_params(raw: dict, params: dict, source: str) -> dict:
             section = out.get(key)
             section = out[key] = {} if section is None else section
             if not isinstance(section, dict):
-                raise ConfigError(f"{source}: params.{show_key(key)} sets keys of a section, and "
-                                  f"{show_key(key)} is not one.")
+                raise ConfigError(
+                    f"{source}: params.{show_key(key)} sets keys of a section, and "
+                    f"{show_key(key)} is not one."
+                )
             if key == "teacher":
                 for name in TEACHER_IDENTITY:
                     section.pop(name, None)
@@ -231,8 +286,10 @@ def check_space(space: Space, raw_job: dict, build_job) -> Any:
         values = candidate_values(domain)
         first[key] = values[0]
         for value in values:
-            build_job(apply_params(raw_job, {key: value}, space.source), f"{space.source} (params.{key} = "
-                      f"{_short(value)})")
+            build_job(
+                apply_params(raw_job, {key: value}, space.source),
+                f"{space.source} (params.{key} = {_short(value)})",
+            )
     return build_job(apply_params(raw_job, first, space.source), space.source)
 
 

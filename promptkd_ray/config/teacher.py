@@ -11,15 +11,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .loader import choice, section, show_value, spec_field
-from .sections import (ImagesConfig, JobBase, OptimConfig, Problems, RayConfig, WorkersConfig, templates_ok,
-                       training_job_checks)
+from .sections import (
+    ImagesConfig,
+    JobBase,
+    OptimConfig,
+    Problems,
+    RayConfig,
+    WorkersConfig,
+    templates_ok,
+    training_job_checks,
+)
 
 TEACHER_MODES = ("promptsrc", "zeroshot")
 
 
 @dataclass(frozen=True)
 class TeacherModelConfig:
-    spec: str = spec_field()  # base CLIP as MODEL[:PRETRAINED], e.g. ViT-L-14-quickgelu:/data/clip/ViT-L-14.pt
+    spec: str = (
+        spec_field()
+    )  # base CLIP as MODEL[:PRETRAINED], e.g. ViT-L-14-quickgelu:/data/clip/ViT-L-14.pt
     mode: str = choice(*TEACHER_MODES)  # promptsrc = learn IVLP prompts; zeroshot = no training, templates
     vision_depth: int = 9  # prompted image-tower layers (promptsrc)
     text_depth: int = 9  # prompted text-tower layers (promptsrc; ≥ 1)
@@ -60,7 +70,9 @@ def teacher_checks(job: TeacherJob) -> Problems:
     m = job.teacher
     problems = Problems()
     training_job_checks(job, problems)
-    problems.need(bool(m.spec or job.data.source == "toyworld"), "teacher.spec", "must be set (MODEL[:PRETRAINED]).")
+    problems.need(
+        bool(m.spec or job.data.source == "toyworld"), "teacher.spec", "must be set (MODEL[:PRETRAINED])."
+    )
     if m.mode == "promptsrc":  # PromptSRC prompts both towers
         problems.at_least("teacher", m, text_depth=1, vision_depth=0, n_ctx=1)
     problems.at_least("data", job.data, shots=1)
@@ -68,6 +80,9 @@ def teacher_checks(job: TeacherJob) -> Problems:
     problems.at_least("train", job.train, text_loss_weight=0, image_loss_weight=0)
     for name in ("scl_templates", "zeroshot_templates"):
         value = getattr(m, name)
-        problems.need(templates_ok(value), f"teacher.{name}",
-                      f"must be single, imagenet60 or one template with one '{{}}', got {show_value(value)}.")
+        problems.need(
+            templates_ok(value),
+            f"teacher.{name}",
+            f"must be single, imagenet60 or one template with one '{{}}', got {show_value(value)}.",
+        )
     return problems

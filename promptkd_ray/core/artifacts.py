@@ -28,8 +28,8 @@ from typing import Optional
 
 import torch
 
-from ..errors import ArtifactError
 from .. import storage
+from ..errors import ArtifactError
 
 FORMAT_VERSION = 1
 MODEL_KINDS = ("student", "teacher", "zeroshot")
@@ -61,7 +61,9 @@ def read_sidecar(path: str, what: str, error=ArtifactError) -> dict:
     try:
         return json.loads(storage.read_bytes(sidecar_path))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise error(f"The sidecar {sidecar_path} of {what} artifact {tensors_path} is not JSON ({exc}).") from None
+        raise error(
+            f"The sidecar {sidecar_path} of {what} artifact {tensors_path} is not JSON ({exc})."
+        ) from None
 
 
 def read_tensors(path: str, what: str, error=ArtifactError) -> dict:
@@ -81,13 +83,17 @@ def read_tensors(path: str, what: str, error=ArtifactError) -> dict:
     try:
         return load(data)
     except Exception as exc:  # safetensors raises its own error types for a damaged file
-        raise error(f"{what.capitalize()} tensors {tensors_path} are not readable ({type(exc).__name__}: {exc}).") from exc
+        raise error(
+            f"{what.capitalize()} tensors {tensors_path} are not readable ({type(exc).__name__}: {exc})."
+        ) from exc
 
 
 def _read_info(path: str, kind: str, info_cls):
     data = read_sidecar(path, kind)
     if data.get("kind") != kind:
-        raise ArtifactError(f"{artifact_paths(path)[1]} is a {data.get('kind', 'unknown')!r} artifact, not a {kind}.")
+        raise ArtifactError(
+            f"{artifact_paths(path)[1]} is a {data.get('kind', 'unknown')!r} artifact, not a {kind}."
+        )
     return info_cls(**{k: v for k, v in data.items() if k in info_cls.__dataclass_fields__})
 
 
@@ -117,8 +123,15 @@ def load_student(path: str, device: str = "cpu"):
     from .models import build_student
 
     info = read_student_info(path)
-    student = build_student(info.spec, teacher_dim=info.teacher_dim, n_ctx=info.n_ctx, depth=info.depth,
-                            projector=info.projector, device=device, edu_attention_width=info.edu_attention_width)
+    student = build_student(
+        info.spec,
+        teacher_dim=info.teacher_dim,
+        n_ctx=info.n_ctx,
+        depth=info.depth,
+        projector=info.projector,
+        device=device,
+        edu_attention_width=info.edu_attention_width,
+    )
     try:
         student.load_trainable_state_dict(read_tensors(str(path), "student"))
     except ValueError as exc:
@@ -132,11 +145,15 @@ def load_edu_attention(path: str):
 
     info, prefix = read_student_info(path), "edu_attention."
     module = EduAttention(info.teacher_dim, info.edu_attention_width)
-    state = {k[len(prefix):]: v for k, v in read_tensors(str(path), "student").items() if k.startswith(prefix)}
+    state = {
+        k[len(prefix) :]: v for k, v in read_tensors(str(path), "student").items() if k.startswith(prefix)
+    }
     try:
         module.load_state_dict(state)
     except RuntimeError as exc:
-        raise ArtifactError(f"Student artifact {path} lacks a fitting EduAttention ({str(exc).splitlines()[0]}).") from None
+        raise ArtifactError(
+            f"Student artifact {path} lacks a fitting EduAttention ({str(exc).splitlines()[0]})."
+        ) from None
     return module.eval().requires_grad_(False)
 
 
@@ -164,12 +181,20 @@ def load_teacher(path: str, device: str = "cpu"):
     from .models import build_teacher
 
     info = read_teacher_info(path)
-    teacher = build_teacher(info.spec, vision_depth=info.vision_depth, text_depth=info.text_depth,
-                            n_ctx=info.n_ctx, ctx_init=info.ctx_init, device=device)
+    teacher = build_teacher(
+        info.spec,
+        vision_depth=info.vision_depth,
+        text_depth=info.text_depth,
+        n_ctx=info.n_ctx,
+        ctx_init=info.ctx_init,
+        device=device,
+    )
     state = {k: v for k, v in read_tensors(str(path), "teacher").items() if k != "_empty"}
     expected = teacher.prompt_state_dict()
     if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in state):
-        raise ArtifactError(f"Teacher artifact {artifact_paths(path)[0]} does not fit its own spec (prompt tensors differ).")
+        raise ArtifactError(
+            f"Teacher artifact {artifact_paths(path)[0]} does not fit its own spec (prompt tensors differ)."
+        )
     teacher.load_state_dict(state, strict=False)
     return teacher.eval(), info
 

@@ -46,7 +46,9 @@ class ClassVectors:
 
     def subset(self, labels: Sequence[int]) -> "ClassVectors":
         labels = list(labels)
-        return replace(self, vectors=self.vectors[labels], classnames=tuple(self.classnames[i] for i in labels))
+        return replace(
+            self, vectors=self.vectors[labels], classnames=tuple(self.classnames[i] for i in labels)
+        )
 
 
 def content_hash(vectors: torch.Tensor, classnames: Sequence[str]) -> str:
@@ -57,8 +59,13 @@ def content_hash(vectors: torch.Tensor, classnames: Sequence[str]) -> str:
 
 
 @torch.no_grad()
-def compute_class_vectors(teacher, classnames: Sequence[str], templates="single", batch_size: int = 256,
-                          teacher_spec: Optional[str] = None) -> ClassVectors:
+def compute_class_vectors(
+    teacher,
+    classnames: Sequence[str],
+    templates="single",
+    batch_size: int = 256,
+    teacher_spec: Optional[str] = None,
+) -> ClassVectors:
     """Class vectors of `classnames` (in order) from a `Teacher`, batched over classes, no grad."""
     from .templates import resolve_templates
 
@@ -66,14 +73,20 @@ def compute_class_vectors(teacher, classnames: Sequence[str], templates="single"
         raise ClassVectorsError("Class vectors need at least one class name, got none.")
     was_training = teacher.training
     teacher.eval()
-    chunks = [teacher.encode_text(list(classnames[i:i + batch_size]), templates=templates)
-              for i in range(0, len(classnames), batch_size)]
+    chunks = [
+        teacher.encode_text(list(classnames[i : i + batch_size]), templates=templates)
+        for i in range(0, len(classnames), batch_size)
+    ]
     teacher.train(was_training)
     vectors = torch.nn.functional.normalize(torch.cat(chunks).float(), dim=-1).cpu()
     used = ("prompted",) if teacher.text_encoder.depth > 0 else resolve_templates(templates)
-    return ClassVectors(vectors=vectors, classnames=tuple(classnames),
-                        teacher=teacher_spec or getattr(teacher, "spec", "unknown"), templates=tuple(used),
-                        logit_scale=float(teacher.logit_scale))
+    return ClassVectors(
+        vectors=vectors,
+        classnames=tuple(classnames),
+        teacher=teacher_spec or getattr(teacher, "spec", "unknown"),
+        templates=tuple(used),
+        logit_scale=float(teacher.logit_scale),
+    )
 
 
 def save_class_vectors(cv: ClassVectors, path: str) -> str:
@@ -92,21 +105,31 @@ def save_class_vectors(cv: ClassVectors, path: str) -> str:
     return write_artifact({TENSOR_KEY: cv.vectors.to(torch.float32)}, sidecar, str(path))
 
 
-def load_class_vectors(path: str, expected_classnames: Optional[Sequence[str]] = None,
-                       expected_num_classes: Optional[int] = None,
-                       expected_dim: Optional[int] = None) -> ClassVectors:
+def load_class_vectors(
+    path: str,
+    expected_classnames: Optional[Sequence[str]] = None,
+    expected_num_classes: Optional[int] = None,
+    expected_dim: Optional[int] = None,
+) -> ClassVectors:
     """Load and verify a class-vectors artifact (hash, shapes, and optionally the classes and dim it
     must have for the dataset / teacher it is used with)."""
     tensor_path, sidecar_path = artifact_paths(str(path))
     sidecar = read_sidecar(str(path), "class vectors", ClassVectorsError)
     tensors = read_tensors(str(path), "class vectors", ClassVectorsError)
     try:
-        cv = ClassVectors(vectors=tensors[TENSOR_KEY].float(), classnames=tuple(sidecar["classnames"]),
-                          teacher=sidecar["teacher"], templates=tuple(sidecar["templates"]),
-                          logit_scale=float(sidecar["logit_scale"]), meta=dict(sidecar.get("meta", {})))
+        cv = ClassVectors(
+            vectors=tensors[TENSOR_KEY].float(),
+            classnames=tuple(sidecar["classnames"]),
+            teacher=sidecar["teacher"],
+            templates=tuple(sidecar["templates"]),
+            logit_scale=float(sidecar["logit_scale"]),
+            meta=dict(sidecar.get("meta", {})),
+        )
         dim, sha = sidecar["dim"], sidecar["sha256"]
     except (KeyError, TypeError, ValueError) as exc:
-        raise ClassVectorsError(f"Class vectors {tensor_path} lack a field or tensor ({type(exc).__name__}: {exc}).") from None
+        raise ClassVectorsError(
+            f"Class vectors {tensor_path} lack a field or tensor ({type(exc).__name__}: {exc})."
+        ) from None
     if cv.vectors.dim() != 2 or cv.num_classes != len(cv.classnames) or cv.dim != dim:
         raise ClassVectorsError(
             f"Class vectors {tensor_path} have shape {tuple(cv.vectors.shape)}, but the sidecar says "
@@ -121,8 +144,13 @@ def load_class_vectors(path: str, expected_classnames: Optional[Sequence[str]] =
     return cv
 
 
-def check_class_vectors(cv: ClassVectors, expected_classnames=None, expected_num_classes=None,
-                        expected_dim=None, source: str = "class vectors") -> None:
+def check_class_vectors(
+    cv: ClassVectors,
+    expected_classnames=None,
+    expected_num_classes=None,
+    expected_dim=None,
+    source: str = "class vectors",
+) -> None:
     """Refuse class vectors that do not fit a dataset (classes) or a student/teacher (dim)."""
     if expected_num_classes is not None and cv.num_classes != expected_num_classes:
         raise ClassVectorsError(
@@ -131,7 +159,9 @@ def check_class_vectors(cv: ClassVectors, expected_classnames=None, expected_num
     if expected_classnames is not None:
         expected = tuple(expected_classnames)
         if len(expected) != cv.num_classes:
-            raise ClassVectorsError(f"{source} hold {cv.num_classes} classes, but the dataset has {len(expected)}.")
+            raise ClassVectorsError(
+                f"{source} hold {cv.num_classes} classes, but the dataset has {len(expected)}."
+            )
         diff = [i for i, (a, b) in enumerate(zip(cv.classnames, expected)) if a != b]
         if diff:
             i = diff[0]

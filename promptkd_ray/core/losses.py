@@ -40,11 +40,17 @@ class LossConfig:
     ifalign_weight: float = 0.0  # ComKD-CLIP IFAlign weight (0 = off; comkd preset: 1)
     class_agnostic_k: int = 0  # KDPL-CA: keep the top-K batch-mean teacher classes (0 = all classes)
     teacher_scale: str = "teacher"  # teacher logits use the "teacher"'s or the "student"'s logit scale
-    edu_attention: bool = False  # ComKD-CLIP: student logits through its EduAttention (width: student.edu_attention_width)
+    edu_attention: bool = (
+        False  # ComKD-CLIP: student logits through its EduAttention (width: student.edu_attention_width)
+    )
 
     def __post_init__(self):
-        checks = [("kd", self.kd, KD_KINDS), ("normalization", self.normalization, KD_NORMALIZATIONS),
-                  ("feature", self.feature, FEATURE_KINDS), ("teacher_scale", self.teacher_scale, TEACHER_SCALES)]
+        checks = [
+            ("kd", self.kd, KD_KINDS),
+            ("normalization", self.normalization, KD_NORMALIZATIONS),
+            ("feature", self.feature, FEATURE_KINDS),
+            ("teacher_scale", self.teacher_scale, TEACHER_SCALES),
+        ]
         for name, value, allowed in checks:
             if value not in allowed:
                 raise ValueError(f"loss.{name} must be one of {allowed}, got {value!r}.")
@@ -62,8 +68,13 @@ LOSS_PRESETS = {
 }
 
 
-def compute_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, student_features: torch.Tensor,
-                 teacher_features: torch.Tensor, cfg: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
+def compute_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    student_features: torch.Tensor,
+    teacher_features: torch.Tensor,
+    cfg: LossConfig,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss of the terms `cfg` enables, and each term as a float. logits [B, N]; features
     [B, d] (normalised). KDPL-CA first restricts both logit sets to the teacher's top-K classes."""
     if cfg.class_agnostic_k:
@@ -132,7 +143,9 @@ def symmetric_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> 
     return 0.5 * kl_t_s + 0.5 * kl_s_t
 
 
-def feature_loss(student_features: torch.Tensor, teacher_features: torch.Tensor, kind: str = "l1") -> torch.Tensor:
+def feature_loss(
+    student_features: torch.Tensor, teacher_features: torch.Tensor, kind: str = "l1"
+) -> torch.Tensor:
     """Feature-matching loss between [B, D] student and teacher features (mean reduction)."""
     _check_pair(student_features, teacher_features, "features")
     if kind not in FEATURE_LOSSES:

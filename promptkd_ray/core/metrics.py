@@ -22,8 +22,13 @@ def cosine_logits(features: torch.Tensor, class_vectors: torch.Tensor) -> torch.
     return features.float() @ class_vectors.float().t()
 
 
-def base_novel_accuracy(features: torch.Tensor, labels: torch.Tensor, class_vectors: torch.Tensor,
-                        num_base: int, logits=cosine_logits) -> dict[str, float]:
+def base_novel_accuracy(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    class_vectors: torch.Tensor,
+    num_base: int,
+    logits=cosine_logits,
+) -> dict[str, float]:
     """PROTOCOL.md base-to-novel: base-class images scored against class_vectors[:m] only, novel-class
     images against class_vectors[m:] (labels shifted by m). features [B, d] and class vectors [N, d]
     normalised; `logits(features, class_vectors)` is the model's classifier (a ComKD student's

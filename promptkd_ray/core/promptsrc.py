@@ -43,14 +43,27 @@ class SCLWeights:
 
 def scl_kl(logits: torch.Tensor, zero_shot_logits: torch.Tensor) -> torch.Tensor:
     """KL(softmax(zs) ‖ softmax(logits)), summed and divided by B·N (the authors' `/ logits.numel()`)."""
-    return F.kl_div(F.log_softmax(logits.float(), dim=-1), F.log_softmax(zero_shot_logits.detach().float(), dim=-1),
-                    reduction="sum", log_target=True) / logits.numel()
+    return (
+        F.kl_div(
+            F.log_softmax(logits.float(), dim=-1),
+            F.log_softmax(zero_shot_logits.detach().float(), dim=-1),
+            reduction="sum",
+            log_target=True,
+        )
+        / logits.numel()
+    )
 
 
-def promptsrc_loss(logits: torch.Tensor, labels: torch.Tensor, text_features: torch.Tensor,
-                   frozen_text: torch.Tensor, image_features: torch.Tensor, frozen_image: torch.Tensor,
-                   zero_shot_logits: torch.Tensor, weights: SCLWeights = SCLWeights()
-                   ) -> tuple[torch.Tensor, dict[str, float]]:
+def promptsrc_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    text_features: torch.Tensor,
+    frozen_text: torch.Tensor,
+    image_features: torch.Tensor,
+    frozen_image: torch.Tensor,
+    zero_shot_logits: torch.Tensor,
+    weights: SCLWeights = SCLWeights(),
+) -> tuple[torch.Tensor, dict[str, float]]:
     """L = CE + L_SCL. logits, zero_shot_logits [B, N]; labels [B]; text features [N, d] and image
     features [B, d], all L2-normalised; the frozen ones carry no gradient. → (loss, parts as floats)."""
     parts = {
@@ -118,8 +131,9 @@ def frozen_text_targets(text_encoder, classnames: Sequence[str], templates: Sequ
     return F.normalize(total / len(templates), dim=-1)
 
 
-def promptsrc_forward(teacher, images: torch.Tensor, classnames: Sequence[str], frozen_text: torch.Tensor
-                      ) -> dict[str, torch.Tensor]:
+def promptsrc_forward(
+    teacher, images: torch.Tensor, classnames: Sequence[str], frozen_text: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """The tensors of one PromptSRC step: prompted/frozen image features [B, d], prompted text
     features [N, d], logits and zero-shot logits [B, N] (all features normalised)."""
     scale = teacher.logit_scale
@@ -128,19 +142,39 @@ def promptsrc_forward(teacher, images: torch.Tensor, classnames: Sequence[str], 
     with torch.no_grad():
         frozen_image = F.normalize(teacher.image_encoder.visual(images).float(), dim=-1)  # no prompts
         zero_shot_logits = scale * frozen_image @ frozen_text.t()
-    return {"image_features": image_features, "text_features": text_features, "frozen_image": frozen_image,
-            "logits": scale * image_features @ text_features.t(), "zero_shot_logits": zero_shot_logits}
+    return {
+        "image_features": image_features,
+        "text_features": text_features,
+        "frozen_image": frozen_image,
+        "logits": scale * image_features @ text_features.t(),
+        "zero_shot_logits": zero_shot_logits,
+    }
 
 
-def promptsrc_step(teacher, images: torch.Tensor, labels: torch.Tensor, classnames: Sequence[str],
-                   frozen_text: torch.Tensor, optimizer: torch.optim.Optimizer, weights: SCLWeights = SCLWeights(),
-                   grad_hook=None) -> dict[str, float]:
+def promptsrc_step(
+    teacher,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    classnames: Sequence[str],
+    frozen_text: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    weights: SCLWeights = SCLWeights(),
+    grad_hook=None,
+) -> dict[str, float]:
     """One optimiser step; `grad_hook()` runs between backward and step (e.g. a gradient all-reduce).
     Returns the loss, its parts and the batch accuracy (percent)."""
     teacher.train()
     out = promptsrc_forward(teacher, images, classnames, frozen_text)
-    loss, parts = promptsrc_loss(out["logits"], labels, out["text_features"], frozen_text, out["image_features"],
-                                 out["frozen_image"], out["zero_shot_logits"], weights)
+    loss, parts = promptsrc_loss(
+        out["logits"],
+        labels,
+        out["text_features"],
+        frozen_text,
+        out["image_features"],
+        out["frozen_image"],
+        out["zero_shot_logits"],
+        weights,
+    )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if grad_hook is not None:

@@ -37,7 +37,9 @@ def lr_at_epoch(epoch: int, optim: "OptimConfig") -> float:
 def build_optimizer(params, optim: "OptimConfig") -> torch.optim.Optimizer:
     params, lr = list(params), optim.effective_lr
     if optim.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=(optim.momentum, 0.999), weight_decay=optim.weight_decay)
+        return torch.optim.AdamW(
+            params, lr=lr, betas=(optim.momentum, 0.999), weight_decay=optim.weight_decay
+        )
     return torch.optim.SGD(params, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
 
 

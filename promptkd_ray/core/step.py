@@ -32,15 +32,22 @@ def teacher_scale(loss: LossConfig, teacher_logit_scale: float, student: torch.n
 
 
 def autocast_dtype(precision: str, device: str) -> Optional[torch.dtype]:
-    """"auto" → bf16 on GPU, none on CPU; "bf16" / "fp16" → that dtype; "fp32" → none."""
+    """ "auto" → bf16 on GPU, none on CPU; "bf16" / "fp16" → that dtype; "fp32" → none."""
     if precision == "auto":
         return torch.bfloat16 if device == "cuda" else None
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
 
-def distill_step(student: torch.nn.Module, images: torch.Tensor, teacher_features: torch.Tensor,
-                 class_vectors: torch.Tensor, optimizer: torch.optim.Optimizer, loss_cfg: LossConfig,
-                 teacher_logit_scale: float, autocast: Optional[torch.dtype] = None) -> dict[str, float]:
+def distill_step(
+    student: torch.nn.Module,
+    images: torch.Tensor,
+    teacher_features: torch.Tensor,
+    class_vectors: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    loss_cfg: LossConfig,
+    teacher_logit_scale: float,
+    autocast: Optional[torch.dtype] = None,
+) -> dict[str, float]:
     """One optimiser step on one batch.
 
     Args:
@@ -57,7 +64,9 @@ def distill_step(student: torch.nn.Module, images: torch.Tensor, teacher_feature
     with torch.autocast(images.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
         s_logits, s_features = student(images, class_vectors, return_features=True)
     s_logits, s_features = s_logits.float(), s_features.float()
-    t_logits = teacher_logits(teacher_features, class_vectors, teacher_scale(loss_cfg, teacher_logit_scale, student))
+    t_logits = teacher_logits(
+        teacher_features, class_vectors, teacher_scale(loss_cfg, teacher_logit_scale, student)
+    )
     loss, parts = compute_loss(s_logits, t_logits, s_features, teacher_features.float(), loss_cfg)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Callable
 
 from promptkd_ray.data import imagenet_family as inet
-from promptkd_ray.storage import Storage, join
 from promptkd_ray.data.layout import (
     CHECK_FILES_MODES,
     DatasetLayoutError,
@@ -45,11 +44,22 @@ from promptkd_ray.data.layout import (
     require_file,
 )
 from promptkd_ray.data.splits import base_novel_split  # re-exported: base = first ⌈N/2⌉ labels
+from promptkd_ray.storage import Storage, join
 
 __all__ = [
-    "BASE_TO_NOVEL_DATASETS", "BENCHMARKS", "DG_DATASETS", "BenchmarkSpec", "DatasetLayoutError",
-    "DatasetSplits", "Item", "base_novel_split", "benchmark_spec", "canonical_name", "classnames",
-    "load_dataset", "load_split_json_dataset",
+    "BASE_TO_NOVEL_DATASETS",
+    "BENCHMARKS",
+    "DG_DATASETS",
+    "BenchmarkSpec",
+    "DatasetLayoutError",
+    "DatasetSplits",
+    "Item",
+    "base_novel_split",
+    "benchmark_spec",
+    "canonical_name",
+    "classnames",
+    "load_dataset",
+    "load_split_json_dataset",
 ]
 
 log = logging.getLogger(__name__)
@@ -69,32 +79,47 @@ class BenchmarkSpec:
 
 _SPECS = (
     BenchmarkSpec("ImageNet", "imagenet", "images", "classnames.txt", "imagenet"),
-    BenchmarkSpec("Caltech101", "caltech-101", "101_ObjectCategories",
-                  "split_zhou_Caltech101.json", "split_json", ("caltech",)),
-    BenchmarkSpec("OxfordPets", "oxford_pets", "images", "split_zhou_OxfordPets.json",
-                  "split_json", ("pets",)),
-    BenchmarkSpec("StanfordCars", "stanford_cars", "", "split_zhou_StanfordCars.json",
-                  "split_json", ("cars",)),
-    BenchmarkSpec("Flowers102", "oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json",
-                  "split_json", ("OxfordFlowers", "flowers")),
-    BenchmarkSpec("Food101", "food-101", "images", "split_zhou_Food101.json", "split_json",
-                  ("food",)),
-    BenchmarkSpec("FGVCAircraft", "fgvc_aircraft", "images", "variants.txt", "fgvc",
-                  ("aircraft", "fgvc")),
+    BenchmarkSpec(
+        "Caltech101",
+        "caltech-101",
+        "101_ObjectCategories",
+        "split_zhou_Caltech101.json",
+        "split_json",
+        ("caltech",),
+    ),
+    BenchmarkSpec(
+        "OxfordPets", "oxford_pets", "images", "split_zhou_OxfordPets.json", "split_json", ("pets",)
+    ),
+    BenchmarkSpec(
+        "StanfordCars", "stanford_cars", "", "split_zhou_StanfordCars.json", "split_json", ("cars",)
+    ),
+    BenchmarkSpec(
+        "Flowers102",
+        "oxford_flowers",
+        "jpg",
+        "split_zhou_OxfordFlowers.json",
+        "split_json",
+        ("OxfordFlowers", "flowers"),
+    ),
+    BenchmarkSpec("Food101", "food-101", "images", "split_zhou_Food101.json", "split_json", ("food",)),
+    BenchmarkSpec("FGVCAircraft", "fgvc_aircraft", "images", "variants.txt", "fgvc", ("aircraft", "fgvc")),
     BenchmarkSpec("SUN397", "sun397", "SUN397", "split_zhou_SUN397.json", "split_json", ("sun",)),
-    BenchmarkSpec("DTD", "dtd", "images", "split_zhou_DescribableTextures.json", "split_json",
-                  ("DescribableTextures", "textures")),
+    BenchmarkSpec(
+        "DTD",
+        "dtd",
+        "images",
+        "split_zhou_DescribableTextures.json",
+        "split_json",
+        ("DescribableTextures", "textures"),
+    ),
     BenchmarkSpec("EuroSAT", "eurosat", "2750", "split_zhou_EuroSAT.json", "split_json"),
-    BenchmarkSpec("UCF101", "ucf101", "UCF-101-midframes", "split_zhou_UCF101.json",
-                  "split_json", ("ucf",)),
-    BenchmarkSpec("ImageNetV2", "imagenetv2", "imagenetv2-matched-frequency-format-val",
-                  "classnames.txt", "imagenet_v2"),
-    BenchmarkSpec("ImageNetSketch", "imagenet-sketch", "images", "classnames.txt",
-                  "imagenet_sketch"),
-    BenchmarkSpec("ImageNetA", "imagenet-adversarial", "imagenet-a", "classnames.txt",
-                  "imagenet_subset"),
-    BenchmarkSpec("ImageNetR", "imagenet-rendition", "imagenet-r", "classnames.txt",
-                  "imagenet_subset"),
+    BenchmarkSpec("UCF101", "ucf101", "UCF-101-midframes", "split_zhou_UCF101.json", "split_json", ("ucf",)),
+    BenchmarkSpec(
+        "ImageNetV2", "imagenetv2", "imagenetv2-matched-frequency-format-val", "classnames.txt", "imagenet_v2"
+    ),
+    BenchmarkSpec("ImageNetSketch", "imagenet-sketch", "images", "classnames.txt", "imagenet_sketch"),
+    BenchmarkSpec("ImageNetA", "imagenet-adversarial", "imagenet-a", "classnames.txt", "imagenet_subset"),
+    BenchmarkSpec("ImageNetR", "imagenet-rendition", "imagenet-r", "classnames.txt", "imagenet_subset"),
 )
 BENCHMARKS: dict[str, BenchmarkSpec] = {spec.name: spec for spec in _SPECS}
 BASE_TO_NOVEL_DATASETS = tuple(spec.name for spec in _SPECS[:11])
@@ -171,13 +196,15 @@ def load_split_json_dataset(
     `[path relative to root/dataset_folder/image_folder, label, classname]` per split."""
     if check_files not in CHECK_FILES_MODES:
         raise ValueError(f"check_files must be one of {CHECK_FILES_MODES}, got {check_files!r}.")
-    return _read_split_json(
-        Storage(root), dataset_folder, image_folder, split_file, name, check_files
-    )
+    return _read_split_json(Storage(root), dataset_folder, image_folder, split_file, name, check_files)
 
 
 def _read_split_json(
-    storage: Storage, folder: str, image_folder: str, split_file: str, dataset: str,
+    storage: Storage,
+    folder: str,
+    image_folder: str,
+    split_file: str,
+    dataset: str,
     check_files: str,
 ) -> DatasetSplits:
     require_dir(storage, folder, "the dataset folder", dataset)
@@ -205,15 +232,11 @@ def _read_split_json(
     for split, rows in entries.items():
         rels = [join(image_dir, path) for path, _, _ in rows]
         check_item_files(storage, rels, check_files, dataset, f"{split_file} ({split})")
-        splits[split] = tuple(
-            Item(storage.path(rel), label) for rel, (_, label, _) in zip(rels, rows)
-        )
+        splits[split] = tuple(Item(storage.path(rel), label) for rel, (_, label, _) in zip(rels, rows))
     return DatasetSplits(dataset, names, **splits)
 
 
-def _parse_entries(
-    rows: object, split: str, source: str, dataset: str
-) -> list[tuple[str, int, str]]:
+def _parse_entries(rows: object, split: str, source: str, dataset: str) -> list[tuple[str, int, str]]:
     if not isinstance(rows, list):
         raise DatasetLayoutError(
             f"{dataset}: expected '{split}' in {source} to be a list of "
@@ -222,9 +245,13 @@ def _parse_entries(
     parsed = []
     for index, row in enumerate(rows):
         ok = (
-            isinstance(row, (list, tuple)) and len(row) == 3 and isinstance(row[0], str)
-            and isinstance(row[1], int) and not isinstance(row[1], bool)
-            and isinstance(row[2], str) and row[1] >= 0
+            isinstance(row, (list, tuple))
+            and len(row) == 3
+            and isinstance(row[0], str)
+            and isinstance(row[1], int)
+            and not isinstance(row[1], bool)
+            and isinstance(row[2], str)
+            and row[1] >= 0
         )
         if not ok:
             raise DatasetLayoutError(
@@ -235,9 +262,7 @@ def _parse_entries(
     return parsed
 
 
-def _names_by_label(
-    pairs: list[tuple[int, str]], source: str, dataset: str
-) -> tuple[str, ...]:
+def _names_by_label(pairs: list[tuple[int, str]], source: str, dataset: str) -> tuple[str, ...]:
     """Class names in label order; labels must be 0 … N-1 and each must have one name."""
     names: dict[int, str] = {}
     for label, name in pairs:
@@ -285,9 +310,7 @@ def _read_fgvc_aircraft(storage: Storage, spec: BenchmarkSpec, check_files: str)
         rows = _parse_variant_lines(storage, list_rel, label_of, dataset)
         rels = [join(image_dir, f"{image_id}.jpg") for image_id, _ in rows]
         check_item_files(storage, rels, check_files, dataset, list_rel.rsplit("/", 1)[-1])
-        splits[split] = tuple(
-            Item(storage.path(rel), label) for rel, (_, label) in zip(rels, rows)
-        )
+        splits[split] = tuple(Item(storage.path(rel), label) for rel, (_, label) in zip(rels, rows))
     return DatasetSplits(dataset, tuple(variants), **splits)
 
 

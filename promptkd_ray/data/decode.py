@@ -91,7 +91,9 @@ class DecodeOptions:
         if not 1 <= self.max_pixels <= PIL_REFUSAL_PIXELS:
             raise ValueError(f"max_pixels must be in 1 … {PIL_REFUSAL_PIXELS:,}, got {self.max_pixels}.")
         if self.exif_orientation not in EXIF_ORIENTATIONS:
-            raise ValueError(f"exif_orientation must be one of {EXIF_ORIENTATIONS}, got {self.exif_orientation!r}.")
+            raise ValueError(
+                f"exif_orientation must be one of {EXIF_ORIENTATIONS}, got {self.exif_orientation!r}."
+            )
 
     @classmethod
     def of(cls, data) -> "DecodeOptions":
@@ -108,8 +110,10 @@ def read_image(source: "str | bytes", options: DecodeOptions = DecodeOptions()) 
     except UnidentifiedImageError:  # PIL's message names a BytesIO object: say what the bytes were
         raise UnidentifiedImageError(f"not an image format PIL can read ({_first_bytes(data)})") from None
     except Image.DecompressionBombError as exc:  # over PIL's own threshold, hence over ours too
-        raise ImageTooLargeError(f"{str(exc).rstrip('.')} (PIL), over the limit of {options.max_pixels:,} "
-                                 "(data.max_image_pixels); refused before decoding") from None
+        raise ImageTooLargeError(
+            f"{str(exc).rstrip('.')} (PIL), over the limit of {options.max_pixels:,} "
+            "(data.max_image_pixels); refused before decoding"
+        ) from None
     check_pixels(img.size, options.max_pixels)
     if img.format == "JPEG" and img.mode in ("RGB", "L") and options.exif_orientation == "ignore":
         return decode_jpeg(data)
@@ -140,8 +144,10 @@ def check_pixels(size: tuple, max_pixels: int) -> None:
     """Refuse an image whose declared width × height exceeds `max_pixels`."""
     width, height = size
     if width * height > max_pixels:
-        raise ImageTooLargeError(f"declares {width} × {height} = {width * height:,} pixels, over the limit of "
-                                 f"{max_pixels:,} (data.max_image_pixels); refused before decoding")
+        raise ImageTooLargeError(
+            f"declares {width} × {height} = {width * height:,} pixels, over the limit of "
+            f"{max_pixels:,} (data.max_image_pixels); refused before decoding"
+        )
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -157,8 +163,15 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 def render_view(image: Image.Image, view: View, size: int) -> np.ndarray:
     """`view` of an RGB image, resized (bicubic) to size×size → uint8 [size, size, 3]."""
-    crop = TF.resized_crop(image, view.top, view.left, view.height, view.width, [size, size],
-                           interpolation=InterpolationMode.BICUBIC)
+    crop = TF.resized_crop(
+        image,
+        view.top,
+        view.left,
+        view.height,
+        view.width,
+        [size, size],
+        interpolation=InterpolationMode.BICUBIC,
+    )
     if view.flip:
         crop = TF.hflip(crop)
     return np.array(crop, dtype=np.uint8)
@@ -171,9 +184,11 @@ def render_test(image: Image.Image, size: int, max_pixels: int = DEFAULT_MAX_IMA
     width, height = resized_size(*image.size, size)
     limit = max(max_pixels, DEFAULT_MAX_IMAGE_PIXELS)
     if width * height > limit:
-        raise ImageTooLargeError(f"{image.size[0]} × {image.size[1]} pixels: the test transform would resize it to "
-                                 f"{width} × {height} = {width * height:,}, over the limit of {limit:,} "
-                                 "(data.max_image_pixels, at least PIL's default)")
+        raise ImageTooLargeError(
+            f"{image.size[0]} × {image.size[1]} pixels: the test transform would resize it to "
+            f"{width} × {height} = {width * height:,}, over the limit of {limit:,} "
+            "(data.max_image_pixels, at least PIL's default)"
+        )
     image = TF.resize(image, size, interpolation=InterpolationMode.BICUBIC)
     return np.array(TF.center_crop(image, [size, size]), dtype=np.uint8)
 
@@ -193,15 +208,22 @@ def to_model_input(images: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std
 
 
-def load_view(path: str, size: int, rng: Optional[np.random.Generator] = None,
-              crop_scale_min: float = CROP_SCALE[0], options: DecodeOptions = DecodeOptions()) -> torch.Tensor:
+def load_view(
+    path: str,
+    size: int,
+    rng: Optional[np.random.Generator] = None,
+    crop_scale_min: float = CROP_SCALE[0],
+    options: DecodeOptions = DecodeOptions(),
+) -> torch.Tensor:
     """One image as model input [3, size, size]: a random train view (when `rng` is given) or the
     test transform."""
     image = read_image(path, options)
     if rng is None:
         pixels = render_test(image, size, options.max_pixels)
     else:
-        pixels = render_view(image, sample_view(*image.size, rng, scale=(crop_scale_min, CROP_SCALE[1])), size)
+        pixels = render_view(
+            image, sample_view(*image.size, rng, scale=(crop_scale_min, CROP_SCALE[1])), size
+        )
     return to_model_input(torch.from_numpy(pixels)[None])[0]
 
 
@@ -212,8 +234,15 @@ def view_rng(seed: int, image_id: str, slot: int) -> np.random.Generator:
     return np.random.default_rng([seed, slot, key])
 
 
-def decode_views(batch: dict, size: int, mode: str = "train", seed: Optional[int] = None, slot: int = 0,
-                 crop_scale_min: float = CROP_SCALE[0], options: DecodeOptions = DecodeOptions()) -> tuple[dict, list]:
+def decode_views(
+    batch: dict,
+    size: int,
+    mode: str = "train",
+    seed: Optional[int] = None,
+    slot: int = 0,
+    crop_scale_min: float = CROP_SCALE[0],
+    options: DecodeOptions = DecodeOptions(),
+) -> tuple[dict, list]:
     """Decode a batch {"id": [B] str, ("bytes": [B] bytes)} and render one view per readable image
     (train crops cover a fraction `crop_scale_min` … 1 of the image area; the authors' 0.08). With a
     `seed`, each train view is drawn by `view_rng(seed, id, slot)`; without, from fresh entropy.
@@ -238,16 +267,25 @@ def decode_views(batch: dict, size: int, mode: str = "train", seed: Optional[int
             images.append(pixels)
         else:
             rng = fresh if seed is None else view_rng(seed, ident, slot)
-            view = sample_view(*image.size, rng, scale=(crop_scale_min, CROP_SCALE[1])) if mode == "train" \
+            view = (
+                sample_view(*image.size, rng, scale=(crop_scale_min, CROP_SCALE[1]))
+                if mode == "train"
                 else full_view(*image.size)
+            )
             images.append(render_view(image, view, size))
             views.append(view)
         keep.append(i)
-    rows = {"id": np.asarray([ids[i] for i in keep], dtype=object),
-            "image": np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)}
+    rows = {
+        "id": np.asarray([ids[i] for i in keep], dtype=object),
+        "image": np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8),
+    }
     if mode != "test":
-        rows.update({column: np.asarray([getattr(v, column[5:]) for v in views], dtype)
-                     for column, dtype in zip(VIEW_COLUMNS, (np.int32,) * 4 + (bool,))})
+        rows.update(
+            {
+                column: np.asarray([getattr(v, column[5:]) for v in views], dtype)
+                for column, dtype in zip(VIEW_COLUMNS, (np.int32,) * 4 + (bool,))
+            }
+        )
     return rows, bad
 
 
@@ -265,13 +303,20 @@ def decode_recorded(batch: dict, size: int, options: DecodeOptions = DecodeOptio
         images.append(render_view(image, row_view({c: batch[c][i] for c in VIEW_COLUMNS}), size))
         keep.append(i)
     features = np.asarray(batch["teacher_feature"])
-    rows = {"id": np.asarray([ids[i] for i in keep], dtype=object),
-            "image": np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8),
-            "teacher_feature": features[keep] if keep else features[:0]}
+    rows = {
+        "id": np.asarray([ids[i] for i in keep], dtype=object),
+        "image": np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8),
+        "teacher_feature": features[keep] if keep else features[:0],
+    }
     return rows, bad
 
 
 def row_view(row: dict) -> View:
     """The `View` stored in a decoded row (to replay it)."""
-    return View(int(row["view_top"]), int(row["view_left"]), int(row["view_height"]), int(row["view_width"]),
-                bool(row["view_flip"]))
+    return View(
+        int(row["view_top"]),
+        int(row["view_left"]),
+        int(row["view_height"]),
+        int(row["view_width"]),
+        bool(row["view_flip"]),
+    )

@@ -18,7 +18,6 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from promptkd_ray.storage import Storage, join
 from promptkd_ray.data.layout import (
     DatasetLayoutError,
     DatasetSplits,
@@ -27,6 +26,7 @@ from promptkd_ray.data.layout import (
     preview,
     require_dir,
 )
+from promptkd_ray.storage import Storage, join
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,7 @@ def list_images(root: str | Path) -> tuple[str, ...]:
     return paths
 
 
-def load_image_folder(
-    root: str | Path, name: Optional[str] = None, split: str = "train"
-) -> DatasetSplits:
+def load_image_folder(root: str | Path, name: Optional[str] = None, split: str = "train") -> DatasetSplits:
     """An ImageFolder tree (`root/<class>/…/<image>`) as a `DatasetSplits` whose `split`
     ("train" or "test") holds every image; `name` defaults to the folder's base name."""
     if split not in ("train", "test"):

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 
-from promptkd_ray.storage import Storage, join
 from promptkd_ray.data.layout import (
     DatasetLayoutError,
     DatasetSplits,
@@ -32,6 +31,7 @@ from promptkd_ray.data.layout import (
     require_dir,
     require_file,
 )
+from promptkd_ray.storage import Storage, join
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,7 @@ def _wnid_folders(
     folders = storage.list_dir(image_dir)[0]
     if not folders:
         raise DatasetLayoutError(
-            f"{dataset}: expected one folder per class (wnid) in {storage.path(image_dir)}, "
-            f"found none."
+            f"{dataset}: expected one folder per class (wnid) in {storage.path(image_dir)}, found none."
         )
     unknown = [f for f in folders if f not in names]
     if unknown:
@@ -120,9 +119,7 @@ def read_imagenet(
     return DatasetSplits(dataset, classnames, train=train, test=test, val=test)
 
 
-def _v2_names(
-    storage: Storage, folder: str, classnames_file: str, dataset: str
-) -> dict[str, str]:
+def _v2_names(storage: Storage, folder: str, classnames_file: str, dataset: str) -> dict[str, str]:
     names = read_classnames_txt(storage, join(folder, classnames_file), dataset)
     if list(names) != sorted(names):
         log.warning(
@@ -161,7 +158,11 @@ def read_imagenet_v2(
 
 
 def _folder_classes(
-    storage: Storage, folder: str, image_folder: str, classnames_file: str, dataset: str,
+    storage: Storage,
+    folder: str,
+    image_folder: str,
+    classnames_file: str,
+    dataset: str,
     all_classes: bool,
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     require_dir(storage, folder, "the dataset folder", dataset)
@@ -183,7 +184,11 @@ def imagenet_subset_classes(
 
 
 def _read_folder_classes(
-    storage: Storage, folder: str, image_folder: str, classnames_file: str, dataset: str,
+    storage: Storage,
+    folder: str,
+    image_folder: str,
+    classnames_file: str,
+    dataset: str,
     all_classes: bool,
 ) -> DatasetSplits:
     wnids, classnames = _folder_classes(storage, folder, image_folder, classnames_file, dataset, all_classes)

@@ -124,8 +124,7 @@ def class_folder_items(
         files = [f for f in storage.list_dir(rel)[1] if is_image_file(f)]
         if not files:
             raise DatasetLayoutError(
-                f"{dataset}: expected at least one image in the class folder "
-                f"{storage.path(rel)}, found none."
+                f"{dataset}: expected at least one image in the class folder {storage.path(rel)}, found none."
             )
         items.extend(Item(storage.path(join(rel, f)), label) for f in files)
         if progress is not None:

@@ -99,26 +99,39 @@ class Pack:
             items: list[Item] = []
             for path in self.shard_paths(split):
                 table = pq.read_table(path, columns=["id", "label"])
-                items += [Item(i, int(l)) for i, l in zip(table.column("id").to_pylist(),
-                                                         table.column("label").to_pylist())]
+                items += [
+                    Item(i, int(label))
+                    for i, label in zip(table.column("id").to_pylist(), table.column("label").to_pylist())
+                ]
             parts[split] = tuple(items)
-        return PackedSplits(self.name, self.classnames, parts["train"], parts["test"], parts["val"], pack=self.root)
+        return PackedSplits(
+            self.name, self.classnames, parts["train"], parts["test"], parts["val"], pack=self.root
+        )
 
 
 def open_pack(root: str) -> Pack:
     """The pack at `root` (folder or URI); one sentence when it is not a complete pack."""
     store = Storage(root)
     if not store.is_file(MANIFEST):
-        state = ("a partial pack (its manifest is written last; re-run `promptkd-ray pack` to finish it)"
-                 if store.is_file(PLAN) else "no pack manifest")
-        raise DatasetLayoutError(f"Expected a pack written by `promptkd-ray pack` at {store.root}, found {state}.")
+        state = (
+            "a partial pack (its manifest is written last; re-run `promptkd-ray pack` to finish it)"
+            if store.is_file(PLAN)
+            else "no pack manifest"
+        )
+        raise DatasetLayoutError(
+            f"Expected a pack written by `promptkd-ray pack` at {store.root}, found {state}."
+        )
     try:
         manifest = json.loads(store.read_text(MANIFEST))
     except (json.JSONDecodeError, StorageError) as exc:
-        raise DatasetLayoutError(f"Expected JSON in the pack manifest {store.path(MANIFEST)}, found ({exc}).") from None
+        raise DatasetLayoutError(
+            f"Expected JSON in the pack manifest {store.path(MANIFEST)}, found ({exc})."
+        ) from None
     if manifest.get("format") != "promptkd_ray.pack" or manifest.get("version") != PACK_VERSION:
-        raise DatasetLayoutError(f"Expected a version-{PACK_VERSION} pack manifest at {store.path(MANIFEST)}, found "
-                                 f"format {manifest.get('format')!r} version {manifest.get('version')!r}.")
+        raise DatasetLayoutError(
+            f"Expected a version-{PACK_VERSION} pack manifest at {store.path(MANIFEST)}, found "
+            f"format {manifest.get('format')!r} version {manifest.get('version')!r}."
+        )
     return Pack(store.root, manifest)
 
 
@@ -128,6 +141,7 @@ def is_pack(root: str) -> bool:
 
 
 # --- writing ---------------------------------------------------------------------------------------
+
 
 def base_folder(paths: Sequence[str]) -> str:
     """The deepest folder holding every path (local or URI), without a trailing '/'."""
@@ -144,7 +158,7 @@ def base_folder(paths: Sequence[str]) -> str:
 
 def relative_id(path: str, base: str) -> str:
     """`path` relative to `base`, '/'-separated."""
-    rel = os.path.relpath(path, base) if not is_uri(path) else path[len(base):].lstrip("/")
+    rel = os.path.relpath(path, base) if not is_uri(path) else path[len(base) :].lstrip("/")
     return rel.replace(os.sep, "/")
 
 
@@ -182,11 +196,18 @@ def _shard_bytes(rows: dict) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.table({"id": pa.array(rows["id"], pa.string()), "image": pa.array(rows["image"], pa.binary()),
-                      "label": pa.array(rows["label"], pa.int32()),
-                      "classname": pa.array(rows["classname"], pa.string())})
+    table = pa.table(
+        {
+            "id": pa.array(rows["id"], pa.string()),
+            "image": pa.array(rows["image"], pa.binary()),
+            "label": pa.array(rows["label"], pa.int32()),
+            "classname": pa.array(rows["classname"], pa.string()),
+        }
+    )
     sink = io.BytesIO()
-    pq.write_table(table, sink, row_group_size=ROW_GROUP, compression="none")  # JPEG/PNG bytes do not compress
+    pq.write_table(
+        table, sink, row_group_size=ROW_GROUP, compression="none"
+    )  # JPEG/PNG bytes do not compress
     return sink.getvalue()
 
 
@@ -217,9 +238,18 @@ class _Settings:
         return size >= self.shard_mb * 1e6 or (self.shard_images and rows >= self.shard_images)
 
 
-def write_pack(splits: DatasetSplits, out: str, source: dict, which: Iterable[str] = SPLITS,
-               shard_mb: float = DEFAULT_SHARD_MB, shard_images: int = 0, max_short_side: int = 0,
-               workers: int = 16, overwrite: bool = False, progress: bool = True) -> Pack:
+def write_pack(
+    splits: DatasetSplits,
+    out: str,
+    source: dict,
+    which: Iterable[str] = SPLITS,
+    shard_mb: float = DEFAULT_SHARD_MB,
+    shard_images: int = 0,
+    max_short_side: int = 0,
+    workers: int = 16,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Pack:
     """Pack the `which` splits of `splits` into `out` (see the module docstring); `source` describes
     where they came from (kept in the manifest). Resumes an interrupted pack with the same settings."""
     store = Storage(out)
@@ -228,22 +258,40 @@ def write_pack(splits: DatasetSplits, out: str, source: dict, which: Iterable[st
         raise UsageError(f"{splits.name} has no images in the splits to pack.")
     base = base_folder([it.path for s in which for it in getattr(splits, s)])
     settings = _Settings(shard_mb, shard_images, max_short_side, workers)
-    plan = {"source": source, "name": splits.name, "base": base, "splits": {s: len(getattr(splits, s)) for s in which},
-            "shard_mb": shard_mb, "shard_images": shard_images, "max_short_side": max_short_side}
+    plan = {
+        "source": source,
+        "name": splits.name,
+        "base": base,
+        "splits": {s: len(getattr(splits, s)) for s in which},
+        "shard_mb": shard_mb,
+        "shard_images": shard_images,
+        "max_short_side": max_short_side,
+    }
     _start(store, plan, overwrite)
     entries, unreadable = {}, {}
     bar = _bar(sum(plan["splits"].values()), progress)
     for split in which:
-        entries[split], unreadable[split] = _pack_split(store, split, getattr(splits, split), splits.classnames,
-                                                         base, settings, bar)
+        entries[split], unreadable[split] = _pack_split(
+            store, split, getattr(splits, split), splits.classnames, base, settings, bar
+        )
     bar.close()
-    manifest = {"format": "promptkd_ray.pack", "version": PACK_VERSION, "name": splits.name, "source": source,
-                "base": base, "classnames": list(splits.classnames),
-                "reencode": {"max_short_side": max_short_side, "format": "JPEG", "quality": JPEG_QUALITY}
-                if max_short_side else None,
-                "columns": list(COLUMNS), "row_group_rows": ROW_GROUP,
-                "splits": {s: {"images": plan["splits"][s], "unreadable_at_pack": unreadable[s], "shards": entries[s]}
-                           for s in which}}
+    manifest = {
+        "format": "promptkd_ray.pack",
+        "version": PACK_VERSION,
+        "name": splits.name,
+        "source": source,
+        "base": base,
+        "classnames": list(splits.classnames),
+        "reencode": {"max_short_side": max_short_side, "format": "JPEG", "quality": JPEG_QUALITY}
+        if max_short_side
+        else None,
+        "columns": list(COLUMNS),
+        "row_group_rows": ROW_GROUP,
+        "splits": {
+            s: {"images": plan["splits"][s], "unreadable_at_pack": unreadable[s], "shards": entries[s]}
+            for s in which
+        },
+    }
     store.write_text(MANIFEST, json.dumps(manifest, indent=1))
     store.delete(PLAN)
     return Pack(store.root, manifest)
@@ -260,8 +308,10 @@ def _start(store: Storage, plan: dict, overwrite: bool) -> None:
         previous = json.loads(store.read_text(PLAN))
         if previous != json.loads(json.dumps(plan)):
             changed = sorted(k for k in plan if previous.get(k) != json.loads(json.dumps(plan[k])))
-            raise UsageError(f"{store.root} holds a partial pack of another source or settings ({', '.join(changed)} "
-                             "differ); pass --overwrite to start over.")
+            raise UsageError(
+                f"{store.root} holds a partial pack of another source or settings ({', '.join(changed)} "
+                "differ); pass --overwrite to start over."
+            )
         log.info("resuming the partial pack in %s", store.root)
     elif store.exists() and any(store.list_dir()):
         raise UsageError(f"{store.root} is not empty and holds no pack; choose an empty or new folder.")
@@ -277,7 +327,9 @@ def _done_shards(store: Storage, split: str) -> list[dict]:
         if name != f"part-{len(shards):05d}.parquet":
             break
         data = store.read_bytes(join(split, name))
-        shards.append(_shard_entry(join(split, name), pq.ParquetFile(io.BytesIO(data)).metadata.num_rows, data))
+        shards.append(
+            _shard_entry(join(split, name), pq.ParquetFile(io.BytesIO(data)).metadata.num_rows, data)
+        )
     return shards
 
 
@@ -286,8 +338,15 @@ def _shard_entry(path: str, rows: int, data: bytes) -> dict:
     return {"path": path, "rows": rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def _pack_split(store: Storage, split: str, items: Sequence[Item], classnames: Sequence[str], base: str,
-                settings: _Settings, bar) -> tuple[list[dict], int]:
+def _pack_split(
+    store: Storage,
+    split: str,
+    items: Sequence[Item],
+    classnames: Sequence[str],
+    base: str,
+    settings: _Settings,
+    bar,
+) -> tuple[list[dict], int]:
     """Write `split`'s shards (after those already complete); → (shard entries, unreadable count)."""
     shards = _done_shards(store, split)
     start = sum(s["rows"] for s in shards)
@@ -308,8 +367,12 @@ def _pack_split(store: Storage, split: str, items: Sequence[Item], classnames: S
     if rows["id"]:
         shards.append(_flush(store, split, len(shards), rows, began))
     if unreadable:
-        log.warning("%s: %d of %d images could not be read or decoded; stored as read", split, unreadable,
-                    len(items) - start)
+        log.warning(
+            "%s: %d of %d images could not be read or decoded; stored as read",
+            split,
+            unreadable,
+            len(items) - start,
+        )
     return shards, unreadable
 
 
@@ -318,8 +381,14 @@ def _flush(store: Storage, split: str, index: int, rows: dict, began: float) -> 
     path = join(split, f"part-{index:05d}.parquet")
     store.write_bytes(path, data)
     seconds = max(time.perf_counter() - began, 1e-9)
-    log.info("%s: %d images, %.1f MB (%.0f images/s, %.1f MB/s)", path, len(rows["id"]), len(data) / 1e6,
-             len(rows["id"]) / seconds, len(data) / 1e6 / seconds)
+    log.info(
+        "%s: %d images, %.1f MB (%.0f images/s, %.1f MB/s)",
+        path,
+        len(rows["id"]),
+        len(data) / 1e6,
+        len(rows["id"]) / seconds,
+        len(data) / 1e6 / seconds,
+    )
     return _shard_entry(path, len(rows["id"]), data)
 
 
@@ -330,6 +399,7 @@ def _bar(total: int, progress: bool):
 
 
 # --- reading without Ray ---------------------------------------------------------------------------
+
 
 def read_pack_bytes(pack: str, split: str, ids: Optional[Sequence[str]] = None) -> dict[str, bytes]:
     """{id: encoded bytes} of `split`'s rows (of `ids` only, when given), read in this process."""

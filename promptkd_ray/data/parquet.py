@@ -53,8 +53,12 @@ def load_parquet_images(
     if label_column is not None:
         classnames = _label_classnames(data, schema, label_column, columns, path)
     result = ParquetImages(
-        path=str(path), image_column=image_column, label_column=label_column,
-        num_rows=data.count_rows(), columns=columns, image_field=image_field,
+        path=str(path),
+        image_column=image_column,
+        label_column=label_column,
+        num_rows=data.count_rows(),
+        columns=columns,
+        image_field=image_field,
         classnames=classnames,
     )
     log.info("%s: %d rows, columns %s", path, result.num_rows, ", ".join(columns))

@@ -76,7 +76,9 @@ def read_names_file(path: str) -> tuple[str, ...]:
     if not names:
         raise ConfigError(f"The class-name file {path} holds no names.")
     if len(set(names)) != len(names):
-        raise ConfigError(f"The class-name file {path} names a class twice ({len(names) - len(set(names))} duplicates).")
+        raise ConfigError(
+            f"The class-name file {path} names a class twice ({len(names) - len(set(names))} duplicates)."
+        )
     return names
 
 
@@ -106,8 +108,9 @@ def open_splits(images, split: str = "train", world=None) -> DatasetSplits:
     if images.source == "split_json":
         from .benchmarks import load_split_json_dataset
 
-        return load_split_json_dataset(images.root, images.dataset, images.image_folder, images.split_file,
-                                       name=images.dataset)
+        return load_split_json_dataset(
+            images.root, images.dataset, images.image_folder, images.split_file, name=images.dataset
+        )
     if images.source == "imagefolder":
         from .folders import load_image_folder
 
@@ -121,7 +124,9 @@ def open_splits(images, split: str = "train", world=None) -> DatasetSplits:
         from .pack import open_pack
 
         return open_pack(images.root).splits()
-    raise ValueError(f"data.source {images.source!r} does not list image paths.")  # parquet: see resolve_source
+    raise ValueError(
+        f"data.source {images.source!r} does not list image paths."
+    )  # parquet: see resolve_source
 
 
 def resolve_source(data, seed: int, world=None) -> ImageSource:
@@ -142,20 +147,38 @@ def resolve_source(data, seed: int, world=None) -> ImageSource:
         train, heldout = paths, [others[i] for i in sorted(rng.choice(len(others), count, replace=False))]
     else:
         train, heldout = split_heldout(paths, data.heldout_images, rng)
-    log.info("%s/%s: %d images to distil on, %d held out (label-free)", splits.name, data.split,
-             len(train), len(heldout))
-    packed = {"pack": data.root, "pack_splits": (data.split, data.heldout_split or data.split)} \
-        if data.source == "packed" else {}
-    return ImageSource(name=splits.name, classnames=tuple(splits.classnames), train_paths=tuple(train),
-                       heldout_paths=tuple(heldout), **packed)
+    log.info(
+        "%s/%s: %d images to distil on, %d held out (label-free)",
+        splits.name,
+        data.split,
+        len(train),
+        len(heldout),
+    )
+    packed = (
+        {"pack": data.root, "pack_splits": (data.split, data.heldout_split or data.split)}
+        if data.source == "packed"
+        else {}
+    )
+    return ImageSource(
+        name=splits.name,
+        classnames=tuple(splits.classnames),
+        train_paths=tuple(train),
+        heldout_paths=tuple(heldout),
+        **packed,
+    )
 
 
 def split_heldout(paths: list[str], requested: int, rng: np.random.Generator) -> tuple[list[str], list[str]]:
     """Seeded random held-out subset of at most MAX_HELDOUT_FRACTION of `paths`; order kept."""
     count = min(requested, int(len(paths) * MAX_HELDOUT_FRACTION))
     if count < requested:
-        log.info("held-out slice limited to %d of the %d requested images (%.0f%% of %d)", count, requested,
-                 100 * MAX_HELDOUT_FRACTION, len(paths))
+        log.info(
+            "held-out slice limited to %d of the %d requested images (%.0f%% of %d)",
+            count,
+            requested,
+            100 * MAX_HELDOUT_FRACTION,
+            len(paths),
+        )
     chosen = set(rng.choice(len(paths), count, replace=False).tolist()) if count else set()
     train = [p for i, p in enumerate(paths) if i not in chosen]
     heldout = [p for i, p in enumerate(paths) if i in chosen]
@@ -167,11 +190,21 @@ def _parquet_source(data) -> ImageSource:
 
     table = load_parquet_images(data.parquet, data.image_column)
     fraction = min(MAX_HELDOUT_FRACTION, data.heldout_images / max(table.num_rows, 1))
-    log.info("%s: %d rows, about %d held out (label-free)", data.parquet, table.num_rows,
-             round(fraction * table.num_rows))
-    return ImageSource(name=str(data.parquet).rstrip("/").rsplit("/", 1)[-1], classnames=table.classnames,
-                       parquet=data.parquet, image_column=data.image_column, image_field=table.image_field,
-                       parquet_rows=table.num_rows, heldout_fraction=fraction)
+    log.info(
+        "%s: %d rows, about %d held out (label-free)",
+        data.parquet,
+        table.num_rows,
+        round(fraction * table.num_rows),
+    )
+    return ImageSource(
+        name=str(data.parquet).rstrip("/").rsplit("/", 1)[-1],
+        classnames=table.classnames,
+        parquet=data.parquet,
+        image_column=data.image_column,
+        image_field=table.image_field,
+        parquet_rows=table.num_rows,
+        heldout_fraction=fraction,
+    )
 
 
 def is_heldout_bytes(data: bytes, fraction: float) -> bool:

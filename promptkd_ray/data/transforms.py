@@ -32,8 +32,14 @@ class View:
     flip: bool
 
 
-def sample_view(width: int, height: int, rng: np.random.Generator, scale=CROP_SCALE, ratio=CROP_RATIO,
-                flip_prob: float = 0.5) -> View:
+def sample_view(
+    width: int,
+    height: int,
+    rng: np.random.Generator,
+    scale=CROP_SCALE,
+    ratio=CROP_RATIO,
+    flip_prob: float = 0.5,
+) -> View:
     """torchvision's RandomResizedCrop.get_params (10 tries, then a central crop) + a coin flip."""
     area = width * height
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))

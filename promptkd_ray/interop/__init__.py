@@ -11,6 +11,14 @@ from .student import OfficialStudent, load_official_student
 from .teacher import OfficialTeacher, TextArch, load_official_teacher, read_base_clip
 
 __all__ = [
-    "OfficialCheckpointError", "VisionArch", "TextArch", "checkpoint_kind", "read_official_checkpoint",
-    "OfficialStudent", "load_official_student", "OfficialTeacher", "load_official_teacher", "read_base_clip",
+    "OfficialCheckpointError",
+    "VisionArch",
+    "TextArch",
+    "checkpoint_kind",
+    "read_official_checkpoint",
+    "OfficialStudent",
+    "load_official_student",
+    "OfficialTeacher",
+    "load_official_teacher",
+    "read_base_clip",
 ]

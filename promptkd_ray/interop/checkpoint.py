@@ -38,8 +38,11 @@ from ..errors import ModelSpecError
 
 log = logging.getLogger(__name__)
 
-IGNORED_PREFIXES = ("prompt_learner.token_prefix", "prompt_learner.token_suffix",
-                    "prompt_learner.ZS_image_encoder.")
+IGNORED_PREFIXES = (
+    "prompt_learner.token_prefix",
+    "prompt_learner.token_suffix",
+    "prompt_learner.ZS_image_encoder.",
+)
 OPENAI_HEAD_WIDTH = 64
 
 
@@ -104,7 +107,9 @@ def read_official_checkpoint(path: "str | os.PathLike") -> dict[str, torch.Tenso
         ) from exc
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
     if not isinstance(state, dict) or not state:
-        raise OfficialCheckpointError(f"Checkpoint {path} holds no state dict (found {type(state).__name__}).")
+        raise OfficialCheckpointError(
+            f"Checkpoint {path} holds no state dict (found {type(state).__name__})."
+        )
     bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise OfficialCheckpointError(
@@ -112,14 +117,14 @@ def read_official_checkpoint(path: "str | os.PathLike") -> dict[str, torch.Tenso
         )
     out = {}
     for key, value in state.items():
-        key = key[len("module."):] if key.startswith("module.") else key
+        key = key[len("module.") :] if key.startswith("module.") else key
         if not key.startswith(IGNORED_PREFIXES):
             out[key] = value
     return out
 
 
 def checkpoint_kind(state: dict) -> str:
-    """"student" (PromptKD), "teacher" (PromptSRC / IVLP), "clip" (a base CLIP file) or "unknown"."""
+    """ "student" (PromptKD), "teacher" (PromptSRC / IVLP), "clip" (a base CLIP file) or "unknown"."""
     if any(k.startswith("VPT_image_trans.") for k in state):
         return "student"
     if "prompt_learner.ctx" in state or any(k.startswith("text_encoder.") for k in state):
@@ -130,8 +135,14 @@ def checkpoint_kind(state: dict) -> str:
 
 
 _KIND_WORDS = {
-    "student": ("an official PromptKD student checkpoint", "load_official_student / `promptkd-ray import student`"),
-    "teacher": ("an official PromptSRC teacher checkpoint", "load_official_teacher / `promptkd-ray import teacher`"),
+    "student": (
+        "an official PromptKD student checkpoint",
+        "load_official_student / `promptkd-ray import student`",
+    ),
+    "teacher": (
+        "an official PromptSRC teacher checkpoint",
+        "load_official_teacher / `promptkd-ray import teacher`",
+    ),
 }
 
 
@@ -143,9 +154,7 @@ def require_kind(state: dict, wanted: str, path) -> None:
     if found in _KIND_WORDS:
         other, how = _KIND_WORDS[found]
         marker = "VPT_image_trans.*" if found == "student" else "prompt_learner.ctx and text_encoder.*"
-        raise OfficialCheckpointError(
-            f"{path} is {other} (it has {marker}), not {what}; load it with {how}."
-        )
+        raise OfficialCheckpointError(f"{path} is {other} (it has {marker}), not {what}; load it with {how}.")
     if found == "clip":
         raise OfficialCheckpointError(
             f"{path} is a base CLIP weights file (visual.*, token_embedding.*), not {what} (image_encoder.*, …)."
@@ -167,7 +176,7 @@ def block_indices(state: dict, prefix: str, suffix: str) -> list[int]:
     found = set()
     for key in state:
         if key.startswith(head) and key.endswith("." + suffix):
-            index = key[len(head):-len(suffix) - 1]
+            index = key[len(head) : -len(suffix) - 1]
             if index.isdigit():
                 found.add(int(index))
     return sorted(found)
@@ -209,9 +218,16 @@ class VisionArch:
         from open_clip.model import QuickGELU
         from open_clip.transformer import VisionTransformer
 
-        return VisionTransformer(image_size=self.image_size, patch_size=self.patch_size, width=self.width,
-                                 layers=self.layers, heads=self.heads, mlp_ratio=self.mlp_ratio,
-                                 output_dim=self.output_dim, act_layer=QuickGELU)
+        return VisionTransformer(
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            width=self.width,
+            layers=self.layers,
+            heads=self.heads,
+            mlp_ratio=self.mlp_ratio,
+            output_dim=self.output_dim,
+            act_layer=QuickGELU,
+        )
 
 
 def heads_for(width: int, head_width: int, source, what: str) -> int:
@@ -239,17 +255,28 @@ def vision_arch(state: dict, prefix: str, source, head_width: int = OPENAI_HEAD_
     n_ctx = int(state[prefix + "VPT"].shape[0]) if depth else 0
     if depth > layers:
         raise OfficialCheckpointError(f"{source} prompts {depth} layers of a {layers}-layer image tower.")
-    return VisionArch(width=width, layers=layers, heads=heads_for(width, head_width, source, "image tower"),
-                      patch_size=patch, image_size=grid * patch, output_dim=int(proj.shape[1]),
-                      mlp_ratio=fc.shape[0] / width, n_ctx=n_ctx, depth=depth)
+    return VisionArch(
+        width=width,
+        layers=layers,
+        heads=heads_for(width, head_width, source, "image tower"),
+        patch_size=patch,
+        image_size=grid * patch,
+        output_dim=int(proj.shape[1]),
+        mlp_ratio=fc.shape[0] / width,
+        n_ctx=n_ctx,
+        depth=depth,
+    )
 
 
 def split_prompts(state: dict, prefix: str, first_key: str, depth: int) -> tuple[dict, list[torch.Tensor]]:
     """(state under `prefix` without prompts, with the prefix removed; [first, deep_1, …, deep_{depth-1}])."""
     prompts = [state[first_key]] if depth else []
     prompts += [state[f"{prefix}transformer.resblocks.{i}.VPT_shallow"] for i in range(1, depth)]
-    backbone = {k[len(prefix):]: v for k, v in state.items()
-                if k.startswith(prefix) and k != first_key and not k.endswith(".VPT_shallow")}
+    backbone = {
+        k[len(prefix) :]: v
+        for k, v in state.items()
+        if k.startswith(prefix) and k != first_key and not k.endswith(".VPT_shallow")
+    }
     return backbone, prompts
 
 
@@ -258,8 +285,11 @@ def load_strict(module: torch.nn.Module, state: dict, source, what: str) -> None
     expected = module.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-             if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
     if missing or unexpected or wrong:
         parts = [f"{len(wrong)} shape mismatches (first: {wrong[0]})"] if wrong else []
         parts += [f"{len(missing)} missing keys (first: {missing[0]})"] if missing else []

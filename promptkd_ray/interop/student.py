@@ -20,8 +20,16 @@ import torch
 from torch import nn
 
 from ..core.models.student import Student
-from .checkpoint import (OfficialCheckpointError, VisionArch, load_strict, need, read_official_checkpoint,
-                         require_kind, split_prompts, vision_arch)
+from .checkpoint import (
+    OfficialCheckpointError,
+    VisionArch,
+    load_strict,
+    need,
+    read_official_checkpoint,
+    require_kind,
+    split_prompts,
+    vision_arch,
+)
 
 PROJECTOR_PREFIX = "VPT_image_trans."
 
@@ -69,7 +77,7 @@ def student_state(state: dict, backbone_prompts: list, logit_scale: float) -> di
         out.update({f"image_encoder.deep_prompts.{i}": p for i, p in enumerate(backbone_prompts[1:])})
     for key, value in state.items():
         if key.startswith(PROJECTOR_PREFIX):
-            out["projector." + key[len(PROJECTOR_PREFIX):]] = value
+            out["projector." + key[len(PROJECTOR_PREFIX) :]] = value
     bn = "projector.conv1.1.num_batches_tracked"
     out.setdefault(bn, torch.tensor(0, dtype=torch.long))  # older BatchNorm checkpoints lack it
     out["logit_scale"] = torch.tensor(logit_scale)
@@ -96,8 +104,14 @@ def load_official_student(path: "str | os.PathLike", head_width: int = 64) -> Of
     visual = arch.build()
     load_strict(visual, backbone, source, "image tower")
     logit_scale = math.exp(float(need(state, "logit_scale", source).float().reshape(-1)[0]))
-    student = Student(visual, teacher_dim=d_teacher, n_ctx=arch.n_ctx or 4, depth=arch.depth,
-                      projector="mlp2", logit_scale=logit_scale)
+    student = Student(
+        visual,
+        teacher_dim=d_teacher,
+        n_ctx=arch.n_ctx or 4,
+        depth=arch.depth,
+        projector="mlp2",
+        logit_scale=logit_scale,
+    )
     try:
         student.load_trainable_state_dict(student_state(state, prompts, logit_scale))
     except ValueError as exc:

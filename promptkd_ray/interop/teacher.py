@@ -31,9 +31,21 @@ from torch import nn
 
 from ..core.models.teacher import Teacher
 from ..core.models.torchscript import is_torchscript, read_torchscript_weights
-from .checkpoint import (OfficialCheckpointError, VisionArch, block_indices, first_line, heads_for, load_strict,
-                         need, prompt_depth, read_official_checkpoint, require_kind, split_prompts,
-                         torch_load_restricted, vision_arch)
+from .checkpoint import (
+    OfficialCheckpointError,
+    VisionArch,
+    block_indices,
+    first_line,
+    heads_for,
+    load_strict,
+    need,
+    prompt_depth,
+    read_official_checkpoint,
+    require_kind,
+    split_prompts,
+    torch_load_restricted,
+    vision_arch,
+)
 
 AUTHORS_CTX_INIT = "a photo of a"
 OPENAI_VOCAB_SIZE = 49408
@@ -73,8 +85,10 @@ class OfficialTeacher(nn.Module):
     @torch.no_grad()
     def class_vectors(self, batch_size: int = 256) -> torch.Tensor:
         """Normalised prompted text features [N, d] of `classnames`, in order."""
-        chunks = [self.teacher.encode_text(list(self.classnames[i:i + batch_size]))
-                  for i in range(0, len(self.classnames), batch_size)]
+        chunks = [
+            self.teacher.encode_text(list(self.classnames[i : i + batch_size]))
+            for i in range(0, len(self.classnames), batch_size)
+        ]
         return F.normalize(torch.cat(chunks).float(), dim=-1)
 
 
@@ -96,21 +110,34 @@ def read_base_clip(path: "str | os.PathLike") -> dict:
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict):
         raise OfficialCheckpointError(f"Base CLIP file {path} holds no state dict.")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
-def text_arch(state: dict, source, head_width: int, prefix: str = "text_encoder.",
-              ctx_key: str = "prompt_learner.ctx", vocab_size: int = OPENAI_VOCAB_SIZE) -> TextArch:
+def text_arch(
+    state: dict,
+    source,
+    head_width: int,
+    prefix: str = "text_encoder.",
+    ctx_key: str = "prompt_learner.ctx",
+    vocab_size: int = OPENAI_VOCAB_SIZE,
+) -> TextArch:
     """The text tower under `prefix` (a teacher's `text_encoder.`, or "" in a base CLIP file)."""
     pos = need(state, prefix + "positional_embedding", source)  # [context_length, width]
     proj = need(state, prefix + "text_projection", source)  # [width, output_dim]
     fc = need(state, prefix + "transformer.resblocks.0.mlp.c_fc.weight", source)  # [hidden, width]
     width = int(pos.shape[1])
     depth = prompt_depth(state, prefix, ctx_key, source)
-    return TextArch(width=width, layers=len(block_indices(state, prefix, "attn.in_proj_weight")),
-                    heads=heads_for(width, head_width, source, "text tower"), context_length=int(pos.shape[0]),
-                    vocab_size=vocab_size, output_dim=int(proj.shape[1]), mlp_ratio=fc.shape[0] / width,
-                    n_ctx=int(state[ctx_key].shape[0]) if depth else 0, depth=depth)
+    return TextArch(
+        width=width,
+        layers=len(block_indices(state, prefix, "attn.in_proj_weight")),
+        heads=heads_for(width, head_width, source, "text tower"),
+        context_length=int(pos.shape[0]),
+        vocab_size=vocab_size,
+        output_dim=int(proj.shape[1]),
+        mlp_ratio=fc.shape[0] / width,
+        n_ctx=int(state[ctx_key].shape[0]) if depth else 0,
+        depth=depth,
+    )
 
 
 def base_token_embedding(base: dict, clip_path, text: TextArch, vision: VisionArch, source) -> torch.Tensor:
@@ -141,11 +168,22 @@ def model_config(vision: VisionArch, text: TextArch) -> dict:
     return {
         "embed_dim": vision.output_dim,
         "quick_gelu": True,
-        "vision_cfg": {"image_size": vision.image_size, "layers": vision.layers, "width": vision.width,
-                       "head_width": vision.width // vision.heads, "patch_size": vision.patch_size,
-                       "mlp_ratio": vision.mlp_ratio},
-        "text_cfg": {"context_length": text.context_length, "vocab_size": text.vocab_size, "width": text.width,
-                     "heads": text.heads, "layers": text.layers, "mlp_ratio": text.mlp_ratio},
+        "vision_cfg": {
+            "image_size": vision.image_size,
+            "layers": vision.layers,
+            "width": vision.width,
+            "head_width": vision.width // vision.heads,
+            "patch_size": vision.patch_size,
+            "mlp_ratio": vision.mlp_ratio,
+        },
+        "text_cfg": {
+            "context_length": text.context_length,
+            "vocab_size": text.vocab_size,
+            "width": text.width,
+            "heads": text.heads,
+            "layers": text.layers,
+            "mlp_ratio": text.mlp_ratio,
+        },
     }
 
 
@@ -153,7 +191,9 @@ def build_clip(state: dict, config: dict, token_embedding: torch.Tensor, source)
     """An open_clip CLIP holding the checkpoint's frozen towers and the base token embedding."""
     from open_clip.model import CLIP
 
-    clip = CLIP(config["embed_dim"], vision_cfg=config["vision_cfg"], text_cfg=config["text_cfg"], quick_gelu=True)
+    clip = CLIP(
+        config["embed_dim"], vision_cfg=config["vision_cfg"], text_cfg=config["text_cfg"], quick_gelu=True
+    )
     visual, _ = split_prompts(state, "image_encoder.", "image_encoder.VPT", depth=0)  # backbone only
     text, _ = split_prompts(state, "text_encoder.", "prompt_learner.ctx", depth=0)
     full = {"visual." + k: v for k, v in visual.items()}
@@ -178,9 +218,13 @@ def teacher_prompt_state(state: dict, vision: VisionArch, text: TextArch) -> dic
     return {k: v.float() for k, v in out.items()}
 
 
-def load_official_teacher(path: "str | os.PathLike", clip_weights: "str | os.PathLike | dict",
-                          classnames: Sequence[str], head_width: int = 64,
-                          clip_source: "str | None" = None) -> OfficialTeacher:
+def load_official_teacher(
+    path: "str | os.PathLike",
+    clip_weights: "str | os.PathLike | dict",
+    classnames: Sequence[str],
+    head_width: int = 64,
+    clip_source: "str | None" = None,
+) -> OfficialTeacher:
     """Build our prompted `Teacher` from an official PromptSRC teacher checkpoint, eval mode, fp32.
 
     Args:
@@ -214,8 +258,14 @@ def load_official_teacher(path: "str | os.PathLike", clip_weights: "str | os.Pat
     config = model_config(vision, text)
     clip = build_clip(state, config, token_embedding, source)
     tokenizer = SimpleTokenizer(context_length=text.context_length)
-    teacher = Teacher(clip, tokenizer, vision_depth=vision.depth, text_depth=text.depth, n_ctx=text.n_ctx,
-                      ctx_init=AUTHORS_CTX_INIT)
+    teacher = Teacher(
+        clip,
+        tokenizer,
+        vision_depth=vision.depth,
+        text_depth=text.depth,
+        n_ctx=text.n_ctx,
+        ctx_init=AUTHORS_CTX_INIT,
+    )
     teacher.text_encoder.prompt_prefix = AUTHORS_CTX_INIT if text.n_ctx <= 4 else " ".join(["X"] * text.n_ctx)
     prompts = teacher_prompt_state(state, vision, text)
     expected = teacher.prompt_state_dict()

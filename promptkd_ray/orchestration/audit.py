@@ -51,8 +51,10 @@ class IdAudit:
         return full
 
     def write(self, run: Storage, epoch: int, rank: int) -> None:
-        run.write_text(f"ids/epoch_{epoch:03d}/rank_{rank}.json",
-                       json.dumps({"epoch": epoch, "rank": rank, "trained": self.trained, "dropped": self.dropped}))
+        run.write_text(
+            f"ids/epoch_{epoch:03d}/rank_{rank}.json",
+            json.dumps({"epoch": epoch, "rank": rank, "trained": self.trained, "dropped": self.dropped}),
+        )
 
 
 def recorded_ids(run: Storage, epoch: int) -> dict:

@@ -78,7 +78,8 @@ def check_fingerprint(progress: dict, fingerprint: dict, where: str) -> None:
         key, (old, new) = next(iter(diff.items()))
         raise CheckpointMismatchError(
             f"The checkpoint {where} of this run was made with {key}={old!r}, but the job now has "
-            f"{new!r}; use another job name or storage_path to start a new run.")
+            f"{new!r}; use another job name or storage_path to start a new run."
+        )
 
 
 def latest_progress(run: Storage, whole: bool = True) -> Optional[dict]:
@@ -118,19 +119,26 @@ def save_checkpoint(directory: "str | Path", tensors: dict, state: dict, progres
 
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    Storage(directory).write_files({
-        TRAINABLE_FILE: save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}),
-        TRAIN_STATE_FILE: buffer.getvalue(),
-        PROGRESS_FILE: (json.dumps(progress, indent=1) + "\n").encode("utf-8"),
-    })
+    Storage(directory).write_files(
+        {
+            TRAINABLE_FILE: save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}),
+            TRAIN_STATE_FILE: buffer.getvalue(),
+            PROGRESS_FILE: (json.dumps(progress, indent=1) + "\n").encode("utf-8"),
+        }
+    )
     seal_checkpoint(directory)
 
 
 def seal_checkpoint(directory: "str | Path") -> None:
     """(Re)write the manifest of a local checkpoint folder: the sha256 of every other file in it."""
     root = Path(directory)
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST_FILE
-                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and p.name != MANIFEST_FILE
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
     manifest = {"files": {p.relative_to(root).as_posix(): _sha256(p.read_bytes()) for p in files}}
     Storage(directory).write_text(MANIFEST_FILE, json.dumps(manifest, indent=1) + "\n")
 
@@ -142,7 +150,11 @@ def _sha256(data: bytes) -> str:
 def verify_checkpoint(folder: Storage) -> None:
     """Refuse (`CheckpointCorruptError`) a checkpoint folder whose files are missing or differ from
     its manifest; a folder without a manifest (older runs) must at least hold every file."""
-    names = [MANIFEST_FILE] if folder.is_file(MANIFEST_FILE) else [TRAINABLE_FILE, TRAIN_STATE_FILE, PROGRESS_FILE]
+    names = (
+        [MANIFEST_FILE]
+        if folder.is_file(MANIFEST_FILE)
+        else [TRAINABLE_FILE, TRAIN_STATE_FILE, PROGRESS_FILE]
+    )
     missing = [n for n in names if not folder.is_file(n)]
     if missing:
         raise CheckpointCorruptError(f"The checkpoint {folder.root} is incomplete: it lacks {missing[0]}.")
@@ -151,13 +163,16 @@ def verify_checkpoint(folder: Storage) -> None:
     try:
         listed = json.loads(folder.read_bytes(MANIFEST_FILE))["files"]
     except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointCorruptError(f"The manifest of checkpoint {folder.root} is unreadable ({exc}).") from None
+        raise CheckpointCorruptError(
+            f"The manifest of checkpoint {folder.root} is unreadable ({exc})."
+        ) from None
     for name in [TRAINABLE_FILE, TRAIN_STATE_FILE, PROGRESS_FILE, *listed]:
         if name not in listed or not folder.is_file(name):
             raise CheckpointCorruptError(f"The checkpoint {folder.root} is incomplete: it lacks {name}.")
         if _sha256(folder.read_bytes(name)) != listed[name]:
             raise CheckpointCorruptError(
-                f"The checkpoint {folder.root} is corrupt: {name} does not match the sha256 in its manifest.")
+                f"The checkpoint {folder.root} is corrupt: {name} does not match the sha256 in its manifest."
+            )
 
 
 def load_checkpoint(directory: "str | Path", fingerprint: dict) -> tuple[dict, dict, dict]:
@@ -173,14 +188,17 @@ def load_checkpoint(directory: "str | Path", fingerprint: dict) -> tuple[dict, d
     progress = read_progress(directory)
     check_fingerprint(progress, fingerprint, directory.name)
     if is_torchscript(directory / TRAIN_STATE_FILE):  # torch < 2.6 would hand it to torch.jit.load
-        raise CheckpointCorruptError(f"The checkpoint {directory} is corrupt: its {TRAIN_STATE_FILE} is TorchScript.")
+        raise CheckpointCorruptError(
+            f"The checkpoint {directory} is corrupt: its {TRAIN_STATE_FILE} is TorchScript."
+        )
     try:
         tensors = load(folder.read_bytes(TRAINABLE_FILE))
         state = torch.load(directory / TRAIN_STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as exc:  # safetensors, zip and unpickling errors of a damaged file
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise CheckpointCorruptError(
-            f"The checkpoint {directory} is corrupt: its files do not load ({first}).") from exc
+            f"The checkpoint {directory} is corrupt: its files do not load ({first})."
+        ) from exc
     return tensors, state, progress
 
 
@@ -195,11 +213,14 @@ def _parse_progress(data: bytes, where: str) -> dict:
         return progress
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointCorruptError(
-            f"The checkpoint {where} is corrupt: its {PROGRESS_FILE} is unreadable ({exc}).") from None
+            f"The checkpoint {where} is corrupt: its {PROGRESS_FILE} is unreadable ({exc})."
+        ) from None
 
 
-def load_newest_good(checkpoints: Iterable[tuple[str, Callable[[], ContextManager]]], fingerprint: dict,
-                     ) -> tuple[dict, dict, dict, str]:
+def load_newest_good(
+    checkpoints: Iterable[tuple[str, Callable[[], ContextManager]]],
+    fingerprint: dict,
+) -> tuple[dict, dict, dict, str]:
     """(tensors, state, progress, name) of the first checkpoint in `checkpoints` (newest first;
     each a name and a function that opens it as a local folder) that is whole. A corrupt one is
     skipped with a warning; a fingerprint mismatch stops at once; none whole: one sentence."""
@@ -217,7 +238,8 @@ def load_newest_good(checkpoints: Iterable[tuple[str, Callable[[], ContextManage
         return tensors, state, progress, name
     raise CheckpointCorruptError(
         f"Every checkpoint of this run is corrupt or incomplete ({', '.join(corrupt)}); delete them or use "
-        f"another job name or storage_path to start a new run.")
+        f"another job name or storage_path to start a new run."
+    )
 
 
 def _ray_checkpoints_newest_first(checkpoint) -> list[tuple[str, Callable[[], ContextManager]]]:
@@ -227,8 +249,16 @@ def _ray_checkpoints_newest_first(checkpoint) -> list[tuple[str, Callable[[], Co
 
     parent, _, latest = checkpoint.path.rstrip("/").rpartition("/")
     infos = checkpoint.filesystem.get_file_info(FileSelector(parent, allow_not_found=True))
-    older = sorted((i.base_name for i in infos if i.type == FileType.Directory
-                    and i.base_name.startswith(CHECKPOINT_PREFIX) and i.base_name < latest), reverse=True)
+    older = sorted(
+        (
+            i.base_name
+            for i in infos
+            if i.type == FileType.Directory
+            and i.base_name.startswith(CHECKPOINT_PREFIX)
+            and i.base_name < latest
+        ),
+        reverse=True,
+    )
     found = [(checkpoint.path, checkpoint.as_directory)]
     for name in older:
         sibling = ray.train.Checkpoint(path=f"{parent}/{name}", filesystem=checkpoint.filesystem)
@@ -245,15 +275,24 @@ def restore(fingerprint: dict, rank: int) -> tuple[Optional[dict], Optional[dict
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None, None, new_progress(fingerprint)
-    tensors, state, progress, source = load_newest_good(_ray_checkpoints_newest_first(checkpoint), fingerprint)
+    tensors, state, progress, source = load_newest_good(
+        _ray_checkpoints_newest_first(checkpoint), fingerprint
+    )
     progress["resumes"] = progress["resumes"] + [progress["epoch"] + 1]
     if rank == 0:
         log.info("resuming after epoch %d from %s", progress["epoch"] + 1, source)
     return tensors, state, progress
 
 
-def report(metrics: dict, progress: dict, tensors: dict, state: dict, rank: int,
-           add_files: Optional[Callable[[Path], None]] = None, name: Optional[str] = None) -> None:
+def report(
+    metrics: dict,
+    progress: dict,
+    tensors: dict,
+    state: dict,
+    rank: int,
+    add_files: Optional[Callable[[Path], None]] = None,
+    name: Optional[str] = None,
+) -> None:
     """Every worker reports the epoch; rank 0 attaches the checkpoint (plus `add_files(dir)`'s files)
     and names its worker group's placement group (`placement_group`, in the report only: a sweep
     releases a stopped trial's group with it)."""
@@ -270,8 +309,11 @@ def report(metrics: dict, progress: dict, tensors: dict, state: dict, rank: int,
         if add_files is not None:
             add_files(Path(tmp))
             seal_checkpoint(tmp)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                         checkpoint_dir_name=name or f"{CHECKPOINT_PREFIX}{progress['epoch']:03d}")
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(tmp),
+            checkpoint_dir_name=name or f"{CHECKPOINT_PREFIX}{progress['epoch']:03d}",
+        )
 
 
 @contextmanager

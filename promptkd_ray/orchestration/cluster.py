@@ -57,8 +57,14 @@ def _start_or_join(ray_config, cpus_needed: float) -> None:
         log.info("starting a local Ray cluster with %d logical CPUs (Ray's logs: %s)", num_cpus, RAY_LOG_DIR)
         # Ray expects to start at most one worker process per physical core at a time and warns beyond
         # 4×; the logical CPUs we overstate (see above) are the concurrency we ask for.
-        ray.init(address="local", num_cpus=num_cpus, object_store_memory=ray_config.object_store_mb * 1024**2 or None,
-                 include_dashboard=False, _system_config={"worker_maximum_startup_concurrency": num_cpus}, **quiet)
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            object_store_memory=ray_config.object_store_mb * 1024**2 or None,
+            include_dashboard=False,
+            _system_config={"worker_maximum_startup_concurrency": num_cpus},
+            **quiet,
+        )
 
 
 def on_driver_node() -> dict:
@@ -117,8 +123,11 @@ def warn_missing_resources(wanted: dict) -> None:
 
     offered = ray.cluster_resources()
     for name in sorted(k for k in wanted if k not in offered):
-        log.warning("no node of this cluster offers the resource %r (asked for by the job); the teacher pool or "
-                    "the Train workers wait until an autoscaler adds such a node", name)
+        log.warning(
+            "no node of this cluster offers the resource %r (asked for by the job); the teacher pool or "
+            "the Train workers wait until an autoscaler adds such a node",
+            name,
+        )
 
 
 def cpus_needed(workers, pool=None) -> float:
@@ -140,7 +149,11 @@ def user_error_in(exc: BaseException) -> Optional[PromptKDError]:
         seen.add(id(current))
         if isinstance(current, PromptKDError) and type(current).__module__.startswith("promptkd_ray"):
             return current  # not Ray's RayTaskError(…) copy of the class, whose text is a traceback
-        todo += [getattr(current, "cause", None), current.__cause__, current.__context__,
-                 getattr(current, "controller_failure", None),
-                 *getattr(current, "worker_failures", {}).values()]
+        todo += [
+            getattr(current, "cause", None),
+            current.__cause__,
+            current.__context__,
+            getattr(current, "controller_failure", None),
+            *getattr(current, "worker_failures", {}).values(),
+        ]
     return None

@@ -80,6 +80,8 @@ def ids_at(positions, ids_ref, seed: int, epoch: int, shuffle: bool) -> list:
         _PROCESS_CACHE.update(ids_key=key, ids=ray.get(ids_ref))
     ids = _PROCESS_CACHE["ids"]
     if _PROCESS_CACHE.get("order_key") != (seed, epoch, shuffle):
-        _PROCESS_CACHE.update(order_key=(seed, epoch, shuffle), order=epoch_order(seed, epoch, len(ids), shuffle))
+        _PROCESS_CACHE.update(
+            order_key=(seed, epoch, shuffle), order=epoch_order(seed, epoch, len(ids), shuffle)
+        )
     order = _PROCESS_CACHE["order"]
     return [ids[order[int(p)]] for p in positions]

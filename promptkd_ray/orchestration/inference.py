@@ -37,8 +37,12 @@ def _decode(batch: dict, size: int, options: DecodeOptions = DecodeOptions()) ->
     rows, bad = decode_views({"id": batch["id"], **blobs}, size, "test", options=options)
     position = {ident: i for i, ident in enumerate(batch["id"])}
     keep = [position[ident] for ident in rows["id"]]
-    return {"image": rows["image"], "label": np.asarray(batch["label"])[keep],
-            "index": np.asarray(batch["index"])[keep], "id": rows["id"]}, bad
+    return {
+        "image": rows["image"],
+        "label": np.asarray(batch["label"])[keep],
+        "index": np.asarray(batch["index"])[keep],
+        "id": rows["id"],
+    }, bad
 
 
 def decode_batch(batch: dict, size: int, ledger, options: DecodeOptions = DecodeOptions()) -> dict:
@@ -63,7 +67,12 @@ class ImageEncoder:
         images = to_model_input(torch.from_numpy(np.asarray(batch["image"])).to(self.device))
         with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.device == "cuda"):
             features = self.model.encode_image(images).float()
-        return {"feature": features.cpu().numpy(), "label": batch["label"], "index": batch["index"], "id": batch["id"]}
+        return {
+            "feature": features.cpu().numpy(),
+            "label": batch["label"],
+            "index": batch["index"],
+            "id": batch["id"],
+        }
 
 
 @dataclass
@@ -78,32 +87,48 @@ class Encoded:
         return len(self.unreadable)
 
 
-def encode_items(model: ModelRef, paths: Sequence[str], labels: Sequence[int], use_ray: bool = True,
-                 batch_size: int = 64, num_actors: int = 1, options: DecodeOptions = DecodeOptions(),
-                 pack: str = "") -> Encoded:
+def encode_items(
+    model: ModelRef,
+    paths: Sequence[str],
+    labels: Sequence[int],
+    use_ray: bool = True,
+    batch_size: int = 64,
+    num_actors: int = 1,
+    options: DecodeOptions = DecodeOptions(),
+    pack: str = "",
+) -> Encoded:
     """Features of the images at `paths` (local or URIs; with `pack`, ids of that pack's test split,
     read from its shards) under `model`, decoded with `options`; Ray Data when `use_ray` (on the
     connected cluster), else in this process."""
     size = model.image_size()
-    items = [{"id": str(p), "label": int(l), "index": i} for i, (p, l) in enumerate(zip(paths, labels))]
+    items = [
+        {"id": str(p), "label": int(label), "index": i} for i, (p, label) in enumerate(zip(paths, labels))
+    ]
     if use_ray:
         rows, unreadable = _encode_with_ray(model, items, size, batch_size, num_actors, options, pack)
     else:
-        rows, unreadable = _encode_in_process(model, _with_pack_bytes(items, pack), size, batch_size, num_actors,
-                                              options)
+        rows, unreadable = _encode_in_process(
+            model, _with_pack_bytes(items, pack), size, batch_size, num_actors, options
+        )
     rows.sort(key=lambda r: int(r["index"]))
     features = torch.from_numpy(np.stack([r["feature"] for r in rows])) if rows else torch.zeros(0, 0)
-    return Encoded(features=features, labels=torch.tensor([int(r["label"]) for r in rows], dtype=torch.long),
-                   paths=[str(r["id"]) for r in rows], unreadable=unreadable)
+    return Encoded(
+        features=features,
+        labels=torch.tensor([int(r["label"]) for r in rows], dtype=torch.long),
+        paths=[str(r["id"]) for r in rows],
+        unreadable=unreadable,
+    )
 
 
-def _encode_in_process(model: ModelRef, items: list, size: int, batch_size: int, _actors: int,
-                       options: DecodeOptions):
+def _encode_in_process(
+    model: ModelRef, items: list, size: int, batch_size: int, _actors: int, options: DecodeOptions
+):
     encoder, rows, unreadable = ImageEncoder(model), [], {}
     for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
-        batch, bad = _decode({k: np.asarray([it[k] for it in chunk], dtype=object) for k in chunk[0]}, size,
-                             options)
+        chunk = items[start : start + batch_size]
+        batch, bad = _decode(
+            {k: np.asarray([it[k] for it in chunk], dtype=object) for k in chunk[0]}, size, options
+        )
         unreadable.update(bad)
         if len(batch["id"]):
             out = encoder(batch)
@@ -121,19 +146,35 @@ def _with_pack_bytes(items: list, pack: str) -> list:
     return [dict(it, bytes=blobs.get(it["id"], b"")) for it in items]
 
 
-def _encode_with_ray(model: ModelRef, items: list, size: int, batch_size: int, num_actors: int,
-                     options: DecodeOptions, pack: str = ""):
+def _encode_with_ray(
+    model: ModelRef,
+    items: list,
+    size: int,
+    batch_size: int,
+    num_actors: int,
+    options: DecodeOptions,
+    pack: str = "",
+):
     import ray
 
     from .packs import pack_items
 
     ledger = start_ledger()
     ds = pack_items(pack, "test", items) if pack else ray.data.from_items(items)
-    ds = ds.map_batches(decode_batch, fn_kwargs={"size": size, "ledger": ledger, "options": options},
-                        batch_format="numpy", batch_size=batch_size)
-    ds = ds.map_batches(ImageEncoder, fn_constructor_kwargs={"model": model}, batch_format="numpy",
-                        batch_size=batch_size, num_gpus=1 if has_gpus() else 0,
-                        compute=ray.data.ActorPoolStrategy(size=num_actors))
+    ds = ds.map_batches(
+        decode_batch,
+        fn_kwargs={"size": size, "ledger": ledger, "options": options},
+        batch_format="numpy",
+        batch_size=batch_size,
+    )
+    ds = ds.map_batches(
+        ImageEncoder,
+        fn_constructor_kwargs={"model": model},
+        batch_format="numpy",
+        batch_size=batch_size,
+        num_gpus=1 if has_gpus() else 0,
+        compute=ray.data.ActorPoolStrategy(size=num_actors),
+    )
     rows = list(ds.iter_rows())
     unreadable = ray.get(ledger.items.remote())
     ray.kill(ledger)

@@ -55,15 +55,24 @@ def _read_row_groups(batch: dict, labels: bool) -> dict:
     parts = []
     for path, group in zip(batch["path"], batch["group"]):
         parts.append(pq.ParquetFile(open_input_file(str(path))).read_row_group(int(group), columns=columns))
-    rows = {"id": np.asarray([i for t in parts for i in t.column("id").to_pylist()], dtype=object),
-            "bytes": np.asarray([b for t in parts for b in t.column("image").to_pylist()], dtype=object)}
+    rows = {
+        "id": np.asarray([i for t in parts for i in t.column("id").to_pylist()], dtype=object),
+        "bytes": np.asarray([b for t in parts for b in t.column("image").to_pylist()], dtype=object),
+    }
     if labels:
-        rows["label"] = np.asarray([l for t in parts for l in t.column("label").to_pylist()], dtype=np.int64)
+        rows["label"] = np.asarray(
+            [label for t in parts for label in t.column("label").to_pylist()], dtype=np.int64
+        )
     return rows
 
 
-def pack_rows(pack: str, split: str, chosen: Optional[Sequence[str]] = None, others: Sequence[str] = (),
-              labels: bool = False):
+def pack_rows(
+    pack: str,
+    split: str,
+    chosen: Optional[Sequence[str]] = None,
+    others: Sequence[str] = (),
+    labels: bool = False,
+):
     """A Ray dataset of `split`'s rows {id, bytes (, label)}: of the `chosen` ids (None: all),
     `others` being the rest of the split's ids when that is cheaper to test (see `row_filter`)."""
     import ray
@@ -94,8 +103,12 @@ def _with_index(batch: dict, index_ref) -> dict:
     """Ray Data task: eval rows {id, bytes} → {id, bytes, label, index} (the items' label and order)."""
     index = _process_cached("index", index_ref)
     found = [index[str(i)] for i in batch["id"]]
-    return {"id": batch["id"], "bytes": batch["bytes"], "label": np.asarray([f[0] for f in found], np.int64),
-            "index": np.asarray([f[1] for f in found], np.int64)}
+    return {
+        "id": batch["id"],
+        "bytes": batch["bytes"],
+        "label": np.asarray([f[0] for f in found], np.int64),
+        "index": np.asarray([f[1] for f in found], np.int64),
+    }
 
 
 def pack_items(pack: str, split: str, items: Sequence[dict]):

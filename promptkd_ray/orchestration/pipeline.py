@@ -78,11 +78,22 @@ def start_ledger():
     return ray.remote(BadImageLedger).options(**on_driver_node()).remote()
 
 
-def decode_and_augment(batch: dict, size: int, mode: str, on_bad_image: str, ledger=None,
-                       heldout_fraction: float = 0.0, image_column: Optional[str] = None,
-                       image_field: Optional[str] = None, crop_scale_min: float = 0.08,
-                       seed: Optional[int] = None, clock=None, ids_ref=None, shuffle: bool = True,
-                       options: DecodeOptions = DecodeOptions()) -> dict:
+def decode_and_augment(
+    batch: dict,
+    size: int,
+    mode: str,
+    on_bad_image: str,
+    ledger=None,
+    heldout_fraction: float = 0.0,
+    image_column: Optional[str] = None,
+    image_field: Optional[str] = None,
+    crop_scale_min: float = 0.08,
+    seed: Optional[int] = None,
+    clock=None,
+    ids_ref=None,
+    shuffle: bool = True,
+    options: DecodeOptions = DecodeOptions(),
+) -> dict:
     """Ray Data task: decode a batch of images into views (view slot = the `clock`'s epoch, in a
     run seeded `seed`); skip or fail on bad files.
 
@@ -93,12 +104,15 @@ def decode_and_augment(batch: dict, size: int, mode: str, on_bad_image: str, led
         batch = _parquet_rows(batch, image_column, image_field, mode, heldout_fraction)
     elif "position" in batch:
         batch = {"id": np.asarray(ids_at(batch["position"], ids_ref, seed, epoch, shuffle), dtype=object)}
-    rows, bad = decode_views(batch, size, mode, seed=seed, slot=epoch, crop_scale_min=crop_scale_min, options=options)
+    rows, bad = decode_views(
+        batch, size, mode, seed=seed, slot=epoch, crop_scale_min=crop_scale_min, options=options
+    )
     return _without_bad(rows, bad, on_bad_image, ledger)
 
 
-def decode_recorded_task(batch: dict, size: int, on_bad_image: str, ledger=None,
-                         options: DecodeOptions = DecodeOptions()) -> dict:
+def decode_recorded_task(
+    batch: dict, size: int, on_bad_image: str, ledger=None, options: DecodeOptions = DecodeOptions()
+) -> dict:
     """Ray Data task: re-render the recorded views of a batch of soft-label cache rows; skip or fail
     on files that have become unreadable since the cache was built."""
     rows, bad = decode_recorded(batch, size, options)
@@ -109,8 +123,10 @@ def _without_bad(rows: dict, bad: list, on_bad_image: str, ledger) -> dict:
     """`rows`, after failing on the first unreadable file (`fail`) or counting them all (`skip`)."""
     if bad and on_bad_image == "fail":
         ident, reason = bad[0]
-        raise BadImageError(f"{ident} is not a readable image ({reason}); set data.on_bad_image=skip "
-                            "to skip and count such files.")
+        raise BadImageError(
+            f"{ident} is not a readable image ({reason}); set data.on_bad_image=skip "
+            "to skip and count such files."
+        )
     for ident, reason in bad:
         log.warning("skipping unreadable image %s (%s)", ident, reason)
     if bad and ledger is not None:
@@ -130,8 +146,18 @@ def _parquet_rows(batch: dict, column: str, field: Optional[str], mode: str, fra
     return {"id": np.asarray(ids, dtype=object), "bytes": np.asarray([blobs[i] for i in keep], dtype=object)}
 
 
-def image_dataset(job, source: ImageSource, teacher, size: int, mode: str, ledger, cluster_has_gpus: bool,
-                  clock=None, shuffle: bool = True, teachers: Sequence = ()):
+def image_dataset(
+    job,
+    source: ImageSource,
+    teacher,
+    size: int,
+    mode: str,
+    ledger,
+    cluster_has_gpus: bool,
+    clock=None,
+    shuffle: bool = True,
+    teachers: Sequence = (),
+):
     """One Stage II stream (`job`: a DistillJob): rows with uint8 views, their view params and the
     teacher's feature. `mode` "train" (the views and order of the `clock`'s epoch; the image list's
     order without `shuffle`) or "heldout" (full views). `teachers`: the run's teacher actors
@@ -139,10 +165,18 @@ def image_dataset(job, source: ImageSource, teacher, size: int, mode: str, ledge
     import ray
 
     d = job.data
-    fn_kwargs = {"size": size, "mode": mode, "on_bad_image": d.on_bad_image, "ledger": ledger,
-                 "heldout_fraction": source.heldout_fraction, "crop_scale_min": d.crop_scale_min, "seed": job.seed,
-                 "clock": clock if mode == "train" else None, "shuffle": shuffle and d.shuffle,
-                 "options": DecodeOptions.of(d)}
+    fn_kwargs = {
+        "size": size,
+        "mode": mode,
+        "on_bad_image": d.on_bad_image,
+        "ledger": ledger,
+        "heldout_fraction": source.heldout_fraction,
+        "crop_scale_min": d.crop_scale_min,
+        "seed": job.seed,
+        "clock": clock if mode == "train" else None,
+        "shuffle": shuffle and d.shuffle,
+        "options": DecodeOptions.of(d),
+    }
     paths = source.train_paths if mode == "train" else source.heldout_paths
     blocks = max(1, min(max(4, len(paths) // (4 * d.decode_batch_size)), len(paths)))
     if source.pack:  # the chosen ids' bytes from the pack's shards; Parquet's block-order shuffle
@@ -161,8 +195,14 @@ def image_dataset(job, source: ImageSource, teacher, size: int, mode: str, ledge
         fn_kwargs["ids_ref"] = ray.put(list(paths))
     else:
         ds = ray.data.from_items([{"id": p} for p in paths], override_num_blocks=blocks)
-    ds = ds.map_batches(decode_and_augment, batch_size=d.decode_batch_size, batch_format="numpy", num_cpus=1,
-                        memory=d.decode_memory_mb * 1024**2, fn_kwargs=fn_kwargs)
+    ds = ds.map_batches(
+        decode_and_augment,
+        batch_size=d.decode_batch_size,
+        batch_format="numpy",
+        num_cpus=1,
+        memory=d.decode_memory_mb * 1024**2,
+        fn_kwargs=fn_kwargs,
+    )
     return add_teacher_features(ds, teacher, job.teacher_pool, cluster_has_gpus, teachers)
 
 
@@ -172,17 +212,35 @@ def train_feed(ds, with_ids: bool = False):
     return ds.select_columns(TRAIN_COLUMNS + ["id"] if with_ids else TRAIN_COLUMNS)
 
 
-def distill_datasets(job, source: ImageSource, teacher, size: int, ledger, cluster_has_gpus: bool, clock,
-                     running: Optional[contextlib.ExitStack] = None) -> dict:
+def distill_datasets(
+    job,
+    source: ImageSource,
+    teacher,
+    size: int,
+    ledger,
+    cluster_has_gpus: bool,
+    clock,
+    running: Optional[contextlib.ExitStack] = None,
+) -> dict:
     """{"train": the streamed dataset (epochs told by `clock`), "heldout": the materialised held-out
     slice (when there is one)}; with `running`, a fixed pool's teacher actors start here for the
     whole run and end with `running`."""
-    teachers = running.enter_context(teacher_actors(teacher, job.teacher_pool, cluster_has_gpus)) if running else []
-    datasets = {"train": train_feed(image_dataset(job, source, teacher, size, "train", ledger, cluster_has_gpus,
-                                                  clock, teachers=teachers), with_ids=job.train.record_ids)}
+    teachers = (
+        running.enter_context(teacher_actors(teacher, job.teacher_pool, cluster_has_gpus)) if running else []
+    )
+    datasets = {
+        "train": train_feed(
+            image_dataset(
+                job, source, teacher, size, "train", ledger, cluster_has_gpus, clock, teachers=teachers
+            ),
+            with_ids=job.train.record_ids,
+        )
+    }
     if source.heldout_paths or source.heldout_fraction:
         log.info("teacher features of the held-out slice …")
-        heldout = image_dataset(job, source, teacher, size, "heldout", ledger, cluster_has_gpus, teachers=teachers)
+        heldout = image_dataset(
+            job, source, teacher, size, "heldout", ledger, cluster_has_gpus, teachers=teachers
+        )
         datasets["heldout"] = train_feed(heldout).materialize()
     return datasets
 

@@ -48,8 +48,15 @@ class Reporter:
     values to TensorBoard — every `log_every`-th global step under `STAGE/step/…`, each epoch's
     metrics under `STAGE/…` at the epoch's index. Other ranks pass neither and it does nothing."""
 
-    def __init__(self, board, epochs: int, steps_per_epoch: int, tensorboard=None, log_every: int = 0,
-                 stage: str = "distill"):
+    def __init__(
+        self,
+        board,
+        epochs: int,
+        steps_per_epoch: int,
+        tensorboard=None,
+        log_every: int = 0,
+        stage: str = "distill",
+    ):
         self.board, self.epochs, self.steps_per_epoch = board, epochs, steps_per_epoch
         self.tensorboard, self.log_every, self.stage = tensorboard, log_every, stage
         self._last = 0.0
@@ -61,14 +68,24 @@ class Reporter:
         if self.board is None or now - self._last < POST_EVERY_S:
             return
         self._last = now
-        self.board.post.remote({"type": "step", "epoch": epoch, "step": step_in_epoch, "epochs": self.epochs,
-                                "steps": self.steps_per_epoch, **values})
+        self.board.post.remote(
+            {
+                "type": "step",
+                "epoch": epoch,
+                "step": step_in_epoch,
+                "epochs": self.epochs,
+                "steps": self.steps_per_epoch,
+                **values,
+            }
+        )
 
     def epoch_end(self, epoch: int, metrics: dict) -> None:
         if self.tensorboard is not None:
             self.tensorboard.scalars(metrics, step=epoch, prefix=f"{self.stage}/")
         if self.board is not None:
-            self.board.post.remote({"type": "epoch", "epoch": epoch, "epochs": self.epochs, "metrics": metrics})
+            self.board.post.remote(
+                {"type": "epoch", "epoch": epoch, "epochs": self.epochs, "metrics": metrics}
+            )
 
     def close(self) -> None:
         if self.tensorboard is not None:
@@ -130,13 +147,20 @@ class Console:
             return
         if self._bar_epoch != event["epoch"]:
             self._close_bar()
-            self._bar = tqdm(total=event["steps"], desc=f"{self.title} epoch {event['epoch'] + 1}/{event['epochs']}",
-                             unit="step", disable=None, leave=False, dynamic_ncols=True)
+            self._bar = tqdm(
+                total=event["steps"],
+                desc=f"{self.title} epoch {event['epoch'] + 1}/{event['epochs']}",
+                unit="step",
+                disable=None,
+                leave=False,
+                dynamic_ncols=True,
+            )
             self._bar_epoch = event["epoch"]
         self._bar.n = min(event["step"], event["steps"])
         values = {k: event[k] for k in ("loss", "agreement", "accuracy", "images_per_s") if k in event}
-        self._bar.set_postfix({k.replace("images_per_s", "img/s"): f"{v:.4g}" for k, v in values.items()},
-                              refresh=True)
+        self._bar.set_postfix(
+            {k.replace("images_per_s", "img/s"): f"{v:.4g}" for k, v in values.items()}, refresh=True
+        )
 
     def _close_bar(self) -> None:
         if self._bar is not None:
@@ -156,8 +180,13 @@ class BuildProgress:
     def __enter__(self):
         from tqdm import tqdm
 
-        self._bar = tqdm(total=self.total, desc="soft-label cache", unit="view", disable=None if self.show_bar else True,
-                         dynamic_ncols=True)
+        self._bar = tqdm(
+            total=self.total,
+            desc="soft-label cache",
+            unit="view",
+            disable=None if self.show_bar else True,
+            dynamic_ncols=True,
+        )
         return self
 
     def __exit__(self, *exc) -> None:
@@ -170,15 +199,31 @@ class BuildProgress:
 
     def part(self, name: str, rows: int, done: int, total: int) -> None:
         seconds = time.perf_counter() - self._started
-        log.info("%s: %d views written (%d/%d parts; %d/%d views in %.0f s, %.1f views/s)", name, rows, done, total,
-                 self.written, self.total, seconds, (self.written - self.reused) / max(seconds, 1e-9))
+        log.info(
+            "%s: %d views written (%d/%d parts; %d/%d views in %.0f s, %.1f views/s)",
+            name,
+            rows,
+            done,
+            total,
+            self.written,
+            self.total,
+            seconds,
+            (self.written - self.reused) / max(seconds, 1e-9),
+        )
 
 
 def describe_epoch(epoch: int, epochs: int, metrics: dict) -> str:
     """`epoch 3/8: loss 0.1234, agreement 81.2%, held-out agreement 80.1%, …` from a metrics dict."""
-    names = {"loss": "loss {:.4g}", "kd_loss": "kd {:.4g}", "train_agreement": "agreement {:.1f}%",
-             "heldout_agreement": "held-out agreement {:.1f}%", "heldout_kl": "held-out KL {:.4g}",
-             "accuracy": "accuracy {:.1f}%", "lr": "lr {:.3g}", "images_per_s": "{:.0f} img/s",
-             "bad_images": "{} unreadable image(s) skipped"}
+    names = {
+        "loss": "loss {:.4g}",
+        "kd_loss": "kd {:.4g}",
+        "train_agreement": "agreement {:.1f}%",
+        "heldout_agreement": "held-out agreement {:.1f}%",
+        "heldout_kl": "held-out KL {:.4g}",
+        "accuracy": "accuracy {:.1f}%",
+        "lr": "lr {:.3g}",
+        "images_per_s": "{:.0f} img/s",
+        "bad_images": "{} unreadable image(s) skipped",
+    }
     parts = [fmt.format(metrics[key]) for key, fmt in names.items() if metrics.get(key) not in (None, 0)]
     return f"epoch {epoch + 1}/{epochs}: " + ", ".join(parts)

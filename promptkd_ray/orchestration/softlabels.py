@@ -75,10 +75,16 @@ class Cache:
 def cache_key(job, source: ImageSource, teacher: ModelRef, size: int) -> dict:
     """What the teacher's features depend on; a cache made with another key is refused."""
     ids = "\n".join(source.train_paths) + "\n--heldout--\n" + "\n".join(source.heldout_paths)
-    return {"teacher": teacher_identity(teacher), "image_size": size, "crop_scale_min": job.data.crop_scale_min,
-            "seed": job.seed, "images_sha256": hashlib.sha256(ids.encode("utf-8")).hexdigest(),
-            "train_images": len(source.train_paths), "heldout_images": len(source.heldout_paths),
-            **({"exif_orientation": "apply"} if job.data.exif_orientation == "apply" else {})}
+    return {
+        "teacher": teacher_identity(teacher),
+        "image_size": size,
+        "crop_scale_min": job.data.crop_scale_min,
+        "seed": job.seed,
+        "images_sha256": hashlib.sha256(ids.encode("utf-8")).hexdigest(),
+        "train_images": len(source.train_paths),
+        "heldout_images": len(source.heldout_paths),
+        **({"exif_orientation": "apply"} if job.data.exif_orientation == "apply" else {}),
+    }
 
 
 def teacher_identity(teacher: ModelRef) -> dict:
@@ -88,7 +94,9 @@ def teacher_identity(teacher: ModelRef) -> dict:
     from ..core.models.loading import ModelSpec, _looks_like_path
 
     if teacher.kind == "teacher":
-        weights = teacher.source if teacher.source.endswith(".safetensors") else teacher.source + ".safetensors"
+        weights = (
+            teacher.source if teacher.source.endswith(".safetensors") else teacher.source + ".safetensors"
+        )
     else:
         pretrained = ModelSpec.parse(teacher.source).pretrained
         weights = pretrained if pretrained and _looks_like_path(pretrained) else ""
@@ -98,14 +106,27 @@ def teacher_identity(teacher: ModelRef) -> dict:
 
 def _check_source(source: ImageSource) -> None:
     if source.is_parquet:
-        raise ConfigError("The soft-label cache replays views from image files; data.source: parquet or packed is "
-                          "not supported by `promptkd-ray cache` and teacher.cache yet.")
+        raise ConfigError(
+            "The soft-label cache replays views from image files; data.source: parquet or packed is "
+            "not supported by `promptkd-ray cache` and teacher.cache yet."
+        )
 
 
 # --- build ---------------------------------------------------------------------------------------------
 
-def build_cache(job, source: ImageSource, teacher: ModelRef, size: int, out: str, views: int, ledger, clock,
-                cluster_has_gpus: bool, progress=None) -> Cache:
+
+def build_cache(
+    job,
+    source: ImageSource,
+    teacher: ModelRef,
+    size: int,
+    out: str,
+    views: int,
+    ledger,
+    clock,
+    cluster_has_gpus: bool,
+    progress=None,
+) -> Cache:
     """Run the teacher pool once per view slot (and once over the held-out slice) and write the
     cache at `out`; slots already written by an interrupted build are kept. → the opened cache.
     `progress`, if given, has `.rows(n)` (n more views written) and `.part(name, rows, done, total)`."""
@@ -119,15 +140,23 @@ def build_cache(job, source: ImageSource, teacher: ModelRef, size: int, out: str
     _check_partial(store, key, views)
     store.write_text("build.json", json.dumps({"key": key, "views": views}, indent=1) + "\n")
     parts = {}
-    todo = [(slot_name(s), "train", s) for s in range(views)] + [("heldout", "heldout", 0)] * bool(source.heldout_paths)
+    todo = [(slot_name(s), "train", s) for s in range(views)] + [("heldout", "heldout", 0)] * bool(
+        source.heldout_paths
+    )
     for i, (part, mode, slot) in enumerate(todo):
-        parts[part] = _write_part(job, source, teacher, size, store, part, mode, slot, ledger, clock,
-                                  cluster_has_gpus, progress)
+        parts[part] = _write_part(
+            job, source, teacher, size, store, part, mode, slot, ledger, clock, cluster_has_gpus, progress
+        )
         if progress is not None:
             progress.part(part, parts[part]["rows"], i + 1, len(todo))
-    manifest = {"format": FORMAT, "key": key, "views": views, "parts": parts,
-                "rows": sum(p["rows"] for p in parts.values()),
-                "bytes": sum(n for p in parts.values() for n in p["sizes"].values())}
+    manifest = {
+        "format": FORMAT,
+        "key": key,
+        "views": views,
+        "parts": parts,
+        "rows": sum(p["rows"] for p in parts.values()),
+        "bytes": sum(n for p in parts.values() for n in p["sizes"].values()),
+    }
     store.write_text(MANIFEST, json.dumps(manifest, indent=1) + "\n")
     return Cache(store, manifest)
 
@@ -139,12 +168,26 @@ def _check_partial(store: Storage, key: dict, views: int) -> None:
     began = json.loads(store.read_text("build.json"))
     if began["key"] != key or began["views"] != views:
         difference = _difference(began["key"], key) or f"{began['views']} views, not {views}"
-        raise ConfigError(f"The folder {store.root} holds an interrupted cache build of another job "
-                          f"({difference}); choose another folder or delete it.")
+        raise ConfigError(
+            f"The folder {store.root} holds an interrupted cache build of another job "
+            f"({difference}); choose another folder or delete it."
+        )
 
 
-def _write_part(job, source, teacher, size, store: Storage, part: str, mode: str, slot: int, ledger, clock,
-                cluster_has_gpus: bool, progress=None) -> dict:
+def _write_part(
+    job,
+    source,
+    teacher,
+    size,
+    store: Storage,
+    part: str,
+    mode: str,
+    slot: int,
+    ledger,
+    clock,
+    cluster_has_gpus: bool,
+    progress=None,
+) -> dict:
     """One slot (or the held-out slice): Parquet files in stream order, then `part.json` listing
     them. A part whose JSON exists was finished by an earlier attempt and is reused."""
     if store.is_file(f"{part}.json"):
@@ -156,11 +199,16 @@ def _write_part(job, source, teacher, size, store: Storage, part: str, mode: str
     store.delete(part)  # partial files of an interrupted attempt
     if mode == "train":
         set_epoch(clock, slot)
-    ds = image_dataset(job, source, teacher, size, mode, ledger, cluster_has_gpus, clock if mode == "train" else None)
-    ds.context.execution_options.preserve_order = True  # rows in the stream's order (this dataset's context only)
+    ds = image_dataset(
+        job, source, teacher, size, mode, ledger, cluster_has_gpus, clock if mode == "train" else None
+    )
+    ds.context.execution_options.preserve_order = (
+        True  # rows in the stream's order (this dataset's context only)
+    )
     info: dict = {"files": {}, "sizes": {}, "rows": 0}
-    for j, batch in enumerate(ds.select_columns(CACHE_COLUMNS).iter_batches(batch_size=ROWS_PER_FILE,
-                                                                            batch_format="numpy")):
+    for j, batch in enumerate(
+        ds.select_columns(CACHE_COLUMNS).iter_batches(batch_size=ROWS_PER_FILE, batch_format="numpy")
+    ):
         name, data = f"part-{j:05d}.parquet", _parquet_bytes(batch)
         store.write_bytes(f"{part}/{name}", data)
         info["files"][name], info["sizes"][name] = hashlib.sha256(data).hexdigest(), len(data)
@@ -182,7 +230,9 @@ def _parquet_bytes(batch: dict) -> bytes:
     features = np.ascontiguousarray(batch["teacher_feature"], dtype=np.float16)
     columns = {"id": pa.array([str(i) for i in batch["id"]], pa.string())}
     columns.update({c: pa.array(np.asarray(batch[c])) for c in VIEW_COLUMNS})
-    columns["teacher_feature"] = pa.FixedSizeListArray.from_arrays(pa.array(features.reshape(-1)), features.shape[1])
+    columns["teacher_feature"] = pa.FixedSizeListArray.from_arrays(
+        pa.array(features.reshape(-1)), features.shape[1]
+    )
     out = io.BytesIO()
     pq.write_table(pa.table(columns), out)
     return out.getvalue()
@@ -204,13 +254,17 @@ def _read_part_file(storage_root: str, rel: str) -> dict:
 
 # --- open and check --------------------------------------------------------------------------------------
 
+
 def open_cache(path: str, job, source: ImageSource, teacher: ModelRef, size: int) -> Cache:
     """The cache at `path`, whole, untampered and made for this job; else one sentence."""
     _check_source(source)
     store = Storage(path)
     if not store.is_file(MANIFEST):
-        what = "an unfinished cache build (no manifest.json yet; run `promptkd-ray cache` again to finish it)" \
-            if store.is_file("build.json") else "no soft-label cache (no manifest.json)"
+        what = (
+            "an unfinished cache build (no manifest.json yet; run `promptkd-ray cache` again to finish it)"
+            if store.is_file("build.json")
+            else "no soft-label cache (no manifest.json)"
+        )
         raise ConfigError(f"teacher.cache {store.root} holds {what}.")
     cache = _opened(store, f"teacher.cache {store.root}")
     _check_key(cache, cache_key(job, source, teacher, size), None, f"teacher.cache {store.root} was made")
@@ -234,14 +288,23 @@ def _check_key(cache: Cache, key: dict, views: Optional[int], what: str) -> None
     if difference:
         raise ConfigError(f"{what} with another {difference}; build a cache for this job.")
     if views is not None and views != cache.views:
-        raise ConfigError(f"{what} with {cache.views} views, not {views}; choose another folder for K = {views}.")
+        raise ConfigError(
+            f"{what} with {cache.views} views, not {views}; choose another folder for K = {views}."
+        )
 
 
 def _difference(made: dict, wanted: dict) -> str:
     """The first field where a cache's key differs from the job's, in words ("" when none)."""
-    for field, words in (("teacher", "teacher"), ("image_size", "image size"), ("crop_scale_min", "crop setting"),
-                         ("seed", "seed"), ("images_sha256", "image list"), ("train_images", "image list"),
-                         ("heldout_images", "held-out slice"), ("exif_orientation", "EXIF orientation rule")):
+    for field, words in (
+        ("teacher", "teacher"),
+        ("image_size", "image size"),
+        ("crop_scale_min", "crop setting"),
+        ("seed", "seed"),
+        ("images_sha256", "image list"),
+        ("train_images", "image list"),
+        ("heldout_images", "held-out slice"),
+        ("exif_orientation", "EXIF orientation rule"),
+    ):
         if made.get(field) != wanted.get(field):
             return f"{words} ({_short(made.get(field))} in the cache, {_short(wanted.get(field))} in the job)"
     return ""
@@ -262,11 +325,14 @@ def _check_files(cache: Cache) -> None:
             if not cache.storage.is_file(rel):
                 raise ConfigError(f"teacher.cache {cache.storage.root} is missing {rel}; rebuild the cache.")
             if hashlib.sha256(cache.storage.read_bytes(rel)).hexdigest() != digest:
-                raise ConfigError(f"teacher.cache {cache.storage.root}: {rel} does not match the sha256 its "
-                                  "manifest records (changed after the build); rebuild the cache.")
+                raise ConfigError(
+                    f"teacher.cache {cache.storage.root}: {rel} does not match the sha256 its "
+                    "manifest records (changed after the build); rebuild the cache."
+                )
 
 
 # --- replay ------------------------------------------------------------------------------------------------
+
 
 def read_cache_rows(batch: dict, root: str, slots: list, seed: int, clock=None, shuffle: bool = True) -> dict:
     """Ray Data task: input row j → the rows of file j of the slot of the `clock`'s epoch e (slot
@@ -296,22 +362,47 @@ def replay_dataset(job, cache: Cache, parts: list, size: int, ledger, clock=None
     slots = [(part, sorted(cache.manifest["parts"][part]["files"])) for part in parts]
     files = len(slots[0][1])
     if any(len(f) != files for _, f in slots):  # every slot holds the same images, so as many files
-        raise ConfigError(f"teacher.cache {cache.storage.root}: its view slots hold different numbers of files; "
-                          "rebuild the cache.")
+        raise ConfigError(
+            f"teacher.cache {cache.storage.root}: its view slots hold different numbers of files; "
+            "rebuild the cache."
+        )
     ds = ray.data.from_items([{"file": j} for j in range(files)], override_num_blocks=files)
-    ds = ds.map_batches(read_cache_rows, batch_size=1, batch_format="numpy", num_cpus=0.5,
-                        fn_kwargs={"root": cache.storage.root, "slots": slots, "seed": job.seed, "clock": clock,
-                                   "shuffle": job.data.shuffle})
-    return ds.map_batches(decode_recorded_task, batch_size=job.data.decode_batch_size, batch_format="numpy",
-                          num_cpus=1, memory=job.data.decode_memory_mb * 1024**2,
-                          fn_kwargs={"size": size, "on_bad_image": job.data.on_bad_image, "ledger": ledger,
-                                     "options": DecodeOptions.of(job.data)})
+    ds = ds.map_batches(
+        read_cache_rows,
+        batch_size=1,
+        batch_format="numpy",
+        num_cpus=0.5,
+        fn_kwargs={
+            "root": cache.storage.root,
+            "slots": slots,
+            "seed": job.seed,
+            "clock": clock,
+            "shuffle": job.data.shuffle,
+        },
+    )
+    return ds.map_batches(
+        decode_recorded_task,
+        batch_size=job.data.decode_batch_size,
+        batch_format="numpy",
+        num_cpus=1,
+        memory=job.data.decode_memory_mb * 1024**2,
+        fn_kwargs={
+            "size": size,
+            "on_bad_image": job.data.on_bad_image,
+            "ledger": ledger,
+            "options": DecodeOptions.of(job.data),
+        },
+    )
 
 
 def replay_datasets(job, cache: Cache, size: int, ledger, clock) -> dict:
     """{"train": slot e mod K in epoch e (told by `clock`); "heldout": the cached held-out slice}."""
-    datasets = {"train": train_feed(replay_dataset(job, cache, [slot_name(s) for s in range(cache.views)], size,
-                                                   ledger, clock), with_ids=job.train.record_ids)}
+    datasets = {
+        "train": train_feed(
+            replay_dataset(job, cache, [slot_name(s) for s in range(cache.views)], size, ledger, clock),
+            with_ids=job.train.record_ids,
+        )
+    }
     if "heldout" in cache.manifest["parts"]:
         datasets["heldout"] = train_feed(replay_dataset(job, cache, ["heldout"], size, ledger)).materialize()
     return datasets

@@ -69,7 +69,9 @@ class TeacherPredictor:
     def features(self, images: np.ndarray) -> np.ndarray:
         """uint8 views [B, H, W, 3] → normalised teacher image features, fp16 [B, d]."""
         images = to_model_input(torch.from_numpy(np.asarray(images)).to(self.device))
-        with torch.autocast(self.device, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
+        with torch.autocast(
+            self.device, dtype=self.autocast or torch.float32, enabled=self.autocast is not None
+        ):
             features = self.teacher.encode_image(images)  # shape = [B, d], L2-normalised, float32
         return features.to(torch.float16).cpu().numpy()
 
@@ -86,7 +88,12 @@ def is_fixed(pool) -> bool:
 def placement(pool, cluster_has_gpus: bool) -> dict:
     """Ray options that place one teacher actor (`TeacherPoolConfig`) and say how it recovers."""
     num_gpus = pool.num_gpus if pool.num_gpus >= 0 else (1.0 if cluster_has_gpus else 0.0)
-    options = {"num_cpus": pool.num_cpus, "num_gpus": num_gpus, "max_restarts": RESTARTS, "max_task_retries": -1}
+    options = {
+        "num_cpus": pool.num_cpus,
+        "num_gpus": num_gpus,
+        "max_restarts": RESTARTS,
+        "max_task_retries": -1,
+    }
     if pool.resources:
         options["resources"] = dict(pool.resources)
     return options
@@ -134,15 +141,25 @@ def with_teacher_features(batch: dict, actors: Sequence) -> dict:
     return batch
 
 
-def add_teacher_features(ds, teacher: ModelRef, pool, cluster_has_gpus: bool, actors: Optional[Sequence] = None):
+def add_teacher_features(
+    ds, teacher: ModelRef, pool, cluster_has_gpus: bool, actors: Optional[Sequence] = None
+):
     """`ds` (rows with a uint8 `image` view and an `id`) with the teacher's `teacher_feature` added:
     by the run's `actors` when given, else by a Ray Data actor pool of this stream's own."""
     import ray
 
     if actors:
-        return ds.map_batches(with_teacher_features, batch_format="numpy", batch_size=pool.batch_size,
-                              num_cpus=0, compute=ray.data.TaskPoolStrategy(size=CALLS_IN_FLIGHT * len(actors)),
-                              fn_kwargs={"actors": list(actors)})
-    return ds.map_batches(TeacherPredictor, batch_format="numpy",
-                          fn_constructor_kwargs={"teacher": teacher, "precision": pool.precision},
-                          **pool_options(pool, cluster_has_gpus))
+        return ds.map_batches(
+            with_teacher_features,
+            batch_format="numpy",
+            batch_size=pool.batch_size,
+            num_cpus=0,
+            compute=ray.data.TaskPoolStrategy(size=CALLS_IN_FLIGHT * len(actors)),
+            fn_kwargs={"actors": list(actors)},
+        )
+    return ds.map_batches(
+        TeacherPredictor,
+        batch_format="numpy",
+        fn_constructor_kwargs={"teacher": teacher, "precision": pool.precision},
+        **pool_options(pool, cluster_has_gpus),
+    )

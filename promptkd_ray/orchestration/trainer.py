@@ -32,8 +32,15 @@ from ..storage import absolute
 from .cluster import has_gpus, keep_working_directory, user_error_in
 
 
-def fit(loop: Callable, plan, job, workers, datasets: Optional[dict] = None, preserve_order: bool = False,
-        callbacks: Sequence = ()):
+def fit(
+    loop: Callable,
+    plan,
+    job,
+    workers,
+    datasets: Optional[dict] = None,
+    preserve_order: bool = False,
+    callbacks: Sequence = (),
+):
     """Run `loop(plan)` on the job's Ray Train workers; → the Ray Train Result. A user error raised
     by a worker or a Ray Data task is re-raised as itself (one sentence). `callbacks`: Ray Train
     callbacks (a Tune trial passes `TuneReportCallback`)."""
@@ -44,13 +51,18 @@ def fit(loop: Callable, plan, job, workers, datasets: Optional[dict] = None, pre
     keep_working_directory()
     trainer = TorchTrainer(
         functools.partial(loop, plan),
-        scaling_config=ScalingConfig(num_workers=workers.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": workers.cpus_per_worker,
-                                                           **workers.resources_per_worker}),
-        run_config=RunConfig(name=job.name, storage_path=absolute(job.storage_path),
-                             failure_config=FailureConfig(max_failures=workers.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=workers.checkpoints_to_keep),
-                             callbacks=list(callbacks)),
+        scaling_config=ScalingConfig(
+            num_workers=workers.num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": workers.cpus_per_worker, **workers.resources_per_worker},
+        ),
+        run_config=RunConfig(
+            name=job.name,
+            storage_path=absolute(job.storage_path),
+            failure_config=FailureConfig(max_failures=workers.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=workers.checkpoints_to_keep),
+            callbacks=list(callbacks),
+        ),
         datasets=datasets or None,
         dataset_config=_data_config(preserve_order) if datasets else None,
     )
@@ -71,9 +83,11 @@ def _data_config(preserve_order: bool):
     from ray.train import DataConfig
 
     current = DataContext.get_current().execution_options
-    options = ExecutionOptions(resource_limits=current.resource_limits,
-                               preserve_order=preserve_order or current.preserve_order,
-                               verbose_progress=current.verbose_progress)
+    options = ExecutionOptions(
+        resource_limits=current.resource_limits,
+        preserve_order=preserve_order or current.preserve_order,
+        verbose_progress=current.verbose_progress,
+    )
     return DataConfig(datasets_to_split=["train"], execution_options=options)
 
 
@@ -107,10 +121,14 @@ def prepare_model(model: torch.nn.Module) -> torch.nn.Module:
 
 def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     """In place over all workers (`op`: "sum" or "max"); a no-op with one worker."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized() \
-            and torch.distributed.get_world_size() > 1:
-        torch.distributed.all_reduce(tensor, op={"sum": torch.distributed.ReduceOp.SUM,
-                                                 "max": torch.distributed.ReduceOp.MAX}[op])
+    if (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    ):
+        torch.distributed.all_reduce(
+            tensor, op={"sum": torch.distributed.ReduceOp.SUM, "max": torch.distributed.ReduceOp.MAX}[op]
+        )
     return tensor
 
 
@@ -125,6 +143,7 @@ def gradient_averager(params: list, world: int) -> Optional[Callable[[], None]]:
             if p.grad is not None:
                 all_reduce(p.grad)
                 p.grad.div_(world)
+
     return hook
 
 

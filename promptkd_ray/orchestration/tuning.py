@@ -86,8 +86,13 @@ def tune_param_space(space: Space) -> dict:
         kind, values = domain_parts(domain)
         if isinstance(values, dict):
             values = list(values)  # named values: Tune sees the names
-        out[key] = {"grid": tune.grid_search, "choice": tune.choice}[kind](values) if kind in ("grid", "choice") \
-            else {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[kind](*values)
+        out[key] = (
+            {"grid": tune.grid_search, "choice": tune.choice}[kind](values)
+            if kind in ("grid", "choice")
+            else {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[kind](
+                *values
+            )
+        )
     return out
 
 
@@ -104,8 +109,7 @@ def trials_the_cluster_holds(job) -> int:
     from .cluster import has_gpus
 
     t, cluster = job.train, ray.cluster_resources()
-    per_trial = {"CPU": trial_cpus(job),
-                 **{k: t.num_workers * v for k, v in t.resources_per_worker.items()}}
+    per_trial = {"CPU": trial_cpus(job), **{k: t.num_workers * v for k, v in t.resources_per_worker.items()}}
     if t.use_gpu or (t.use_gpu is None and has_gpus()):
         per_trial["GPU"] = t.num_workers
     return max(1, min(math.floor(cluster.get(k, 0) / need) for k, need in per_trial.items() if need > 0))
@@ -115,11 +119,13 @@ def _searcher(space: Space):
     if space.search.algorithm != "optuna":
         return None
     try:
-        from ray.tune.search.optuna import OptunaSearch
         import optuna  # noqa: F401
+        from ray.tune.search.optuna import OptunaSearch
     except ImportError:
-        raise ConfigError(f"{space.source}: search.algorithm optuna needs Optuna: pip install "
-                          "'promptkd_ray[tune]' (or optuna).") from None
+        raise ConfigError(
+            f"{space.source}: search.algorithm optuna needs Optuna: pip install "
+            "'promptkd_ray[tune]' (or optuna)."
+        ) from None
     return OptunaSearch(metric=space.metric, mode=space.mode, seed=space.search.seed)
 
 
@@ -129,8 +135,14 @@ def _scheduler(space: Space, epochs: int):
     if space.scheduler.kind == "fifo":
         return FIFOScheduler()
     s = space.scheduler
-    return ASHAScheduler(time_attr="training_iteration", metric=space.metric, mode=space.mode,
-                         max_t=s.max_epochs or epochs, grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        metric=space.metric,
+        mode=space.mode,
+        max_t=s.max_epochs or epochs,
+        grace_period=s.grace_period,
+        reduction_factor=s.reduction_factor,
+    )
 
 
 def _callbacks(space: Space, name: str) -> list:
@@ -140,10 +152,17 @@ def _callbacks(space: Space, name: str) -> list:
         import mlflow  # noqa: F401
         from ray.air.integrations.mlflow import MLflowLoggerCallback
     except ImportError:
-        raise ConfigError(f"{space.source}: tracking.mlflow_uri needs MLflow: pip install 'promptkd_ray[tune]' "
-                          "(or mlflow-skinny).") from None
-    return [MLflowLoggerCallback(tracking_uri=space.tracking.mlflow_uri,
-                                 experiment_name=space.tracking.experiment or name, save_artifact=False)]
+        raise ConfigError(
+            f"{space.source}: tracking.mlflow_uri needs MLflow: pip install 'promptkd_ray[tune]' "
+            "(or mlflow-skinny)."
+        ) from None
+    return [
+        MLflowLoggerCallback(
+            tracking_uri=space.tracking.mlflow_uri,
+            experiment_name=space.tracking.experiment or name,
+            save_artifact=False,
+        )
+    ]
 
 
 def run_tuner(trial: Callable, space: Space, tune_root: str, name: str, epochs: int, concurrency: int):
@@ -158,12 +177,22 @@ def run_tuner(trial: Callable, space: Space, tune_root: str, name: str, epochs: 
         return tune.Tuner.restore(path, trainable, resume_errored=True).fit()
     samples = space.search.samples
     tuner = tune.Tuner(
-        trainable, param_space=tune_param_space(space),
-        tune_config=tune.TuneConfig(num_samples=samples, max_concurrent_trials=concurrency,
-                                    scheduler=_scheduler(space, epochs), search_alg=_searcher(space),
-                                    trial_name_creator=lambda t: f"trial_{t.trial_id}",
-                                    trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
-        run_config=tune.RunConfig(name=name, storage_path=tune_root,
-                                  callbacks=[release_stopped_trials(), *_callbacks(space, name)],
-                                  failure_config=tune.FailureConfig(max_failures=0), verbose=1))
+        trainable,
+        param_space=tune_param_space(space),
+        tune_config=tune.TuneConfig(
+            num_samples=samples,
+            max_concurrent_trials=concurrency,
+            scheduler=_scheduler(space, epochs),
+            search_alg=_searcher(space),
+            trial_name_creator=lambda t: f"trial_{t.trial_id}",
+            trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=tune_root,
+            callbacks=[release_stopped_trials(), *_callbacks(space, name)],
+            failure_config=tune.FailureConfig(max_failures=0),
+            verbose=1,
+        ),
+    )
     return tuner.fit()

@@ -22,6 +22,17 @@ from .render import IMAGE_SIZE, render_batch, render_image
 from .world import PROFILES, ToyDomain, ToyWorld, build_world, default_cache_dir
 
 __all__ = [
-    "DEFAULT_DOMAIN", "DOMAINS", "DomainSpec", "write_domain", "IMAGE_SIZE", "render_batch", "render_image",
-    "PROFILES", "ToyDomain", "ToyWorld", "build_world", "default_cache_dir", "vocabulary",
+    "DEFAULT_DOMAIN",
+    "DOMAINS",
+    "DomainSpec",
+    "write_domain",
+    "IMAGE_SIZE",
+    "render_batch",
+    "render_image",
+    "PROFILES",
+    "ToyDomain",
+    "ToyWorld",
+    "build_world",
+    "default_cache_dir",
+    "vocabulary",
 ]

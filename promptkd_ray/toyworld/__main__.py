@@ -14,8 +14,11 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m promptkd_ray.toyworld", description=__doc__)
     parser.add_argument("--profile", default="full", choices=sorted(PROFILES))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cache-dir", default=None,
-                        help="default: $PROMPTKD_RAY_CACHE/toyworld, else ~/.cache/promptkd_ray/toyworld")
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        help="default: $PROMPTKD_RAY_CACHE/toyworld, else ~/.cache/promptkd_ray/toyworld",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

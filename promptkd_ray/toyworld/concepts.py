@@ -30,8 +30,18 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 
 SHAPES: tuple[str, ...] = (
-    "circle", "square", "triangle", "star", "cross", "heart",
-    "diamond", "hexagon", "ring", "arrow", "moon", "pentagon",
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "cross",
+    "heart",
+    "diamond",
+    "hexagon",
+    "ring",
+    "arrow",
+    "moon",
+    "pentagon",
 )
 
 # Words a caption may use for an image style (only some templates mention the style).
@@ -50,8 +60,12 @@ STYLE_WORDS: dict[str, tuple[str, ...]] = {
 
 CAPTION_STYLES: dict[str, tuple[str, ...]] = {
     "plain": ("{c} {s}", "a {c} {s}", "{c} {s}.", "the {c} {s}."),
-    "photo": ("a photo of a {c} {s}.", "a picture of a {c} {s}.", "a photo of the {c} {s}.",
-              "an image of a {c} {s}."),
+    "photo": (
+        "a photo of a {c} {s}.",
+        "a picture of a {c} {s}.",
+        "a photo of the {c} {s}.",
+        "an image of a {c} {s}.",
+    ),
     "descriptive": ("a {s} that is {c}.", "the {s} is {c}.", "a {c} colored {s}.", "one {c} {s}."),
     "styled": ("a {w} of a {c} {s}.", "{c} {s} {w}", "a {c} {s} {w}."),
     "alt": ("{c} {s} icon", "{c} {s} image", "small {c} {s}", "a {c} {s} on a background"),
@@ -63,7 +77,9 @@ ZERO_SHOT_TEMPLATE = "a photo of a {}."
 def class_name(colour: str, shape: str) -> str:
     """The class name of a concept: "<colour> <shape>"."""
     if colour not in COLOURS or shape not in SHAPES:
-        raise ValueError(f"Unknown concept ({colour!r}, {shape!r}); colours {list(COLOURS)}, shapes {list(SHAPES)}.")
+        raise ValueError(
+            f"Unknown concept ({colour!r}, {shape!r}); colours {list(COLOURS)}, shapes {list(SHAPES)}."
+        )
     return f"{colour} {shape}"
 
 
@@ -85,8 +101,9 @@ def vocabulary() -> list[str]:
     return sorted(class_name(c, s) for c, s in all_concepts())
 
 
-def make_caption(colour: str, shape: str, style: str, caption_styles: dict[str, float],
-                 rng: np.random.Generator) -> str:
+def make_caption(
+    colour: str, shape: str, style: str, caption_styles: dict[str, float], rng: np.random.Generator
+) -> str:
     """One caption of a concept rendered in `style`; `caption_styles` weights the caption styles."""
     names = list(caption_styles)
     weights = np.asarray([caption_styles[n] for n in names], dtype=np.float64)

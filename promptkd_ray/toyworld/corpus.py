@@ -36,17 +36,25 @@ class CorpusSpec:
         unknown += [c for c in self.caption_styles if c not in CAPTION_STYLES]
         unknown += [c for c in self.colours if c not in COLOURS] + [s for s in self.shapes if s not in SHAPES]
         if unknown:
-            raise ValueError(f"CorpusSpec names unknown styles / caption styles / colours / shapes: {unknown}.")
+            raise ValueError(
+                f"CorpusSpec names unknown styles / caption styles / colours / shapes: {unknown}."
+            )
         if not self.styles or min(self.styles.values()) <= 0:
-            raise ValueError(f"CorpusSpec needs at least one style with a positive weight, got {self.styles}.")
+            raise ValueError(
+                f"CorpusSpec needs at least one style with a positive weight, got {self.styles}."
+            )
 
     @property
     def num_concepts(self) -> int:
         return len(self.colours) * len(self.shapes)
 
     def as_dict(self) -> dict:
-        return {"styles": dict(self.styles), "caption_styles": dict(self.caption_styles),
-                "colours": list(self.colours), "shapes": list(self.shapes)}
+        return {
+            "styles": dict(self.styles),
+            "caption_styles": dict(self.caption_styles),
+            "colours": list(self.colours),
+            "shapes": list(self.shapes),
+        }
 
 
 @dataclass
@@ -57,8 +65,9 @@ class CorpusBatch:
     styles: list  # [B] style names
 
 
-def sample_batch(spec: CorpusSpec, batch_size: int, rng: np.random.Generator,
-                 size: int = IMAGE_SIZE) -> CorpusBatch:
+def sample_batch(
+    spec: CorpusSpec, batch_size: int, rng: np.random.Generator, size: int = IMAGE_SIZE
+) -> CorpusBatch:
     """Render `batch_size` random (concept, style, caption) items of the corpus."""
     names = list(spec.styles)
     weights = np.asarray([spec.styles[n] for n in names], dtype=np.float64)
@@ -67,19 +76,26 @@ def sample_batch(spec: CorpusSpec, batch_size: int, rng: np.random.Generator,
     concepts = [(spec.colours[i // len(spec.shapes)], spec.shapes[i % len(spec.shapes)]) for i in concept_ids]
     styles = [names[i] for i in style_idx]
     images = render_batch(concepts, styles, rng, size)
-    return CorpusBatch(images=images, captions=caption_batch(spec, concept_ids, styles, rng),
-                       concept_ids=concept_ids.astype(np.int64), styles=styles)
+    return CorpusBatch(
+        images=images,
+        captions=caption_batch(spec, concept_ids, styles, rng),
+        concept_ids=concept_ids.astype(np.int64),
+        styles=styles,
+    )
 
 
 def caption_batch(spec: CorpusSpec, concept_ids, styles, rng: np.random.Generator) -> list:
     """A fresh caption for each (concept id, style) pair."""
     n = len(spec.shapes)
-    return [make_caption(spec.colours[i // n], spec.shapes[i % n], st, spec.caption_styles, rng)
-            for i, st in zip(concept_ids, styles)]
+    return [
+        make_caption(spec.colours[i // n], spec.shapes[i % n], st, spec.caption_styles, rng)
+        for i, st in zip(concept_ids, styles)
+    ]
 
 
-def render_pool(spec: CorpusSpec, size: int, rng: np.random.Generator, chunk: int = 512,
-                progress: bool = True) -> CorpusBatch:
+def render_pool(
+    spec: CorpusSpec, size: int, rng: np.random.Generator, chunk: int = 512, progress: bool = True
+) -> CorpusBatch:
     """A fixed pool of `size` corpus items, rendered once (pretraining samples batches from it)."""
     from tqdm.auto import tqdm
 
@@ -88,7 +104,9 @@ def render_pool(spec: CorpusSpec, size: int, rng: np.random.Generator, chunk: in
         for start in range(0, size, chunk):
             parts.append(sample_batch(spec, min(chunk, size - start), rng))
             bar.update(len(parts[-1].captions))
-    return CorpusBatch(images=np.concatenate([p.images for p in parts]),
-                       captions=[c for p in parts for c in p.captions],
-                       concept_ids=np.concatenate([p.concept_ids for p in parts]),
-                       styles=[s for p in parts for s in p.styles])
+    return CorpusBatch(
+        images=np.concatenate([p.images for p in parts]),
+        captions=[c for p in parts for c in p.captions],
+        concept_ids=np.concatenate([p.concept_ids for p in parts]),
+        styles=[s for p in parts for s in p.styles],
+    )

@@ -70,29 +70,45 @@ class DomainSpec:
 
     def scaled(self, factor: float) -> "DomainSpec":
         """The same domain with `factor` × as many images per class (at least 2 per split)."""
-        return replace(self, train_per_class=max(2, round(self.train_per_class * factor)),
-                       val_per_class=max(2, round(self.val_per_class * factor)),
-                       test_per_class=max(2, round(self.test_per_class * factor)))
+        return replace(
+            self,
+            train_per_class=max(2, round(self.train_per_class * factor)),
+            val_per_class=max(2, round(self.val_per_class * factor)),
+            test_per_class=max(2, round(self.test_per_class * factor)),
+        )
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "folder": self.folder, "style": self.style, "colours": list(self.colours),
-                "shapes": list(self.shapes), "train_per_class": self.train_per_class,
-                "val_per_class": self.val_per_class, "test_per_class": self.test_per_class,
-                "image_folder": self.image_folder}
+        return {
+            "name": self.name,
+            "folder": self.folder,
+            "style": self.style,
+            "colours": list(self.colours),
+            "shapes": list(self.shapes),
+            "train_per_class": self.train_per_class,
+            "val_per_class": self.val_per_class,
+            "test_per_class": self.test_per_class,
+            "image_folder": self.image_folder,
+        }
 
 
 # The default domain: doodles on lined notebook paper, a style no pretraining corpus contains.
 DOODLES = DomainSpec(
-    name="ToyDoodles", folder="toy_doodles", style="doodle",
+    name="ToyDoodles",
+    folder="toy_doodles",
+    style="doodle",
     colours=("red", "orange", "green", "blue", "purple"),
     shapes=("circle", "triangle", "star", "heart", "cross", "moon"),
 )
 # A second domain: neon signs (a style of the teacher's web), other colours and shapes.
 NEON = DomainSpec(
-    name="ToyNeon", folder="toy_neon", style="neon",
+    name="ToyNeon",
+    folder="toy_neon",
+    style="neon",
     colours=("yellow", "cyan", "pink", "red"),
     shapes=("square", "diamond", "arrow", "ring", "star", "hexagon"),
-    train_per_class=120, val_per_class=10, test_per_class=40,
+    train_per_class=120,
+    val_per_class=10,
+    test_per_class=40,
 )
 DOMAINS: dict[str, DomainSpec] = {"doodles": DOODLES, "neon": NEON}
 DEFAULT_DOMAIN = "doodles"
@@ -131,7 +147,9 @@ def write_domain(spec: DomainSpec, root: "str | os.PathLike", seed: int = 0, pro
                 colour, shape = parse_class_name(name)
                 for i in range(spec.per_class(split)):
                     rel = f"{class_dir(name)}/{split}_{i:04d}.png"
-                    Image.fromarray(render_image(colour, shape, spec.style, rng, IMAGE_SIZE)).save(image_root / rel)
+                    Image.fromarray(render_image(colour, shape, spec.style, rng, IMAGE_SIZE)).save(
+                        image_root / rel
+                    )
                     items.append([rel, label, name])
                 bar.update(spec.per_class(split))
             split_items[split] = items

@@ -63,15 +63,25 @@ class PretrainSpec:
     def __post_init__(self):
         missing = [s for s in self.warmup_styles if s not in self.corpus.styles]
         if missing or (self.style_warmup_steps > 0 and not self.warmup_styles):
-            raise ValueError(f"PretrainSpec: style warm-up needs styles of the corpus {sorted(self.corpus.styles)}, "
-                             f"got {list(self.warmup_styles)} for {self.style_warmup_steps} steps.")
+            raise ValueError(
+                f"PretrainSpec: style warm-up needs styles of the corpus {sorted(self.corpus.styles)}, "
+                f"got {list(self.warmup_styles)} for {self.style_warmup_steps} steps."
+            )
 
     def as_dict(self) -> dict:
-        return {"model": self.model, "corpus": self.corpus.as_dict(), "steps": self.steps,
-                "batch_size": self.batch_size, "lr": self.lr, "weight_decay": self.weight_decay,
-                "warmup_steps": self.warmup_steps, "pool_size": self.pool_size,
-                "warmup_styles": list(self.warmup_styles), "style_warmup_steps": self.style_warmup_steps,
-                "seed": self.seed}
+        return {
+            "model": self.model,
+            "corpus": self.corpus.as_dict(),
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "warmup_steps": self.warmup_steps,
+            "pool_size": self.pool_size,
+            "warmup_styles": list(self.warmup_styles),
+            "style_warmup_steps": self.style_warmup_steps,
+            "seed": self.seed,
+        }
 
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -82,8 +92,12 @@ def images_to_tensor(images: np.ndarray) -> torch.Tensor:
     return (x - mean) / std
 
 
-def multi_positive_infonce(image_features: torch.Tensor, text_features: torch.Tensor,
-                           concept_ids: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+def multi_positive_infonce(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    concept_ids: torch.Tensor,
+    logit_scale: torch.Tensor,
+) -> torch.Tensor:
     """Symmetric InfoNCE with all same-concept pairs as positives.
 
     Args:
@@ -128,19 +142,29 @@ def pretrain_clip(spec: PretrainSpec, out_path: "str | os.PathLike", progress: b
     with quiet_open_clip(random_init_intended=True):  # pretraining from scratch
         model = open_clip.create_model(spec.model, pretrained=None)
         tokenizer = open_clip.get_tokenizer(spec.model)
-    optimizer = torch.optim.AdamW(_param_groups(model, spec.weight_decay), lr=spec.lr, betas=(0.9, 0.98), eps=1e-6)
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, spec.weight_decay), lr=spec.lr, betas=(0.9, 0.98), eps=1e-6
+    )
     rng = np.random.default_rng([spec.seed, 0x70C])
     start = time.time()
     pool = render_pool(spec.corpus, spec.pool_size, rng, progress=progress)
-    log.info("rendered a corpus pool of %d images for %s in %.0f s", spec.pool_size, spec.model, time.time() - start)
+    log.info(
+        "rendered a corpus pool of %d images for %s in %.0f s",
+        spec.pool_size,
+        spec.model,
+        time.time() - start,
+    )
     warmup_items = np.flatnonzero(np.isin(pool.styles, spec.warmup_styles))  # pool indices of warm-up styles
     model.train()
     start, losses = time.time(), []
     bar = tqdm(range(spec.steps), desc=f"pretrain {spec.model}", disable=not progress, unit="step")
     for step in bar:
         candidates = warmup_items if step < spec.style_warmup_steps else None
-        idx = candidates[rng.integers(0, len(candidates), spec.batch_size)] if candidates is not None \
+        idx = (
+            candidates[rng.integers(0, len(candidates), spec.batch_size)]
+            if candidates is not None
             else rng.integers(0, spec.pool_size, spec.batch_size)
+        )
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, spec)
         loss, scale = _train_step(model, tokenizer, optimizer, pool, idx, spec.corpus, rng)
@@ -149,13 +173,19 @@ def pretrain_clip(spec: PretrainSpec, out_path: "str | os.PathLike", progress: b
             log.debug("%s step %d loss %.3f", spec.model, step, np.mean(losses[-50:]))
         if step % 10 == 0 or step == spec.steps - 1:
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}", scale=f"{scale:.1f}")
-    log.info("pretrained %s: %d steps in %.0f s, final loss %.3f", spec.model, spec.steps,
-             time.time() - start, float(np.mean(losses[-10:])))
+    log.info(
+        "pretrained %s: %d steps in %.0f s, final loss %.3f",
+        spec.model,
+        spec.steps,
+        time.time() - start,
+        float(np.mean(losses[-10:])),
+    )
     return save_weights(model, spec, out_path)
 
 
-def _train_step(model, tokenizer, optimizer, pool, idx: np.ndarray, corpus: CorpusSpec,
-                rng: np.random.Generator) -> tuple[float, float]:
+def _train_step(
+    model, tokenizer, optimizer, pool, idx: np.ndarray, corpus: CorpusSpec, rng: np.random.Generator
+) -> tuple[float, float]:
     """One contrastive step on pool items `idx` (random h-flips, fresh captions) → (loss, scale)."""
     images = images_to_tensor(pool.images[idx])  # shape = [B, 3, H, W]
     flip = torch.from_numpy(rng.random(len(idx)) < 0.5)

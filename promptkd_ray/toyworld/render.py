@@ -55,13 +55,28 @@ def _heart() -> np.ndarray:
 
 def _cross(arm: float = 0.34) -> np.ndarray:
     a, b = arm, 0.95
-    return np.array([(-a, -b), (a, -b), (a, -a), (b, -a), (b, a), (a, a), (a, b), (-a, b),
-                     (-a, a), (-b, a), (-b, -a), (-a, -a)])
+    return np.array(
+        [
+            (-a, -b),
+            (a, -b),
+            (a, -a),
+            (b, -a),
+            (b, a),
+            (a, a),
+            (a, b),
+            (-a, b),
+            (-a, a),
+            (-b, a),
+            (-b, -a),
+            (-a, -a),
+        ]
+    )
 
 
 def _arrow() -> np.ndarray:
-    return np.array([(-0.95, -0.28), (0.15, -0.28), (0.15, -0.7), (0.95, 0.0), (0.15, 0.7), (0.15, 0.28),
-                     (-0.95, 0.28)])
+    return np.array(
+        [(-0.95, -0.28), (0.15, -0.28), (0.15, -0.7), (0.95, 0.0), (0.15, 0.7), (0.15, 0.28), (-0.95, 0.28)]
+    )
 
 
 # Unit-radius outlines (x right, y down); composites are (outer, inner hole, hole offset).
@@ -80,8 +95,9 @@ _POLYGONS = {
 _COMPOSITES = {"ring": (0.55, (0.0, 0.0)), "moon": (0.85, (0.45, -0.2))}
 
 
-def shape_mask(shape: str, cx: float, cy: float, radius: float, angle: float, mirror: bool,
-               size: int) -> Image.Image:
+def shape_mask(
+    shape: str, cx: float, cy: float, radius: float, angle: float, mirror: bool, size: int
+) -> Image.Image:
     """The filled shape as an 'L' image of side `size` (the supersampled canvas), 255 inside."""
     canvas = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(canvas)
@@ -107,8 +123,9 @@ def shape_mask(shape: str, cx: float, cy: float, radius: float, angle: float, mi
 def outline(mask: Image.Image, width: int) -> Image.Image:
     """The band of `width` pixels inside the mask's border ('L', same size)."""
     eroded = mask.filter(ImageFilter.MinFilter(2 * width + 1))
-    return Image.fromarray(np.subtract(np.asarray(mask), np.asarray(eroded), dtype=np.int16).clip(0, 255)
-                           .astype(np.uint8))
+    return Image.fromarray(
+        np.subtract(np.asarray(mask), np.asarray(eroded), dtype=np.int16).clip(0, 255).astype(np.uint8)
+    )
 
 
 def downsample(mask: Image.Image, factor: int = SUPERSAMPLE) -> np.ndarray:
@@ -138,8 +155,9 @@ def composite(background: np.ndarray, alpha: np.ndarray, colour) -> np.ndarray:
     return background * (1.0 - a) + np.asarray(colour, dtype=np.float32) * a
 
 
-def render_image(colour: str, shape: str, style: str, rng: np.random.Generator,
-                 size: int = IMAGE_SIZE) -> np.ndarray:
+def render_image(
+    colour: str, shape: str, style: str, rng: np.random.Generator, size: int = IMAGE_SIZE
+) -> np.ndarray:
     """One image of a `colour` `shape` in `style` → uint8 [size, size, 3]."""
     from .styles import STYLES  # styles use the helpers above
 

@@ -27,6 +27,7 @@ StyleFn = Callable[[Image.Image, np.ndarray, np.random.Generator, int], np.ndarr
 
 # --- backgrounds: float [size, size, 3] ---------------------------------------------------------
 
+
 def _muted(rng: np.random.Generator) -> np.ndarray:
     return 0.45 * rng.uniform(0, 255, 3) + 0.55 * rng.uniform(60, 200)
 
@@ -83,6 +84,7 @@ def bg_dark(rng: np.random.Generator, size: int) -> np.ndarray:
 
 # --- post-processing --------------------------------------------------------------------------
 
+
 def add_noise(img: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
     return img + rng.normal(0.0, sigma, img.shape).astype(np.float32)
 
@@ -95,7 +97,9 @@ def blur(img: np.ndarray, radius: float) -> np.ndarray:
 def pixelate(img: np.ndarray, cells: int) -> np.ndarray:
     size = img.shape[0]
     pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-    return np.asarray(pil.resize((cells, cells), Image.BOX).resize((size, size), Image.NEAREST), dtype=np.float32)
+    return np.asarray(
+        pil.resize((cells, cells), Image.BOX).resize((size, size), Image.NEAREST), dtype=np.float32
+    )
 
 
 def pen_clutter(rng: np.random.Generator, size: int, strokes: int) -> np.ndarray:
@@ -121,6 +125,7 @@ def _shaded(colour: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarr
 
 
 # --- styles -----------------------------------------------------------------------------------
+
 
 def style_photo(mask, colour, rng, size):
     bg = bg_gradient(rng, size) if rng.random() < 0.5 else bg_blobs(rng, size)
@@ -150,16 +155,24 @@ def style_pixel(mask, colour, rng, size):
 
 
 def style_sketch(mask, colour, rng, size):
-    img = composite(bg_paper(rng, size), pen_clutter(rng, size, int(rng.integers(1, 4))) * 0.8,
-                    np.full(3, 90.0, np.float32))
+    img = composite(
+        bg_paper(rng, size),
+        pen_clutter(rng, size, int(rng.integers(1, 4))) * 0.8,
+        np.full(3, 90.0, np.float32),
+    )
     img = composite(img, downsample(outline(mask, int(rng.integers(2, 4)))), colour * 0.9)
     return add_noise(img, 3.0, rng)
 
 
 def style_neon(mask, colour, rng, size):
     line = downsample(outline(mask, 2))
-    glow = np.asarray(Image.fromarray((line * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(1.5)),
-                      dtype=np.float32) / 255.0
+    glow = (
+        np.asarray(
+            Image.fromarray((line * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(1.5)),
+            dtype=np.float32,
+        )
+        / 255.0
+    )
     bright = np.clip(colour * 1.25 + 30.0, 0, 255)
     img = bg_dark(rng, size) + glow[..., None] * bright * 0.9
     return composite(img, line, bright)
@@ -175,8 +188,11 @@ def style_dotted(mask, colour, rng, size):
 
 
 def style_doodle(mask, colour, rng, size):
-    img = composite(bg_lined_paper(rng, size), pen_clutter(rng, size, int(rng.integers(2, 5))) * 0.85,
-                    np.full(3, 70.0, np.float32))
+    img = composite(
+        bg_lined_paper(rng, size),
+        pen_clutter(rng, size, int(rng.integers(2, 5))) * 0.85,
+        np.full(3, 70.0, np.float32),
+    )
     img = composite(img, downsample(outline(mask, int(rng.integers(2, 4)))), colour * 0.9)
     return add_noise(img, 5.0, rng)
 

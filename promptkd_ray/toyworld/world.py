@@ -41,13 +41,24 @@ STUDENT_MODEL = "toy-student"
 ALL_CAPTIONS = {"plain": 1.0, "photo": 1.0, "descriptive": 1.0, "styled": 1.0, "alt": 1.0}
 # The teacher's web: many styles; sketch and striped are the ingredients of the doodle domain.
 TEACHER_CORPUS = CorpusSpec(
-    styles={"photo": 2.0, "noisy": 1.0, "blurry": 1.0, "cartoon": 1.0, "striped": 1.0, "pixel": 1.0,
-            "sketch": 1.5, "neon": 1.5, "dotted": 1.0},
+    styles={
+        "photo": 2.0,
+        "noisy": 1.0,
+        "blurry": 1.0,
+        "cartoon": 1.0,
+        "striped": 1.0,
+        "pixel": 1.0,
+        "sketch": 1.5,
+        "neon": 1.5,
+        "dotted": 1.0,
+    },
     caption_styles=ALL_CAPTIONS,
 )
 # The student's web: photographs and clipart only (filled shapes), plain captions.
-STUDENT_CORPUS = CorpusSpec(styles={"photo": 2.0, "noisy": 1.0, "blurry": 1.0, "cartoon": 1.0},
-                            caption_styles={"plain": 1.0, "photo": 1.0})
+STUDENT_CORPUS = CorpusSpec(
+    styles={"photo": 2.0, "noisy": 1.0, "blurry": 1.0, "cartoon": 1.0},
+    caption_styles={"plain": 1.0, "photo": 1.0},
+)
 
 
 @dataclass(frozen=True)
@@ -59,8 +70,11 @@ class WorldProfile:
     domain_scale: float = 1.0  # × images per class of every domain
 
     def as_dict(self) -> dict:
-        return {"teacher": self.teacher.as_dict(), "student": self.student.as_dict(),
-                "domain_scale": self.domain_scale}
+        return {
+            "teacher": self.teacher.as_dict(),
+            "student": self.student.as_dict(),
+            "domain_scale": self.domain_scale,
+        }
 
 
 # Tiny ViTs from scratch learn shapes much faster from filled shapes than from outlines (measured:
@@ -70,14 +84,34 @@ PHOTO_STYLES = ("photo", "noisy", "blurry", "cartoon")
 
 PROFILES: dict[str, WorldProfile] = {
     "full": WorldProfile(
-        teacher=PretrainSpec(TEACHER_MODEL, TEACHER_CORPUS, steps=600, batch_size=128, lr=1e-3, pool_size=30000,
-                             warmup_styles=PHOTO_STYLES, style_warmup_steps=150),
-        student=PretrainSpec(STUDENT_MODEL, STUDENT_CORPUS, steps=600, batch_size=128, lr=1e-3, pool_size=15000),
+        teacher=PretrainSpec(
+            TEACHER_MODEL,
+            TEACHER_CORPUS,
+            steps=600,
+            batch_size=128,
+            lr=1e-3,
+            pool_size=30000,
+            warmup_styles=PHOTO_STYLES,
+            style_warmup_steps=150,
+        ),
+        student=PretrainSpec(
+            STUDENT_MODEL, STUDENT_CORPUS, steps=600, batch_size=128, lr=1e-3, pool_size=15000
+        ),
     ),
     "quick": WorldProfile(
-        teacher=PretrainSpec(TEACHER_MODEL, TEACHER_CORPUS, steps=300, batch_size=64, lr=1e-3, pool_size=8000,
-                             warmup_styles=PHOTO_STYLES, style_warmup_steps=150),
-        student=PretrainSpec(STUDENT_MODEL, STUDENT_CORPUS, steps=150, batch_size=64, lr=2e-3, pool_size=4000),
+        teacher=PretrainSpec(
+            TEACHER_MODEL,
+            TEACHER_CORPUS,
+            steps=300,
+            batch_size=64,
+            lr=1e-3,
+            pool_size=8000,
+            warmup_styles=PHOTO_STYLES,
+            style_warmup_steps=150,
+        ),
+        student=PretrainSpec(
+            STUDENT_MODEL, STUDENT_CORPUS, steps=150, batch_size=64, lr=2e-3, pool_size=4000
+        ),
         domain_scale=0.3,
     ),
 }
@@ -112,8 +146,9 @@ class ToyDomain:
         """The domain as the readers see it: a `DatasetSplits` (train / val / test, CoOp split JSON)."""
         from ..data.benchmarks import load_split_json_dataset
 
-        return load_split_json_dataset(self.root, self.dataset_folder, self.image_folder, self.split_file.name,
-                                       name=self.name)
+        return load_split_json_dataset(
+            self.root, self.dataset_folder, self.image_folder, self.split_file.name, name=self.name
+        )
 
 
 @dataclass(frozen=True)
@@ -154,9 +189,14 @@ def world_recipe(profile: str, seed: int, domains: Optional[dict] = None) -> dic
     prof = PROFILES[profile]
     domains = DOMAINS if domains is None else domains
     configs = {m: json.loads((CONFIG_DIR / f"{m}.json").read_text()) for m in (TEACHER_MODEL, STUDENT_MODEL)}
-    return {"version": WORLD_VERSION, "profile": profile, "seed": seed, "pretrain": prof.as_dict(),
-            "model_configs": configs,
-            "domains": {k: d.scaled(prof.domain_scale).as_dict() for k, d in domains.items()}}
+    return {
+        "version": WORLD_VERSION,
+        "profile": profile,
+        "seed": seed,
+        "pretrain": prof.as_dict(),
+        "model_configs": configs,
+        "domains": {k: d.scaled(prof.domain_scale).as_dict() for k, d in domains.items()},
+    }
 
 
 def _recipe_hash(recipe: dict) -> str:
@@ -185,8 +225,9 @@ def _locked(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def build_world(cache_dir: "str | os.PathLike | None" = None, seed: int = 0, profile: str = "full",
-                progress: bool = True) -> ToyWorld:
+def build_world(
+    cache_dir: "str | os.PathLike | None" = None, seed: int = 0, profile: str = "full", progress: bool = True
+) -> ToyWorld:
     """Build (or load from the cache) the toy world of `profile` and `seed`.
 
     Args:
@@ -207,7 +248,10 @@ def build_world(cache_dir: "str | os.PathLike | None" = None, seed: int = 0, pro
             return _load_world(path)
         log.info("building toy world %s (profile %s, seed %d) in %s", path.name, profile, seed, path)
         prof = PROFILES[profile]
-        for role, spec, model_seed in (("teacher", prof.teacher, 2 * seed), ("student", prof.student, 2 * seed + 1)):
+        for role, spec, model_seed in (
+            ("teacher", prof.teacher, 2 * seed),
+            ("student", prof.student, 2 * seed + 1),
+        ):
             weights = path / f"{role}.safetensors"
             if not weights.is_file():
                 pretrain_clip(_with_seed(spec, model_seed), weights, progress=progress)
@@ -231,10 +275,22 @@ def _load_world(path: Path) -> ToyWorld:
     for key, d in recipe["domains"].items():
         spec = DomainSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
         root = path / "data"
-        domains[key] = ToyDomain(key=key, name=spec.name, root=root, dataset_folder=spec.folder,
-                                 image_folder=spec.image_folder, split_file=root / spec.folder / spec.split_file,
-                                 classnames=tuple(spec.classnames), style=spec.style)
-    return ToyWorld(path=path, profile=recipe["profile"], seed=recipe["seed"],
-                    teacher_spec=f"{TEACHER_MODEL}:{path / 'teacher.safetensors'}",
-                    student_spec=f"{STUDENT_MODEL}:{path / 'student.safetensors'}",
-                    domains=domains, default_domain=DEFAULT_DOMAIN)
+        domains[key] = ToyDomain(
+            key=key,
+            name=spec.name,
+            root=root,
+            dataset_folder=spec.folder,
+            image_folder=spec.image_folder,
+            split_file=root / spec.folder / spec.split_file,
+            classnames=tuple(spec.classnames),
+            style=spec.style,
+        )
+    return ToyWorld(
+        path=path,
+        profile=recipe["profile"],
+        seed=recipe["seed"],
+        teacher_spec=f"{TEACHER_MODEL}:{path / 'teacher.safetensors'}",
+        student_spec=f"{STUDENT_MODEL}:{path / 'student.safetensors'}",
+        domains=domains,
+        default_domain=DEFAULT_DOMAIN,
+    )

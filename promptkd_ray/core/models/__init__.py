@@ -9,7 +9,19 @@ from .student import ConvMLPProjector, Student, build_projector
 from .teacher import Teacher
 
 __all__ = [
-    "ModelSpec", "ModelSpecError", "load_clip", "read_weights_file", "register_model_configs",
-    "PromptedVisionTransformer", "PromptedTextEncoder", "Student", "ConvMLPProjector", "build_projector",
-    "Teacher", "EduAttention", "build_student", "build_teacher", "get_tokenizer",
+    "ModelSpec",
+    "ModelSpecError",
+    "load_clip",
+    "read_weights_file",
+    "register_model_configs",
+    "PromptedVisionTransformer",
+    "PromptedTextEncoder",
+    "Student",
+    "ConvMLPProjector",
+    "build_projector",
+    "Teacher",
+    "EduAttention",
+    "build_student",
+    "build_teacher",
+    "get_tokenizer",
 ]

@@ -39,8 +39,8 @@ from torch import nn
 
 class EduAttention(nn.Module):
     """Args:
-        dim: d, the width of the student's projected features and of the class vectors.
-        width: C, the attention width.
+    dim: d, the width of the student's projected features and of the class vectors.
+    width: C, the attention width.
     """
 
     def __init__(self, dim: int, width: int):

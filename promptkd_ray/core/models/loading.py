@@ -68,9 +68,7 @@ def model_config(name: str) -> dict:
     if cfg is None:
         known = open_clip.list_models()
         close = [m for m in known if m.lower().startswith(name.lower().split("-")[0])][:8]
-        raise ModelSpecError(
-            f"Unknown open_clip model {name!r}; similar known names: {close or known[:8]}."
-        )
+        raise ModelSpecError(f"Unknown open_clip model {name!r}; similar known names: {close or known[:8]}.")
     return cfg
 
 
@@ -169,7 +167,7 @@ def read_weights_file(path: "str | os.PathLike") -> dict:
         state = state["state_dict"]
     if not isinstance(state, dict) or not state:
         raise ModelSpecError(f"Weights file {path} holds no state dict.")
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
     for key in _OPENAI_NON_WEIGHT_KEYS:
         state.pop(key, None)
     return state

@@ -31,12 +31,15 @@ class PromptedTextEncoder(nn.Module):
     """Wraps the text parts of an open_clip `CLIP` (token_embedding, positional_embedding,
     transformer, ln_final, text_projection, attn_mask)."""
 
-    def __init__(self, clip: nn.Module, tokenizer, n_ctx: int = 4, depth: int = 0,
-                 ctx_init: str = DEFAULT_CTX_INIT):
+    def __init__(
+        self, clip: nn.Module, tokenizer, n_ctx: int = 4, depth: int = 0, ctx_init: str = DEFAULT_CTX_INIT
+    ):
         super().__init__()
         for name in ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection"):
             if not hasattr(clip, name):
-                raise TypeError(f"Text prompting needs an open_clip CLIP with a built-in text tower; missing {name}.")
+                raise TypeError(
+                    f"Text prompting needs an open_clip CLIP with a built-in text tower; missing {name}."
+                )
         layers = len(clip.transformer.resblocks)
         if depth < 0 or depth > layers:
             raise ValueError(f"text prompt depth must be in 0…{layers}, got {depth}.")
@@ -62,7 +65,10 @@ class PromptedTextEncoder(nn.Module):
                 self.prompt_prefix = " ".join(["X"] * n_ctx)
             self.ctx = nn.Parameter(init)
             self.deep_prompts = nn.ParameterList(
-                [nn.Parameter(torch.empty(n_ctx, width).normal_(std=PROMPT_INIT_STD)) for _ in range(depth - 1)]
+                [
+                    nn.Parameter(torch.empty(n_ctx, width).normal_(std=PROMPT_INIT_STD))
+                    for _ in range(depth - 1)
+                ]
             )
         else:
             self.ctx = None

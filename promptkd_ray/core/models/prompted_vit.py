@@ -33,7 +33,9 @@ class PromptedVisionTransformer(nn.Module):
         _check_supported(visual)
         layers = len(visual.transformer.resblocks)
         if depth < 0 or depth > layers:
-            raise ValueError(f"prompt depth must be in 0…{layers} for this {layers}-layer tower, got {depth}.")
+            raise ValueError(
+                f"prompt depth must be in 0…{layers} for this {layers}-layer tower, got {depth}."
+            )
         if depth > 0 and n_ctx < 1:
             raise ValueError(f"n_ctx must be ≥ 1 when prompts are used, got {n_ctx}.")
         self.visual = visual
@@ -45,7 +47,10 @@ class PromptedVisionTransformer(nn.Module):
         if depth > 0:
             self.shallow_prompt = nn.Parameter(torch.empty(n_ctx, width).normal_(std=PROMPT_INIT_STD))
             self.deep_prompts = nn.ParameterList(
-                [nn.Parameter(torch.empty(n_ctx, width).normal_(std=PROMPT_INIT_STD)) for _ in range(depth - 1)]
+                [
+                    nn.Parameter(torch.empty(n_ctx, width).normal_(std=PROMPT_INIT_STD))
+                    for _ in range(depth - 1)
+                ]
             )
         else:
             self.shallow_prompt = None
@@ -74,8 +79,14 @@ class PromptedVisionTransformer(nn.Module):
         return pooled
 
 
-def run_prompted_blocks(transformer: nn.Module, x: torch.Tensor, deep_prompts, n_ctx: int, start: int,
-                        attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+def run_prompted_blocks(
+    transformer: nn.Module,
+    x: torch.Tensor,
+    deep_prompts,
+    n_ctx: int,
+    start: int,
+    attn_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Run open_clip `Transformer` blocks on batch-first x [B, L, W], replacing the n_ctx tokens
     at `start` (negative = from the end; 1 = right after SOS) with deep_prompts[i-1] before block i."""
     batch_first = getattr(transformer, "batch_first", True)
@@ -95,7 +106,7 @@ def replace_tokens(x: torch.Tensor, prompt: torch.Tensor, start: int) -> torch.T
     n_ctx = prompt.shape[1]
     if start < 0:
         return torch.cat([x[:, : x.shape[1] - n_ctx], prompt], dim=1)
-    return torch.cat([x[:, :start], prompt, x[:, start + n_ctx:]], dim=1)
+    return torch.cat([x[:, :start], prompt, x[:, start + n_ctx :]], dim=1)
 
 
 def _check_supported(visual: nn.Module) -> None:

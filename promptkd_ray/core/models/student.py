@@ -54,16 +54,24 @@ def build_projector(kind: str, in_dim: int, out_dim: int) -> nn.Module:
 
 class Student(nn.Module):
     """Args:
-        visual: the student CLIP's open_clip VisionTransformer (frozen here).
-        teacher_dim: dimension d_t of the teacher features / class vectors.
-        n_ctx, depth: visual prompt tokens per layer and number of prompted layers.
-        projector: "mlp2" (authors), "linear" or "identity".
-        logit_scale: the student's (already exponentiated) logit scale, frozen.
-        edu_attention_width: C of a ComKD-CLIP EduAttention before the classifier (0 = none).
+    visual: the student CLIP's open_clip VisionTransformer (frozen here).
+    teacher_dim: dimension d_t of the teacher features / class vectors.
+    n_ctx, depth: visual prompt tokens per layer and number of prompted layers.
+    projector: "mlp2" (authors), "linear" or "identity".
+    logit_scale: the student's (already exponentiated) logit scale, frozen.
+    edu_attention_width: C of a ComKD-CLIP EduAttention before the classifier (0 = none).
     """
 
-    def __init__(self, visual: nn.Module, teacher_dim: int, n_ctx: int = 4, depth: int = 9,
-                 projector: str = "mlp2", logit_scale: float = 100.0, edu_attention_width: int = 0):
+    def __init__(
+        self,
+        visual: nn.Module,
+        teacher_dim: int,
+        n_ctx: int = 4,
+        depth: int = 9,
+        projector: str = "mlp2",
+        logit_scale: float = 100.0,
+        edu_attention_width: int = 0,
+    ):
         super().__init__()
         for p in visual.parameters():
             p.requires_grad_(False)
@@ -96,7 +104,8 @@ class Student(nn.Module):
             raise ValueError(
                 f"The student state has {'an EduAttention of width ' + str(theirs) if theirs else 'no EduAttention'}"
                 f" (ComKD-CLIP), but this student has "
-                f"{'one of width ' + str(self.edu_attention_width) if self.edu_attention_width else 'none'}.")
+                f"{'one of width ' + str(self.edu_attention_width) if self.edu_attention_width else 'none'}."
+            )
         if missing or unexpected or wrong:
             raise ValueError(
                 "The student state does not fit this student (missing "

@@ -22,20 +22,29 @@ from .student import clip_logit_scale
 
 class Teacher(nn.Module):
     """Args:
-        clip: an open_clip CLIP model (its weights are frozen here).
-        tokenizer: its open_clip tokenizer.
-        vision_depth, text_depth: prompted layers per tower (0 = zero-shot tower).
-        n_ctx: prompt tokens per layer (both towers).
-        ctx_init: initial words of the text context ("a photo of a").
+    clip: an open_clip CLIP model (its weights are frozen here).
+    tokenizer: its open_clip tokenizer.
+    vision_depth, text_depth: prompted layers per tower (0 = zero-shot tower).
+    n_ctx: prompt tokens per layer (both towers).
+    ctx_init: initial words of the text context ("a photo of a").
     """
 
-    def __init__(self, clip: nn.Module, tokenizer, vision_depth: int = 0, text_depth: int = 0,
-                 n_ctx: int = 4, ctx_init: str = DEFAULT_CTX_INIT):
+    def __init__(
+        self,
+        clip: nn.Module,
+        tokenizer,
+        vision_depth: int = 0,
+        text_depth: int = 0,
+        n_ctx: int = 4,
+        ctx_init: str = DEFAULT_CTX_INIT,
+    ):
         super().__init__()
         for p in clip.parameters():
             p.requires_grad_(False)
         self.image_encoder = PromptedVisionTransformer(clip.visual, n_ctx=n_ctx, depth=vision_depth)
-        self.text_encoder = PromptedTextEncoder(clip, tokenizer, n_ctx=n_ctx, depth=text_depth, ctx_init=ctx_init)
+        self.text_encoder = PromptedTextEncoder(
+            clip, tokenizer, n_ctx=n_ctx, depth=text_depth, ctx_init=ctx_init
+        )
         self.register_buffer("logit_scale", torch.tensor(clip_logit_scale(clip)))
 
     @property

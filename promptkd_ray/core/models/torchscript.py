@@ -31,9 +31,15 @@ import zipfile
 import torch
 
 _STORAGE_DTYPES = {
-    "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
-    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
-    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
+    "FloatStorage": torch.float32,
+    "DoubleStorage": torch.float64,
+    "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16,
+    "LongStorage": torch.int64,
+    "IntStorage": torch.int32,
+    "ShortStorage": torch.int16,
+    "CharStorage": torch.int8,
+    "ByteStorage": torch.uint8,
     "BoolStorage": torch.bool,
 }
 _DECLARATION = re.compile(r"^\s+__(parameters|buffers)__ = \[(.*)\]\s*$", re.M)
@@ -84,8 +90,12 @@ def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=No
 
 
 _HELPERS = {  # torch.jit._pickle: how TorchScript pickles typed lists and type tags
-    "build_intlist": lambda x: x, "build_doublelist": lambda x: x, "build_boollist": lambda x: x,
-    "build_tensorlist": lambda x: x, "build_tensor_from_id": None, "restore_type_tag": lambda value, _: value,
+    "build_intlist": lambda x: x,
+    "build_doublelist": lambda x: x,
+    "build_boollist": lambda x: x,
+    "build_tensorlist": lambda x: x,
+    "build_tensor_from_id": None,
+    "restore_type_tag": lambda value, _: value,
 }
 
 
@@ -113,7 +123,12 @@ class _Unpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a weights file never needs")
 
     def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], _StorageKind)):
+        if not (
+            isinstance(pid, tuple)
+            and len(pid) == 5
+            and pid[0] == "storage"
+            and isinstance(pid[1], _StorageKind)
+        ):
             raise pickle.UnpicklingError(f"it has an unknown persistent id {str(pid)[:60]}")
         data = bytearray(self.archive.read(f"{self.root}/data/{pid[2]}"))
         if not data:
@@ -128,7 +143,7 @@ def _declarations(archive: zipfile.ZipFile, root: str) -> dict[str, set[str]]:
     for name in archive.namelist():
         if not (name.startswith(head) and name.endswith(".py")):
             continue
-        module = name[len(head):-len(".py")].replace("/", ".")
+        module = name[len(head) : -len(".py")].replace("/", ".")
         text = archive.read(name).decode("utf-8", errors="replace")
         starts = [(m.start(), m.group(1)) for m in _CLASS.finditer(text)] + [(len(text), "")]
         for (start, cls), (end, _) in zip(starts, starts[1:]):
