@@ -279,9 +279,10 @@ def test_the_bomb_is_refused_undecoded_with_bounded_peak_memory(corpus, tmp_path
 
 
 def test_stage_one_leaves_unreadable_k_shot_images_out_and_fails_on_an_unreadable_test_image(corpus):
+    from promptkd_ray.data.kshot import readable_items
     from promptkd_ray.data.layout import Item
     from promptkd_ray.errors import BadImageError
-    from promptkd_ray.teacher import load_test_view, readable_items
+    from promptkd_ray.teacher import load_test_view
 
     names = sorted(readable_corpus()) + sorted(unreadable_corpus())
     items = [Item(str(corpus / n), i % 3) for i, n in enumerate(names)]

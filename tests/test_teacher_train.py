@@ -3,6 +3,7 @@ artifacts, and (slow) the Ray Train job."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -219,7 +220,7 @@ def fake_job(tmp_path_factory):
 
 
 def test_open_data_takes_k_shots_of_the_base_classes(fake_job):
-    from promptkd_ray.teacher import open_data
+    from promptkd_ray.teacher_setup import open_data
 
     data = open_data(fake_job)
     assert len(data.classnames) == 4 and data.train_classnames == data.classnames[:2]
@@ -227,43 +228,115 @@ def test_open_data_takes_k_shots_of_the_base_classes(fake_job):
     assert data.test_items and all(i.label < 2 for i in data.test_items)
 
 
-def test_train_prompts_aggregates_epochs_with_gpa_and_resumes_exactly(fake_job, tmp_path):
+def _train(training, batches, epochs, checkpoints=None) -> list[dict]:
+    """The Ray Train worker's epoch loop in one process (no gradient averaging, no reports): → each
+    epoch's metrics; `checkpoints` gets each epoch's (prompts, state) as its checkpoint would."""
+    from promptkd_ray.core.promptsrc import EpochMeans
+
+    history = []
+    for epoch in epochs:
+        lr, meter = training.lr, EpochMeans()
+        for images, labels in batches.epoch(epoch):
+            meter.add(training.backward(images, labels))
+            training.step()
+        prompts = training.end_epoch(epoch)
+        history.append({"epoch": epoch, "lr": lr, **meter.means()})
+        if checkpoints is not None:
+            checkpoints.append(copy.deepcopy((prompts, training.state_dict())))  # as saved then
+    return history
+
+
+def _start(job):
+    from promptkd_ray.teacher_setup import image_size, kshot_batches, new_training, open_data
+
+    data = open_data(job)
+    training = new_training(job, data)
+    return training, kshot_batches(job, data, image_size(job, training.teacher))
+
+
+def test_stage1_epochs_aggregate_prompts_with_gpa_and_resume_exactly(fake_job, tmp_path):
     from promptkd_ray.orchestration.checkpoints import load_checkpoint, new_progress, save_checkpoint
-    from promptkd_ray.teacher import build_job_teacher, open_data, train_prompts
 
-    data = open_data(fake_job)
+    training, batches = _start(fake_job)
+    initial = {k: v.clone() for k, v in training.teacher.prompt_state_dict().items()}
     seen, saved = [], tmp_path / "after_epoch_2"
-    saved.mkdir()
-
-    def record(epoch, metrics, tensors, state):
-        seen.append({k: v.clone() for k, v in tensors.items()})
-        if epoch == 1:  # the second of three epochs
-            save_checkpoint(saved, tensors, state, dict(new_progress({"job": "x"}), epoch=epoch))
-
-    teacher = build_job_teacher(fake_job)
-    initial = {k: v.clone() for k, v in teacher.prompt_state_dict().items()}
-    final = train_prompts(teacher, data.items, data.train_classnames, fake_job, on_epoch_end=record)
+    _train(training, batches, range(3), seen)
+    final = training.gpa.result()
+    save_checkpoint(saved, *seen[1], dict(new_progress({"job": "x"}), epoch=1))  # the second of three epochs
     w = gpa_weights(3, 2.0, 1.0)
     assert len(seen) == 3
     for key, value in final.items():
-        assert torch.allclose(value, sum(wi * s[key] for wi, s in zip(w, seen)), atol=1e-7)
+        assert torch.allclose(value, sum(wi * s[0][key] for wi, s in zip(w, seen)), atol=1e-7)
         assert not torch.equal(value, initial[key])
-    resumed = train_prompts(
-        build_job_teacher(fake_job),
-        data.items,
-        data.train_classnames,
-        fake_job,
-        resume=load_checkpoint(saved, {"job": "x"}),
-    )
+    resumed, batches = _start(fake_job)
+    tensors, state, progress = load_checkpoint(saved, {"job": "x"})
+    resumed.load_state_dict(tensors, state)
+    _train(resumed, batches, range(progress["epoch"] + 1, 3))
     for key, value in final.items():
-        assert torch.equal(resumed[key], value), key
+        assert torch.equal(resumed.gpa.result()[key], value), key
+
+
+# A fixed-seed tiny Stage I run (fake_job: seed 2, 3 epochs of 3 steps), measured before the
+# worker's loop moved out of `teacher.train_prompts`: the same batches, steps, schedule and GPA give
+# the same numbers. Per epoch (lr, loss, ce, scl_text, scl_image, scl_logits, accuracy), then per
+# GPA prompt tensor (Σ value, Σ |value|).
+REFERENCE_EPOCHS = [
+    (
+        1e-05,
+        2.25435733795166,
+        0.9412166277567545,
+        1.0616427262624104,
+        0.1660799632469813,
+        0.085418033413589,
+        50.0,
+    ),
+    (
+        0.05,
+        3.5176729361216226,
+        0.76569002866745,
+        2.3127039273579917,
+        0.32180893421173096,
+        0.11747015019257863,
+        50.0,
+    ),
+    (
+        0.0375,
+        3.8967798550923667,
+        0.528069943189621,
+        2.810285965601603,
+        0.38378023107846576,
+        0.17464376365145048,
+        50.0,
+    ),
+]
+REFERENCE_PROMPTS = {
+    "image_encoder.deep_prompts.0": (0.762481642770581, 21.022746291360818),
+    "image_encoder.shallow_prompt": (0.18006796156987548, 16.78988508787006),
+    "text_encoder.ctx": (0.5409643484745175, 134.66714103077538),
+    "text_encoder.deep_prompts.0": (-0.052491290494799614, 117.0671602692455),
+}
+
+
+def test_a_fixed_seed_stage1_run_gives_the_reference_numbers(fake_job):
+    training, batches = _start(fake_job)
+    history = _train(training, batches, range(3))
+    keys = ("lr", "loss", "ce", "scl_text", "scl_image", "scl_logits", "accuracy")
+    assert [tuple(m[k] for k in keys) for m in history] == [
+        pytest.approx(row, rel=1e-5) for row in REFERENCE_EPOCHS
+    ]
+    prompts = training.gpa.result()
+    assert sorted(prompts) == sorted(REFERENCE_PROMPTS)
+    for key, (total, size) in REFERENCE_PROMPTS.items():
+        value = prompts[key].double()
+        assert (float(value.sum()), float(value.abs().sum())) == pytest.approx((total, size), rel=1e-5), key
 
 
 def test_outputs_round_trip_through_the_teacher_artifact(fake_job, tmp_path):
     from promptkd_ray.core.artifacts import load_teacher
     from promptkd_ray.core.classvectors import load_class_vectors
     from promptkd_ray.storage import Storage
-    from promptkd_ray.teacher import build_job_teacher, open_data, write_teacher_outputs
+    from promptkd_ray.teacher import write_teacher_outputs
+    from promptkd_ray.teacher_setup import build_job_teacher, open_data
 
     data = open_data(fake_job)
     teacher = build_job_teacher(fake_job)
@@ -308,7 +381,8 @@ def test_stage1_refuses_to_resume_a_run_made_by_another_job(fake_job, tmp_path):
         new_progress,
         run_storage,
     )
-    from promptkd_ray.teacher import open_data, run_teacher_job
+    from promptkd_ray.teacher import run_teacher_job
+    from promptkd_ray.teacher_setup import open_data
 
     job = dataclasses.replace(fake_job, storage_path=str(tmp_path), name="refused")
     checkpoint = run_storage(job).child(f"{CHECKPOINT_PREFIX}000")
@@ -348,13 +422,13 @@ def test_job_file_errors_name_the_key(tmp_path):
 
 def test_crop_scale_min_bounds_the_stage1_train_crops(tmp_path):
     """Crops of the whole area (min 1) are the test view up to a flip; the authors' 0.08 gives
-    crops that are not; iter_batches passes the option through."""
+    crops that are not; the k-shot batches pass the option through."""
     import numpy as np
     from PIL import Image
 
     from promptkd_ray.data.decode import load_view
+    from promptkd_ray.data.kshot import KShotBatches
     from promptkd_ray.data.layout import Item
-    from promptkd_ray.teacher import iter_batches
 
     ramp = np.add.outer(np.arange(24), 3 * np.arange(24)).astype(np.uint8)
     path = str(tmp_path / "ramp.png")
@@ -368,7 +442,8 @@ def test_crop_scale_min_bounds_the_stage1_train_crops(tmp_path):
     assert all(is_test_view(load_view(path, size, np.random.default_rng(i), 1.0)) for i in range(8))
     assert not any(is_test_view(load_view(path, size, np.random.default_rng(i), 0.08)) for i in range(8))
     batch = {
-        m: next(iter_batches([Item(path, 0)], 1, 0, 0, size, crop_scale_min=m))[0][0] for m in (1.0, 0.08)
+        m: next(KShotBatches((Item(path, 0),), 1, 0, size, crop_scale_min=m).epoch(0))[0][0]
+        for m in (1.0, 0.08)
     }
     assert is_test_view(batch[1.0]) and not is_test_view(batch[0.08])
 
@@ -412,7 +487,8 @@ def test_stage1_and_interop_modules_import_without_ray():
     import sys
 
     code = (
-        "import sys\nimport promptkd_ray.core.promptsrc, promptkd_ray.teacher, promptkd_ray.config\n"
+        "import sys\nimport promptkd_ray.core.promptsrc, promptkd_ray.teacher, promptkd_ray.teacher_setup\n"
+        "import promptkd_ray.config, promptkd_ray.data.kshot\n"
         "import promptkd_ray.interop, promptkd_ray.interop.export\nprint('ray' in sys.modules)"
     )
     out = subprocess.run(

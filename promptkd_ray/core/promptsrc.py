@@ -20,6 +20,10 @@ Design decisions (PROTOCOL.md, PromptSRC section; the authors' `trainers/prompts
   whole-state average).
 - The optimiser and the learning rate per epoch are Stage II's (`schedule.py`): Dassl's
   ConstantWarmupScheduler + CosineAnnealingLR(T_max = E).
+- `PromptSRCTraining` is one teacher's training: a step in two halves (backward, then the
+  optimiser step, so that workers can average the gradients between them), the end of an epoch
+  (schedule, GPA) and what a checkpoint holds. The loops over epochs and batches are its caller's
+  (the Ray Train worker in `teacher.py`); nothing here calls back.
 """
 
 from __future__ import annotations
@@ -151,17 +155,15 @@ def promptsrc_forward(
     }
 
 
-def promptsrc_step(
+def promptsrc_backward(
     teacher,
     images: torch.Tensor,
     labels: torch.Tensor,
     classnames: Sequence[str],
     frozen_text: torch.Tensor,
-    optimizer: torch.optim.Optimizer,
     weights: SCLWeights = SCLWeights(),
-    grad_hook=None,
 ) -> dict[str, float]:
-    """One optimiser step; `grad_hook()` runs between backward and step (e.g. a gradient all-reduce).
+    """Forward and backward of one batch (the prompts' gradients accumulate: zero them before).
     Returns the loss, its parts and the batch accuracy (percent)."""
     teacher.train()
     out = promptsrc_forward(teacher, images, classnames, frozen_text)
@@ -175,10 +177,94 @@ def promptsrc_step(
         out["zero_shot_logits"],
         weights,
     )
-    optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if grad_hook is not None:
-        grad_hook()
-    optimizer.step()
     accuracy = 100.0 * (out["logits"].argmax(-1) == labels).float().mean().item()
     return {"loss": float(loss.detach()), **parts, "accuracy": accuracy}
+
+
+def promptsrc_step(
+    teacher,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    classnames: Sequence[str],
+    frozen_text: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    weights: SCLWeights = SCLWeights(),
+) -> dict[str, float]:
+    """One optimiser step of one process; → the loss, its parts and the batch accuracy (percent)."""
+    optimizer.zero_grad(set_to_none=True)
+    out = promptsrc_backward(teacher, images, labels, classnames, frozen_text, weights)
+    optimizer.step()
+    return out
+
+
+@dataclass(frozen=True)
+class PromptSRCTraining:
+    """One teacher's PromptSRC training: its step in two halves (`backward`, then `step`: a worker
+    averages the gradients between them), the end of an epoch (schedule, GPA) and the state a
+    checkpoint holds. The objects inside change as it trains; which objects they are does not."""
+
+    teacher: torch.nn.Module
+    classnames: tuple  # the training classes, in label order
+    frozen_text: torch.Tensor  # ŵ_f [N, d] (`frozen_text_targets`)
+    optimizer: torch.optim.Optimizer
+    scheduler: object  # the learning rate per epoch (`schedule.build_scheduler`)
+    gpa: GaussianPromptAggregator
+    weights: SCLWeights = SCLWeights()
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def backward(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """Fresh gradients of one batch; → the loss, its parts and the batch accuracy (percent)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        return promptsrc_backward(
+            self.teacher, images, labels, self.classnames, self.frozen_text, self.weights
+        )
+
+    def step(self) -> None:
+        self.optimizer.step()
+
+    def end_epoch(self, epoch: int) -> dict[str, torch.Tensor]:
+        """After 0-based `epoch`: the next epoch's learning rate, the prompts added to the GPA sum;
+        → the prompts (what a checkpoint of the epoch holds)."""
+        self.scheduler.step()
+        prompts = self.teacher.prompt_state_dict()
+        self.gpa.add(epoch + 1, prompts)
+        return prompts
+
+    def state_dict(self) -> dict:
+        """Everything but the prompts that a resumed run needs."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "gpa": self.gpa.state_dict(),
+        }
+
+    def load_prompts(self, prompts: dict[str, torch.Tensor]) -> None:
+        device = self.frozen_text.device
+        self.teacher.load_state_dict({k: v.to(device) for k, v in prompts.items()}, strict=False)
+
+    def load_state_dict(self, prompts: dict[str, torch.Tensor], state: dict) -> None:
+        """Continue from a checkpoint: its prompts and `state_dict()`."""
+        self.load_prompts(prompts)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.gpa.load_state_dict(state["gpa"])
+
+
+class EpochMeans:
+    """The mean of each value of an epoch's steps (`backward`'s loss, parts and accuracy)."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.steps = 0
+
+    def add(self, values: dict[str, float]) -> None:
+        self.steps += 1
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+
+    def means(self) -> dict[str, float]:
+        return {k: v / max(self.steps, 1) for k, v in self.sums.items()}
