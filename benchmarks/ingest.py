@@ -268,7 +268,7 @@ def main(argv=None) -> int:
     import ray
 
     from promptkd_ray.data.folders import load_image_folder
-    from promptkd_ray.data.pack import write_pack
+    from promptkd_ray.data.pack_writer import PackOptions, write_pack
 
     args, out = start_benchmark(parse_args, argv)
     root = write_images(out / "images", args.images, args.classes)
@@ -281,10 +281,7 @@ def main(argv=None) -> int:
         splits,
         str(out / "pack"),
         {"kind": "imagefolder", "root": str(root)},
-        ["train"],
-        shard_mb=args.shard_mb,
-        overwrite=True,
-        progress=False,
+        PackOptions(("train",), shard_mb=args.shard_mb, overwrite=True, progress=False),
     )
     shards = pack.manifest["splits"]["train"]["shards"]
     pack_stats = {

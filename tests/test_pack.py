@@ -16,8 +16,10 @@ from PIL import Image
 from stage2_fakes import make_split_json
 
 from promptkd_ray.data import pack as packing
+from promptkd_ray.data import pack_writer
 from promptkd_ray.data.benchmarks import load_split_json_dataset
-from promptkd_ray.data.pack import open_pack, row_filter, write_pack
+from promptkd_ray.data.pack import open_pack, row_filter
+from promptkd_ray.data.pack_writer import PackOptions, write_pack
 from promptkd_ray.errors import DatasetLayoutError, UsageError
 
 SOURCE = {"kind": "split_json", "test": True}
@@ -30,7 +32,7 @@ def _dataset(tmp_path, **kwargs):
 
 def test_a_pack_holds_every_image_as_its_bytes_under_its_relative_path_in_the_sources_order(tmp_path):
     splits, _ = _dataset(tmp_path, per_class=6, val_per_class=1)
-    pack = write_pack(splits, str(tmp_path / "pack"), SOURCE, shard_images=5, progress=False)
+    pack = write_pack(splits, str(tmp_path / "pack"), SOURCE, PackOptions(shard_images=5, progress=False))
     m = pack.manifest
     assert m["base"] == str(tmp_path / "data" / "toy" / "images") and m["classnames"] == list(
         splits.classnames
@@ -58,7 +60,7 @@ def test_the_row_group_reader_reads_a_pack_on_disk_and_behind_a_uri_alike(tmp_pa
         pack = (
             open_pack(root)
             if (tmp_path / "pack").exists()
-            else write_pack(splits, root, SOURCE, progress=False)
+            else write_pack(splits, root, SOURCE, PackOptions(progress=False))
         )
         groups = pack.row_groups("train")
         assert groups[0][0].startswith("file://") == root.startswith("file://")
@@ -74,7 +76,7 @@ def test_a_pack_without_its_manifest_is_refused_in_one_sentence(tmp_path):
     splits, _ = _dataset(tmp_path, per_class=3)
     with pytest.raises(DatasetLayoutError, match=r"found no pack manifest\.$"):
         open_pack(str(tmp_path / "nothing"))
-    write_pack(splits, str(tmp_path / "pack"), SOURCE, progress=False)
+    write_pack(splits, str(tmp_path / "pack"), SOURCE, PackOptions(progress=False))
     (tmp_path / "pack" / packing.MANIFEST).unlink()
     (tmp_path / "pack" / packing.PLAN).write_text("{}")  # as left by an interrupted pack
     with pytest.raises(DatasetLayoutError, match=r"found a partial pack \(its manifest is written last"):
@@ -85,8 +87,10 @@ def test_an_interrupted_pack_resumes_after_its_last_complete_shard_and_equals_an
     tmp_path, monkeypatch
 ):
     splits, _ = _dataset(tmp_path, per_class=6)
-    reference = write_pack(splits, str(tmp_path / "whole"), SOURCE, shard_images=4, progress=False)
-    flush, written = packing._flush, []
+    reference = write_pack(
+        splits, str(tmp_path / "whole"), SOURCE, PackOptions(shard_images=4, progress=False)
+    )
+    flush, written = pack_writer._flush, []
 
     def crash_after_three(*args):
         if len(written) == 3:
@@ -94,38 +98,40 @@ def test_an_interrupted_pack_resumes_after_its_last_complete_shard_and_equals_an
         written.append(flush(*args))
         return written[-1]
 
-    monkeypatch.setattr(packing, "_flush", crash_after_three)
+    monkeypatch.setattr(pack_writer, "_flush", crash_after_three)
     with pytest.raises(KeyboardInterrupt):
-        write_pack(splits, str(tmp_path / "pack"), SOURCE, shard_images=4, progress=False)
-    monkeypatch.setattr(packing, "_flush", flush)
+        write_pack(splits, str(tmp_path / "pack"), SOURCE, PackOptions(shard_images=4, progress=False))
+    monkeypatch.setattr(pack_writer, "_flush", flush)
     with pytest.raises(DatasetLayoutError, match="partial pack"):
         open_pack(str(tmp_path / "pack"))
     with pytest.raises(
         UsageError, match=r"partial pack of another source or settings \(shard_images differ\)"
     ):
-        write_pack(splits, str(tmp_path / "pack"), SOURCE, shard_images=5, progress=False)
-    resumed = write_pack(splits, str(tmp_path / "pack"), SOURCE, shard_images=4, progress=False)
+        write_pack(splits, str(tmp_path / "pack"), SOURCE, PackOptions(shard_images=5, progress=False))
+    resumed = write_pack(splits, str(tmp_path / "pack"), SOURCE, PackOptions(shard_images=4, progress=False))
     assert resumed.manifest["splits"] == reference.manifest["splits"]
     assert not (tmp_path / "pack" / packing.PLAN).exists()
 
 
 def test_a_complete_pack_or_a_foreign_folder_is_never_overwritten_silently(tmp_path):
     splits, _ = _dataset(tmp_path, per_class=2)
-    write_pack(splits, str(tmp_path / "pack"), SOURCE, progress=False)
+    write_pack(splits, str(tmp_path / "pack"), SOURCE, PackOptions(progress=False))
     with pytest.raises(UsageError, match="already holds a complete pack; pass --overwrite"):
-        write_pack(splits, str(tmp_path / "pack"), SOURCE, progress=False)
-    assert write_pack(splits, str(tmp_path / "pack"), SOURCE, overwrite=True, progress=False).manifest
+        write_pack(splits, str(tmp_path / "pack"), SOURCE, PackOptions(progress=False))
+    assert write_pack(
+        splits, str(tmp_path / "pack"), SOURCE, PackOptions(overwrite=True, progress=False)
+    ).manifest
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(UsageError, match="is not empty and holds no pack"):
-        write_pack(splits, str(tmp_path / "other"), SOURCE, progress=False)
+        write_pack(splits, str(tmp_path / "other"), SOURCE, PackOptions(progress=False))
 
 
 def test_unreadable_files_are_stored_as_read_so_the_decoder_reports_them_by_pack_id(tmp_path):
     from promptkd_ray.data.decode import decode_views
 
     splits, bad = _dataset(tmp_path, per_class=2, bad_per_kind=1)
-    pack = write_pack(splits, str(tmp_path / "pack"), SOURCE, max_short_side=16, progress=False)
+    pack = write_pack(splits, str(tmp_path / "pack"), SOURCE, PackOptions(max_short_side=16, progress=False))
     assert pack.manifest["splits"]["train"]["unreadable_at_pack"] == 3
     blobs = packing.read_pack_bytes(pack.root, "train")
     ids = list(blobs)
@@ -143,12 +149,12 @@ def test_max_short_side_re_encodes_only_larger_images_as_jpeg():
     big, small = io.BytesIO(), io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 90, 3), dtype=np.uint8)).save(big, "PNG")
     Image.new("RGB", (20, 30)).save(small, "PNG")
-    data, ok = packing.encode_image(big.getvalue(), 40)
+    data, ok = pack_writer.encode_image(big.getvalue(), 40)
     with Image.open(io.BytesIO(data)) as img:
         assert ok and (img.format, img.size) == ("JPEG", (60, 40))
-    assert packing.encode_image(small.getvalue(), 40) == (small.getvalue(), True)
-    assert packing.encode_image(big.getvalue(), 0) == (big.getvalue(), True)
-    assert packing.encode_image(b"not an image", 40) == (b"not an image", False)
+    assert pack_writer.encode_image(small.getvalue(), 40) == (small.getvalue(), True)
+    assert pack_writer.encode_image(big.getvalue(), 0) == (big.getvalue(), True)
+    assert pack_writer.encode_image(b"not an image", 40) == (b"not an image", False)
 
 
 def test_row_filter_tests_the_fewest_ids():
@@ -165,7 +171,7 @@ def test_a_packed_job_holds_out_and_limits_the_same_images_as_the_loose_one(tmp_
     from promptkd_ray.data.sources import resolve_source
 
     splits, _ = _dataset(tmp_path, per_class=10, val_per_class=3)
-    pack = write_pack(splits, str(tmp_path / "pack"), SOURCE, progress=False)
+    pack = write_pack(splits, str(tmp_path / "pack"), SOURCE, PackOptions(progress=False))
     base = pack.manifest["base"]
     for data in ({"heldout_images": 6}, {"heldout_images": 5, "heldout_split": "val", "limit": 12}):
         loose = tiny_job(tmp_path / "data", tmp_path / "runs", "loose", data=data)

@@ -14,7 +14,8 @@ from .args import add_dataset_arguments
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..data.pack import DEFAULT_SHARD_MB, JPEG_QUALITY, SPLITS
+    from ..data.pack import SPLITS
+    from ..data.pack_writer import DEFAULT_SHARD_MB, JPEG_QUALITY
 
     p.add_argument(
         "--out", required=True, metavar="PACK", help="pack folder or URI (new, or a partial pack to finish)"
@@ -47,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from ..data.pack import write_pack
+    from ..data.pack_writer import PackOptions, write_pack
     from ..errors import UsageError
 
     if args.shard_mb <= 0 or args.shard_images < 0 or args.max_short_side < 0 or args.workers < 1:
@@ -55,17 +56,15 @@ def run(args) -> int:
     if args.pack:
         raise UsageError("--pack names an existing pack; pack its source instead (or copy the folder).")
     splits, source = open_source(args)
-    pack = write_pack(
-        splits,
-        args.out,
-        source,
-        args.splits,
-        args.shard_mb,
-        args.shard_images,
-        args.max_short_side,
-        args.workers,
-        args.overwrite,
+    options = PackOptions(
+        splits=tuple(args.splits),
+        shard_mb=args.shard_mb,
+        shard_images=args.shard_images,
+        max_short_side=args.max_short_side,
+        workers=args.workers,
+        overwrite=args.overwrite,
     )
+    pack = write_pack(splits, args.out, source, options)
     parts = pack.manifest["splits"]
     total = sum(s["bytes"] for p in parts.values() for s in p["shards"])
     print(
