@@ -115,11 +115,11 @@ def ingest_rates(paths: list, pack: str, args) -> dict:
     import ray
 
     from promptkd_ray.orchestration.packs import pack_rows
-    from promptkd_ray.orchestration.pipeline import decode_and_augment
+    from promptkd_ray.orchestration.pipeline import DecodeSpec, decode_and_augment
 
     blocks = max(4, len(paths) // (4 * args.batch_size))
     views = {
-        "fn_kwargs": {"size": VIEW_SIZE, "mode": "train", "on_bad_image": "fail", "seed": 0},
+        "fn_kwargs": {"spec": DecodeSpec(VIEW_SIZE, seed=0, on_bad_image="fail"), "mode": "train"},
         "batch_size": args.batch_size,
         "batch_format": "numpy",
         "num_cpus": 1,

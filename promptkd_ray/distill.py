@@ -1,11 +1,11 @@
 """Stage II recipe: distil a large CLIP teacher into a small CLIP student's prompts, on Ray.
 
 Read top to bottom:
-    prepare(job, run)              setup: images, teacher, student, class vectors, input size
+    prepare(job, run)              setup (`distill_setup.py`): the stream, the models, class vectors
     run_distillation(job)          driver: setup → datasets → trainer.fit → student artifact + metrics
     build_soft_label_cache(job)    driver: the teacher's features of K seeded views per image, once
     train_loop_per_worker(plan)    each Ray Train worker: student, optimiser, resume, epochs, reports
-    train_one_epoch(...)           the worker's streaming shard → `core.step.distill_step`, batch by batch
+    train_one_epoch(...)           for each of the worker's batches: `core.step.distill_step`, meter
     heldout_metrics(...)           label-free student–teacher agreement and KL on the held-out slice
 
 Design decisions:
@@ -21,9 +21,8 @@ Design decisions:
   storage resumes after the last reported epoch, with the same history.
 - With `teacher.cache` (built by `build_soft_label_cache`, `orchestration/softlabels.py`) no
   teacher actor starts: epoch e replays view slot e mod K, re-rendered from the source images.
-- Class vectors come from `teacher.class_vectors`, or are computed here once with the teacher's
-  text tower and stored in the run folder; a resumed run reuses the stored ones, so its
-  checkpoint fingerprint (class-vector hash) still matches.
+- Class vectors come from `teacher.class_vectors`, or are computed once by the setup and stored in
+  the run folder (`distill_setup.py`).
 - The defaults are the authors' optimisation (SGD 0.005, cosine per epoch, 1 warm-up epoch at
   1e-5, batch 8): see `core/schedule.py`. Evaluation on labels is not part of this recipe.
 """
@@ -35,31 +34,24 @@ import csv
 import io
 import json
 import logging
-import time
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .config import DistillJob, to_dict
-from .core.artifacts import ModelRef, StudentInfo, read_teacher_info, save_student
-from .core.classvectors import (
-    ClassVectors,
-    check_class_vectors,
-    compute_class_vectors,
-    load_class_vectors,
-    save_class_vectors,
-)
-from .core.models import build_student
-from .core.models.loading import vision_setting
+from .config.distill import StudentConfig, TrainConfig
+from .core.artifacts import StudentInfo, save_student
+from .core.losses import LossConfig
 from .core.schedule import build_optimizer, build_scheduler
 from .core.step import autocast_dtype, distill_step, teacher_logits, teacher_scale
 from .data.decode import to_model_input
-from .data.sources import ImageSource, open_world, resolve_source, vocabulary_names
-from .errors import ConfigError
+from .data.sources import PathSource
+from .distill_setup import Setup, new_student, prepare, resolve
 from .orchestration import cluster
 from .orchestration.audit import IdAudit, recorded_ids  # noqa: F401  (recorded_ids: re-exported for callers)
+from .orchestration.bookkeeping import Bookkeeping
 from .orchestration.checkpoints import (
     TRAINABLE_FILE,
     TensorBoardLog,
@@ -71,23 +63,15 @@ from .orchestration.checkpoints import (
     restore,
     run_storage,
 )
-from .orchestration.epochs import set_epoch, start_clock
-from .orchestration.pipeline import bad_images, distill_datasets, start_ledger
+from .orchestration.epochs import set_epoch
+from .orchestration.meter import BatchPlan, EpochMeter, epoch_batches
+from .orchestration.pipeline import distill_datasets
 from .orchestration.progress import BuildProgress, Console, Reporter
-from .orchestration.softlabels import Cache, build_cache, open_cache, replay_datasets
-from .orchestration.trainer import (
-    all_reduce,
-    dataset_shard,
-    fit,
-    prepare_model,
-    surface_user_errors,
-    this_worker,
-)
+from .orchestration.softlabels import Cache, build_cache, check_source, replay_datasets
+from .orchestration.trainer import dataset_shard, fit, prepare_model, this_worker
 from .storage import Storage
 
 log = logging.getLogger(__name__)
-
-CLASS_VECTORS_NAME = "class_vectors"
 
 
 @dataclass(frozen=True)
@@ -99,145 +83,23 @@ class DistillResult:
 
 
 @dataclass(frozen=True)
-class Setup:
-    """What the driver resolved from the job before any worker starts."""
-
-    source: ImageSource  # images to distil on + the held-out slice
-    teacher: ModelRef  # how teacher actors build the teacher
-    teacher_spec: str  # the teacher's MODEL[:PRETRAINED]
-    student_spec: str  # the student's MODEL[:PRETRAINED]
-    class_vectors: ClassVectors  # W [N, d_t]
-    image_size: int  # training resolution (teacher and student)
-    cache: Optional[Cache] = None  # the soft-label cache to replay (teacher.cache), checked against the job
-
-    def fingerprint(self, job: DistillJob) -> dict:
-        """What a checkpoint must have been made with to be resumed by this job."""
-        s = job.student
-        return {
-            "student": self.student_spec,
-            "n_ctx": s.n_ctx,
-            "depth": s.depth,
-            "projector": s.projector,
-            "edu_attention_width": edu_attention_width(job, self.class_vectors.dim),
-            "teacher": self.teacher_spec,
-            "class_vectors_sha256": self.class_vectors.sha256,
-        }
-
-
-@dataclass(frozen=True)
 class WorkerPlan:
     """Everything a Ray Train worker needs, and nothing else (sent to every worker)."""
 
-    job: DistillJob
+    seed: int  # the job's seed (the student's fresh prompts)
+    student: StudentConfig  # the job's student section
+    loss: LossConfig  # the job's loss section
+    train: TrainConfig  # the job's optimiser, schedule and workers
+    run: str  # the run folder (TensorBoard, the id audit)
     student_spec: str  # the student's MODEL[:PRETRAINED]
     class_vectors: torch.Tensor  # W [N, d_t]
     teacher_logit_scale: float  # exp'd; KDPL uses the student's instead (`core.step.teacher_scale`)
     fingerprint: dict  # see Setup.fingerprint
     steps_per_epoch: int  # global steps per epoch
-    local_shuffle: Optional[int]  # Parquet sources: a local shuffle buffer (rows), else None
+    batches: BatchPlan  # how each worker reads its shard
     has_heldout: bool  # a "heldout" dataset goes to rank 0
-    ledger: object  # BadImageLedger actor: unreadable images counted exactly
-    clock: object  # EpochClock actor: rank 0 tells the pipeline's tasks which epoch they produce
+    books: Bookkeeping  # unreadable images counted exactly; rank 0 tells the stream's tasks the epoch
     board: object  # ProgressBoard actor of the driver's console
-
-
-# --- setup -------------------------------------------------------------------------------------------
-
-
-def edu_attention_width(job: DistillJob, dim: int) -> int:
-    """C of the student's ComKD-CLIP EduAttention (0 = none): on with `loss.edu_attention`."""
-    return (job.student.edu_attention_width or dim) if job.loss.edu_attention else 0
-
-
-def new_student(job: DistillJob, spec: str, dim: int, device="cpu"):
-    """The job's student (frozen backbone, fresh prompts, projector and EduAttention)."""
-    s = job.student
-    return build_student(
-        spec,
-        teacher_dim=dim,
-        n_ctx=s.n_ctx,
-        depth=s.depth,
-        projector=s.projector,
-        device=device,
-        edu_attention_width=edu_attention_width(job, dim),
-    )
-
-
-def prepare(job: DistillJob, run: Storage) -> Setup:
-    """Resolve the images, the models, the class vectors and the input size; every mismatch ends in
-    one sentence before any worker starts."""
-    source, teacher, teacher_spec, student_spec, size = resolve(job)
-    cache = open_cache(job.teacher.cache, job, source, teacher, size) if job.teacher.cache else None
-    cv = _class_vectors(job, run, teacher, teacher_spec, source)
-    if cv.dim != vision_setting(teacher_spec, "embed_dim"):
-        raise ConfigError(
-            f"The class vectors have dim {cv.dim}, but the teacher {teacher_spec} emits "
-            f"features of dim {vision_setting(teacher_spec, 'embed_dim')}."
-        )
-    return Setup(source, teacher, teacher_spec, student_spec, cv, size, cache)
-
-
-def resolve(job: DistillJob) -> tuple:
-    """(images, teacher ModelRef, teacher spec, student spec, input size) of the job."""
-    world = open_world(job.data) if job.data.source == "toyworld" else None
-    student_spec = job.student.spec or (world.student_spec if world else "")
-    if job.teacher.artifact:
-        teacher, teacher_spec = (
-            ModelRef("teacher", job.teacher.artifact),
-            read_teacher_info(job.teacher.artifact).spec,
-        )
-    else:
-        teacher_spec = job.teacher.spec or (world.teacher_spec if world else "")
-        teacher = ModelRef("zeroshot", teacher_spec)
-    source = resolve_source(job.data, job.seed, world)
-    size = job.data.image_size or vision_setting(student_spec, "image_size")
-    for role, spec in (("teacher", teacher_spec), ("student", student_spec)):
-        if vision_setting(spec, "image_size") != size:
-            raise ConfigError(
-                f"The {role} {spec} takes {vision_setting(spec, 'image_size')}-px images, but the job "
-                f"trains at {size} px (data.image_size); teacher and student must see the same view."
-            )
-    return source, teacher, teacher_spec, student_spec, size
-
-
-def _class_vectors(
-    job: DistillJob, run: Storage, teacher: ModelRef, teacher_spec: str, source: ImageSource
-) -> ClassVectors:
-    """The class vectors the student distils against: of the dataset's classes, or (KDPL-CA) of
-    `teacher.vocabulary`; given, stored in the run folder by an earlier attempt, or computed here.
-    The run folder always ends up with a copy, so a run (or a sweep's trial) can be scored alone."""
-    names = vocabulary_names(job.teacher.vocabulary) if job.teacher.vocabulary else source.classnames
-    expected = tuple(names) or None
-    for path, where in (
-        (job.teacher.class_vectors, f"class vectors {job.teacher.class_vectors}"),
-        (
-            run.path(CLASS_VECTORS_NAME) if run.exists(CLASS_VECTORS_NAME + ".json") else "",
-            f"class vectors in {run.root}",
-        ),
-    ):
-        if path:
-            cv = load_class_vectors(path)
-            check_class_vectors(cv, expected_classnames=expected, source=where)
-            if not run.exists(CLASS_VECTORS_NAME + ".json"):
-                save_class_vectors(cv, run.path(CLASS_VECTORS_NAME))
-            return cv
-    if not names:
-        raise ConfigError(
-            f"{source.name} has no class names to compute class vectors from; set "
-            "teacher.class_vectors to a class-vectors artifact (or teacher.vocabulary)."
-        )
-    log.info(
-        "computing class vectors for %d classes%s with %s (templates: %s)",
-        len(names),
-        " of the vocabulary" if job.teacher.vocabulary else "",
-        teacher_spec,
-        job.teacher.templates,
-    )
-    cv = compute_class_vectors(
-        teacher.build("cpu"), list(names), templates=job.teacher.templates, teacher_spec=teacher_spec
-    )
-    save_class_vectors(cv, run.path(CLASS_VECTORS_NAME))
-    return cv
 
 
 # --- driver --------------------------------------------------------------------------------------------
@@ -252,10 +114,10 @@ def run_distillation(job: DistillJob, callbacks: Sequence = ()) -> DistillResult
     cluster.connect(job.ray, cluster.cpus_needed(job.train, job.teacher_pool))
     cluster.warn_missing_resources({**job.teacher_pool.resources, **job.train.resources_per_worker})
     run = run_storage(job)
-    setup = prepare(job, run)
+    setup = prepare(job, run, cluster.has_gpus())
     check_resumable(run, setup.fingerprint(job))
     run.write_text("job.yaml", yaml.safe_dump(to_dict(job), sort_keys=False))
-    ledger, clock = start_ledger(), start_clock()
+    books = Bookkeeping.start()
     with contextlib.ExitStack() as running:  # the run's teacher actors end with it
         if setup.cache is not None:
             log.info(
@@ -263,11 +125,9 @@ def run_distillation(job: DistillJob, callbacks: Sequence = ()) -> DistillResult
                 setup.cache.storage.root,
                 setup.cache.views,
             )
-            datasets = replay_datasets(job, setup.cache, setup.image_size, ledger, clock)
+            datasets = replay_datasets(setup.cache, setup.stream.decode, books, job.train.record_ids)
         else:
-            datasets = distill_datasets(
-                job, setup.source, setup.teacher, setup.image_size, ledger, cluster.has_gpus(), clock, running
-            )
+            datasets = distill_datasets(setup.stream, books, job.train.record_ids, running)
         log.info(
             "run %s: %d epochs on %d images, %d worker(s), storage %s",
             job.name,
@@ -277,19 +137,7 @@ def run_distillation(job: DistillJob, callbacks: Sequence = ()) -> DistillResult
             run.root,
         )
         board = running.enter_context(Console("distill", job.ray.progress_bars))
-        plan = WorkerPlan(
-            job=job,
-            student_spec=setup.student_spec,
-            class_vectors=setup.class_vectors.vectors,
-            teacher_logit_scale=setup.class_vectors.logit_scale,
-            fingerprint=setup.fingerprint(job),
-            steps_per_epoch=setup.source.num_train // job.train.batch_size,
-            local_shuffle=4 * job.train.batch_size if setup.source.is_parquet and job.data.shuffle else None,
-            has_heldout="heldout" in datasets,
-            ledger=ledger,
-            clock=clock,
-            board=board,
-        )
+        plan = worker_plan(job, setup, run, "heldout" in datasets, books, board)
         result = fit(
             train_loop_per_worker,
             plan,
@@ -299,7 +147,7 @@ def run_distillation(job: DistillJob, callbacks: Sequence = ()) -> DistillResult
             preserve_order=job.data.preserve_order,
             callbacks=callbacks,
         )
-    return _finish(job, setup, run, result, ledger)
+    return _finish(job, setup, run, result, books)
 
 
 def build_soft_label_cache(job: DistillJob, out: str = "", views: int = 0) -> Cache:
@@ -307,7 +155,9 @@ def build_soft_label_cache(job: DistillJob, out: str = "", views: int = 0) -> Ca
     epochs) seeded views per image and the held-out slice, at `out` (default: teacher.cache, else
     storage_path/soft_labels/NAME)."""
     cluster.connect(job.ray, cluster.cpus_needed(job.train, job.teacher_pool))
-    source, teacher, teacher_spec, _, size = resolve(job)
+    stream, teacher_spec, _ = resolve(job, cluster.has_gpus())
+    source = stream.source
+    check_source(source)
     out = out or job.teacher.cache or Storage(job.storage_path).path(f"soft_labels/{job.name}")
     views = views or job.train.epochs
     log.info(
@@ -321,21 +171,35 @@ def build_soft_label_cache(job: DistillJob, out: str = "", views: int = 0) -> Ca
     with BuildProgress(
         source.num_train * views + len(source.heldout_paths), job.ray.progress_bars
     ) as progress:
-        return build_cache(
-            job,
-            source,
-            teacher,
-            size,
-            out,
-            views,
-            start_ledger(),
-            start_clock(),
-            cluster.has_gpus(),
-            progress,
-        )
+        return build_cache(stream, out, views, Bookkeeping.start(), progress)
 
 
-def _finish(job: DistillJob, setup: Setup, run: Storage, result, ledger) -> DistillResult:
+def worker_plan(job: DistillJob, setup: Setup, run: Storage, has_heldout: bool, books, board) -> WorkerPlan:
+    """What the Ray Train workers get of the job and the setup."""
+    parquet_like = not isinstance(setup.source, PathSource)
+    return WorkerPlan(
+        seed=job.seed,
+        student=job.student,
+        loss=job.loss,
+        train=job.train,
+        run=run.root,
+        student_spec=setup.student_spec,
+        class_vectors=setup.class_vectors.vectors,
+        teacher_logit_scale=setup.class_vectors.logit_scale,
+        fingerprint=setup.fingerprint(job),
+        steps_per_epoch=setup.source.num_train // job.train.batch_size,
+        batches=BatchPlan(
+            size=job.train.batch_size // job.train.num_workers,
+            seed=job.seed,
+            local_shuffle=4 * job.train.batch_size if parquet_like and job.data.shuffle else None,
+        ),
+        has_heldout=has_heldout,
+        books=books,
+        board=board,
+    )
+
+
+def _finish(job: DistillJob, setup: Setup, run: Storage, result, books: Bookkeeping) -> DistillResult:
     """The student artifact, metrics.csv and metrics.json from the last checkpoint."""
     from safetensors.torch import load_file
 
@@ -344,7 +208,7 @@ def _finish(job: DistillJob, setup: Setup, run: Storage, result, ledger) -> Dist
         progress = read_progress(directory)
         student = new_student(job, setup.student_spec, cv.dim)
         student.load_trainable_state_dict(load_file(str(directory / TRAINABLE_FILE)))
-    history, bad = progress["history"], bad_images(ledger)
+    history, bad = progress["history"], books.bad_images()
     summary = {
         "name": job.name,
         "run_dir": run.root,
@@ -369,10 +233,10 @@ def _finish(job: DistillJob, setup: Setup, run: Storage, result, ledger) -> Dist
             "job": job.name,
             "teacher": setup.teacher_spec,
             "epochs": len(history),
-            "teacher_ref": {"kind": setup.teacher.kind, "source": setup.teacher.source},
+            "teacher_ref": {"kind": setup.stream.teacher.kind, "source": setup.stream.teacher.source},
             "class_vectors_templates": list(cv.templates),
             "vocabulary": job.teacher.vocabulary,
-            "image_size": setup.image_size,
+            "image_size": setup.stream.decode.size,
             "loss": to_dict(job)["loss"],
             "final_metrics": summary["final"],
         },
@@ -406,12 +270,12 @@ def _csv(history: list) -> str:
 
 def train_loop_per_worker(plan: WorkerPlan) -> None:
     """Ray Train worker: build, restore, then train and report epoch after epoch."""
-    job, worker = plan.job, this_worker()
+    worker = this_worker()
     class_vectors = plan.class_vectors.to(worker.device)
-    torch.manual_seed(job.seed)
-    student = new_student(job, plan.student_spec, class_vectors.shape[1], worker.device)
-    optimizer = build_optimizer(student.trainable_parameters(), job.train)
-    scheduler = build_scheduler(optimizer, job.train)
+    torch.manual_seed(plan.seed)
+    student = new_student(plan, plan.student_spec, class_vectors.shape[1], worker.device)
+    optimizer = build_optimizer(student.trainable_parameters(), plan.train)
+    scheduler = build_scheduler(optimizer, plan.train)
     tensors, state, progress = restore(plan.fingerprint, worker.rank)
     if tensors is not None:
         student.load_trainable_state_dict(tensors)
@@ -422,25 +286,25 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
     heldout = dataset_shard("heldout") if rank0 and plan.has_heldout else None
     reporter = Reporter(
         plan.board if rank0 else None,
-        job.train.epochs,
+        plan.train.epochs,
         plan.steps_per_epoch,
-        TensorBoardLog(run_storage(job)) if rank0 else None,
-        job.train.log_every,
+        TensorBoardLog(Storage(plan.run)) if rank0 else None,
+        plan.train.log_every,
     )
     shard = dataset_shard("train")
-    for epoch in range(progress["epoch"] + 1, job.train.epochs):
+    for epoch in range(progress["epoch"] + 1, plan.train.epochs):
         lr_now = optimizer.param_groups[0]["lr"]
         if rank0:  # every worker has finished the previous epoch (its all-reduce); none reads this one yet
-            set_epoch(plan.clock, epoch)
+            set_epoch(plan.books.clock, epoch)
         stats, progress["step"] = train_one_epoch(
             model, shard, class_vectors, optimizer, plan, epoch, progress["step"], reporter
         )
         scheduler.step()
         metrics = {"epoch": epoch, "step": progress["step"], "lr": lr_now, **stats}
         if rank0:
-            metrics["bad_images"] = len(bad_images(plan.ledger))
+            metrics["bad_images"] = len(plan.books.bad_images())
             if heldout is not None:
-                scale = teacher_scale(job.loss, plan.teacher_logit_scale, student)
+                scale = teacher_scale(plan.loss, plan.teacher_logit_scale, student)
                 metrics.update(heldout_metrics(student, heldout, class_vectors, scale))
             reporter.epoch_end(epoch, metrics)
         progress.update(epoch=epoch, history=progress["history"] + [metrics])
@@ -457,62 +321,32 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
 def train_one_epoch(
     model, shard, class_vectors, optimizer, plan: WorkerPlan, epoch: int, step: int, reporter: Reporter
 ) -> tuple[dict, int]:
-    """One pass over this worker's shard; → (metrics averaged over all workers, global step).
-
-    `images_per_s` counts all workers' images from the epoch's first batch on; `startup_s`, the wait
-    for that first batch (the stream starting: executor, first tasks), is reported apart."""
-    job, world = plan.job, this_worker().world
-    precision = autocast_dtype(job.train.precision, class_vectors.device.type)
-    totals = torch.zeros(4, dtype=torch.float64)  # Σ loss·n, Σ kd·n, Σ agreement·n, n
-    start, first_batch_at = time.perf_counter(), None
-    per_worker, audit = job.train.batch_size // world, IdAudit() if job.train.record_ids else None
-    batches = shard.iter_torch_batches(
-        batch_size=per_worker,
-        drop_last=audit is None,
-        local_shuffle_buffer_size=plan.local_shuffle,
-        local_shuffle_seed=job.seed * 100_003 + epoch if plan.local_shuffle else None,
-        collate_fn=audit.collate if audit else None,
-    )
-    for i, batch in enumerate(surface_user_errors(batches)):
-        if audit is not None and not audit.keep(batch, per_worker):
-            break  # the epoch's short last batch: recorded, not trained (as drop_last)
-        first_batch_at = first_batch_at or time.perf_counter()
-        images = to_model_input(batch["image"].to(class_vectors.device))
+    """One pass over this worker's shard; → (metrics averaged over all workers, global step)."""
+    worker, device = this_worker(), class_vectors.device
+    precision = autocast_dtype(plan.train.precision, device.type)
+    audit = IdAudit() if plan.train.record_ids else None
+    meter = EpochMeter(worker.world)
+    for i, batch in enumerate(meter.timed(epoch_batches(shard, plan.batches, epoch, audit))):
+        images = to_model_input(batch["image"].to(device))
+        features = batch["teacher_feature"].to(device)
         out = distill_step(
             model,
             images,
-            batch["teacher_feature"].to(class_vectors.device),
+            features,
             class_vectors,
             optimizer,
-            job.loss,
+            plan.loss,
             plan.teacher_logit_scale,
             autocast=precision,
         )
-        n = images.shape[0]
-        totals += torch.tensor(
-            [out["loss"] * n, out.get("kd", out["loss"]) * n, out["agreement"] * n, n], dtype=torch.float64
-        )
+        meter.add(out, images.shape[0])
         step += 1
-        rate = totals[3].item() * world / max(time.perf_counter() - first_batch_at, 1e-9)
-        reporter.step(epoch, i + 1, step, loss=out["loss"], agreement=out["agreement"], images_per_s=rate)
-    end = time.perf_counter()
+        reporter.step(
+            epoch, i + 1, step, loss=out["loss"], agreement=out["agreement"], images_per_s=meter.images_per_s
+        )
     if audit is not None:
-        audit.write(run_storage(job), epoch, this_worker().rank)
-    times = all_reduce(
-        torch.tensor([end - (first_batch_at or end), (first_batch_at or end) - start], dtype=torch.float64),
-        "max",
-    )
-    all_reduce(totals)
-    n = max(float(totals[3]), 1.0)
-    return {
-        "loss": float(totals[0]) / n,
-        "kd_loss": float(totals[1]) / n,
-        "train_agreement": float(totals[2]) / n,
-        "images": int(totals[3]),
-        "images_per_s": float(totals[3]) / max(float(times[0]), 1e-9),
-        "startup_s": float(times[1]),
-        "epoch_seconds": float(times[0] + times[1]),
-    }, step
+        audit.write(Storage(plan.run), epoch, worker.rank)
+    return meter.result(), step
 
 
 @torch.no_grad()

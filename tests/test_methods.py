@@ -15,7 +15,7 @@ def _job(*overrides):
 
 
 def test_the_comkd_preset_turns_on_kl_ifalign_and_edu_attention_and_each_switches_off():
-    from promptkd_ray.distill import edu_attention_width
+    from promptkd_ray.distill_setup import edu_attention_width
 
     comkd = _job("loss.preset=comkd")
     assert (comkd.loss.kd, comkd.loss.temperature, comkd.loss.ifalign_weight, comkd.loss.edu_attention) == (
@@ -37,7 +37,7 @@ def test_the_comkd_preset_turns_on_kl_ifalign_and_edu_attention_and_each_switche
 
 
 def test_kdpl_ca_distils_against_the_vocabulary_not_the_domains_classes(toy_world, tmp_path):
-    from promptkd_ray.distill import prepare
+    from promptkd_ray.distill_setup import prepare
     from promptkd_ray.orchestration.checkpoints import run_storage
     from promptkd_ray.toyworld import vocabulary
 

@@ -168,7 +168,7 @@ def test_a_packed_job_holds_out_and_limits_the_same_images_as_the_loose_one(tmp_
     from stage2_fakes import tiny_job
 
     from promptkd_ray.config import distill_job_from_dict
-    from promptkd_ray.data.sources import resolve_source
+    from promptkd_ray.data.sources import PackSource, resolve_source
 
     splits, _ = _dataset(tmp_path, per_class=10, val_per_class=3)
     pack = write_pack(splits, str(tmp_path / "pack"), SOURCE, PackOptions(progress=False))
@@ -182,7 +182,7 @@ def test_a_packed_job_holds_out_and_limits_the_same_images_as_the_loose_one(tmp_
         b = resolve_source(distill_job_from_dict(packed).data, seed=3)
         assert [os.path.join(base, i) for i in b.train_paths] == list(a.train_paths)
         assert [os.path.join(base, i) for i in b.heldout_paths] == list(a.heldout_paths)
-        assert b.classnames == a.classnames and b.num_train == a.num_train and b.is_parquet
+        assert b.classnames == a.classnames and b.num_train == a.num_train and isinstance(b, PackSource)
         assert b.pack_splits == ("train", data.get("heldout_split") or "train")
 
 

@@ -11,11 +11,17 @@ from promptkd_ray.config import distill_job_from_dict
 from promptkd_ray.core.artifacts import ModelRef
 from promptkd_ray.core.step import autocast_dtype
 from promptkd_ray.data.decode import decode_views, read_image, render_view, row_view, to_model_input
-from promptkd_ray.data.sources import resolve_source, split_heldout
+from promptkd_ray.data.sources import ParquetSource, resolve_source, split_heldout
 from promptkd_ray.data.transforms import CLIP_MEAN, CLIP_STD
 from promptkd_ray.errors import BadImageError
-from promptkd_ray.orchestration.pipeline import BadImageLedger, decode_and_augment, image_dataset
+from promptkd_ray.orchestration.bookkeeping import BadImageLedger, Bookkeeping
+from promptkd_ray.orchestration.pipeline import DecodeSpec, Stream, decode_and_augment, image_dataset
 from promptkd_ray.orchestration.teacher_pool import TeacherPredictor, pool_options
+
+
+def _stream(job, source, teacher, size=32):
+    """A Stage II stream of `job`'s images at `size` px, labelled by `teacher` (no GPU)."""
+    return Stream(source, teacher, job.teacher_pool, DecodeSpec.of(job, size))
 
 
 def authors_view(image, view, size):
@@ -117,8 +123,8 @@ def test_bad_image_policy_fail_raises_one_sentence_and_skip_records_ids(tmp_path
     (tmp_path / "bad.jpg").write_bytes(bad_bytes("corrupt", rng))
     batch = {"id": np.asarray([str(tmp_path / "bad.jpg")], dtype=object)}
     with pytest.raises(BadImageError, match=r"bad.jpg is not a readable image .*data.on_bad_image=skip"):
-        decode_and_augment(batch, 32, "train", "fail")
-    assert len(decode_and_augment(batch, 32, "train", "skip")["image"]) == 0
+        decode_and_augment(batch, DecodeSpec(32, on_bad_image="fail"), "train")
+    assert len(decode_and_augment(batch, DecodeSpec(32, on_bad_image="skip"), "train")["image"]) == 0
     ledger = BadImageLedger()
     assert (
         ledger.record([("a", "x"), ("b", "y")]) == 2
@@ -189,13 +195,14 @@ def test_heldout_from_another_split_keeps_the_whole_training_split(tmp_path):
 def test_pipeline_streams_teacher_features_and_counts_bad_images_exactly(
     tmp_path, ray_cluster, teacher_source
 ):
-    from promptkd_ray.orchestration.pipeline import start_ledger, train_feed
+    from promptkd_ray.orchestration.bookkeeping import start_ledger
+    from promptkd_ray.orchestration.pipeline import train_feed
 
     root, bad = make_split_json(tmp_path, per_class=10, bad_per_kind=1)  # 40 good + 3 bad in train
     job = distill_job_from_dict(tiny_job(root, tmp_path / "runs", "p", data={"heldout_images": 0}))
     source = resolve_source(job.data, job.seed)
     ledger = start_ledger()
-    rows = image_dataset(job, source, teacher_source, 32, "train", ledger, cluster_has_gpus=False).take_all()
+    rows = image_dataset(_stream(job, source, teacher_source), "train", Bookkeeping(ledger)).take_all()
     assert len(rows) == 40 and ray_cluster.get(ledger.count.remote()) == 3
     assert sorted(ray_cluster.get(ledger.items.remote())) == sorted(bad)
     teacher = teacher_source.build()
@@ -216,7 +223,7 @@ def test_pipeline_fails_on_a_bad_image_when_asked(tmp_path, ray_cluster, teacher
     )
     source = resolve_source(job.data, job.seed)
     with pytest.raises(Exception, match="is not a readable image"):
-        image_dataset(job, source, teacher_source, 32, "train", None, False).take_all()
+        image_dataset(_stream(job, source, teacher_source), "train").take_all()
 
 
 @pytest.mark.slow
@@ -227,7 +234,7 @@ def test_parquet_source_holds_out_rows_by_hash_and_skips_bad_bytes(tmp_path, ray
     import pyarrow.parquet as pq
 
     from promptkd_ray.data.sources import is_heldout_bytes
-    from promptkd_ray.orchestration.pipeline import start_ledger
+    from promptkd_ray.orchestration.bookkeeping import start_ledger
 
     rng = np.random.default_rng(5)
     good = [png_bytes(rng) for _ in range(60)]
@@ -247,9 +254,11 @@ def test_parquet_source_holds_out_rows_by_hash_and_skips_bad_bytes(tmp_path, ray
         }
     )
     source = resolve_source(job.data, job.seed)
-    assert source.is_parquet and source.parquet_rows == 62 and 0 < source.heldout_fraction <= 0.2
+    assert (
+        isinstance(source, ParquetSource) and source.parquet_rows == 62 and 0 < source.heldout_fraction <= 0.2
+    )
     ledger = start_ledger()
-    train = image_dataset(job, source, teacher_source, 32, "train", ledger, False).take_all()
+    train = image_dataset(_stream(job, source, teacher_source), "train", Bookkeeping(ledger)).take_all()
     expected = {
         f"parquet:{hashlib.sha1(b).hexdigest()[:16]}"
         for b in good

@@ -50,19 +50,21 @@ def test_an_epochs_order_is_a_permutation_of_the_seed_and_the_epoch():
 @pytest.mark.slow
 def test_every_epoch_stream_draws_its_own_views_again_on_a_rerun(tmp_path, ray_cluster):
     from promptkd_ray.core.artifacts import ModelRef
-    from promptkd_ray.orchestration.epochs import set_epoch, start_clock
-    from promptkd_ray.orchestration.pipeline import image_dataset
+    from promptkd_ray.orchestration.bookkeeping import Bookkeeping, start_clock
+    from promptkd_ray.orchestration.epochs import set_epoch
+    from promptkd_ray.orchestration.pipeline import DecodeSpec, Stream, image_dataset
 
     root, _ = make_split_json(tmp_path, per_class=6)
     job = distill_job_from_dict(tiny_job(root, tmp_path / "runs", "v", data={"heldout_images": 0}, seed=7))
     source = resolve_source(job.data, job.seed)
     teacher = ModelRef("zeroshot", "tiny-vit-teacher")
 
+    stream = Stream(source, teacher, job.teacher_pool, DecodeSpec.of(job, 32))
     clock = start_clock()
 
     def pairs(epoch):
         set_epoch(clock, epoch)
-        rows = image_dataset(job, source, teacher, 32, "train", None, False, clock).take_all()
+        rows = image_dataset(stream, "train", Bookkeeping(clock=clock)).take_all()
         return {(r["id"], row_view(r)) for r in rows}
 
     epoch0, epoch1 = pairs(0), pairs(1)

@@ -87,17 +87,18 @@ def test_the_manifest_names_what_made_the_cache_and_lists_every_file(built):
 
 
 def test_slot_e_holds_the_views_a_streaming_run_draws_in_epoch_e_with_their_features(built, ray_cluster):
-    from promptkd_ray.distill import resolve
-    from promptkd_ray.orchestration.epochs import set_epoch, start_clock
+    from promptkd_ray.distill_setup import resolve
+    from promptkd_ray.orchestration.bookkeeping import Bookkeeping, start_clock
+    from promptkd_ray.orchestration.epochs import set_epoch
     from promptkd_ray.orchestration.pipeline import image_dataset
 
     job = _job(built)
-    source, teacher, _, _, size = resolve(job)
+    stream, _, _ = resolve(job)
     clock = start_clock()
     for slot in range(VIEWS):
         cached = {r["id"]: r for r in _rows(built, f"slot_{slot:04d}")}
         set_epoch(clock, slot)
-        streamed = image_dataset(job, source, teacher, size, "train", None, False, clock).take_all()
+        streamed = image_dataset(stream, "train", Bookkeeping(clock=clock)).take_all()
         assert {r["id"] for r in streamed} == set(cached)
         for row in streamed:
             c = cached[row["id"]]
@@ -114,9 +115,10 @@ def test_slot_e_holds_the_views_a_streaming_run_draws_in_epoch_e_with_their_feat
 
 def test_a_replayed_view_through_the_teacher_reproduces_the_stored_feature(built):
     from promptkd_ray.data.decode import read_image, render_view, row_view, to_model_input
-    from promptkd_ray.distill import resolve
+    from promptkd_ray.distill_setup import resolve
 
-    _, teacher, _, _, size = resolve(_job(built))
+    stream, _, _ = resolve(_job(built))
+    teacher, size = stream.teacher, stream.decode.size
     model = teacher.build()
     rows = _rows(built, "slot_0001")
     for i in np.random.default_rng(0).choice(len(rows), 6, replace=False):

@@ -12,7 +12,9 @@ Design decisions:
   authors' protocol. Parquet rows have no
   path, so a row is held out when a hash of its bytes falls in the held-out fraction: the slice is
   disjoint from training and stable across epochs and runs, its size close to the requested one.
-- `data.limit` keeps a seeded random subset (quick runs on a big dataset).
+- `data.limit` (quick runs on a big dataset) is read here alone, for every kind: a seeded random
+  subset of the listed paths or pack ids; a Parquet table is not listed, so its stream reads the
+  table's first `limit` rows (`ParquetSource.limit`).
 - A pack (`data.source: packed`, `promptkd-ray pack`) lists its images by pack id (the path relative
   to the packed source's base folder), in the source's order: the held-out slice, `data.limit` and
   `data.heldout_split` pick the same images as from the loose files, and the Ray pipeline reads the
@@ -24,7 +26,7 @@ from __future__ import annotations
 import logging
 import zlib
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 
@@ -37,30 +39,67 @@ MAX_HELDOUT_FRACTION = 0.2
 
 
 @dataclass(frozen=True)
-class ImageSource:
+class PathSource:
+    """Image files listed by path (a benchmark, split JSON, ImageFolder or toy-world domain)."""
+
     name: str  # dataset name (for logs and the run summary)
     classnames: tuple[str, ...]  # label order; () when the source has no class names
     train_paths: tuple[str, ...] = ()  # images to distil on (absolute paths or URIs)
     heldout_paths: tuple[str, ...] = ()  # label-free held-out slice (never trained on)
-    parquet: str = ""  # Parquet file / folder / URI, instead of paths
-    image_column: str = "image"  # Parquet column with encoded bytes
-    image_field: Optional[str] = None  # "bytes" when that column is a struct (Hugging Face layout)
-    parquet_rows: int = 0  # rows in the Parquet source
-    heldout_fraction: float = 0.0  # Parquet: fraction of rows held out (by byte hash)
-    pack: str = ""  # pack folder or URI: the paths above are its ids, the bytes are in its shards
-    pack_splits: tuple[str, ...] = ()  # pack: the splits holding the training and the held-out ids
-
-    @property
-    def is_parquet(self) -> bool:
-        """The rows come from Parquet (a Parquet source or a pack), not from image files."""
-        return bool(self.parquet or self.pack)
 
     @property
     def num_train(self) -> int:
-        """Training images (approximate for a Parquet source, exact for paths and packs)."""
-        if self.parquet:
-            return int(round(self.parquet_rows * (1.0 - self.heldout_fraction)))
         return len(self.train_paths)
+
+    @property
+    def has_heldout(self) -> bool:
+        return bool(self.heldout_paths)
+
+
+@dataclass(frozen=True)
+class PackSource:
+    """A pack (`promptkd-ray pack`): the paths are its ids, the bytes are in its shards."""
+
+    name: str
+    classnames: tuple[str, ...]
+    train_paths: tuple[str, ...] = ()  # pack ids to distil on
+    heldout_paths: tuple[str, ...] = ()  # pack ids of the label-free held-out slice
+    pack: str = ""  # pack folder or URI
+    pack_splits: tuple[str, ...] = ()  # the pack's splits holding the training and the held-out ids
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train_paths)
+
+    @property
+    def has_heldout(self) -> bool:
+        return bool(self.heldout_paths)
+
+
+@dataclass(frozen=True)
+class ParquetSource:
+    """Rows of a Parquet table of encoded images: no paths; a row is held out by a hash of its bytes."""
+
+    name: str
+    classnames: tuple[str, ...]
+    parquet: str  # Parquet file / folder / URI
+    image_column: str = "image"  # column with encoded bytes
+    image_field: Optional[str] = None  # "bytes" when that column is a struct (Hugging Face layout)
+    parquet_rows: int = 0  # rows in the table
+    heldout_fraction: float = 0.0  # fraction of rows held out (by byte hash)
+    limit: int = 0  # data.limit: the stream reads the table's first `limit` rows (0 = all)
+
+    @property
+    def num_train(self) -> int:
+        """Training rows, approximately (the held-out ones are known only once read)."""
+        return int(round(self.parquet_rows * (1.0 - self.heldout_fraction)))
+
+    @property
+    def has_heldout(self) -> bool:
+        return self.heldout_fraction > 0
+
+
+ImageSource = Union[PathSource, PackSource, ParquetSource]  # what Stage II distils on, one type per kind
 
 
 def read_names_file(path: str) -> tuple[str, ...]:
@@ -130,7 +169,7 @@ def open_splits(images, split: str = "train", world=None) -> DatasetSplits:
 
 
 def resolve_source(data, seed: int, world=None) -> ImageSource:
-    """The job's `data` section → an `ImageSource` (lists files / reads Parquet metadata)."""
+    """The job's `data` section → its `ImageSource` (lists files / reads Parquet metadata)."""
     if data.source == "parquet":
         return _parquet_source(data)
     splits = open_splits(data, data.split, world)
@@ -154,18 +193,10 @@ def resolve_source(data, seed: int, world=None) -> ImageSource:
         len(train),
         len(heldout),
     )
-    packed = (
-        {"pack": data.root, "pack_splits": (data.split, data.heldout_split or data.split)}
-        if data.source == "packed"
-        else {}
-    )
-    return ImageSource(
-        name=splits.name,
-        classnames=tuple(splits.classnames),
-        train_paths=tuple(train),
-        heldout_paths=tuple(heldout),
-        **packed,
-    )
+    listed = (splits.name, tuple(splits.classnames), tuple(train), tuple(heldout))
+    if data.source == "packed":
+        return PackSource(*listed, pack=data.root, pack_splits=(data.split, data.heldout_split or data.split))
+    return PathSource(*listed)
 
 
 def split_heldout(paths: list[str], requested: int, rng: np.random.Generator) -> tuple[list[str], list[str]]:
@@ -185,7 +216,7 @@ def split_heldout(paths: list[str], requested: int, rng: np.random.Generator) ->
     return train, heldout
 
 
-def _parquet_source(data) -> ImageSource:
+def _parquet_source(data) -> ParquetSource:
     from .parquet import load_parquet_images
 
     table = load_parquet_images(data.parquet, data.image_column)
@@ -196,7 +227,7 @@ def _parquet_source(data) -> ImageSource:
         table.num_rows,
         round(fraction * table.num_rows),
     )
-    return ImageSource(
+    return ParquetSource(
         name=str(data.parquet).rstrip("/").rsplit("/", 1)[-1],
         classnames=table.classnames,
         parquet=data.parquet,
@@ -204,6 +235,7 @@ def _parquet_source(data) -> ImageSource:
         image_field=table.image_field,
         parquet_rows=table.num_rows,
         heldout_fraction=fraction,
+        limit=data.limit,
     )
 
 

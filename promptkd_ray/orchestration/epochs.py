@@ -1,6 +1,6 @@
 """Which epoch the stream is in, and that epoch's image order — for Ray Data tasks that outlive no epoch.
 
-    clock = start_clock()                    a tiny actor; rank 0 of the trainers sets the epoch
+    clock                                    an `EpochClock` actor (`bookkeeping.py`); rank 0 sets it
     set_epoch(clock, e)                      before any worker reads epoch e (trainer, cache build)
     current_epoch(clock)                     in a Ray Data task: the epoch it is producing rows for
     epoch_order(seed, epoch, n, shuffle)     epoch e's order of n images: a permutation of (seed, e)
@@ -24,28 +24,6 @@ Design decisions:
 from __future__ import annotations
 
 import numpy as np
-
-
-class EpochClock:
-    """The epoch the training stream is producing (a Ray actor; see `start_clock`)."""
-
-    def __init__(self):
-        self._epoch = 0
-
-    def set(self, epoch: int) -> int:
-        self._epoch = int(epoch)
-        return self._epoch
-
-    def get(self) -> int:
-        return self._epoch
-
-
-def start_clock():
-    import ray
-
-    from .cluster import on_driver_node
-
-    return ray.remote(EpochClock).options(**on_driver_node()).remote()
 
 
 def set_epoch(clock, epoch: int) -> None:

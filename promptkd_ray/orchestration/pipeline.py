@@ -1,6 +1,7 @@
 """Stage II on Ray Data: unlabeled images → decode + augment (CPU tasks) → teacher pool → trainers.
 
-    from_items(positions 0…n−1) | read_parquet(uri)  one tiny row per image (Parquet: its bytes)
+    source_rows(stream, mode)                    one tiny row per image, by the source's kind: paths →
+      │                                          positions 0…n−1; Parquet, a pack → rows with bytes
       └─ map_batches(decode_and_augment)         CPU tasks: epoch e (the `EpochClock`): position →
           │                                      image id in epoch e's order; read bytes (local or
           │                                      URI), decode, render view slot e as uint8; skip +
@@ -25,6 +26,8 @@ Design decisions:
   the stream's own (its executor and first decode tasks). An autoscaled pool is Ray Data's and
   starts again each epoch. Only the held-out slice (a few hundred images, fixed full views) is
   materialised once, teacher features included.
+- A run's stream is one frozen `Stream` (source, teacher, pool, decode spec), built once by the
+  recipe; the actors it reports to are one `bookkeeping.Bookkeeping`.
 - Bad images are counted exactly by a small actor holding the set of distinct unreadable ids: a
   re-executed epoch or a restarted task records the same ids again without changing the count.
 - Decode runs in CPU tasks spread over the cluster, never fused into the teacher actors (the
@@ -37,14 +40,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from typing import Optional, Sequence
+from dataclasses import dataclass, replace
+from typing import Optional
 
 import numpy as np
 
+from ..core.artifacts import ModelRef
 from ..data.decode import DecodeOptions, decode_recorded, decode_views
-from ..data.sources import ImageSource, is_heldout_bytes
+from ..data.sources import ImageSource, PackSource, ParquetSource, PathSource, is_heldout_bytes
 from ..errors import BadImageError
+from .bookkeeping import Bookkeeping, start_ledger  # noqa: F401  (start_ledger: inference.py's import)
 from .epochs import current_epoch, ids_at
+from .packs import source_rows as pack_source_rows
 from .teacher_pool import add_teacher_features, teacher_actors
 
 log = logging.getLogger(__name__)
@@ -52,71 +59,105 @@ log = logging.getLogger(__name__)
 TRAIN_COLUMNS = ["image", "teacher_feature"]
 
 
-class BadImageLedger:
-    """Distinct unreadable image ids seen by the decode tasks (a Ray actor; see `start_ledger`)."""
+@dataclass(frozen=True)
+class DecodeSpec:
+    """How the decode tasks turn a run's images into views (everything but the epoch)."""
 
-    def __init__(self):
-        self._bad: dict[str, str] = {}
+    size: int  # view side in pixels
+    seed: int = 0  # the job's seed: views and epoch orders are functions of (seed, epoch, image)
+    shuffle: bool = True  # data.shuffle: a fresh order every epoch
+    crop_scale_min: float = 0.08  # RandomResizedCrop's lower scale bound
+    on_bad_image: str = "skip"  # "skip" (count) or "fail"
+    options: DecodeOptions = DecodeOptions()  # pixel limit, EXIF rule
+    batch_size: int = 64  # images per decode task
+    memory_mb: int = 0  # memory each decode task reserves
 
-    def record(self, bad: list) -> int:
-        for ident, reason in bad:
-            self._bad.setdefault(ident, reason)
-        return len(self._bad)
-
-    def count(self) -> int:
-        return len(self._bad)
-
-    def items(self) -> dict[str, str]:
-        return dict(self._bad)
-
-
-def start_ledger():
-    import ray
-
-    from .cluster import on_driver_node
-
-    return ray.remote(BadImageLedger).options(**on_driver_node()).remote()
+    @classmethod
+    def of(cls, job, size: int) -> "DecodeSpec":
+        """The spec of a DistillJob (its seed and `data` section) at `size` px."""
+        d = job.data
+        return cls(
+            size,
+            job.seed,
+            d.shuffle,
+            d.crop_scale_min,
+            d.on_bad_image,
+            DecodeOptions.of(d),
+            d.decode_batch_size,
+            d.decode_memory_mb,
+        )
 
 
-def decode_and_augment(
-    batch: dict,
-    size: int,
-    mode: str,
-    on_bad_image: str,
-    ledger=None,
-    heldout_fraction: float = 0.0,
-    image_column: Optional[str] = None,
-    image_field: Optional[str] = None,
-    crop_scale_min: float = 0.08,
-    seed: Optional[int] = None,
-    clock=None,
-    ids_ref=None,
-    shuffle: bool = True,
-    options: DecodeOptions = DecodeOptions(),
-) -> dict:
-    """Ray Data task: decode a batch of images into views (view slot = the `clock`'s epoch, in a
-    run seeded `seed`); skip or fail on bad files.
+@dataclass(frozen=True)
+class Stream:
+    """What a run's streams are made of: the images, the teacher that labels them and how they are
+    decoded; `gpus` and `teachers` say where the teacher runs (the run's own actors, or none)."""
 
-    A batch holds positions in the epoch's order (mapped to ids through `ids_ref`), ids (the
-    held-out slice), or Parquet rows, first reduced to the training or held-out ones."""
+    source: ImageSource
+    teacher: ModelRef
+    pool: object  # the job's teacher_pool section
+    decode: DecodeSpec
+    gpus: bool = False  # the cluster offers GPUs
+    teachers: tuple = ()  # the run's teacher actors (`teacher_pool.teacher_actors`)
+
+
+@dataclass(frozen=True)
+class EpochPositions:
+    """Loose files in training: positions in epoch e's order → the image ids (`ids_ref`: the paths)."""
+
+    ids_ref: object
+
+    def rows(self, batch: dict, mode: str, spec: DecodeSpec, epoch: int) -> dict:
+        ids = ids_at(batch["position"], self.ids_ref, spec.seed, epoch, spec.shuffle)
+        return {"id": np.asarray(ids, dtype=object)}
+
+
+@dataclass(frozen=True)
+class ParquetColumn:
+    """Parquet rows → {"id", "bytes"}, keeping the rows of the mode (training or held out)."""
+
+    column: str
+    field: Optional[str]
+    heldout_fraction: float
+
+    def rows(self, batch: dict, mode: str, spec: DecodeSpec, epoch: int) -> dict:
+        blobs = [v[self.field] if self.field is not None else v for v in batch[self.column]]
+        blobs = [bytes(b) if b is not None else b"" for b in blobs]
+        keep = [
+            i
+            for i, b in enumerate(blobs)
+            if is_heldout_bytes(b, self.heldout_fraction) == (mode == "heldout")
+        ]
+        ids = [f"parquet:{hashlib.sha1(blobs[i]).hexdigest()[:16]}" for i in keep]
+        return {
+            "id": np.asarray(ids, dtype=object),
+            "bytes": np.asarray([blobs[i] for i in keep], dtype=object),
+        }
+
+
+def decode_and_augment(batch: dict, spec: DecodeSpec, mode: str, rows=None, ledger=None, clock=None) -> dict:
+    """Ray Data task: decode a batch of images into views (view slot = the `clock`'s epoch); skip or
+    fail on bad files. `rows` first turns the source's rows into {"id"(, "bytes")} (`EpochPositions`,
+    `ParquetColumn`); without it the batch holds them already."""
     epoch = current_epoch(clock) if clock is not None else 0
-    if image_column is not None:
-        batch = _parquet_rows(batch, image_column, image_field, mode, heldout_fraction)
-    elif "position" in batch:
-        batch = {"id": np.asarray(ids_at(batch["position"], ids_ref, seed, epoch, shuffle), dtype=object)}
-    rows, bad = decode_views(
-        batch, size, mode, seed=seed, slot=epoch, crop_scale_min=crop_scale_min, options=options
+    batch = rows.rows(batch, mode, spec, epoch) if rows is not None else batch
+    out, bad = decode_views(
+        batch,
+        spec.size,
+        mode,
+        seed=spec.seed,
+        slot=epoch,
+        crop_scale_min=spec.crop_scale_min,
+        options=spec.options,
     )
-    return _without_bad(rows, bad, on_bad_image, ledger)
+    return _without_bad(out, bad, spec.on_bad_image, ledger)
 
 
-def decode_recorded_task(
-    batch: dict, size: int, on_bad_image: str, ledger=None, options: DecodeOptions = DecodeOptions()
-) -> dict:
+def decode_recorded_task(batch: dict, spec: DecodeSpec, ledger=None) -> dict:
     """Ray Data task: re-render the recorded views of a batch of soft-label cache rows; skip or fail
     on files that have become unreadable since the cache was built."""
-    rows, bad = decode_recorded(batch, size, options)
-    return _without_bad(rows, bad, on_bad_image, ledger)
+    rows, bad = decode_recorded(batch, spec.size, spec.options)
+    return _without_bad(rows, bad, spec.on_bad_image, ledger)
 
 
 def _without_bad(rows: dict, bad: list, on_bad_image: str, ledger) -> dict:
@@ -136,74 +177,59 @@ def _without_bad(rows: dict, bad: list, on_bad_image: str, ledger) -> dict:
     return rows
 
 
-def _parquet_rows(batch: dict, column: str, field: Optional[str], mode: str, fraction: float) -> dict:
-    """Parquet columns → {"id", "bytes"}, keeping the rows of `mode` (train or held-out)."""
-    values = batch[column]
-    blobs = [v[field] if field is not None else v for v in values]
-    blobs = [bytes(b) if b is not None else b"" for b in blobs]
-    keep = [i for i, b in enumerate(blobs) if is_heldout_bytes(b, fraction) == (mode == "heldout")]
-    ids = [f"parquet:{hashlib.sha1(blobs[i]).hexdigest()[:16]}" for i in keep]
-    return {"id": np.asarray(ids, dtype=object), "bytes": np.asarray([blobs[i] for i in keep], dtype=object)}
-
-
-def image_dataset(
-    job,
-    source: ImageSource,
-    teacher,
-    size: int,
-    mode: str,
-    ledger,
-    cluster_has_gpus: bool,
-    clock=None,
-    shuffle: bool = True,
-    teachers: Sequence = (),
-):
-    """One Stage II stream (`job`: a DistillJob): rows with uint8 views, their view params and the
-    teacher's feature. `mode` "train" (the views and order of the `clock`'s epoch; the image list's
-    order without `shuffle`) or "heldout" (full views). `teachers`: the run's teacher actors
-    (`teacher_pool.teacher_actors`); without them the stream starts a Ray Data actor pool."""
+def _path_rows(source: PathSource, mode: str, spec: DecodeSpec):
+    """Loose files: training reads positions (the tasks map them to epoch e's ids), held out the ids."""
     import ray
 
-    d = job.data
-    fn_kwargs = {
-        "size": size,
-        "mode": mode,
-        "on_bad_image": d.on_bad_image,
-        "ledger": ledger,
-        "heldout_fraction": source.heldout_fraction,
-        "crop_scale_min": d.crop_scale_min,
-        "seed": job.seed,
-        "clock": clock if mode == "train" else None,
-        "shuffle": shuffle and d.shuffle,
-        "options": DecodeOptions.of(d),
-    }
     paths = source.train_paths if mode == "train" else source.heldout_paths
-    blocks = max(1, min(max(4, len(paths) // (4 * d.decode_batch_size)), len(paths)))
-    if source.pack:  # the chosen ids' bytes from the pack's shards; Parquet's block-order shuffle
-        from .packs import source_rows
-
-        ds = source_rows(source, mode)
-        ds = ds.randomize_block_order() if mode == "train" and fn_kwargs["shuffle"] else ds
-    elif source.is_parquet:
-        ds = ray.data.read_parquet(source.parquet, columns=[source.image_column])
-        ds = ds.limit(d.limit) if d.limit and mode == "train" else ds
-        if mode == "train" and fn_kwargs["shuffle"]:
-            ds = ds.randomize_block_order()  # a fresh block order every epoch; rows stay in their blocks
-        fn_kwargs.update(image_column=source.image_column, image_field=source.image_field)
-    elif mode == "train":  # positions in the epoch's order; the tasks map them to ids
+    blocks = max(1, min(max(4, len(paths) // (4 * spec.batch_size)), len(paths)))
+    if mode == "train":
         ds = ray.data.from_items([{"position": i} for i in range(len(paths))], override_num_blocks=blocks)
-        fn_kwargs["ids_ref"] = ray.put(list(paths))
-    else:
-        ds = ray.data.from_items([{"id": p} for p in paths], override_num_blocks=blocks)
+        return ds, EpochPositions(ray.put(list(paths)))
+    return ray.data.from_items([{"id": p} for p in paths], override_num_blocks=blocks), None
+
+
+def _parquet_rows(source: ParquetSource, mode: str, spec: DecodeSpec):
+    """A Parquet table: its image column (the first `limit` rows in training), block order shuffled."""
+    import ray
+
+    ds = ray.data.read_parquet(source.parquet, columns=[source.image_column])
+    ds = ds.limit(source.limit) if source.limit and mode == "train" else ds
+    if mode == "train" and spec.shuffle:
+        ds = ds.randomize_block_order()  # a fresh block order every epoch; rows stay in their blocks
+    return ds, ParquetColumn(source.image_column, source.image_field, source.heldout_fraction)
+
+
+def _pack_rows(source: PackSource, mode: str, spec: DecodeSpec):
+    """A pack: the chosen ids' bytes from its shards; Parquet's block-order shuffle."""
+    ds = pack_source_rows(source, mode)
+    return (ds.randomize_block_order() if mode == "train" and spec.shuffle else ds), None
+
+
+SOURCE_ROWS = {PathSource: _path_rows, ParquetSource: _parquet_rows, PackSource: _pack_rows}
+
+
+def image_dataset(stream: Stream, mode: str, books: Bookkeeping = Bookkeeping()):
+    """One Stage II stream: rows with uint8 views, their view params and the teacher's feature.
+    `mode` "train" (the views and order of the clock's epoch) or "heldout" (full views). Without
+    `stream.teachers` the stream starts a Ray Data actor pool."""
+    spec = stream.decode
+    ds, rows = SOURCE_ROWS[type(stream.source)](stream.source, mode, spec)
     ds = ds.map_batches(
         decode_and_augment,
-        batch_size=d.decode_batch_size,
+        batch_size=spec.batch_size,
         batch_format="numpy",
         num_cpus=1,
-        memory=d.decode_memory_mb * 1024**2,
-        fn_kwargs=fn_kwargs,
+        memory=spec.memory_mb * 1024**2,
+        fn_kwargs={
+            "spec": spec,
+            "mode": mode,
+            "rows": rows,
+            "ledger": books.ledger,
+            "clock": books.clock if mode == "train" else None,
+        },
     )
-    return add_teacher_features(ds, teacher, job.teacher_pool, cluster_has_gpus, teachers)
+    return add_teacher_features(ds, stream.teacher, stream.pool, stream.gpus, stream.teachers)
 
 
 def train_feed(ds, with_ids: bool = False):
@@ -213,40 +239,16 @@ def train_feed(ds, with_ids: bool = False):
 
 
 def distill_datasets(
-    job,
-    source: ImageSource,
-    teacher,
-    size: int,
-    ledger,
-    cluster_has_gpus: bool,
-    clock,
-    running: Optional[contextlib.ExitStack] = None,
+    stream: Stream, books: Bookkeeping, record_ids: bool, running: Optional[contextlib.ExitStack] = None
 ) -> dict:
-    """{"train": the streamed dataset (epochs told by `clock`), "heldout": the materialised held-out
-    slice (when there is one)}; with `running`, a fixed pool's teacher actors start here for the
-    whole run and end with `running`."""
-    teachers = (
-        running.enter_context(teacher_actors(teacher, job.teacher_pool, cluster_has_gpus)) if running else []
-    )
-    datasets = {
-        "train": train_feed(
-            image_dataset(
-                job, source, teacher, size, "train", ledger, cluster_has_gpus, clock, teachers=teachers
-            ),
-            with_ids=job.train.record_ids,
-        )
-    }
-    if source.heldout_paths or source.heldout_fraction:
+    """{"train": the streamed dataset (epochs told by the clock), "heldout": the materialised
+    held-out slice (when there is one)}; with `running`, a fixed pool's teacher actors start here for
+    the whole run and end with `running`."""
+    if running is not None:
+        actors = running.enter_context(teacher_actors(stream.teacher, stream.pool, stream.gpus))
+        stream = replace(stream, teachers=tuple(actors))
+    datasets = {"train": train_feed(image_dataset(stream, "train", books), with_ids=record_ids)}
+    if stream.source.has_heldout:
         log.info("teacher features of the held-out slice …")
-        heldout = image_dataset(
-            job, source, teacher, size, "heldout", ledger, cluster_has_gpus, teachers=teachers
-        )
-        datasets["heldout"] = train_feed(heldout).materialize()
+        datasets["heldout"] = train_feed(image_dataset(stream, "heldout", books)).materialize()
     return datasets
-
-
-def bad_images(ledger) -> dict:
-    """{image id: reason} of every distinct unreadable image the ledger has seen."""
-    import ray
-
-    return ray.get(ledger.items.remote())

@@ -7,7 +7,7 @@
 
 Design decisions:
 - Workers' output is not forwarded to the driver (`cluster.connect`), so rank 0 posts its progress
-  to a tiny actor (`ProgressBoard`, no CPU) and the driver polls it from a thread while
+  to a tiny actor (`bookkeeping.ProgressBoard`, no CPU) and the driver polls it from a thread while
   `trainer.fit()` blocks. Posting is fire-and-forget and throttled (one event per second at most,
   plus each epoch's end), so training never waits on the console.
 - The bar shows steps, loss, agreement (or accuracy) and images/s; images/s counts from the
@@ -23,24 +23,12 @@ import threading
 import time
 from typing import Optional
 
+from .bookkeeping import start_board
+
 log = logging.getLogger(__name__)
 
 POLL_S = 0.5
 POST_EVERY_S = 1.0
-
-
-class ProgressBoard:
-    """Ray actor: events posted by rank 0, taken by the driver."""
-
-    def __init__(self):
-        self._events: list[dict] = []
-
-    def post(self, event: dict) -> None:
-        self._events.append(event)
-
-    def take(self) -> list[dict]:
-        events, self._events = self._events, []
-        return events
 
 
 class Reporter:
@@ -105,11 +93,7 @@ class Console:
         self._thread: Optional[threading.Thread] = None
 
     def __enter__(self):
-        import ray
-
-        from .cluster import on_driver_node
-
-        self.board = ray.remote(ProgressBoard).options(**on_driver_node()).remote()
+        self.board = start_board()
         self._thread = threading.Thread(target=self._poll, name="promptkd-progress", daemon=True)
         self._thread.start()
         return self.board

@@ -1,9 +1,9 @@
 """The soft-label cache: the teacher's features of K seeded views per image, computed once and
 replayed by Stage II — a cached run is the streaming run, replayed, at the student's cost alone.
 
-    build_cache(job, out, views)       decode → teacher pool once per view slot → Parquet per slot
-    open_cache(job)                    the job's `teacher.cache`, checked against the job
-    replay_datasets(job, cache, …)     {epoch_name(e): slot e mod K re-rendered, "heldout": …}
+    build_cache(stream, out, views, …)   decode → teacher pool once per view slot → Parquet per slot
+    open_cache(path, stream)             the job's `teacher.cache`, checked against the job's stream
+    replay_datasets(cache, decode, …)    {"train": slot e mod K re-rendered in epoch e, "heldout": …}
 
 Layout of a cache (a local folder or a URI, through `promptkd_ray.storage`):
 
@@ -41,12 +41,13 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..core.artifacts import ModelRef
-from ..data.decode import VIEW_COLUMNS, DecodeOptions
-from ..data.sources import ImageSource
+from ..data.decode import VIEW_COLUMNS
+from ..data.sources import ImageSource, PathSource
 from ..errors import ConfigError
 from ..storage import Storage
+from .bookkeeping import Bookkeeping
 from .epochs import current_epoch, epoch_order, set_epoch
-from .pipeline import decode_recorded_task, image_dataset, train_feed
+from .pipeline import DecodeSpec, Stream, decode_recorded_task, image_dataset, train_feed
 
 log = logging.getLogger(__name__)
 
@@ -72,18 +73,19 @@ class Cache:
         return int(self.manifest["views"])
 
 
-def cache_key(job, source: ImageSource, teacher: ModelRef, size: int) -> dict:
+def cache_key(stream: Stream) -> dict:
     """What the teacher's features depend on; a cache made with another key is refused."""
+    source, decode = stream.source, stream.decode
     ids = "\n".join(source.train_paths) + "\n--heldout--\n" + "\n".join(source.heldout_paths)
     return {
-        "teacher": teacher_identity(teacher),
-        "image_size": size,
-        "crop_scale_min": job.data.crop_scale_min,
-        "seed": job.seed,
+        "teacher": teacher_identity(stream.teacher),
+        "image_size": decode.size,
+        "crop_scale_min": decode.crop_scale_min,
+        "seed": decode.seed,
         "images_sha256": hashlib.sha256(ids.encode("utf-8")).hexdigest(),
         "train_images": len(source.train_paths),
         "heldout_images": len(source.heldout_paths),
-        **({"exif_orientation": "apply"} if job.data.exif_orientation == "apply" else {}),
+        **({"exif_orientation": "apply"} if decode.options.exif_orientation == "apply" else {}),
     }
 
 
@@ -104,8 +106,9 @@ def teacher_identity(teacher: ModelRef) -> dict:
     return {"kind": teacher.kind, "spec": teacher.spec, "weights_sha256": digest}
 
 
-def _check_source(source: ImageSource) -> None:
-    if source.is_parquet:
+def check_source(source: ImageSource) -> None:
+    """The cache replays views from loose image files: other sources are refused in one sentence."""
+    if not isinstance(source, PathSource):
         raise ConfigError(
             "The soft-label cache replays views from image files; data.source: parquet or packed is "
             "not supported by `promptkd-ray cache` and teacher.cache yet."
@@ -115,23 +118,12 @@ def _check_source(source: ImageSource) -> None:
 # --- build ---------------------------------------------------------------------------------------------
 
 
-def build_cache(
-    job,
-    source: ImageSource,
-    teacher: ModelRef,
-    size: int,
-    out: str,
-    views: int,
-    ledger,
-    clock,
-    cluster_has_gpus: bool,
-    progress=None,
-) -> Cache:
+def build_cache(stream: Stream, out: str, views: int, books: Bookkeeping, progress=None) -> Cache:
     """Run the teacher pool once per view slot (and once over the held-out slice) and write the
     cache at `out`; slots already written by an interrupted build are kept. → the opened cache.
     `progress`, if given, has `.rows(n)` (n more views written) and `.part(name, rows, done, total)`."""
-    _check_source(source)
-    store, key = Storage(out), cache_key(job, source, teacher, size)
+    check_source(stream.source)
+    store, key = Storage(out), cache_key(stream)
     if store.is_file(MANIFEST):
         cache = _opened(store, f"The cache at {store.root}")
         _check_key(cache, key, views, f"The cache at {store.root} already exists and was made")
@@ -140,13 +132,9 @@ def build_cache(
     _check_partial(store, key, views)
     store.write_text("build.json", json.dumps({"key": key, "views": views}, indent=1) + "\n")
     parts = {}
-    todo = [(slot_name(s), "train", s) for s in range(views)] + [("heldout", "heldout", 0)] * bool(
-        source.heldout_paths
-    )
-    for i, (part, mode, slot) in enumerate(todo):
-        parts[part] = _write_part(
-            job, source, teacher, size, store, part, mode, slot, ledger, clock, cluster_has_gpus, progress
-        )
+    todo = [(slot_name(s), s) for s in range(views)] + [("heldout", None)] * stream.source.has_heldout
+    for i, (part, slot) in enumerate(todo):
+        parts[part] = _write_part(stream, books, store, part, slot, progress)
         if progress is not None:
             progress.part(part, parts[part]["rows"], i + 1, len(todo))
     manifest = {
@@ -175,47 +163,32 @@ def _check_partial(store: Storage, key: dict, views: int) -> None:
 
 
 def _write_part(
-    job,
-    source,
-    teacher,
-    size,
-    store: Storage,
-    part: str,
-    mode: str,
-    slot: int,
-    ledger,
-    clock,
-    cluster_has_gpus: bool,
-    progress=None,
+    stream: Stream, books: Bookkeeping, store: Storage, name: str, slot: Optional[int], progress
 ) -> dict:
-    """One slot (or the held-out slice): Parquet files in stream order, then `part.json` listing
-    them. A part whose JSON exists was finished by an earlier attempt and is reused."""
-    if store.is_file(f"{part}.json"):
-        log.info("%s: written by an earlier attempt, reused", part)
-        info = json.loads(store.read_text(f"{part}.json"))
+    """One view slot (or, `slot` None, the held-out slice) as part `name` of the cache: Parquet files
+    in stream order, then `name.json` listing them. A part whose JSON exists was finished by an
+    earlier attempt and is reused."""
+    if store.is_file(f"{name}.json"):
+        log.info("%s: written by an earlier attempt, reused", name)
+        info = json.loads(store.read_text(f"{name}.json"))
         if progress is not None:
             progress.rows(info["rows"], reused=True)
         return info
-    store.delete(part)  # partial files of an interrupted attempt
-    if mode == "train":
-        set_epoch(clock, slot)
-    ds = image_dataset(
-        job, source, teacher, size, mode, ledger, cluster_has_gpus, clock if mode == "train" else None
-    )
-    ds.context.execution_options.preserve_order = (
-        True  # rows in the stream's order (this dataset's context only)
-    )
+    store.delete(name)  # partial files of an interrupted attempt
+    if slot is not None:
+        set_epoch(books.clock, slot)
+    ds = image_dataset(stream, "heldout" if slot is None else "train", books)
+    ds.context.execution_options.preserve_order = True  # the stream's order (this dataset's context only)
     info: dict = {"files": {}, "sizes": {}, "rows": 0}
-    for j, batch in enumerate(
-        ds.select_columns(CACHE_COLUMNS).iter_batches(batch_size=ROWS_PER_FILE, batch_format="numpy")
-    ):
-        name, data = f"part-{j:05d}.parquet", _parquet_bytes(batch)
-        store.write_bytes(f"{part}/{name}", data)
-        info["files"][name], info["sizes"][name] = hashlib.sha256(data).hexdigest(), len(data)
+    batches = ds.select_columns(CACHE_COLUMNS).iter_batches(batch_size=ROWS_PER_FILE, batch_format="numpy")
+    for j, batch in enumerate(batches):
+        file, data = f"part-{j:05d}.parquet", _parquet_bytes(batch)
+        store.write_bytes(f"{name}/{file}", data)
+        info["files"][file], info["sizes"][file] = hashlib.sha256(data).hexdigest(), len(data)
         info["rows"] += len(batch["id"])
         if progress is not None:
             progress.rows(len(batch["id"]))
-    store.write_text(f"{part}.json", json.dumps(info, indent=1) + "\n")
+    store.write_text(f"{name}.json", json.dumps(info, indent=1) + "\n")
     return info
 
 
@@ -255,9 +228,9 @@ def _read_part_file(storage_root: str, rel: str) -> dict:
 # --- open and check --------------------------------------------------------------------------------------
 
 
-def open_cache(path: str, job, source: ImageSource, teacher: ModelRef, size: int) -> Cache:
-    """The cache at `path`, whole, untampered and made for this job; else one sentence."""
-    _check_source(source)
+def open_cache(path: str, stream: Stream) -> Cache:
+    """The cache at `path`, whole, untampered and made for this job's stream; else one sentence."""
+    check_source(stream.source)
     store = Storage(path)
     if not store.is_file(MANIFEST):
         what = (
@@ -267,7 +240,7 @@ def open_cache(path: str, job, source: ImageSource, teacher: ModelRef, size: int
         )
         raise ConfigError(f"teacher.cache {store.root} holds {what}.")
     cache = _opened(store, f"teacher.cache {store.root}")
-    _check_key(cache, cache_key(job, source, teacher, size), None, f"teacher.cache {store.root} was made")
+    _check_key(cache, cache_key(stream), None, f"teacher.cache {store.root} was made")
     _check_files(cache)
     return cache
 
@@ -354,9 +327,9 @@ def read_cache_rows(batch: dict, root: str, slots: list, seed: int, clock=None, 
     return {k: np.concatenate([r[k] for r in out]) for k in out[0]}
 
 
-def replay_dataset(job, cache: Cache, parts: list, size: int, ledger, clock=None):
+def replay_dataset(cache: Cache, parts: list, decode: DecodeSpec, books: Bookkeeping):
     """The cached rows of `parts` (the view slots, or ["heldout"]) re-rendered from their source
-    images: uint8 `image` + the stored `teacher_feature`; the slot is the `clock`'s epoch mod K."""
+    images: uint8 `image` + the stored `teacher_feature`; the slot is the clock's epoch mod K."""
     import ray
 
     slots = [(part, sorted(cache.manifest["parts"][part]["files"])) for part in parts]
@@ -375,34 +348,26 @@ def replay_dataset(job, cache: Cache, parts: list, size: int, ledger, clock=None
         fn_kwargs={
             "root": cache.storage.root,
             "slots": slots,
-            "seed": job.seed,
-            "clock": clock,
-            "shuffle": job.data.shuffle,
+            "seed": decode.seed,
+            "clock": books.clock,
+            "shuffle": decode.shuffle,
         },
     )
     return ds.map_batches(
         decode_recorded_task,
-        batch_size=job.data.decode_batch_size,
+        batch_size=decode.batch_size,
         batch_format="numpy",
         num_cpus=1,
-        memory=job.data.decode_memory_mb * 1024**2,
-        fn_kwargs={
-            "size": size,
-            "on_bad_image": job.data.on_bad_image,
-            "ledger": ledger,
-            "options": DecodeOptions.of(job.data),
-        },
+        memory=decode.memory_mb * 1024**2,
+        fn_kwargs={"spec": decode, "ledger": books.ledger},
     )
 
 
-def replay_datasets(job, cache: Cache, size: int, ledger, clock) -> dict:
-    """{"train": slot e mod K in epoch e (told by `clock`); "heldout": the cached held-out slice}."""
-    datasets = {
-        "train": train_feed(
-            replay_dataset(job, cache, [slot_name(s) for s in range(cache.views)], size, ledger, clock),
-            with_ids=job.train.record_ids,
-        )
-    }
+def replay_datasets(cache: Cache, decode: DecodeSpec, books: Bookkeeping, record_ids: bool) -> dict:
+    """{"train": slot e mod K in epoch e (told by the clock); "heldout": the cached held-out slice}."""
+    slots = [slot_name(s) for s in range(cache.views)]
+    datasets = {"train": train_feed(replay_dataset(cache, slots, decode, books), with_ids=record_ids)}
     if "heldout" in cache.manifest["parts"]:
-        datasets["heldout"] = train_feed(replay_dataset(job, cache, ["heldout"], size, ledger)).materialize()
+        heldout = replay_dataset(cache, ["heldout"], decode, Bookkeeping(books.ledger))
+        datasets["heldout"] = train_feed(heldout).materialize()
     return datasets

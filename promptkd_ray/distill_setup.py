@@ -1,0 +1,167 @@
+"""Stage II's setup: what the driver resolves from a job before any worker starts.
+
+    prepare(job, run)      → Setup: the stream (images, teacher, decode spec), the model specs, the
+                             class vectors, the soft-label cache to replay
+    resolve(job)           → (Stream, teacher spec, student spec), every mismatch in one sentence
+    new_student(job, …)    the job's student (driver and workers alike)
+
+Design decisions:
+- The stream is built here once (`orchestration.pipeline.Stream`) and every Stage II dataset of the
+  run (the training stream, the held-out slice, a soft-label cache build) is made from it.
+- Class vectors come from `teacher.class_vectors`, or are computed here once with the teacher's
+  text tower and stored in the run folder; a resumed run reuses the stored ones, so its
+  checkpoint fingerprint (class-vector hash) still matches.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+from .config import DistillJob
+from .core.artifacts import ModelRef, read_teacher_info
+from .core.classvectors import (
+    ClassVectors,
+    check_class_vectors,
+    compute_class_vectors,
+    load_class_vectors,
+    save_class_vectors,
+)
+from .core.models import build_student
+from .core.models.loading import vision_setting
+from .data.sources import open_world, resolve_source, vocabulary_names
+from .errors import ConfigError
+from .orchestration.pipeline import DecodeSpec, Stream
+from .orchestration.softlabels import Cache, open_cache
+from .storage import Storage
+
+log = logging.getLogger(__name__)
+
+CLASS_VECTORS_NAME = "class_vectors"
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What the driver resolved from the job before any worker starts."""
+
+    stream: Stream  # the images (and held-out slice), the teacher labelling them, how they are decoded
+    teacher_spec: str  # the teacher's MODEL[:PRETRAINED]
+    student_spec: str  # the student's MODEL[:PRETRAINED]
+    class_vectors: ClassVectors  # W [N, d_t]
+    cache: Optional[Cache] = None  # the soft-label cache to replay (teacher.cache), checked against the job
+
+    @property
+    def source(self):
+        return self.stream.source
+
+    def fingerprint(self, job: DistillJob) -> dict:
+        """What a checkpoint must have been made with to be resumed by this job."""
+        s = job.student
+        return {
+            "student": self.student_spec,
+            "n_ctx": s.n_ctx,
+            "depth": s.depth,
+            "projector": s.projector,
+            "edu_attention_width": edu_attention_width(job, self.class_vectors.dim),
+            "teacher": self.teacher_spec,
+            "class_vectors_sha256": self.class_vectors.sha256,
+        }
+
+
+def edu_attention_width(job, dim: int) -> int:
+    """C of the student's ComKD-CLIP EduAttention (0 = none): on with `loss.edu_attention` (`job`:
+    anything with the `student` and `loss` sections, a DistillJob or a WorkerPlan)."""
+    return (job.student.edu_attention_width or dim) if job.loss.edu_attention else 0
+
+
+def new_student(job, spec: str, dim: int, device="cpu"):
+    """The job's student (frozen backbone, fresh prompts, projector and EduAttention); `job` as in
+    `edu_attention_width`."""
+    s = job.student
+    return build_student(
+        spec,
+        teacher_dim=dim,
+        n_ctx=s.n_ctx,
+        depth=s.depth,
+        projector=s.projector,
+        device=device,
+        edu_attention_width=edu_attention_width(job, dim),
+    )
+
+
+def prepare(job: DistillJob, run: Storage, gpus: bool = False) -> Setup:
+    """Resolve the images, the models, the class vectors and the input size; every mismatch ends in
+    one sentence before any worker starts. `gpus`: the cluster offers GPUs (the teacher's place)."""
+    stream, teacher_spec, student_spec = resolve(job, gpus)
+    cache = open_cache(job.teacher.cache, stream) if job.teacher.cache else None
+    cv = _class_vectors(job, run, stream, teacher_spec)
+    if cv.dim != vision_setting(teacher_spec, "embed_dim"):
+        raise ConfigError(
+            f"The class vectors have dim {cv.dim}, but the teacher {teacher_spec} emits "
+            f"features of dim {vision_setting(teacher_spec, 'embed_dim')}."
+        )
+    return Setup(stream, teacher_spec, student_spec, cv, cache)
+
+
+def resolve(job: DistillJob, gpus: bool = False) -> tuple:
+    """(the job's `Stream`, teacher spec, student spec); `gpus`: the cluster offers GPUs."""
+    world = open_world(job.data) if job.data.source == "toyworld" else None
+    student_spec = job.student.spec or (world.student_spec if world else "")
+    if job.teacher.artifact:
+        teacher, teacher_spec = (
+            ModelRef("teacher", job.teacher.artifact),
+            read_teacher_info(job.teacher.artifact).spec,
+        )
+    else:
+        teacher_spec = job.teacher.spec or (world.teacher_spec if world else "")
+        teacher = ModelRef("zeroshot", teacher_spec)
+    source = resolve_source(job.data, job.seed, world)
+    size = job.data.image_size or vision_setting(student_spec, "image_size")
+    for role, spec in (("teacher", teacher_spec), ("student", student_spec)):
+        if vision_setting(spec, "image_size") != size:
+            raise ConfigError(
+                f"The {role} {spec} takes {vision_setting(spec, 'image_size')}-px images, but the job "
+                f"trains at {size} px (data.image_size); teacher and student must see the same view."
+            )
+    stream = Stream(source, teacher, job.teacher_pool, DecodeSpec.of(job, size), gpus)
+    return stream, teacher_spec, student_spec
+
+
+def _class_vectors(job: DistillJob, run: Storage, stream: Stream, teacher_spec: str) -> ClassVectors:
+    """The class vectors the student distils against: of the dataset's classes, or (KDPL-CA) of
+    `teacher.vocabulary`; given, stored in the run folder by an earlier attempt, or computed here.
+    The run folder always ends up with a copy, so a run (or a sweep's trial) can be scored alone."""
+    source = stream.source
+    names = vocabulary_names(job.teacher.vocabulary) if job.teacher.vocabulary else source.classnames
+    expected = tuple(names) or None
+    for path, where in (
+        (job.teacher.class_vectors, f"class vectors {job.teacher.class_vectors}"),
+        (
+            run.path(CLASS_VECTORS_NAME) if run.exists(CLASS_VECTORS_NAME + ".json") else "",
+            f"class vectors in {run.root}",
+        ),
+    ):
+        if path:
+            cv = load_class_vectors(path)
+            check_class_vectors(cv, expected_classnames=expected, source=where)
+            if not run.exists(CLASS_VECTORS_NAME + ".json"):
+                save_class_vectors(cv, run.path(CLASS_VECTORS_NAME))
+            return cv
+    if not names:
+        raise ConfigError(
+            f"{source.name} has no class names to compute class vectors from; set "
+            "teacher.class_vectors to a class-vectors artifact (or teacher.vocabulary)."
+        )
+    log.info(
+        "computing class vectors for %d classes%s with %s (templates: %s)",
+        len(names),
+        " of the vocabulary" if job.teacher.vocabulary else "",
+        teacher_spec,
+        job.teacher.templates,
+    )
+    cv = compute_class_vectors(
+        stream.teacher.build("cpu"), list(names), templates=job.teacher.templates, teacher_spec=teacher_spec
+    )
+    save_class_vectors(cv, run.path(CLASS_VECTORS_NAME))
+    return cv
