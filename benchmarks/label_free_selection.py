@@ -60,7 +60,7 @@ def test_hm(sweep, trial) -> dict:
     from promptkd_ray.core.classvectors import load_class_vectors
     from promptkd_ray.data.sources import open_splits
     from promptkd_ray.evaluate import Entry, score
-    from promptkd_ray.tune import class_vectors_of
+    from promptkd_ray.sweep_report import class_vectors_of
 
     job = distill_job_from_dict(sweep.trial_raw(trial.params, trial.trial_id, {}))
     cv = load_class_vectors(class_vectors_of(job, trial.run_dir))

@@ -117,7 +117,7 @@ def score_seed(args, seed: int, runs: dict) -> list:
 
 
 def table(scores: list, dataset: str, keys: tuple) -> tuple[str, list]:
-    from promptkd_ray.evaluate import summarize
+    from promptkd_ray.report import summarize
 
     rows = [r for r in summarize([s for s in scores if s.dataset == dataset])]
     lines = ["| model | " + " | ".join(keys) + " | seeds |", "|---|" + "---|" * (len(keys) + 1)]
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
         scores += score_seed(args, seed, runs)
     total = time.perf_counter() - began
     n_runs = len(args.seeds) * len(args.configs)
-    from promptkd_ray.evaluate import write_report
+    from promptkd_ray.report import write_report
 
     write_report(
         [s for s in scores if s.dataset == "ToyDoodles"], out / "report_b2n", "Methods, base-to-novel"

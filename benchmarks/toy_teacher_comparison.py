@@ -10,7 +10,7 @@ Per seed S (the toy world's seed, also the Stage I and Stage II seed):
   3. Stage II exactly as `promptkd-ray demo` (its job file jobs/toy_b2n.yaml, epochs, workers, seed): once
      from the zero-shot teacher (the demo's run), once from the PromptSRC teacher (teacher.artifact +
      teacher.class_vectors), and score both distilled students as the demo does (`evaluate.score`).
-  4. Print a table per seed and mean ± std (population std, as `evaluate.summarize`) over seeds; write
+  4. Print a table per seed and mean ± std (population std, as `report.summarize`) over seeds; write
      report.md, results.csv (per seed) and summary.csv under --out, plus comparison.md/.csv.
 
 Acceptance checked per seed: PromptSRC teacher base > zero-shot teacher base, and the student distilled
@@ -337,7 +337,7 @@ def main(argv=None) -> int:
         print(seed_table(seed, per_seed[seed]), flush=True)
     total_s = time.perf_counter() - began
 
-    from promptkd_ray.evaluate import write_report
+    from promptkd_ray.report import write_report
 
     title = (
         f"PromptSRC vs zero-shot teacher on the toy world ({args.profile}, seeds "

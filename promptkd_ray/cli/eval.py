@@ -57,8 +57,9 @@ def run(args) -> int:
     from ..core.artifacts import ModelRef
     from ..core.classvectors import load_class_vectors
     from ..errors import UsageError
-    from ..evaluate import PUBLISHED_B2N, Entry, class_vectors_for, score, write_report
+    from ..evaluate import Entry, class_vectors_for, score
     from ..orchestration import cluster
+    from ..report import PUBLISHED_B2N, write_report
 
     if not (args.student or args.teacher or args.zeroshot):
         raise UsageError("Nothing to evaluate: give --student, --teacher and/or --zeroshot.")
