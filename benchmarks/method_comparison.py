@@ -97,13 +97,14 @@ def score_seed(args, seed: int, runs: dict) -> list:
     """Scores of every run's student and of the zero-shot models, base-to-novel and cross-domain."""
     from promptkd_ray.core.artifacts import ModelRef
     from promptkd_ray.core.classvectors import load_class_vectors
+    from promptkd_ray.data.sources import domain_splits
     from promptkd_ray.evaluate import Entry, class_vectors_for, score
     from promptkd_ray.toyworld import build_world
 
     world = build_world(args.cache_dir or None, seed=seed, profile=args.profile)
     scores = []
     for protocol, domain in (("base2novel", "doodles"), ("cross", "neon")):
-        splits = world.domain(domain).splits()
+        splits = domain_splits(world.domain(domain))
         entries = [
             Entry("teacher zero-shot", ModelRef("zeroshot", world.teacher_spec), None, seed),
             Entry("student zero-shot", ModelRef("zeroshot", world.student_spec), None, seed),

@@ -219,6 +219,7 @@ def run_seed(args, seed: int) -> tuple[list, dict]:
     """→ (Scores of the five models, extra facts: wall times, the Stage I command's own accuracy)."""
     from promptkd_ray.core.artifacts import ModelRef
     from promptkd_ray.core.classvectors import load_class_vectors
+    from promptkd_ray.data.sources import domain_splits
     from promptkd_ray.evaluate import Entry, score
     from promptkd_ray.toyworld import build_world
 
@@ -258,7 +259,7 @@ def run_seed(args, seed: int) -> tuple[list, dict]:
             ),
             Entry(SRC_STUDENT, ModelRef("student", from_src.student_artifact), src_cv, seed),
         ],
-        world.domain().splits(),
+        domain_splits(world.domain()),
         "base2novel",
         batch_size=128,
     )

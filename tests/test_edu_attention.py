@@ -9,7 +9,7 @@ from fakes import make_fake_dataset
 
 from promptkd_ray.core.artifacts import ModelRef, StudentInfo, load_student, read_student_info, save_student
 from promptkd_ray.core.classvectors import compute_class_vectors, save_class_vectors
-from promptkd_ray.core.losses import LOSS_PRESETS
+from promptkd_ray.core.loss_config import LOSS_PRESETS
 from promptkd_ray.core.models import EduAttention, build_student, build_teacher
 from promptkd_ray.core.step import distill_step
 from promptkd_ray.errors import ArtifactError

@@ -3,12 +3,15 @@ relative imports resolved): no import circle between its modules, and Ray import
 `promptkd_ray/orchestration/`."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import promptkd_ray
 
 PACKAGE = Path(promptkd_ray.__file__).parent
 ROOT = PACKAGE.name
+REPO = PACKAGE.parent
 # modules outside orchestration/ allowed to import Ray: none (the CLI entry point does not need to)
 RAY_ALLOWED_OUTSIDE_ORCHESTRATION: set[str] = set()
 
@@ -172,3 +175,15 @@ def test_the_graph_sees_the_whole_package_and_resolves_relative_imports():
     # a function-level import and a relative one are both seen
     assert f"{ROOT}.errors" in edges[f"{ROOT}.cli"]
     assert any(edges[m] for m in edges if m.startswith(f"{ROOT}.orchestration."))
+
+
+def test_reading_and_checking_a_job_file_does_not_import_torch():
+    code = (
+        "import sys\n"
+        "from promptkd_ray.config import load_job\n"
+        "load_job('jobs/toy_b2n.yaml')\n"
+        "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -99,9 +99,10 @@ def evaluate_demo(world, job, result) -> list:
     domain's class vectors from the same teacher) on the domain's test split."""
     from ..core.artifacts import ModelRef
     from ..core.classvectors import load_class_vectors
+    from ..data.sources import domain_splits
     from ..evaluate import Entry, class_vectors_for, score
 
-    splits = world.domain(job.data.dataset or None).splits()
+    splits = domain_splits(world.domain(job.data.dataset or None))
     run_cv = load_class_vectors(f"{result.run_dir}/class_vectors")
     entries = [
         Entry("teacher zero-shot", ModelRef("zeroshot", world.teacher_spec)),
