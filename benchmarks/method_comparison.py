@@ -99,6 +99,7 @@ def score_seed(args, seed: int, runs: dict) -> list:
     from promptkd_ray.core.classvectors import load_class_vectors
     from promptkd_ray.data.sources import domain_splits
     from promptkd_ray.evaluate import Entry, class_vectors_for, score
+    from promptkd_ray.orchestration.inference import Encoding
     from promptkd_ray.toyworld import build_world
 
     world = build_world(args.cache_dir or None, seed=seed, profile=args.profile)
@@ -113,7 +114,7 @@ def score_seed(args, seed: int, runs: dict) -> list:
             run_cv = load_class_vectors(f"{result.run_dir}/class_vectors")
             cv = class_vectors_for(result.student_artifact, splits, [run_cv], protocol)
             entries.append(Entry(config, ModelRef("student", result.student_artifact), cv, seed))
-        scores += score(entries, splits, protocol, batch_size=128)
+        scores += score(entries, splits, protocol, how=Encoding(batch_size=128))
     return scores
 
 

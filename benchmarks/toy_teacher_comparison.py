@@ -221,6 +221,7 @@ def run_seed(args, seed: int) -> tuple[list, dict]:
     from promptkd_ray.core.classvectors import load_class_vectors
     from promptkd_ray.data.sources import domain_splits
     from promptkd_ray.evaluate import Entry, score
+    from promptkd_ray.orchestration.inference import Encoding
     from promptkd_ray.toyworld import build_world
 
     world = build_world(args.cache_dir or None, seed=seed, profile=args.profile)
@@ -261,7 +262,7 @@ def run_seed(args, seed: int) -> tuple[list, dict]:
         ],
         domain_splits(world.domain()),
         "base2novel",
-        batch_size=128,
+        how=Encoding(batch_size=128),
     )
     facts["eval_s"] = time.perf_counter() - start
     import ray

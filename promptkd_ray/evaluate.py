@@ -34,11 +34,11 @@ import torch
 from .core.artifacts import ModelRef, read_student_info
 from .core.classvectors import ClassVectors, check_class_vectors, compute_class_vectors, load_class_vectors
 from .core.metrics import accuracy, base_novel_accuracy, cosine_logits
-from .data.decode import DecodeOptions
 from .data.fewshot import sample_k_shot
 from .data.sources import open_splits
 from .data.splits import num_base_classes
 from .errors import BadImageError, ClassVectorsError, ConfigError
+from .orchestration.inference import Encoding, encode_items
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +72,11 @@ def score(
     dataset,
     protocol: str = "base2novel",
     templates: str = "single",
-    use_ray: bool = True,
-    batch_size: int = 64,
-    actors: int = 1,
+    how: Encoding = Encoding(),
     skip_unreadable: bool = False,
-    options: DecodeOptions = DecodeOptions(),
 ) -> list[Score]:
     """Score each entry on `dataset`'s test split under `protocol` (base2novel, cross or dg), its
-    images decoded with `options` (pixel limit, EXIF rule)."""
-    from .orchestration.inference import encode_items
-
+    images encoded `how` says (Ray Data or in-process, batch size, precision, decode options)."""
     paths, labels = [it.path for it in dataset.test], [it.label for it in dataset.test]
     scores = []
     for entry in entries:
@@ -99,10 +94,7 @@ def score(
             entry.model,
             paths,
             labels,
-            use_ray=use_ray,
-            batch_size=batch_size,
-            num_actors=actors,
-            options=options,
+            how,
             pack=getattr(dataset, "pack", ""),
         )  # a pack: `data.pack.PackedSplits`
         _check_readable(encoded.unreadable, len(paths), dataset.name, skip_unreadable)
@@ -215,7 +207,7 @@ def all_classes(
     return {"accuracy": accuracy(logits(features, class_vectors.vectors), labels)}
 
 
-def val_accuracy(data, seed: int, student: str, class_vectors: str, shots: int) -> float:
+def val_accuracy(data, seed: int, student: str, class_vectors: str, shots: int, precision: str) -> float:
     """Top-1 % of the student artifact against `class_vectors` (a path) on `shots` labelled val images
     per base class of the job's `data`, among the base classes — the few-shot val Stage I uses; test
     labels are never read."""
@@ -226,9 +218,8 @@ def val_accuracy(data, seed: int, student: str, class_vectors: str, shots: int) 
     items = sample_k_shot(splits.val, shots, seed, labels=range(base))
     val = dataclasses.replace(splits, classnames=splits.classnames[:base], train=(), test=items, val=())
     cv = restrict_by_name(load_class_vectors(class_vectors), val.classnames)
-    (s,) = score(
-        [Entry("student", ModelRef("student", student), cv, seed)], val, protocol="cross", batch_size=64
-    )
+    entry = Entry("student", ModelRef("student", student), cv, seed)
+    (s,) = score([entry], val, protocol="cross", how=Encoding(batch_size=64, precision=precision))
     return float(s.metrics["accuracy"])
 
 

@@ -216,7 +216,7 @@ def run_trial(config: dict, sweep: Sweep, caches: dict) -> None:
     if sweep.space.metric == "val_accuracy":
         cv = class_vectors_of(job, result.run_dir)
         final["val_accuracy"] = val_accuracy(
-            job.data, job.seed, result.student_artifact, cv, sweep.space.search.val_shots
+            job.data, job.seed, result.student_artifact, cv, sweep.space.search.val_shots, job.train.precision
         )
     if final and (not done or sweep.space.metric == "val_accuracy"):
         report_to_tune(final)  # the last epoch (and the val score), once the student is written

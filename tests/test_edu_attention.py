@@ -207,9 +207,9 @@ def test_predict_ranks_classes_through_the_edu_attention(comkd_world, tmp_path):
     )
     table = pq.read_table(out).to_pydict()
     encoded_model = ModelRef("student", comkd_world["path"])
-    from promptkd_ray.orchestration.inference import encode_items
+    from promptkd_ray.orchestration.inference import Encoding, encode_items
 
-    encoded = encode_items(encoded_model, table["path"], [0] * len(table["path"]), use_ray=False)
+    encoded = encode_items(encoded_model, table["path"], [0] * len(table["path"]), Encoding(use_ray=False))
     expected = encoded_model.classifier()(encoded.features, comkd_world["cv"].vectors).argmax(-1).tolist()
     assert table["top1_label"] == expected
 

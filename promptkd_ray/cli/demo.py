@@ -101,6 +101,7 @@ def evaluate_demo(world, job, result) -> list:
     from ..core.classvectors import load_class_vectors
     from ..data.sources import domain_splits
     from ..evaluate import Entry, class_vectors_for, score
+    from ..orchestration.inference import Encoding
 
     splits = domain_splits(world.domain(job.data.dataset or None))
     run_cv = load_class_vectors(f"{result.run_dir}/class_vectors")
@@ -113,7 +114,7 @@ def evaluate_demo(world, job, result) -> list:
             class_vectors_for(result.student_artifact, splits, [run_cv], "base2novel"),
         ),
     ]
-    return score(entries, splits, "base2novel", batch_size=128)
+    return score(entries, splits, "base2novel", how=Encoding(batch_size=128, precision=job.train.precision))
 
 
 def loss_summary(loss) -> str:
