@@ -146,6 +146,6 @@ def add_teacher_features(
     return ds.map_batches(
         TeacherPredictor,
         batch_format="numpy",
-        fn_constructor_kwargs={"teacher": teacher, "precision": pool.precision},
+        fn_constructor_kwargs={"model": teacher, "precision": pool.precision},
         **pool_options(pool, cluster_has_gpus),
     )
