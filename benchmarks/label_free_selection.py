@@ -60,7 +60,8 @@ def test_hm(sweep, trial) -> dict:
     from promptkd_ray.core.classvectors import load_class_vectors
     from promptkd_ray.data.sources import open_splits
     from promptkd_ray.evaluate import Entry, score
-    from promptkd_ray.tune import class_vectors_of
+    from promptkd_ray.orchestration.inference import Encoding
+    from promptkd_ray.sweep_report import class_vectors_of
 
     job = distill_job_from_dict(sweep.trial_raw(trial.params, trial.trial_id, {}))
     cv = load_class_vectors(class_vectors_of(job, trial.run_dir))
@@ -68,7 +69,7 @@ def test_hm(sweep, trial) -> dict:
         [Entry(trial.trial_id, ModelRef("student", f"{trial.run_dir}/student.safetensors"), cv, job.seed)],
         open_splits(job.data),
         "base2novel",
-        batch_size=128,
+        how=Encoding(batch_size=128),
     )
     return s.metrics
 

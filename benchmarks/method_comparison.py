@@ -97,13 +97,15 @@ def score_seed(args, seed: int, runs: dict) -> list:
     """Scores of every run's student and of the zero-shot models, base-to-novel and cross-domain."""
     from promptkd_ray.core.artifacts import ModelRef
     from promptkd_ray.core.classvectors import load_class_vectors
+    from promptkd_ray.data.sources import domain_splits
     from promptkd_ray.evaluate import Entry, class_vectors_for, score
+    from promptkd_ray.orchestration.inference import Encoding
     from promptkd_ray.toyworld import build_world
 
     world = build_world(args.cache_dir or None, seed=seed, profile=args.profile)
     scores = []
     for protocol, domain in (("base2novel", "doodles"), ("cross", "neon")):
-        splits = world.domain(domain).splits()
+        splits = domain_splits(world.domain(domain))
         entries = [
             Entry("teacher zero-shot", ModelRef("zeroshot", world.teacher_spec), None, seed),
             Entry("student zero-shot", ModelRef("zeroshot", world.student_spec), None, seed),
@@ -112,12 +114,12 @@ def score_seed(args, seed: int, runs: dict) -> list:
             run_cv = load_class_vectors(f"{result.run_dir}/class_vectors")
             cv = class_vectors_for(result.student_artifact, splits, [run_cv], protocol)
             entries.append(Entry(config, ModelRef("student", result.student_artifact), cv, seed))
-        scores += score(entries, splits, protocol, batch_size=128)
+        scores += score(entries, splits, protocol, how=Encoding(batch_size=128))
     return scores
 
 
 def table(scores: list, dataset: str, keys: tuple) -> tuple[str, list]:
-    from promptkd_ray.evaluate import summarize
+    from promptkd_ray.report import summarize
 
     rows = [r for r in summarize([s for s in scores if s.dataset == dataset])]
     lines = ["| model | " + " | ".join(keys) + " | seeds |", "|---|" + "---|" * (len(keys) + 1)]
@@ -141,7 +143,7 @@ def main(argv=None) -> int:
         scores += score_seed(args, seed, runs)
     total = time.perf_counter() - began
     n_runs = len(args.seeds) * len(args.configs)
-    from promptkd_ray.evaluate import write_report
+    from promptkd_ray.report import write_report
 
     write_report(
         [s for s in scores if s.dataset == "ToyDoodles"], out / "report_b2n", "Methods, base-to-novel"

@@ -90,7 +90,7 @@ def real_models(
     default), the recipe's SGD and random batches, on `device`."""
     import torch.nn.functional as F
 
-    from promptkd_ray.core.losses import LOSS_PRESETS
+    from promptkd_ray.core.loss_config import LOSS_PRESETS
     from promptkd_ray.core.models import build_student, build_teacher
 
     torch.manual_seed(0)
@@ -218,7 +218,7 @@ def probe(role: str, batch_size: int, steps: int, classes: int) -> dict:
     import numpy as np
 
     from promptkd_ray.core.artifacts import ModelRef
-    from promptkd_ray.core.losses import LOSS_PRESETS
+    from promptkd_ray.core.loss_config import LOSS_PRESETS
     from promptkd_ray.core.models import build_student
     from promptkd_ray.core.step import distill_step
     from promptkd_ray.orchestration.teacher_pool import TeacherPredictor

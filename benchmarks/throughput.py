@@ -57,7 +57,7 @@ def write_images(root: Path, count: int, classes: int, seed: int = 0) -> Path:
 def authors_style_images_per_s(paths: list, classnames: list, args) -> float:
     """(a): decode + augment, teacher image forward, teacher text forward over all classes, student step."""
     from promptkd_ray.config.distill import TrainConfig
-    from promptkd_ray.core.losses import LOSS_PRESETS
+    from promptkd_ray.core.loss_config import LOSS_PRESETS
     from promptkd_ray.core.models import build_student, build_teacher
     from promptkd_ray.core.schedule import build_optimizer
     from promptkd_ray.core.step import distill_step

@@ -10,7 +10,7 @@ Per seed S (the toy world's seed, also the Stage I and Stage II seed):
   3. Stage II exactly as `promptkd-ray demo` (its job file jobs/toy_b2n.yaml, epochs, workers, seed): once
      from the zero-shot teacher (the demo's run), once from the PromptSRC teacher (teacher.artifact +
      teacher.class_vectors), and score both distilled students as the demo does (`evaluate.score`).
-  4. Print a table per seed and mean ± std (population std, as `evaluate.summarize`) over seeds; write
+  4. Print a table per seed and mean ± std (population std, as `report.summarize`) over seeds; write
      report.md, results.csv (per seed) and summary.csv under --out, plus comparison.md/.csv.
 
 Acceptance checked per seed: PromptSRC teacher base > zero-shot teacher base, and the student distilled
@@ -219,7 +219,9 @@ def run_seed(args, seed: int) -> tuple[list, dict]:
     """→ (Scores of the five models, extra facts: wall times, the Stage I command's own accuracy)."""
     from promptkd_ray.core.artifacts import ModelRef
     from promptkd_ray.core.classvectors import load_class_vectors
+    from promptkd_ray.data.sources import domain_splits
     from promptkd_ray.evaluate import Entry, score
+    from promptkd_ray.orchestration.inference import Encoding
     from promptkd_ray.toyworld import build_world
 
     world = build_world(args.cache_dir or None, seed=seed, profile=args.profile)
@@ -258,9 +260,9 @@ def run_seed(args, seed: int) -> tuple[list, dict]:
             ),
             Entry(SRC_STUDENT, ModelRef("student", from_src.student_artifact), src_cv, seed),
         ],
-        world.domain().splits(),
+        domain_splits(world.domain()),
         "base2novel",
-        batch_size=128,
+        how=Encoding(batch_size=128),
     )
     facts["eval_s"] = time.perf_counter() - start
     import ray
@@ -337,7 +339,7 @@ def main(argv=None) -> int:
         print(seed_table(seed, per_seed[seed]), flush=True)
     total_s = time.perf_counter() - began
 
-    from promptkd_ray.evaluate import write_report
+    from promptkd_ray.report import write_report
 
     title = (
         f"PromptSRC vs zero-shot teacher on the toy world ({args.profile}, seeds "

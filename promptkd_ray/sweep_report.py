@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
+from .report import png_bytes, pyplot
 from .storage import Storage, read_bytes
 
 log = logging.getLogger(__name__)
@@ -98,11 +99,17 @@ def _nan(value) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
+def class_vectors_of(job, run_dir: str) -> str:
+    """The class vectors a trial's student was distilled against: the job's given ones, else the
+    ones its run computed (a run also keeps a copy of given ones, but one finished by an older
+    version may not)."""
+    return job.teacher.class_vectors or Storage(run_dir).path("class_vectors")
+
+
 def write_sweep_outputs(sweep, results, caches: dict) -> SweepReport:
     import yaml
 
     from .config import distill_job_from_dict, to_dict
-    from .tune import class_vectors_of
 
     trials = collect_trials(sweep, results)
     folder = Storage(sweep.folder)
@@ -207,11 +214,7 @@ def sweep_markdown(sweep, trials: list, best: Optional[Trial]) -> str:
 def sweep_png(sweep, trials: list) -> bytes:
     """Left: the final metric against each swept key (stopped-early trials at their last value, in
     grey); right: the metric per epoch of every trial, × where a trial stopped early."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     keys, metric = list(sweep.space.params), sweep.space.metric
     fig, axes = plt.subplots(1, len(keys) + 1, figsize=(4.2 * (len(keys) + 1), 3.6), squeeze=False)
     for ax, key in zip(axes[0], keys):
@@ -239,10 +242,7 @@ def sweep_png(sweep, trials: list) -> bytes:
     ax.grid(alpha=0.3)
     fig.suptitle(f"sweep {sweep.name}: {metric} ({sweep.space.mode}) — {_counts(trials)}", fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 def _sort_key(label: str):

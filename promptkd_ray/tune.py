@@ -6,7 +6,6 @@ Read top to bottom:
     run_sweep(sweep)                    caches (one per teacher) → Tune trials → trials.csv, sweep.md,
                                         sweep.png, best_job.yaml, best/ (`sweep_report.py`)
     run_trial(config, plan)             a Tune trial: its job → `run_distillation` with TuneReportCallback
-    val_accuracy(job, result)           a teacher-choice trial's score on labelled few-shot val images
 
 Design decisions:
 - The sweep folder is `storage_path/sweeps/NAME/`: `tune/` (Tune's state, restored when the same
@@ -23,7 +22,6 @@ Design decisions:
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 from dataclasses import dataclass
@@ -43,6 +41,7 @@ from .config.space import (
 )
 from .errors import ConfigError
 from .storage import Storage
+from .sweep_report import class_vectors_of, write_sweep_outputs
 
 log = logging.getLogger(__name__)
 CACHE_NEUTRAL = (
@@ -150,7 +149,6 @@ def run_sweep(sweep: Sweep):
     """Caches, then the trials (resumed if this sweep ran before), then the outputs; → SweepReport."""
     from .orchestration import cluster
     from .orchestration.tuning import run_tuner, trial_cpus, trials_the_cluster_holds
-    from .sweep_report import write_sweep_outputs
 
     job = sweep.job
     two_trials = 2 * trial_cpus(job)  # a local cluster started here runs 2 trials at once
@@ -195,18 +193,18 @@ def prepare_caches(sweep: Sweep) -> dict:
 
 def run_trial(config: dict, sweep: Sweep, caches: dict) -> None:
     """One Tune trial: the job at `config`, trained with each epoch reported to Tune."""
-    from ray import tune
-
+    # deferred: torch and Ray, which `validate` (open_sweep) does not need
     from .distill import DistillResult, run_distillation
+    from .evaluate import val_accuracy
     from .orchestration.checkpoints import latest_progress, run_storage
-    from .orchestration.tuning import epoch_reporter
+    from .orchestration.tuning import current_trial_id, epoch_reporter, report_to_tune
 
-    trial_id = tune.get_context().get_trial_id()
+    trial_id = current_trial_id()
     job = distill_job_from_dict(sweep.trial_raw(config, trial_id, caches), sweep.space.source)
     run = run_storage(job)
     previous = latest_progress(run)  # a trial restarted by a resumed sweep: its run resumes
     for metrics in (previous or {}).get("history", []):
-        tune.report(metrics)  # Tune restarts the trial's results from zero; give it the epochs already run
+        report_to_tune(metrics)  # Tune restarts the trial's results from zero; give it the epochs already run
     done = previous is not None and previous["epoch"] + 1 >= job.train.epochs
     if done and run.is_file(
         "student.safetensors"
@@ -216,39 +214,9 @@ def run_trial(config: dict, sweep: Sweep, caches: dict) -> None:
         result = run_distillation(job, callbacks=[] if done else [epoch_reporter(job.train.epochs)])
     final = dict(result.history[-1]) if result.history else {}
     if sweep.space.metric == "val_accuracy":
-        final["val_accuracy"] = val_accuracy(job, result, sweep.space.search.val_shots)
+        cv = class_vectors_of(job, result.run_dir)
+        final["val_accuracy"] = val_accuracy(
+            job.data, job.seed, result.student_artifact, cv, sweep.space.search.val_shots, job.train.precision
+        )
     if final and (not done or sweep.space.metric == "val_accuracy"):
-        tune.report(final)  # the last epoch (and the val score), once the student is written
-
-
-def val_accuracy(job: DistillJob, result, shots: int) -> float:
-    """Top-1 % of the student (with its run's class vectors) on `shots` labelled val images per base
-    class, among the base classes — the few-shot val Stage I uses; test labels are never read."""
-    from .core.artifacts import ModelRef
-    from .core.classvectors import load_class_vectors
-    from .data.fewshot import sample_k_shot
-    from .data.sources import open_splits
-    from .data.splits import num_base_classes
-    from .evaluate import Entry, restrict_by_name, score
-
-    splits = open_splits(job.data)
-    if not splits.val:
-        raise ConfigError(f"metric val_accuracy needs a labelled val split, and {splits.name} has none.")
-    base = num_base_classes(len(splits.classnames))
-    items = sample_k_shot(splits.val, shots, job.seed, labels=range(base))
-    val = dataclasses.replace(splits, classnames=splits.classnames[:base], train=(), test=items, val=())
-    cv = restrict_by_name(load_class_vectors(class_vectors_of(job, result.run_dir)), val.classnames)
-    (s,) = score(
-        [Entry("student", ModelRef("student", result.student_artifact), cv, job.seed)],
-        val,
-        protocol="cross",
-        batch_size=64,
-    )
-    return float(s.metrics["accuracy"])
-
-
-def class_vectors_of(job: DistillJob, run_dir: str) -> str:
-    """The class vectors a trial's student was distilled against: the job's given ones, else the
-    ones its run computed (a run also keeps a copy of given ones, but one finished by an older
-    version may not)."""
-    return job.teacher.class_vectors or Storage(run_dir).path("class_vectors")
+        report_to_tune(final)  # the last epoch (and the val score), once the student is written

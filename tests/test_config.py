@@ -8,7 +8,7 @@ import yaml
 
 from promptkd_ray.cli import main
 from promptkd_ray.config import ConfigError, DistillJob, distill_job_from_dict, load_job, to_dict
-from promptkd_ray.core.losses import LOSS_PRESETS
+from promptkd_ray.core.loss_config import LOSS_PRESETS
 from promptkd_ray.core.schedule import lr_at_epoch
 
 REPO = Path(__file__).resolve().parents[1]

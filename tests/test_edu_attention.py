@@ -9,7 +9,7 @@ from fakes import make_fake_dataset
 
 from promptkd_ray.core.artifacts import ModelRef, StudentInfo, load_student, read_student_info, save_student
 from promptkd_ray.core.classvectors import compute_class_vectors, save_class_vectors
-from promptkd_ray.core.losses import LOSS_PRESETS
+from promptkd_ray.core.loss_config import LOSS_PRESETS
 from promptkd_ray.core.models import EduAttention, build_student, build_teacher
 from promptkd_ray.core.step import distill_step
 from promptkd_ray.errors import ArtifactError
@@ -207,9 +207,9 @@ def test_predict_ranks_classes_through_the_edu_attention(comkd_world, tmp_path):
     )
     table = pq.read_table(out).to_pydict()
     encoded_model = ModelRef("student", comkd_world["path"])
-    from promptkd_ray.orchestration.inference import encode_items
+    from promptkd_ray.orchestration.inference import Encoding, encode_items
 
-    encoded = encode_items(encoded_model, table["path"], [0] * len(table["path"]), use_ray=False)
+    encoded = encode_items(encoded_model, table["path"], [0] * len(table["path"]), Encoding(use_ray=False))
     expected = encoded_model.classifier()(encoded.features, comkd_world["cv"].vectors).argmax(-1).tolist()
     assert table["top1_label"] == expected
 

@@ -440,12 +440,14 @@ def test_eval_through_ray_data_equals_in_process(world, tmp_path, ray_cluster):
 @pytest.mark.slow
 def test_ray_batch_inference_counts_unreadable_test_images(world, tmp_path, ray_cluster):
     from promptkd_ray.core.artifacts import ModelRef
-    from promptkd_ray.orchestration.inference import encode_items
+    from promptkd_ray.orchestration.inference import Encoding, encode_items
 
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff truncated")
     items = [it.path for it in world["dataset"].test[:3]] + [str(bad)]
-    encoded = encode_items(ModelRef("student", world["student_path"]), items, [0, 1, 2, 3], use_ray=True)
+    encoded = encode_items(
+        ModelRef("student", world["student_path"]), items, [0, 1, 2, 3], Encoding(use_ray=True)
+    )
     assert encoded.paths == items[:3] and list(encoded.unreadable) == [str(bad)]
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from promptkd_ray.core import losses
-from promptkd_ray.core.losses import LOSS_PRESETS, LossConfig, compute_loss
+from promptkd_ray.core.loss_config import LOSS_PRESETS, LossConfig
+from promptkd_ray.core.losses import compute_loss
 
 S = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
 T = torch.tensor([[2.0, 0.0, 1.0], [1.0, 1.0, 1.0]])

@@ -3,8 +3,8 @@
 
 import pytest
 
-from promptkd_ray.orchestration.checkpoints import TensorBoardLog
 from promptkd_ray.orchestration.progress import Reporter, describe_epoch
+from promptkd_ray.orchestration.tensorboard import TensorBoardLog
 from promptkd_ray.storage import Storage
 
 

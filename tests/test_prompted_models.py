@@ -52,7 +52,7 @@ def test_prompt_depth_beyond_tower_is_refused(student_clip):
 
 
 def test_only_prompts_and_projector_train_and_backbone_stays_bit_identical():
-    from promptkd_ray.core.losses import LossConfig
+    from promptkd_ray.core.loss_config import LossConfig
     from promptkd_ray.core.step import distill_step
 
     torch.manual_seed(1)

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from promptkd_ray.toyworld import concepts, render
+from promptkd_ray.toyworld import concepts, render, shapes
 from promptkd_ray.toyworld.concepts import CAPTION_STYLES, COLOURS, SHAPES, STYLE_WORDS
 from promptkd_ray.toyworld.corpus import CorpusSpec, sample_batch
 from promptkd_ray.toyworld.domains import DomainSpec, write_domain
@@ -65,7 +65,7 @@ def test_every_style_draws_every_shape_visibly(style):
 
 
 def test_shapes_have_distinct_silhouettes():
-    masks = {s: render.downsample(render.shape_mask(s, 32, 32, 24, 0.0, False, 64)) for s in SHAPES}
+    masks = {s: shapes.downsample(shapes.shape_mask(s, 32, 32, 24, 0.0, False, 64)) for s in SHAPES}
     for i, a in enumerate(SHAPES):
         assert 0.1 < masks[a].mean() < 0.9, f"{a} covers {masks[a].mean():.2f} of the canvas"
         for b in SHAPES[i + 1 :]:

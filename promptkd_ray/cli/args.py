@@ -4,6 +4,7 @@ or `--pack`) and opening it; the decoder's rules (`--max-image-pixels`, `--exif-
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from ..errors import UsageError
@@ -22,24 +23,29 @@ def add_dataset_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def open_datasets(args) -> list:
-    """The DatasetSplits the arguments name (one per --dataset, or the --split-json or --pack one)."""
-    from ..data.benchmarks import load_dataset, load_split_json_dataset
+    """The DatasetSplits the arguments name (one per --dataset, or the --split-json or --pack one),
+    opened as a job's images section is (`data.sources.open_splits`)."""
+    from ..config.sections import ImagesConfig
+    from ..data.sources import open_splits
 
     if args.pack:
-        from ..data.pack import open_pack
-
-        return [open_pack(args.pack).splits()]
+        return [open_splits(ImagesConfig(source="packed", root=args.pack))]
     if args.split_json:
         split = Path(args.split_json)
-        name = (args.dataset or [split.parent.name])[0]
-        return [
-            load_split_json_dataset(
-                split.parent.parent, split.parent.name, args.image_folder, split.name, name
-            )
-        ]
+        images = ImagesConfig(
+            source="split_json",
+            root=str(split.parent.parent),
+            dataset=split.parent.name,
+            image_folder=args.image_folder,
+            split_file=split.name,
+        )
+        splits = open_splits(images)
+        return [dataclasses.replace(splits, name=args.dataset[0]) if args.dataset else splits]
     if not args.dataset or not args.root:
         raise UsageError("Give --dataset NAME and --root DATA_ROOT, --split-json PATH or --pack PACK.")
-    return [load_dataset(name, args.root) for name in args.dataset]
+    return [
+        open_splits(ImagesConfig(source="benchmark", root=args.root, dataset=name)) for name in args.dataset
+    ]
 
 
 def add_decode_arguments(p: argparse.ArgumentParser) -> None:

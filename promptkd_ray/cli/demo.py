@@ -46,12 +46,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    import ray
-
     from ..config import load_distill_job
+    from ..data.sources import open_world
     from ..distill import run_distillation
     from ..errors import UsageError
-    from ..evaluate import write_report
+    from ..orchestration.session import ray_session
+    from ..report import write_report
 
     if not Path(args.config).is_file():
         raise UsageError(
@@ -69,17 +69,13 @@ def run(args) -> int:
     flags += [f"train.epochs={args.epochs}"] * (args.epochs is not None)
     flags += [f"train.num_workers={args.workers}"] * (args.workers is not None)
     job = load_distill_job(args.config, flags + list(args.overrides))
-    started_ray = not ray.is_initialized()
     log.info("stage 1/3: the toy world (%s profile, seed %d)", args.profile, args.seed)
-    from ..data.sources import open_world
-
     world = open_world(job.data)
-    log.info("stage 2/3: distillation (%s)", args.config)
-    result = run_distillation(job)
-    log.info("stage 3/3: evaluation on the test split")
-    scores = evaluate_demo(world, job, result)
-    if started_ray:
-        ray.shutdown()
+    with ray_session():  # a local Ray started here for the run is shut down before the report
+        log.info("stage 2/3: distillation (%s)", args.config)
+        result = run_distillation(job)
+        log.info("stage 3/3: evaluation on the test split")
+        scores = evaluate_demo(world, job, result)
     domain = world.domain(job.data.dataset or None)
     paths = write_report(
         scores,
@@ -103,9 +99,11 @@ def evaluate_demo(world, job, result) -> list:
     domain's class vectors from the same teacher) on the domain's test split."""
     from ..core.artifacts import ModelRef
     from ..core.classvectors import load_class_vectors
+    from ..data.sources import domain_splits
     from ..evaluate import Entry, class_vectors_for, score
+    from ..orchestration.inference import Encoding
 
-    splits = world.domain(job.data.dataset or None).splits()
+    splits = domain_splits(world.domain(job.data.dataset or None))
     run_cv = load_class_vectors(f"{result.run_dir}/class_vectors")
     entries = [
         Entry("teacher zero-shot", ModelRef("zeroshot", world.teacher_spec)),
@@ -116,7 +114,7 @@ def evaluate_demo(world, job, result) -> list:
             class_vectors_for(result.student_artifact, splits, [run_cv], "base2novel"),
         ),
     ]
-    return score(entries, splits, "base2novel", batch_size=128)
+    return score(entries, splits, "base2novel", how=Encoding(batch_size=128, precision=job.train.precision))
 
 
 def loss_summary(loss) -> str:

@@ -57,8 +57,10 @@ def run(args) -> int:
     from ..core.artifacts import ModelRef
     from ..core.classvectors import load_class_vectors
     from ..errors import UsageError
-    from ..evaluate import PUBLISHED_B2N, Entry, class_vectors_for, score, write_report
+    from ..evaluate import Entry, class_vectors_for, score
     from ..orchestration import cluster
+    from ..orchestration.inference import Encoding
+    from ..report import PUBLISHED_B2N, write_report
 
     if not (args.student or args.teacher or args.zeroshot):
         raise UsageError("Nothing to evaluate: give --student, --teacher and/or --zeroshot.")
@@ -84,11 +86,8 @@ def run(args) -> int:
             dataset,
             args.protocol,
             args.templates,
-            use_ray=not args.no_ray,
-            batch_size=args.batch_size,
-            actors=args.actors,
+            Encoding(not args.no_ray, args.batch_size, args.actors, options=options),
             skip_unreadable=args.skip_unreadable,
-            options=options,
         )
     published = PUBLISHED_B2N if args.protocol == "base2novel" else None
     paths = write_report(

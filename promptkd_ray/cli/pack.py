@@ -82,12 +82,13 @@ def open_source(args) -> tuple:
     from .args import open_datasets
 
     if args.toyworld:
+        from ..data.sources import domain_splits
         from ..toyworld import build_world
 
         domain = build_world(args.root or None, seed=args.toyworld_seed, profile=args.toyworld).domain(
             (args.dataset or [None])[0]
         )
-        return domain.splits(), {
+        return domain_splits(domain), {
             "kind": "toyworld",
             "profile": args.toyworld,
             "seed": args.toyworld_seed,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict
 
-from ..core.losses import LOSS_PRESETS, LossConfig
+from ..core.loss_config import LOSS_PRESETS, LossConfig
 from .loader import choice, path_field, section, show_value, spec_field
 from .sections import (
     IMAGE_SOURCES,

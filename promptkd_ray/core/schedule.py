@@ -10,21 +10,34 @@ successor with `epoch - warmup`, so epoch e (0-based) trains at
 
 `lr` is the job's effective lr (linear scaling applied). AdamW (beta1 = momentum) is an option
 for short toy jobs, where SGD at the authors' lr moves the prompts too little. The settings come
-from a job's optimisation section (`config.sections.OptimConfig`), read by attribute.
+from a job's optimisation section, read by attribute (`OptimSettings`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
-if TYPE_CHECKING:
-    from ..config.sections import OptimConfig
+
+class OptimSettings(Protocol):
+    """What this module reads of a job's optimisation section (`config.sections.OptimConfig` has it;
+    the core does not import the config)."""
+
+    optimizer: str
+    schedule: str
+    epochs: int
+    warmup_epochs: int
+    warmup_lr: float
+    momentum: float
+    weight_decay: float
+
+    @property
+    def effective_lr(self) -> float: ...
 
 
-def lr_at_epoch(epoch: int, optim: "OptimConfig") -> float:
+def lr_at_epoch(epoch: int, optim: OptimSettings) -> float:
     """The learning rate of 0-based `epoch`."""
     lr = optim.effective_lr
     if epoch < optim.warmup_epochs:
@@ -34,7 +47,7 @@ def lr_at_epoch(epoch: int, optim: "OptimConfig") -> float:
     return 0.5 * lr * (1.0 + math.cos(math.pi * (epoch - optim.warmup_epochs) / optim.epochs))
 
 
-def build_optimizer(params, optim: "OptimConfig") -> torch.optim.Optimizer:
+def build_optimizer(params, optim: OptimSettings) -> torch.optim.Optimizer:
     params, lr = list(params), optim.effective_lr
     if optim.optimizer == "adamw":
         return torch.optim.AdamW(
@@ -43,7 +56,7 @@ def build_optimizer(params, optim: "OptimConfig") -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, optim: "OptimConfig"):
+def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimSettings):
     """A per-epoch LambdaLR following `lr_at_epoch`; call `.step()` once after each epoch."""
     lr = optim.effective_lr
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_at_epoch(epoch, optim) / lr)

@@ -137,6 +137,16 @@ def open_world(images):
     return build_world(images.root or None, seed=images.toyworld_seed, profile=images.toyworld_profile)
 
 
+def domain_splits(domain) -> DatasetSplits:
+    """A toy-world domain (`toyworld.ToyDomain`, on disk in the CoOp split-JSON layout) as the readers
+    see it: train / val / test."""
+    from .benchmarks import load_split_json_dataset
+
+    return load_split_json_dataset(
+        domain.root, domain.dataset_folder, domain.image_folder, domain.split_file.name, name=domain.name
+    )
+
+
 def open_splits(images, split: str = "train", world=None) -> DatasetSplits:
     """The labelled splits of a job's images section (`config.sections.ImagesConfig`): a benchmark,
     a split-JSON dataset, an ImageFolder tree (all of it in `split`), a toy-world domain or a pack."""
@@ -156,7 +166,7 @@ def open_splits(images, split: str = "train", world=None) -> DatasetSplits:
         return load_image_folder(images.root, split="test" if split == "test" else "train")
     if images.source == "toyworld":
         try:
-            return (world or open_world(images)).domain(images.dataset or None).splits()
+            return domain_splits((world or open_world(images)).domain(images.dataset or None))
         except KeyError as exc:
             raise ConfigError(f"data.dataset: {exc.args[0]}") from None
     if images.source == "packed":

@@ -1,5 +1,5 @@
 """Per-epoch checkpoints of both stages: what trains, the optimiser and the progress; resume;
-fingerprints; TensorBoard.
+fingerprints (TensorBoard's event files: `tensorboard.py`).
 
 Layout of a run folder `storage_path/name/` (local or a URI; Ray Train writes the checkpoints):
 
@@ -35,7 +35,6 @@ import hashlib
 import io
 import json
 import logging
-import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +44,7 @@ import torch
 
 from ..errors import CheckpointCorruptError, CheckpointMismatchError
 from ..storage import Storage, absolute
+from .tensorboard import TensorBoardLog as TensorBoardLog  # until distill.py / teacher.py import it there
 
 log = logging.getLogger(__name__)
 
@@ -284,18 +284,10 @@ def restore(fingerprint: dict, rank: int) -> tuple[Optional[dict], Optional[dict
     return tensors, state, progress
 
 
-def report(
-    metrics: dict,
-    progress: dict,
-    tensors: dict,
-    state: dict,
-    rank: int,
-    add_files: Optional[Callable[[Path], None]] = None,
-    name: Optional[str] = None,
-) -> None:
-    """Every worker reports the epoch; rank 0 attaches the checkpoint (plus `add_files(dir)`'s files)
-    and names its worker group's placement group (`placement_group`, in the report only: a sweep
-    releases a stopped trial's group with it)."""
+def report(metrics: dict, progress: dict, tensors: dict, state: dict, rank: int) -> None:
+    """Every worker reports the epoch; rank 0 attaches the checkpoint and names its worker group's
+    placement group (`placement_group`, in the report only: a sweep releases a stopped trial's group
+    with it)."""
     import ray.train
     from ray.util import get_current_placement_group
 
@@ -306,13 +298,10 @@ def report(
     metrics = {**metrics, "placement_group": group.id.hex() if group is not None else ""}
     with tempfile.TemporaryDirectory() as tmp:
         save_checkpoint(tmp, tensors, state, progress)
-        if add_files is not None:
-            add_files(Path(tmp))
-            seal_checkpoint(tmp)
         ray.train.report(
             metrics,
             checkpoint=ray.train.Checkpoint.from_directory(tmp),
-            checkpoint_dir_name=name or f"{CHECKPOINT_PREFIX}{progress['epoch']:03d}",
+            checkpoint_dir_name=f"{CHECKPOINT_PREFIX}{progress['epoch']:03d}",
         )
 
 
@@ -323,33 +312,3 @@ def final_checkpoint(result):
         raise RuntimeError(f"The run ended without a checkpoint in {result.path}.")
     with result.checkpoint.as_directory() as directory:
         yield Path(directory)
-
-
-class TensorBoardLog:
-    """Scalars to TensorBoard event files under the run's `tensorboard/` (rank 0 only); written to a
-    local staging folder and copied to the run folder after each epoch when the run is remote."""
-
-    def __init__(self, run: Storage, rel: str = "tensorboard"):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.run, self.rel = run, rel
-        local = run.local_path(rel)
-        self._staging = None if local else tempfile.mkdtemp(prefix="promptkd_tb_")
-        self.writer = SummaryWriter(local or self._staging)
-
-    def scalars(self, metrics: dict, step: int, prefix: str = "", flush: bool = True) -> None:
-        """Numeric values of `metrics` at `step`; `flush` also syncs the files (each epoch's end)."""
-        for key, value in metrics.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self.writer.add_scalar(f"{prefix}{key}", value, step)
-        if not flush:
-            return
-        self.writer.flush()
-        if self._staging:
-            self.run.upload(self._staging, self.rel)
-
-    def close(self) -> None:
-        self.writer.close()
-        if self._staging:
-            self.run.upload(self._staging, self.rel)
-            shutil.rmtree(self._staging, ignore_errors=True)

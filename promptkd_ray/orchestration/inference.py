@@ -1,11 +1,12 @@
 """Batch inference: the normalised image features of labelled items, on Ray Data or in-process.
 
     from_items(path, label, index) → map_batches(decode, test transform; CPU tasks)
-      → map_batches(ImageEncoder, compute=ActorPoolStrategy(size=k), num_gpus=1 where the cluster has GPUs)
+      → map_batches(ItemEncoder, compute=ActorPoolStrategy(size=k), num_gpus=1 where the cluster has GPUs)
 
 Design decisions:
 - An actor builds its model once from a `ModelRef` (a student artifact, a teacher artifact or a
-  zero-shot spec), so `eval`, `predict` and the demo run the very model the artifact describes.
+  zero-shot spec), so `eval`, `predict` and the demo run the very model the artifact describes,
+  under the caller's autocast precision (`Encoding.precision`; the teacher pool's rule, `encoder.py`).
 - Images go through the one decoder (`data.decode`, mode "test": the authors' Resize → CenterCrop,
   with the caller's `DecodeOptions`: pixel limit, EXIF rule) and travel as uint8; any path or URI
   is read (`storage`).
@@ -24,8 +25,9 @@ import numpy as np
 import torch
 
 from ..core.artifacts import ModelRef
-from ..data.decode import DecodeOptions, decode_views, to_model_input
+from ..data.decode import DecodeOptions, decode_views
 from .cluster import has_gpus
+from .encoder import ImageEncoder
 from .pipeline import start_ledger
 
 log = logging.getLogger(__name__)
@@ -55,24 +57,29 @@ def decode_batch(batch: dict, size: int, ledger, options: DecodeOptions = Decode
     return rows
 
 
-class ImageEncoder:
-    """Ray Data callable class: builds the model once per actor, encodes batches of uint8 images."""
+class ItemEncoder(ImageEncoder):
+    """Ray Data callable class: the features of a batch of decoded items (`encoder.ImageEncoder`)."""
 
-    def __init__(self, model: ModelRef):
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = model.build(self.device)
-
-    @torch.inference_mode()
     def __call__(self, batch: dict) -> dict:
-        images = to_model_input(torch.from_numpy(np.asarray(batch["image"])).to(self.device))
-        with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.device == "cuda"):
-            features = self.model.encode_image(images).float()
         return {
-            "feature": features.cpu().numpy(),
+            "feature": self.encode(batch["image"]).numpy(),
             "label": batch["label"],
             "index": batch["index"],
             "id": batch["id"],
         }
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How `encode_items` runs: on Ray Data with `actors` encoder actors (`use_ray`) or in this
+    process; images per batch; the autocast `precision` (the job's, `encoder.ImageEncoder`); the
+    decoder's options (pixel limit, EXIF rule)."""
+
+    use_ray: bool = True
+    batch_size: int = 64
+    actors: int = 1
+    precision: str = "auto"
+    options: DecodeOptions = DecodeOptions()
 
 
 @dataclass
@@ -88,28 +95,19 @@ class Encoded:
 
 
 def encode_items(
-    model: ModelRef,
-    paths: Sequence[str],
-    labels: Sequence[int],
-    use_ray: bool = True,
-    batch_size: int = 64,
-    num_actors: int = 1,
-    options: DecodeOptions = DecodeOptions(),
-    pack: str = "",
+    model: ModelRef, paths: Sequence[str], labels: Sequence[int], how: Encoding = Encoding(), pack: str = ""
 ) -> Encoded:
     """Features of the images at `paths` (local or URIs; with `pack`, ids of that pack's test split,
-    read from its shards) under `model`, decoded with `options`; Ray Data when `use_ray` (on the
-    connected cluster), else in this process."""
+    read from its shards) under `model`, encoded `how` says (on the connected cluster's Ray Data, or
+    in this process)."""
     size = model.image_size()
     items = [
         {"id": str(p), "label": int(label), "index": i} for i, (p, label) in enumerate(zip(paths, labels))
     ]
-    if use_ray:
-        rows, unreadable = _encode_with_ray(model, items, size, batch_size, num_actors, options, pack)
+    if how.use_ray:
+        rows, unreadable = _encode_with_ray(model, items, size, how, pack)
     else:
-        rows, unreadable = _encode_in_process(
-            model, _with_pack_bytes(items, pack), size, batch_size, num_actors, options
-        )
+        rows, unreadable = _encode_in_process(model, _with_pack_bytes(items, pack), size, how)
     rows.sort(key=lambda r: int(r["index"]))
     features = torch.from_numpy(np.stack([r["feature"] for r in rows])) if rows else torch.zeros(0, 0)
     return Encoded(
@@ -120,14 +118,12 @@ def encode_items(
     )
 
 
-def _encode_in_process(
-    model: ModelRef, items: list, size: int, batch_size: int, _actors: int, options: DecodeOptions
-):
-    encoder, rows, unreadable = ImageEncoder(model), [], {}
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
+def _encode_in_process(model: ModelRef, items: list, size: int, how: Encoding):
+    encoder, rows, unreadable = ItemEncoder(model, how.precision), [], {}
+    for start in range(0, len(items), how.batch_size):
+        chunk = items[start : start + how.batch_size]
         batch, bad = _decode(
-            {k: np.asarray([it[k] for it in chunk], dtype=object) for k in chunk[0]}, size, options
+            {k: np.asarray([it[k] for it in chunk], dtype=object) for k in chunk[0]}, size, how.options
         )
         unreadable.update(bad)
         if len(batch["id"]):
@@ -146,15 +142,7 @@ def _with_pack_bytes(items: list, pack: str) -> list:
     return [dict(it, bytes=blobs.get(it["id"], b"")) for it in items]
 
 
-def _encode_with_ray(
-    model: ModelRef,
-    items: list,
-    size: int,
-    batch_size: int,
-    num_actors: int,
-    options: DecodeOptions,
-    pack: str = "",
-):
+def _encode_with_ray(model: ModelRef, items: list, size: int, how: Encoding, pack: str = ""):
     import ray
 
     from .packs import pack_items
@@ -163,17 +151,17 @@ def _encode_with_ray(
     ds = pack_items(pack, "test", items) if pack else ray.data.from_items(items)
     ds = ds.map_batches(
         decode_batch,
-        fn_kwargs={"size": size, "ledger": ledger, "options": options},
+        fn_kwargs={"size": size, "ledger": ledger, "options": how.options},
         batch_format="numpy",
-        batch_size=batch_size,
+        batch_size=how.batch_size,
     )
     ds = ds.map_batches(
-        ImageEncoder,
-        fn_constructor_kwargs={"model": model},
+        ItemEncoder,
+        fn_constructor_kwargs={"model": model, "precision": how.precision},
         batch_format="numpy",
-        batch_size=batch_size,
+        batch_size=how.batch_size,
         num_gpus=1 if has_gpus() else 0,
-        compute=ray.data.ActorPoolStrategy(size=num_actors),
+        compute=ray.data.ActorPoolStrategy(size=how.actors),
     )
     rows = list(ds.iter_rows())
     unreadable = ray.get(ledger.items.remote())

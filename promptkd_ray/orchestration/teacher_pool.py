@@ -12,7 +12,8 @@ Design decisions:
 - The teacher emits features, not logits (DESIGN.md): logits are a matmul on the trainer, so the
   class set and the temperature never reach the pool.
 - An actor receives a `ModelRef` (a few bytes: an artifact path or a model spec) and builds its
-  teacher once, on its own device; bf16 autocast on GPU by default (`teacher_pool.precision`).
+  teacher once, on its own device (`encoder.ImageEncoder`); bf16 autocast on GPU by default
+  (`teacher_pool.precision`).
 - A fixed pool lives as long as the run: Ray Data re-executes the stream every epoch and would
   start its actor pool again each time (a process, its imports and the teacher's build: seconds
   per epoch). The run's actors serve the held-out slice and every epoch; each epoch's stream
@@ -44,8 +45,7 @@ import numpy as np
 import torch
 
 from ..core.artifacts import ModelRef
-from ..core.step import autocast_dtype
-from ..data.decode import to_model_input
+from .encoder import ImageEncoder
 
 log = logging.getLogger(__name__)
 
@@ -53,27 +53,13 @@ RESTARTS = 3  # restarts per teacher actor before the run fails (Ray's max_resta
 CALLS_IN_FLIGHT = 2  # per actor of a fixed pool: one computing, one queued
 
 
-class TeacherPredictor:
+class TeacherPredictor(ImageEncoder):
     """One teacher: a Ray Data callable class (adds `teacher_feature` to a batch) and, in a fixed
     pool, a Ray actor (`features` of a batch of views)."""
 
-    def __init__(self, teacher: ModelRef, precision: str = "auto"):
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.teacher = teacher.build(self.device).eval()
-        self.autocast = autocast_dtype(precision, self.device)
-
-    def ready(self) -> bool:
-        return True
-
-    @torch.inference_mode()
     def features(self, images: np.ndarray) -> np.ndarray:
         """uint8 views [B, H, W, 3] → normalised teacher image features, fp16 [B, d]."""
-        images = to_model_input(torch.from_numpy(np.asarray(images)).to(self.device))
-        with torch.autocast(
-            self.device, dtype=self.autocast or torch.float32, enabled=self.autocast is not None
-        ):
-            features = self.teacher.encode_image(images)  # shape = [B, d], L2-normalised, float32
-        return features.to(torch.float16).cpu().numpy()
+        return self.encode(images).to(torch.float16).numpy()
 
     def __call__(self, batch: dict) -> dict:
         batch["teacher_feature"] = self.features(batch["image"])
@@ -160,6 +146,6 @@ def add_teacher_features(
     return ds.map_batches(
         TeacherPredictor,
         batch_format="numpy",
-        fn_constructor_kwargs={"teacher": teacher, "precision": pool.precision},
+        fn_constructor_kwargs={"model": teacher, "precision": pool.precision},
         **pool_options(pool, cluster_has_gpus),
     )

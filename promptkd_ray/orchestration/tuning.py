@@ -46,6 +46,20 @@ def epoch_reporter(epochs: int):
     return AllButTheLastEpoch()
 
 
+def current_trial_id() -> str:
+    """In a trial: its Tune id."""
+    from ray import tune
+
+    return tune.get_context().get_trial_id()
+
+
+def report_to_tune(metrics: dict) -> None:
+    """In a trial: one result to Tune."""
+    from ray import tune
+
+    tune.report(metrics)
+
+
 def release_stopped_trials():
     """A Tune callback (sweep driver): when a trial ends, remove its Train worker group's placement
     group (named in its results). A finished run removed it already; a trial Tune stopped did not —

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .render import SUPERSAMPLE, composite, downsample, outline
+from .shapes import SUPERSAMPLE, composite, downsample, outline
 
 StyleFn = Callable[[Image.Image, np.ndarray, np.random.Generator, int], np.ndarray]
 

@@ -142,14 +142,6 @@ class ToyDomain:
     def num_classes(self) -> int:
         return len(self.classnames)
 
-    def splits(self):
-        """The domain as the readers see it: a `DatasetSplits` (train / val / test, CoOp split JSON)."""
-        from ..data.benchmarks import load_split_json_dataset
-
-        return load_split_json_dataset(
-            self.root, self.dataset_folder, self.image_folder, self.split_file.name, name=self.name
-        )
-
 
 @dataclass(frozen=True)
 class ToyWorld:

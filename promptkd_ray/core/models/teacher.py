@@ -48,10 +48,6 @@ class Teacher(nn.Module):
         self.register_buffer("logit_scale", torch.tensor(clip_logit_scale(clip)))
 
     @property
-    def is_prompted(self) -> bool:
-        return self.image_encoder.depth > 0 or self.text_encoder.depth > 0
-
-    @property
     def embed_dim(self) -> int:
         return int(self.image_encoder.output_dim)
 
