@@ -27,10 +27,11 @@ RAY = str(Path(sys.executable).with_name("ray"))
 WORKER_PORTS = 200  # width of the head's worker port range
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_head():
     """A Ray head with the job server on loopback; yields the job server's address, the environment
-    to talk to it with, and the pid of the `ray start` process (the head's processes descend from it)."""
+    to talk to it with, and the pid of the `ray start` process (the head's processes descend from it).
+    One head serves the module's tests (each submits under its own submission ids and folders)."""
     (
         (gcs, dashboard, client, agent_http, agent_grpc, metrics, runtime_env, node_manager, object_manager),
         min_worker,
