@@ -1,12 +1,9 @@
 """Sweeps: space files (checked value by value against their job, one sentence when wrong), a tiny
 sweep under ASHA on the session's Ray (outputs, one shared soft-label cache, nothing left held; its
-trials drawn by Optuna and tracked in MLflow), a sweep whose driver is killed resuming without
-re-running finished trials, and a sweep over teachers selected on val_accuracy."""
+trials drawn by Optuna and tracked in MLflow), and a sweep over teachers selected on val_accuracy.
+A sweep whose driver is killed resuming without re-running finished trials: tests/test_job_submit.py."""
 
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -271,53 +268,6 @@ def _teacher_actors(ray_cluster) -> int:
     from ray._private.state import actors
 
     return sum("TeacherPredictor" in a["ActorClassName"] for a in actors().values())
-
-
-@pytest.mark.slow
-def test_a_sweep_whose_driver_is_killed_resumes_without_rerunning_finished_trials(
-    tmp_path, tiny, ray_cluster
-):
-    from promptkd_ray.tune import open_sweep, run_sweep
-
-    tiny["train"]["epochs"] = 2
-    path = write_space(
-        tmp_path,
-        tiny,
-        search={"max_concurrent": 1},
-        scheduler={"kind": "fifo"},
-        params={"loss.temperature": {"grid": [1, 4]}},
-    )
-    env = {
-        **os.environ,
-        "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address,
-        "PYTHONPATH": str(REPO),
-    }
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "promptkd_ray.cli", "tune", "--space", str(path)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    trials = tmp_path / "runs" / "sweeps" / "space" / "trials"
-    deadline = time.time() + 600
-    while time.time() < deadline and not list(trials.glob("*/student.safetensors")):
-        assert driver.poll() is None, "the sweep ended before it could be killed"
-        time.sleep(1)
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait()
-    finished = {p.parent.name: p.stat().st_mtime_ns for p in trials.glob("*/student.safetensors")}
-    assert len(finished) == 1
-    checkpoints = {
-        p.name: sorted(c.name for c in p.glob("checkpoint_*")) for p in trials.iterdir() if p.name in finished
-    }
-    report = run_sweep(open_sweep(str(path)))
-    assert len(report.trials) == 2 and all(t.status == "completed" and t.epochs == 2 for t in report.trials)
-    assert all(len(t.curve) == 2 and Path(t.run_dir, "student.safetensors").is_file() for t in report.trials)
-    for name, mtime in finished.items():  # the finished trials were not trained again
-        assert (trials / name / "student.safetensors").stat().st_mtime_ns == mtime
-        assert sorted(c.name for c in (trials / name).glob("checkpoint_*")) == checkpoints[name]
-    assert {f"space-{t.trial_id}" for t in report.trials} >= set(finished)
 
 
 @pytest.mark.slow
