@@ -6,11 +6,15 @@ it, optionally kills one node's raylet (and its workers) mid-run, and writes wha
 
 SPEC: {"temp_dir": short folder for Ray's sockets and logs,
        "nodes": [{"name": "head", "num_cpus": 0, "resources": {}}, ...]   (the first one is the head),
-       "job": a distill job dict,
-       "kill": null | {"nodes": [candidate names], "actor": part of the class name of an actor that
-                       must be ALIVE on the node killed, "after_checkpoint": "checkpoint_epoch_000"}}
-OUT: {"nodes": {name: node id}, "actors": [...], "tasks": [...], "history": [...], "summary": {...},
-      "killed": {...} | null, "seconds": float}
+       "runs": [{"job": a distill job dict,
+                 "kill": null | {"nodes": [candidate names], "actor": part of the class name of an actor
+                                 that must be ALIVE on the node killed,
+                                 "after_checkpoint": "checkpoint_epoch_000"}}, ...]}
+       The runs go one after the other on the same cluster (a node killed by one stays dead for the next).
+OUT: {"nodes": {name: node id},
+      "runs": [{"actors": [...], "tasks": [...], "history": [...], "summary": {...},
+                "killed": {...} | null, "seconds": float}, ...]}   (a run's actors and tasks: those that
+      were not listed after the runs before it)
 
 Design decisions:
 - A pytest process can be connected to one Ray cluster only, and the test session already has its
@@ -168,15 +172,18 @@ def alive_actor_on(dashboard: str, node_id: str, class_part: str) -> bool:
 
 def kill_later(
     cluster: LocalCluster, nodes: dict, run_dir: Path, kill: dict, killed: dict, timeout: float = 600.0
-) -> None:
+) -> threading.Event:
     """In the background: once `after_checkpoint` is registered, SIGKILL every process of the first
-    node of `kill["nodes"]` on which an actor of class `kill["actor"]` is alive."""
+    node of `kill["nodes"]` on which an actor of class `kill["actor"]` is alive. Returns the event
+    that stops the watch (set when the run has ended: a later run on the cluster is never hit)."""
+    stop = threading.Event()
 
     def watch() -> None:
         deadline = time.time() + timeout
         while not registered(run_dir, kill["after_checkpoint"]) and time.time() < deadline:
-            time.sleep(0.1)
-        while time.time() < deadline:
+            if stop.wait(0.1):
+                return
+        while time.time() < deadline and not stop.is_set():
             victims = [
                 name
                 for name in kill["nodes"]
@@ -190,6 +197,7 @@ def kill_later(
             time.sleep(0.2)
 
     threading.Thread(target=watch, daemon=True).start()
+    return stop
 
 
 def placement(dashboard: str, names: dict) -> tuple[list, list]:
@@ -199,11 +207,21 @@ def placement(dashboard: str, names: dict) -> tuple[list, list]:
 
     by_id = {node_id: name for name, node_id in names.items()}
     actors = [
-        {"class_name": a.class_name, "node": by_id.get(a.node_id, a.node_id), "state": a.state}
+        {
+            "id": a.actor_id,
+            "class_name": a.class_name,
+            "node": by_id.get(a.node_id, a.node_id),
+            "state": a.state,
+        }
         for a in list_actors(address=dashboard, limit=10_000, raise_on_missing_output=False)
     ]
     tasks = [
-        {"name": t.name, "node": by_id.get(t.node_id, t.node_id), "state": t.state}
+        {
+            "id": f"{t.task_id}/{t.attempt_number}",
+            "name": t.name,
+            "node": by_id.get(t.node_id, t.node_id),
+            "state": t.state,
+        }
         for t in list_tasks(
             address=dashboard,
             filters=[("type", "=", "NORMAL_TASK")],
@@ -214,43 +232,51 @@ def placement(dashboard: str, names: dict) -> tuple[list, list]:
     return actors, tasks
 
 
-def main(spec_path: str, out_path: str) -> None:
-    import ray
-
+def run_one(cluster: LocalCluster, names: dict, run: dict, listed: set) -> dict:
+    """Run one job of SPEC (killing a node if it says so); its report, with the actors and tasks
+    not in `listed` (the ids listed after the runs before; this run's are added)."""
     from promptkd_ray.config import distill_job_from_dict
     from promptkd_ray.distill import run_distillation
     from promptkd_ray.storage import Storage
+
+    job = distill_job_from_dict(run["job"])
+    run_dir = Path(Storage(job.storage_path).path(job.name))
+    killed: dict = {}
+    stop = kill_later(cluster, names, run_dir, run["kill"], killed) if run.get("kill") else threading.Event()
+    start = time.time()
+    try:
+        result = run_distillation(job)
+    finally:
+        stop.set()
+    seconds = time.time() - start
+    actors, tasks = placement(cluster.dashboard, names)
+    actors, tasks = ([row for row in rows if row["id"] not in listed] for rows in (actors, tasks))
+    listed.update(row["id"] for row in actors + tasks)
+    return {
+        "actors": actors,
+        "tasks": tasks,
+        "history": result.history,
+        "summary": {k: v for k, v in result.summary.items() if k != "history"},
+        "killed": killed or None,
+        "seconds": seconds,
+    }
+
+
+def main(spec_path: str, out_path: str) -> None:
+    import ray
 
     spec = json.loads(Path(spec_path).read_text())
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped"))  # ends the cluster too (finally below)
     cluster = LocalCluster(spec["temp_dir"])
     try:
+        start = time.time()
         cluster.start(spec["nodes"])
         ray.init(address=cluster.address, log_to_driver=False)
         names = cluster.node_ids()
-        job = distill_job_from_dict(spec["job"])
-        run_dir = Path(Storage(job.storage_path).path(job.name))
-        killed: dict = {}
-        if spec.get("kill"):
-            kill_later(cluster, names, run_dir, spec["kill"], killed)
-        start = time.time()
-        result = run_distillation(job)
-        seconds = time.time() - start
-        actors, tasks = placement(cluster.dashboard, names)
-        Path(out_path).write_text(
-            json.dumps(
-                {
-                    "nodes": names,
-                    "actors": actors,
-                    "tasks": tasks,
-                    "history": result.history,
-                    "summary": {k: v for k, v in result.summary.items() if k != "history"},
-                    "killed": killed or None,
-                    "seconds": seconds,
-                },
-                default=str,
-            )
-        )
+        print(f"cluster of {len(names)} nodes up in {time.time() - start:.0f} s", flush=True)
+        listed: set = set()
+        runs = [run_one(cluster, names, run, listed) for run in spec["runs"]]
+        Path(out_path).write_text(json.dumps({"nodes": names, "runs": runs}, default=str))
     finally:
         ray.shutdown()
         cluster.shutdown()

@@ -6,6 +6,8 @@ so it never touches another Ray on this machine; teardown ends exactly the proce
 Ray on the machine.
 """
 
+import csv
+import io
 import os
 import shutil
 import subprocess
@@ -27,10 +29,11 @@ RAY = str(Path(sys.executable).with_name("ray"))
 WORKER_PORTS = 200  # width of the head's worker port range
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_head():
     """A Ray head with the job server on loopback; yields the job server's address, the environment
-    to talk to it with, and the pid of the `ray start` process (the head's processes descend from it)."""
+    to talk to it with, and the pid of the `ray start` process (the head's processes descend from it).
+    One head serves the module's tests (each submits under its own submission ids and folders)."""
     (
         (gcs, dashboard, client, agent_http, agent_grpc, metrics, runtime_env, node_manager, object_manager),
         min_worker,
@@ -179,8 +182,16 @@ def test_ray_job_submit_builds_a_soft_label_cache_then_distils_from_it(tmp_path,
     )  # the distill ran none
 
 
-def test_ray_job_submit_runs_a_sweep(tmp_path, ray_head):
-    address, env, _ = ray_head
+def test_ray_job_submit_runs_a_sweep_and_a_killed_one_resubmitted_reruns_no_finished_trial(
+    tmp_path, ray_head
+):
+    """A sweep submitted as a Ray job (one trial at a time) whose driver is SIGKILLed as soon as a
+    trial has finished; the same command submitted again ends the sweep with its outputs, every trial
+    completed, without training the finished trial again. (It was two sweeps: one submitted, one
+    killed in a driver of its own; one sweep checks both.)"""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    address, env, head_pid = ray_head
     root, _ = make_split_json(tmp_path / "data", per_class=6)
     job_file = tmp_path / "sweep_job.yaml"
     job_file.write_text(
@@ -195,15 +206,47 @@ def test_ray_job_submit_runs_a_sweep(tmp_path, ray_head):
                 "kind": "space",
                 "job": str(job_file),
                 "metric": "heldout_kl",
+                "search": {"max_concurrent": 1},
                 "scheduler": {"kind": "fifo"},
                 "params": {"loss.temperature": {"grid": [1, 4]}},
             }
         )
     )
-    logs = submit_and_wait(address, env, "tune-test", "tune", "--space", str(space))
+    command = ("tune", "--space", str(space))
+    client = JobSubmissionClient(address)
+    submit(address, env, "tune-killed", *command)
     folder = tmp_path / "runs" / "sweeps" / "sweep"
+    trials, deadline = folder / "trials", time.time() + 600
+    while not list(trials.glob("*/student.safetensors")):
+        assert client.get_job_status("tune-killed") in (JobStatus.PENDING, JobStatus.RUNNING), (
+            "the sweep ended before it could be killed: " + client.get_job_logs("tune-killed")[-3000:]
+        )
+        assert time.time() < deadline
+        time.sleep(1)
+    drivers = descendants(head_pid, "promptkd_ray.cli", "tune")
+    assert drivers
+    for driver in drivers:
+        driver.kill()
+    while client.get_job_status("tune-killed") == JobStatus.RUNNING:
+        assert time.time() < deadline
+        time.sleep(1)
+    assert client.get_job_status("tune-killed") == JobStatus.FAILED
+    finished = {p.parent.name: p.stat().st_mtime_ns for p in trials.glob("*/student.safetensors")}
+    assert len(finished) == 1
+    checkpoints = {name: sorted(c.name for c in (trials / name).glob("checkpoint_*")) for name in finished}
+
+    logs = submit_and_wait(address, env, "tune-resubmitted", *command)
     assert "sweep sweep: best trial" in logs and (folder / "best_job.yaml").is_file()
-    assert len((folder / "trials.csv").read_text().splitlines()) == 3  # header + 2 trials
+    text = (folder / "trials.csv").read_text()
+    assert len(text.splitlines()) == 3  # header + 2 trials
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert all(r["status"] == "completed" and r["epochs"] == "2" for r in rows), rows
+    assert all(len(r["heldout_kl_per_epoch"].split(";")) == 2 for r in rows), rows
+    assert all((trials / f"sweep-{r['trial']}" / "student.safetensors").is_file() for r in rows)
+    for name, mtime in finished.items():  # the finished trial was not trained again
+        assert (trials / name / "student.safetensors").stat().st_mtime_ns == mtime
+        assert sorted(c.name for c in (trials / name).glob("checkpoint_*")) == checkpoints[name]
+    assert {f"sweep-{r['trial']}" for r in rows} >= set(finished)
 
 
 def test_a_killed_driver_resubmitted_resumes_from_its_last_checkpoint_with_the_same_history(

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import promptkd_ray
+from promptkd_ray.cli import COMMANDS, MODULE_NAMES
 
 PACKAGE = Path(promptkd_ray.__file__).parent
 # Everything below the orchestration layer: the core, the data layer, configs, storage, errors, the
@@ -72,24 +73,43 @@ def test_importing_the_package_registers_nothing_with_open_clip():
 
 
 def test_cli_help_lists_every_command_without_importing_ray():
+    """Every command of the CLI's registry (`COMMANDS`) is in the top-level help, and every module of
+    promptkd_ray/cli that defines a command (`add_arguments` and `run`) is in the registry."""
     code = (
         "import sys\nfrom promptkd_ray.cli import main, COMMANDS\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "print('RAY', 'ray' in sys.modules, 'open_clip' in sys.modules, sorted(COMMANDS))"
+        "print('RAY', 'ray' in sys.modules, 'open_clip' in sys.modules, ' '.join(COMMANDS))"
     )
     out = _run(code)
     help_text, last = out.rsplit("\n", 1)
-    assert last.startswith("RAY False False")
-    for name in (
-        "demo",
-        "distill",
-        "teacher",
-        "cache",
-        "tune",
-        "validate",
-        "classvectors",
-        "eval",
-        "predict",
-        "import",
-    ):
+    assert last.startswith("RAY False False ")
+    registered = last.split()[3:]
+    assert registered == list(COMMANDS) and len(registered) >= 11
+    for name in registered:
         assert re.search(rf"^\s+{name}\s", help_text, re.M), name
+    modules = {
+        path.stem
+        for path in (PACKAGE / "cli").glob("*.py")
+        if "def add_arguments(" in path.read_text() and "def run(" in path.read_text()
+    }
+    assert modules == {MODULE_NAMES.get(name, name) for name in COMMANDS}
+
+
+def test_every_command_has_a_help_that_runs():
+    """`promptkd-ray COMMAND --help` exits 0 and prints the command's usage, for every command of the
+    registry (in one interpreter: each help imports its command's module and its argument helpers)."""
+    code = (
+        "import contextlib, io\nfrom promptkd_ray.cli import main, COMMANDS\n"
+        "for name in COMMANDS:\n"
+        "    out = io.StringIO()\n"
+        "    try:\n"
+        "        with contextlib.redirect_stdout(out):\n"
+        "            main([name, '--help'])\n"
+        "        code = 'no exit'\n"
+        "    except SystemExit as exc:\n"
+        "        code = exc.code\n"
+        "    text = out.getvalue()\n"
+        "    print(name, code, f'usage: promptkd-ray {name}' in text and '--help' in text)"
+    )
+    rows = [line.split() for line in _run(code).splitlines()]
+    assert rows == [[name, "0", "True"] for name in COMMANDS]

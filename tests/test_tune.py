@@ -1,11 +1,9 @@
 """Sweeps: space files (checked value by value against their job, one sentence when wrong), a tiny
-sweep under ASHA on the session's Ray (outputs, one shared soft-label cache, nothing left held),
-and a sweep whose driver is killed resuming without re-running finished trials."""
+sweep under ASHA on the session's Ray (outputs, one shared soft-label cache, nothing left held; its
+trials drawn by Optuna and tracked in MLflow), and a sweep over teachers selected on val_accuracy.
+A sweep whose driver is killed resuming without re-running finished trials: tests/test_job_submit.py."""
 
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -190,19 +188,32 @@ def test_the_space_becomes_tune_domains(tmp_path, tiny):
 
 @pytest.mark.slow
 def test_a_sweep_under_asha_writes_its_outputs_shares_one_cache_and_leaves_the_cluster_whole(
-    tmp_path, tiny, ray_cluster, caplog
+    tmp_path, tiny, ray_cluster, caplog, monkeypatch
 ):
+    """Also the test that Optuna draws the trials (from a log-uniform domain too) and that MLflow gets
+    their results: one sweep for both (each sweep builds a soft-label cache and starts trials)."""
+    from mlflow.tracking import MlflowClient
     from ray.util import placement_group_table
 
     from promptkd_ray.config import load_distill_job
     from promptkd_ray.distill import run_distillation
     from promptkd_ray.tune import open_sweep, run_sweep
 
+    monkeypatch.setenv(
+        "MLFLOW_ALLOW_FILE_STORE", "true"
+    )  # MLflow 3 wants a database; a folder is enough here
+    uri = f"file://{tmp_path / 'mlruns'}"
     path = write_space(
         tmp_path,
         tiny,
+        search={"algorithm": "optuna", "samples": 4, "seed": 0},
         scheduler={"kind": "asha", "grace_period": 1, "reduction_factor": 2},
-        params={"loss.temperature": {"grid": [1, 4]}, "student.depth": {"grid": [1, 2]}},
+        tracking={"mlflow_uri": uri, "experiment": "toy-sweep"},
+        params={
+            "loss.temperature": {"choice": [1, 4]},
+            "student.depth": {"choice": [1, 2]},
+            "train.lr": {"loguniform": [0.001, 0.05]},
+        },
     )
     teachers_before = _teacher_actors(ray_cluster)
     with caplog.at_level("INFO"):
@@ -222,11 +233,25 @@ def test_a_sweep_under_asha_writes_its_outputs_shares_one_cache_and_leaves_the_c
     assert report.best.final == min(finals)  # heldout_kl: lower is better
     rows = (folder / "trials.csv").read_text().splitlines()
     assert (
-        rows[0].startswith("trial,loss.temperature,student.depth,status,epochs,heldout_kl") and len(rows) == 5
+        rows[0].startswith("trial,loss.temperature,student.depth,train.lr,status,epochs,heldout_kl")
+        and len(rows) == 5
     )
     assert "| rank | trial |" in (folder / "sweep.md").read_text()
     assert (folder / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     assert (folder / "best" / "student.safetensors").exists()
+    # Optuna drew the trials from the space's domains; MLflow has one run per trial with its result
+    assert all(
+        t.params["loss.temperature"] in (1, 4)
+        and t.params["student.depth"] in (1, 2)
+        and 0.001 <= t.params["train.lr"] <= 0.05
+        for t in report.trials
+    )
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("toy-sweep").experiment_id])
+    assert len(runs) == 4 and all("heldout_kl" in r.data.metrics for r in runs)
+    assert {round(float(r.data.params["train.lr"]), 6) for r in runs} == {
+        round(t.params["train.lr"], 6) for t in report.trials
+    }
     time.sleep(2)
     assert ray_cluster.available_resources().get("CPU") == ray_cluster.cluster_resources()["CPU"]
     assert all(pg["state"] == "REMOVED" for pg in placement_group_table().values())
@@ -243,84 +268,6 @@ def _teacher_actors(ray_cluster) -> int:
     from ray._private.state import actors
 
     return sum("TeacherPredictor" in a["ActorClassName"] for a in actors().values())
-
-
-@pytest.mark.slow
-def test_a_sweep_whose_driver_is_killed_resumes_without_rerunning_finished_trials(
-    tmp_path, tiny, ray_cluster
-):
-    from promptkd_ray.tune import open_sweep, run_sweep
-
-    tiny["train"]["epochs"] = 2
-    path = write_space(
-        tmp_path,
-        tiny,
-        search={"max_concurrent": 1},
-        scheduler={"kind": "fifo"},
-        params={"loss.temperature": {"grid": [1, 4]}},
-    )
-    env = {
-        **os.environ,
-        "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address,
-        "PYTHONPATH": str(REPO),
-    }
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "promptkd_ray.cli", "tune", "--space", str(path)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    trials = tmp_path / "runs" / "sweeps" / "space" / "trials"
-    deadline = time.time() + 600
-    while time.time() < deadline and not list(trials.glob("*/student.safetensors")):
-        assert driver.poll() is None, "the sweep ended before it could be killed"
-        time.sleep(1)
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait()
-    finished = {p.parent.name: p.stat().st_mtime_ns for p in trials.glob("*/student.safetensors")}
-    assert len(finished) == 1
-    checkpoints = {
-        p.name: sorted(c.name for c in p.glob("checkpoint_*")) for p in trials.iterdir() if p.name in finished
-    }
-    report = run_sweep(open_sweep(str(path)))
-    assert len(report.trials) == 2 and all(t.status == "completed" and t.epochs == 2 for t in report.trials)
-    assert all(len(t.curve) == 2 and Path(t.run_dir, "student.safetensors").is_file() for t in report.trials)
-    for name, mtime in finished.items():  # the finished trials were not trained again
-        assert (trials / name / "student.safetensors").stat().st_mtime_ns == mtime
-        assert sorted(c.name for c in (trials / name).glob("checkpoint_*")) == checkpoints[name]
-    assert {f"space-{t.trial_id}" for t in report.trials} >= set(finished)
-
-
-@pytest.mark.slow
-def test_optuna_draws_the_trials_and_mlflow_gets_their_results(tmp_path, tiny, ray_cluster, monkeypatch):
-    from mlflow.tracking import MlflowClient
-
-    monkeypatch.setenv(
-        "MLFLOW_ALLOW_FILE_STORE", "true"
-    )  # MLflow 3 wants a database; a folder is enough here
-
-    from promptkd_ray.tune import open_sweep, run_sweep
-
-    tiny["train"]["epochs"] = 2
-    uri = f"file://{tmp_path / 'mlruns'}"
-    path = write_space(
-        tmp_path,
-        tiny,
-        search={"algorithm": "optuna", "samples": 2, "seed": 0},
-        scheduler={"kind": "fifo"},
-        tracking={"mlflow_uri": uri, "experiment": "toy-sweep"},
-        params={"loss.temperature": {"choice": [1, 4]}, "train.lr": {"loguniform": [0.001, 0.05]}},
-    )
-    report = run_sweep(open_sweep(str(path)))
-    assert len(report.trials) == 2 and all(t.status == "completed" for t in report.trials)
-    assert all(0.001 <= t.params["train.lr"] <= 0.05 for t in report.trials)
-    client = MlflowClient(tracking_uri=uri)
-    runs = client.search_runs([client.get_experiment_by_name("toy-sweep").experiment_id])
-    assert len(runs) == 2 and all("heldout_kl" in r.data.metrics for r in runs)
-    assert {round(float(r.data.params["train.lr"]), 6) for r in runs} == {
-        round(t.params["train.lr"], 6) for t in report.trials
-    }
 
 
 @pytest.mark.slow
