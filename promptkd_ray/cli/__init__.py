@@ -4,7 +4,9 @@ Each command module defines `add_arguments(parser)` and `run(args) -> int`; its 
 written once, in `COMMANDS`. Modules are imported only when their command runs, so
 `promptkd-ray --help` stays fast and no command pays for another's imports (Ray, open_clip).
 Every error a user can fix is a `PromptKDError`: caught here, once, and printed as one line
-(`error: …`, exit status 2).
+(`error: …`, exit status 2). Ctrl-C is one line too, not a traceback: where the run was (the epoch
+after the last epoch line the console printed) and that the same command resumes it (exit status
+130, as a shell reports an interrupted command).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 
 from ..errors import PromptKDError
@@ -69,16 +72,49 @@ def _configure_logging(verbose: bool) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
+class _LastEpoch(logging.Handler):
+    """Remembers the last epoch line the console printed (`epoch 3/8: loss …`, from
+    `orchestration.progress`), so an interrupted run can say which epoch it was in."""
+
+    LINE = re.compile(r"epoch (\d+)/(\d+): ")
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.done, self.total = 0, 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        found = self.LINE.match(record.getMessage())
+        if found:
+            self.done, self.total = int(found[1]), int(found[2])
+
+    def interrupted(self) -> str:
+        if not self.total:
+            where = "interrupted"
+        elif self.done < self.total:
+            where = f"interrupted at epoch {self.done + 1}/{self.total}"
+        else:
+            where = f"interrupted after the last epoch ({self.total}/{self.total})"
+        return f"{where}; run the same command again to resume"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     wanted = [a for a in argv if a in COMMANDS][:1]
     args = build_parser(wanted).parse_args(argv)
     _configure_logging(args.verbose)
+    epochs = _LastEpoch()
+    console = logging.getLogger("promptkd_ray")
+    console.addHandler(epochs)
     try:
         return int(_module(args.command).run(args) or 0)
     except PromptKDError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(epochs.interrupted(), file=sys.stderr)
+        return 130
+    finally:
+        console.removeHandler(epochs)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from typing import Optional
 
 from ..errors import PromptKDError
@@ -102,6 +103,17 @@ def configure_ray_data() -> None:
         nagger = logging.getLogger("ray.data._internal.progress")
         if not any(isinstance(f, _NoBarsNag) for f in nagger.filters):
             nagger.addFilter(_NoBarsNag())
+        quiet_ray_data_warnings()
+
+
+def quiet_ray_data_warnings() -> None:
+    """Ray Data's `UserWarning`s stay off the console: advice meant for Ray Data's own users, e.g.
+    "The maximum number of concurrent tasks for 'MapBatches(...)' is set to 2, but the operator only
+    received 1 input(s)", which a small epoch or a held-out slice triggers by design. Installed in
+    each process that connects (the driver, a Tune trial), where Ray Data runs its executors for
+    the driver; Ray's own actors write to Ray's log files, not the console. `-v` leaves the warnings
+    on, as it does Ray's logs; other warnings, and Ray Data's callers' own, stay."""
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"ray\.data\.")
 
 
 class _NoBarsNag(logging.Filter):

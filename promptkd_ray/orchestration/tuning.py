@@ -16,12 +16,17 @@ Design decisions (Ray 2.60, Train V2):
   A trial that fails is recorded in its result, never fatal to the sweep.
 - Named values (`teacher: {grid: {zeroshot: …, promptsrc: …}}`, or under choice) go to Tune as
   their names, so trial names, tables and Optuna see labels, not nested dicts.
+- The live table (`live_table`) shows each trial's epoch and the space's metric. Tune's newer
+  console (on by default) picks its columns from the first keys of a result, which are not those,
+  and ignores a given reporter; a sweep therefore asks for Tune's classic console
+  (`RAY_AIR_NEW_OUTPUT=0`, unless the user set it) and gives it a `CLIReporter`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import Callable
 
 from ..config.space import Space, domain_parts
@@ -159,6 +164,20 @@ def _scheduler(space: Space, epochs: int):
     )
 
 
+def live_table(space: Space):
+    """Tune's console table for a sweep: the swept keys, each trial's epoch (Tune's
+    `training_iteration`: one result per epoch, also for a restored trial, which re-reports its
+    epochs) and the space's metric, the best trial named by that metric."""
+    from ray.tune import CLIReporter
+
+    return CLIReporter(
+        metric_columns={"training_iteration": "epoch", space.metric: space.metric},
+        metric=space.metric,
+        mode=space.mode,
+        max_report_frequency=30,
+    )
+
+
 def _callbacks(space: Space, name: str) -> list:
     if not space.tracking.mlflow_uri:
         return []
@@ -184,6 +203,7 @@ def run_tuner(trial: Callable, space: Space, tune_root: str, name: str, epochs: 
     from ray import tune
 
     keep_working_directory()
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the newer console ignores `live_table`
     trainable = tune.with_resources(trial, {"CPU": TRIAL_CPU})
     path = f"{tune_root.rstrip('/')}/{name}"
     if tune.Tuner.can_restore(path):
@@ -206,6 +226,7 @@ def run_tuner(trial: Callable, space: Space, tune_root: str, name: str, epochs: 
             storage_path=tune_root,
             callbacks=[release_stopped_trials(), *_callbacks(space, name)],
             failure_config=tune.FailureConfig(max_failures=0),
+            progress_reporter=live_table(space),
             verbose=1,
         ),
     )
