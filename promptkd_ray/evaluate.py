@@ -272,8 +272,7 @@ def write_report(
     scores: Sequence[Score], out_dir: "str | Path", title: str, published: dict | None = None
 ) -> dict:
     """Write report.md, results.csv (per seed), summary.csv and report.png; returns their paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Storage(str(out_dir))  # a local folder or a URI (`--out s3://…`)
     rows = summarize(scores)
     keys = list(scores[0].metrics) if scores else []
     skipped = any(s.unreadable for s in scores)  # only then: the count of left-out test images per row
@@ -308,14 +307,14 @@ def write_report(
             csv.writer(f).writerows([("dataset", "path", "reason"), *files])
     written["report.png"] = _bar_chart(rows, keys, title)
     written["report.md"] = _markdown(rows, keys, title, published, skipped, files).encode("utf-8")
-    Storage(str(out)).write_files(written)  # each complete under a temporary name, then moved, report.md last
-    log.info("report written to %s", out / "report.md")
+    out.write_files(written)  # each complete under a temporary name, then moved, report.md last
+    log.info("report written to %s", out.path("report.md"))
     return {
-        "markdown": out / "report.md",
-        "csv": out / "results.csv",
-        "summary": out / "summary.csv",
-        "plot": out / "report.png",
-        **({"unreadable": out / "unreadable.csv"} if files else {}),
+        "markdown": out.path("report.md"),
+        "csv": out.path("results.csv"),
+        "summary": out.path("summary.csv"),
+        "plot": out.path("report.png"),
+        **({"unreadable": out.path("unreadable.csv")} if files else {}),
     }
 
 
