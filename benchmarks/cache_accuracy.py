@@ -9,7 +9,7 @@ Per seed S (the toy world's seed, also the run's), the demo's job (jobs/toy_b2n.
     cached K = 1     one fixed view per image (Beyer et al.'s "fixed teacher"): every epoch replays
                      slot 0, in a fresh order per epoch
 
-Each student is scored base-to-novel on the doodles domain (PROTOCOL.md), like the demo. Tables are
+Each student is scored base-to-novel on the doodles domain (docs/protocol.md), like the demo. Tables are
 mean ± std (population) over seeds; the per-seed HMs, build and epoch times go beside them.
 
     RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/cache_accuracy.py --out runs/cache_accuracy

@@ -13,7 +13,7 @@ Per seed S (the toy world's seed, also the run's): the demo's job file, jobs/toy
     comkd w/o EduAttention   loss.preset=comkd loss.edu_attention=false
     comkd w/o IFAlign        loss.preset=comkd loss.ifalign_weight=0
 
-and scores every student twice (PROTOCOL.md): base-to-novel on the doodles domain (where it was
+and scores every student twice (docs/protocol.md): base-to-novel on the doodles domain (where it was
 distilled, without labels), and cross-domain on the neon domain (other colours, shapes and style;
 all its classes, class vectors of its classes from the same zero-shot teacher) — the cross-dataset
 protocol. The zero-shot teacher and student are scored alongside. Tables are mean ± std (population)

@@ -5,7 +5,7 @@ trainer worker and of a teacher actor; measured in one run (ratios only mean som
               and ViT-B-16 student (depth 9, n_ctx 4, mlp2 projector); 224 px, batch B, N = 1,000
               classes, fp32, torch threads = the machine's cores.
     authors'  one step = the teacher's image forward + the teacher's TEXT forward over all N class
-              prompts (the official trainer recomputes them every step, PROTOCOL.md) + the student's
+              prompts (the official trainer recomputes them every step, docs/protocol.md) + the student's
               step (forward, backward, SGD).
     ours      the trainer's step = the student's step with stored class vectors and the teacher
               features the pool sent; the pool's teacher image forward is timed on its own, so

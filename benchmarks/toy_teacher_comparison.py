@@ -4,7 +4,7 @@ Per seed S (the toy world's seed, also the Stage I and Stage II seed):
   1. Stage I: train a PromptSRC teacher on 16 shots of the doodles domain's base classes through the real
      command (`promptkd-ray teacher --config JOB.yaml`, run as a subprocess), from a job dict built here;
      it writes teacher.* and class vectors of all 30 classes (its prompted text "a photo of a {c}.").
-  2. Score both teachers on the test split, base / novel / HM (PROTOCOL.md): the zero-shot teacher with
+  2. Score both teachers on the test split, base / novel / HM (docs/protocol.md): the zero-shot teacher with
      the single template "a photo of a {}." (the demo's zero-shot teacher and its Stage II class vectors),
      the PromptSRC teacher with its own image prompts and its Stage I class vectors.
   3. Stage II exactly as `promptkd-ray demo` (its job file jobs/toy_b2n.yaml, epochs, workers, seed): once
@@ -24,7 +24,7 @@ from the PromptSRC teacher has a higher HM than the one distilled from the zero-
 Re-running with the same --out resumes/reuses finished Stage I and Stage II runs (their run names are
 fixed per seed): use a fresh --out for fresh measurements.
 
-Stage I recipe: the PromptKD authors' ViT-L/14 PromptSRC teacher (PROTOCOL.md; jobs/teacher_b2n.yaml),
+Stage I recipe: the PromptKD authors' ViT-L/14 PromptSRC teacher (docs/protocol.md; jobs/teacher_b2n.yaml),
 scaled to the toy teacher (a 6-layer, width-128 image tower and a 3-layer, width-64 text tower, 32 px):
   - same: 16 shots of the base classes, n_ctx 4, text ctx initialised from "a photo of a", CE + L_SCL with
     weights 25 (text) / 10 (image) / 1 (logits), frozen text targets averaged over the 60 ImageNet

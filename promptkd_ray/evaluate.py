@@ -1,4 +1,4 @@
-"""Evaluation: score models on a dataset's test split under a protocol (PROTOCOL.md); `report.py`
+"""Evaluation: score models on a dataset's test split under a protocol (docs/protocol.md); `report.py`
 writes the scores as a report.
 
     score(entries, dataset, protocol)   encode the test images with each model (Ray Data batch

@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # scoring imports torch, which writing a report does not need
 
 log = logging.getLogger(__name__)
 
-# PromptKD (ViT-B/16 student, ViT-L/14 teacher), base / novel / HM — PROTOCOL.md
+# PromptKD (ViT-B/16 student, ViT-L/14 teacher), base / novel / HM — docs/protocol.md
 PUBLISHED_B2N = {
     "Average": (86.96, 80.73, 83.73),
     "ImageNet": (80.83, 74.66, 77.62),
@@ -67,8 +67,7 @@ def write_report(
     scores: Sequence[Score], out_dir: "str | Path", title: str, published: dict | None = None
 ) -> dict:
     """Write report.md, results.csv (per seed), summary.csv and report.png; returns their paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Storage(str(out_dir))  # a local folder or a URI (`--out s3://…`)
     rows = summarize(scores)
     keys = list(scores[0].metrics) if scores else []
     skipped = any(s.unreadable for s in scores)  # only then: the count of left-out test images per row
@@ -103,14 +102,14 @@ def write_report(
             csv.writer(f).writerows([("dataset", "path", "reason"), *files])
     written["report.png"] = _bar_chart(rows, keys, title)
     written["report.md"] = _markdown(rows, keys, title, published, skipped, files).encode("utf-8")
-    Storage(str(out)).write_files(written)  # each complete under a temporary name, then moved, report.md last
-    log.info("report written to %s", out / "report.md")
+    out.write_files(written)  # each complete under a temporary name, then moved, report.md last
+    log.info("report written to %s", out.path("report.md"))
     return {
-        "markdown": out / "report.md",
-        "csv": out / "results.csv",
-        "summary": out / "summary.csv",
-        "plot": out / "report.png",
-        **({"unreadable": out / "unreadable.csv"} if files else {}),
+        "markdown": out.path("report.md"),
+        "csv": out.path("results.csv"),
+        "summary": out.path("summary.csv"),
+        "plot": out.path("report.png"),
+        **({"unreadable": out.path("unreadable.csv")} if files else {}),
     }
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Optional
@@ -271,15 +270,3 @@ def write_files(paths: "dict[str, bytes]") -> list[str]:
 def exists(path: "str | os.PathLike") -> bool:
     storage, name = _parent_and_name(path)
     return storage.exists(name)
-
-
-def localize(path: "str | os.PathLike") -> str:
-    """A local file path for `path`: itself when local, else a downloaded copy in a temporary
-    folder (for readers that need a real file)."""
-    text = str(path)
-    if not is_uri(text):
-        return text
-    local = os.path.join(tempfile.mkdtemp(prefix="promptkd_"), text.rstrip("/").rsplit("/", 1)[-1])
-    with open(local, "wb") as f:
-        f.write(read_bytes(text))
-    return local

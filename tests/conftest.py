@@ -1,7 +1,7 @@
 """Shared test fixtures: ONE local Ray cluster per test session, started on first use.
 
 Ray on this 2-core machine: an actor pool plus Train workers deadlock unless Ray is told it has
-more logical CPUs than the machine (DESIGN.md, "Running here"), hence `num_cpus=6`: 2 Train
+more logical CPUs than the machine (docs/architecture.md, "Running here"), hence `num_cpus=6`: 2 Train
 workers + 1 teacher actor + decode tasks + Ray's own actors. Tests that use it are marked `slow`.
 """
 
@@ -36,3 +36,37 @@ def toy_world():
     from promptkd_ray.toyworld import build_world
 
     return build_world(profile="quick", progress=False)
+
+
+# --- a real S3 API server (tests/s3_server.py) -------------------------------------------------------
+# Ray workers inherit the environment of the process that starts Ray, so the endpoint and keys must be
+# in os.environ before the session's `ray_cluster` starts: an autouse session fixture (set up before
+# any fixture a test names) starts the server and sets them, and only in a session that holds a test
+# using the `s3` fixture; every other session starts nothing.
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _s3_server_before_ray(request):
+    if not any("s3" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        yield None
+        return
+    from s3_server import S3Server
+
+    server = S3Server.start()
+    saved = {key: os.environ.get(key) for key in server.env}
+    os.environ.update(server.env)
+    try:
+        yield server
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def s3(_s3_server_before_ray):
+    """The session's S3 server (AWS_ENDPOINT_URL and keys already in os.environ)."""
+    return _s3_server_before_ray

@@ -4,7 +4,7 @@
     splits = load_dataset("OxfordPets", tmp_path)
     expected = fake_expectations("OxfordPets")                   # class names + split sizes
 
-The layouts are written from the authors' DATASETS.md (PROTOCOL.md), independently of the
+The layouts are written from the authors' DATASETS.md (docs/protocol.md), independently of the
 reader's registry, so a wrong folder name in the registry fails a test. Each fake has a few
 tiny valid images (8×8, format from the extension) per class and is built to catch ordering
 mistakes: split-JSON entries are written in shuffled order; Caltech101's label order is not

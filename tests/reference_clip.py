@@ -1,4 +1,4 @@
-"""An independent CLIP forward written from PROTOCOL.md and the CLIP paper, on raw OpenAI-named
+"""An independent CLIP forward written from docs/protocol.md and the CLIP paper, on raw OpenAI-named
 weights (a state dict), for tests: no open_clip module is called. Prompts are placed as the authors
 do: visual shallow prompts appended after the patch tokens (after the positional embedding, before
 ln_pre), deep prompts replacing the last n_ctx tokens before blocks 1…depth-1; text context at

@@ -1,6 +1,6 @@
 """Official checkpoints → our modules, checked against an independent reference written here.
 
-The tests write checkpoints in exactly the authors' key layout (PROTOCOL.md, "Official checkpoint
+The tests write checkpoints in exactly the authors' key layout (docs/protocol.md, "Official checkpoint
 formats") at tiny sizes — Dassl dicts that also pickle an SGD optimizer and a warm-up scheduler
 holding a `CosineAnnealingLR` object, the `module.` prefix variant, fp16 tensors — and a base CLIP
 as a TorchScript archive and as a plain state dict. The reference forward below uses only the raw
@@ -52,7 +52,7 @@ def residual_block(x, sd, p, heads, mask=None):
 
 
 def reference_image(images, sd, p, layers, heads, depth):
-    """PROTOCOL.md: VPT appended after patch tokens (after pos. emb., before ln_pre); the last n_ctx
+    """docs/protocol.md: VPT appended after patch tokens (after pos. emb., before ln_pre); the last n_ctx
     tokens replaced by VPT_shallow before blocks 1 … depth-1; ln_post(CLS) @ proj."""
     conv = sd[p + "conv1.weight"]
     x = F.conv2d(images, conv, stride=conv.shape[-1]).flatten(2).transpose(1, 2)  # [B, grid², W]

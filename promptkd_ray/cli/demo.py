@@ -6,7 +6,7 @@
 2. distil the student on the domain's unlabeled train split (all classes) with the job file
    `jobs/toy_b2n.yaml` (teacher actor pool → Ray Train DDP workers), class vectors from the
    teacher's text; the flags below and any `key=value` override that job;
-3. evaluate base / novel / HM (PROTOCOL.md) of the teacher (zero-shot), the student (zero-shot, its
+3. evaluate base / novel / HM (docs/protocol.md) of the teacher (zero-shot), the student (zero-shot, its
    own text tower) and the distilled student; write report.md / CSV / PNG under --out;
 4. end with one line: RESULT teacher_hm=… student_zero_shot_hm=… student_distilled_hm=…
 """

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
+from ..storage import read_bytes
 from .args import add_dataset_arguments, add_decode_arguments, decode_options, open_datasets
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def run(args) -> int:
     paths = write_report(
         scores, args.out, f"{args.protocol}: {', '.join(d.name for d in datasets)}", published
     )
-    print(Path(paths["markdown"]).read_text())
+    print(read_bytes(paths["markdown"]).decode("utf-8"))
     return 0
 
 

@@ -29,7 +29,7 @@ def base_novel_accuracy(
     num_base: int,
     logits=cosine_logits,
 ) -> dict[str, float]:
-    """PROTOCOL.md base-to-novel: base-class images scored against class_vectors[:m] only, novel-class
+    """docs/protocol.md base-to-novel: base-class images scored against class_vectors[:m] only, novel-class
     images against class_vectors[m:] (labels shifted by m). features [B, d] and class vectors [N, d]
     normalised; `logits(features, class_vectors)` is the model's classifier (a ComKD student's
     runs its EduAttention over the class set being scored)."""

@@ -7,7 +7,7 @@ One training step on a batch of labelled images (base classes, k shots each):
     logits = s · û_p · ŵ_pᵀ                                   zs    = s · û_f · ŵ_fᵀ
     L = CE(logits, y) + 25 · L1(ŵ_p, ŵ_f) + 10 · L1(û_p, û_f) + KL(zs ‖ logits)
 
-Design decisions (PROTOCOL.md, PromptSRC section; the authors' `trainers/promptsrc.py`):
+Design decisions (docs/protocol.md, PromptSRC section; the authors' `trainers/promptsrc.py`):
 - ŵ_f is the frozen CLIP's text feature *averaged over the 60 ImageNet templates before
   normalisation* (the authors average `encode_text` outputs and normalise once), computed once.
 - û_f comes from the teacher's own backbone run without prompts (`visual(images)`), which is

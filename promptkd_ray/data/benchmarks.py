@@ -1,7 +1,7 @@
 """Readers for the 11 base-to-novel benchmarks and the 4 domain-generalisation sets.
 
 `load_dataset(name, root)` reads one dataset from the layout of the authors' DATASETS.md (the
-table "On-disk layouts" in PROTOCOL.md), everything under one data root, into a `DatasetSplits`:
+table "On-disk layouts" in docs/protocol.md), everything under one data root, into a `DatasetSplits`:
 image paths + integer labels + class names, nothing decoded.
 
 Design decisions

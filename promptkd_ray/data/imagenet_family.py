@@ -1,6 +1,6 @@
 """Readers for ImageNet and its domain-generalisation variants (-V2, -Sketch, -A, -R).
 
-Layouts are the authors' DATASETS.md (see PROTOCOL.md, "On-disk layouts"); every set has a
+Layouts are the authors' DATASETS.md (see docs/protocol.md, "On-disk layouts"); every set has a
 `classnames.txt` with lines `n01440764 tench` (wnid, a space, the class name, which may contain
 spaces). How each set turns folders into labels:
 

@@ -1,4 +1,4 @@
-"""Base / novel class splits (PROTOCOL.md, base-to-novel protocol).
+"""Base / novel class splits (docs/protocol.md, base-to-novel protocol).
 
 Classes are sorted by label; base = the first ⌈N/2⌉ labels, novel = the rest.
 """

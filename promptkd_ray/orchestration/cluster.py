@@ -5,7 +5,7 @@ Design decisions:
 - `ray.address: ""` connects to `RAY_ADDRESS` (set by `ray job submit`) and otherwise starts a new
   local cluster (never silently joins some other cluster found on the machine). A local cluster
   gets enough logical CPUs for the Train workers + teacher pool + reads: with fewer, the actor pool
-  and the Train workers wait on each other for ever (DESIGN.md, "Running here").
+  and the Train workers wait on each other for ever (docs/architecture.md, "Running here").
 - Ray's own chatter (worker start-up, actor warnings, Ray Data and Ray Train logs) goes to Ray's
   log files (`/tmp/ray/session_latest/logs` on the head), not to the console: the workers' output
   is not forwarded to the driver (`log_to_driver=False`). What a user sees comes from

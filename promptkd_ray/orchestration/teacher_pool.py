@@ -9,7 +9,7 @@
                        resources={"teacher": 1} on a cluster, batch_size=B, max_restarts, max_task_retries)
 
 Design decisions:
-- The teacher emits features, not logits (DESIGN.md): logits are a matmul on the trainer, so the
+- The teacher emits features, not logits (docs/architecture.md): logits are a matmul on the trainer, so the
   class set and the temperature never reach the pool.
 - An actor receives a `ModelRef` (a few bytes: an artifact path or a model spec) and builds its
   teacher once, on its own device (`encoder.ImageEncoder`); bf16 autocast on GPU by default

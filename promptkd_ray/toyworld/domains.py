@@ -3,8 +3,8 @@
 Design decisions:
 - A domain is a set of (colour, shape) classes rendered in one style; its class names are
   "<colour> <shape>", sorted alphabetically and labelled 0…N-1 (as CoOp's split files do for
-  folder-named classes), so base = the first ⌈N/2⌉ names and novel = the rest (PROTOCOL.md).
-- Layout (PROTOCOL.md, "On-disk layouts"): `<root>/<folder>/<image_folder>/<class_dir>/<split>_<i>.png`
+  folder-named classes), so base = the first ⌈N/2⌉ names and novel = the rest (docs/protocol.md).
+- Layout (docs/protocol.md, "On-disk layouts"): `<root>/<folder>/<image_folder>/<class_dir>/<split>_<i>.png`
   and `<root>/<folder>/split_zhou_<Name>.json` = `{"train"|"val"|"test": [[path, label, classname]]}`,
   paths relative to the image folder. The real split-JSON readers therefore read toy domains.
 - Images are 32×32 RGB PNGs, the toy models' input size (the test transform's resize is a no-op).

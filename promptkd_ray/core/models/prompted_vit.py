@@ -1,6 +1,6 @@
 """Deep visual prompts around open_clip's `VisionTransformer` (PromptKD / PromptSRC / VPT-deep).
 
-Placement, exactly as the authors' code (PROTOCOL.md):
+Placement, exactly as the authors' code (docs/protocol.md):
 - shallow prompts `shallow_prompt` [n_ctx, width] are appended *after* the patch tokens, after the
   positional embedding was added and before `ln_pre`; they get no positional embedding;
 - before block i = 1 … depth-1 the last n_ctx tokens are replaced by `deep_prompts[i-1]`;

@@ -2,7 +2,7 @@
 
 A zero-shot teacher has depth 0 on both towers and makes class vectors from one template or
 an ensemble (features of each template L2-normalised, averaged, normalised again). A
-PromptSRC-style teacher has prompts on both towers (PROTOCOL.md, "Teacher") and makes class
+PromptSRC-style teacher has prompts on both towers (docs/protocol.md, "Teacher") and makes class
 vectors from its prompted text "a photo of a {classname}.".
 """
 
