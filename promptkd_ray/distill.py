@@ -50,11 +50,10 @@ from .data.decode import to_model_input
 from .data.sources import PathSource
 from .distill_setup import Setup, new_student, prepare, resolve
 from .orchestration import cluster
-from .orchestration.audit import IdAudit, recorded_ids  # noqa: F401  (recorded_ids: re-exported for callers)
+from .orchestration.audit import IdAudit
 from .orchestration.bookkeeping import Bookkeeping
 from .orchestration.checkpoints import (
     TRAINABLE_FILE,
-    TensorBoardLog,
     anchored,
     check_resumable,
     final_checkpoint,
@@ -68,6 +67,7 @@ from .orchestration.meter import BatchPlan, EpochMeter, epoch_batches
 from .orchestration.pipeline import distill_datasets
 from .orchestration.progress import BuildProgress, Console, Reporter
 from .orchestration.softlabels import Cache, build_cache, check_source, replay_datasets
+from .orchestration.tensorboard import TensorBoardLog
 from .orchestration.trainer import dataset_shard, fit, prepare_model, this_worker
 from .storage import Storage
 

@@ -41,8 +41,9 @@ from .core.promptsrc import EpochMeans
 from .data.decode import DecodeOptions, load_view
 from .errors import BadImageError
 from .orchestration import cluster
-from .orchestration.checkpoints import TensorBoardLog, anchored, check_resumable, report, restore, run_storage
+from .orchestration.checkpoints import anchored, check_resumable, report, restore, run_storage
 from .orchestration.progress import Console, Reporter
+from .orchestration.tensorboard import TensorBoardLog
 from .orchestration.trainer import fit, gradient_averager, this_worker
 from .storage import Storage
 from .teacher_setup import TeacherData, build_job_teacher, image_size, kshot_batches, new_training, open_data

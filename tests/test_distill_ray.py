@@ -82,7 +82,7 @@ def test_every_image_reaches_the_trainers_exactly_once_per_epoch_across_the_rest
     """`train.record_ids`: per epoch, the ids both workers received (the epoch re-run after the kill
     included) are every readable train image outside the held-out slice, each once."""
     from promptkd_ray.data.sources import resolve_source
-    from promptkd_ray.distill import recorded_ids
+    from promptkd_ray.orchestration.audit import recorded_ids
     from promptkd_ray.storage import Storage
 
     result, raw, bad, run_dir, _ = faulty_run

@@ -76,3 +76,4 @@ def test_data_limit_is_read_by_resolve_source_for_every_kind(tmp_path):
     job = distill_job_from_dict({**tiny_job(root, tmp_path / "runs", "p"), "data": data})
     table = resolve_source(job.data, job.seed)
     assert type(table) is ParquetSource and table.limit == 4 and table.parquet_rows == 10
+    assert table.num_train == 4  # the stream reads 4 rows: steps per epoch count those, not the table's

@@ -128,7 +128,7 @@ def expected_ids(job: dict, bad: list) -> list:
 def assert_every_image_once_per_epoch(job: dict, bad: list, report: dict, tmp_path: Path) -> None:
     """Per epoch, the ids all Train workers received (an epoch run again after a failure included)
     are every readable train image, each once; history and bad-image count stay right."""
-    from promptkd_ray.distill import recorded_ids
+    from promptkd_ray.orchestration.audit import recorded_ids
     from promptkd_ray.storage import Storage
 
     expected, epochs = expected_ids(job, bad), job["train"]["epochs"]

@@ -197,10 +197,11 @@ def test_tune_runs_its_trials_into_s3_and_writes_the_sweep_there(flow, capsys):
             }
         )
     )
-    assert main(["tune", "--space", str(space), f"teacher.cache={S3}/cache"]) == 0
+    assert main(["tune", "--space", str(space)]) == 0  # the sweep builds its one cache under the S3 sweep
     assert "sweep space: best trial" in capsys.readouterr().out
     keys = _keys(flow, "runs/sweeps/space/")
     assert {"runs/sweeps/space/best_job.yaml", "runs/sweeps/space/trials.csv"} <= set(keys)
+    assert any(k.startswith("runs/sweeps/space/caches/teacher/") for k in keys)
     rows = flow["s3"].read(BUCKET, "runs/sweeps/space/trials.csv").decode().splitlines()
     assert len(rows) == 3 and all(",completed," in row for row in rows[1:])  # header + 2 trials
     assert len([k for k in keys if re.search(r"trials/[^/]+/student\.safetensors$", k)]) == 2

@@ -203,7 +203,7 @@ def test_the_teacher_was_killed_mid_epoch_and_restarted_without_a_train_restart(
 @pytest.mark.slow
 def test_every_image_reaches_the_trainers_exactly_once_in_every_epoch(teacher_killed_run):
     from promptkd_ray.data.sources import resolve_source
-    from promptkd_ray.distill import recorded_ids
+    from promptkd_ray.orchestration.audit import recorded_ids
     from promptkd_ray.storage import Storage
 
     result, raw, bad, run_dir, _, _ = teacher_killed_run

@@ -39,12 +39,12 @@ MAX_HELDOUT_FRACTION = 0.2
 
 
 @dataclass(frozen=True)
-class PathSource:
-    """Image files listed by path (a benchmark, split JSON, ImageFolder or toy-world domain)."""
+class ListedSource:
+    """Images listed one by one (by path or pack id): the training ids and the held-out slice's."""
 
     name: str  # dataset name (for logs and the run summary)
     classnames: tuple[str, ...]  # label order; () when the source has no class names
-    train_paths: tuple[str, ...] = ()  # images to distil on (absolute paths or URIs)
+    train_paths: tuple[str, ...] = ()  # images to distil on (absolute paths, URIs or pack ids)
     heldout_paths: tuple[str, ...] = ()  # label-free held-out slice (never trained on)
 
     @property
@@ -57,23 +57,16 @@ class PathSource:
 
 
 @dataclass(frozen=True)
-class PackSource:
+class PathSource(ListedSource):
+    """Image files listed by path (a benchmark, split JSON, ImageFolder or toy-world domain)."""
+
+
+@dataclass(frozen=True)
+class PackSource(ListedSource):
     """A pack (`promptkd-ray pack`): the paths are its ids, the bytes are in its shards."""
 
-    name: str
-    classnames: tuple[str, ...]
-    train_paths: tuple[str, ...] = ()  # pack ids to distil on
-    heldout_paths: tuple[str, ...] = ()  # pack ids of the label-free held-out slice
     pack: str = ""  # pack folder or URI
     pack_splits: tuple[str, ...] = ()  # the pack's splits holding the training and the held-out ids
-
-    @property
-    def num_train(self) -> int:
-        return len(self.train_paths)
-
-    @property
-    def has_heldout(self) -> bool:
-        return bool(self.heldout_paths)
 
 
 @dataclass(frozen=True)
@@ -91,8 +84,10 @@ class ParquetSource:
 
     @property
     def num_train(self) -> int:
-        """Training rows, approximately (the held-out ones are known only once read)."""
-        return int(round(self.parquet_rows * (1.0 - self.heldout_fraction)))
+        """Training rows, approximately (the held-out ones are known only once read): of the table's
+        first `limit` rows when a limit is set, as the stream reads them."""
+        rows = min(self.limit, self.parquet_rows) if self.limit else self.parquet_rows
+        return int(round(rows * (1.0 - self.heldout_fraction)))
 
     @property
     def has_heldout(self) -> bool:

@@ -44,7 +44,6 @@ import torch
 
 from ..errors import CheckpointCorruptError, CheckpointMismatchError
 from ..storage import Storage, absolute
-from .tensorboard import TensorBoardLog as TensorBoardLog  # until distill.py / teacher.py import it there
 
 log = logging.getLogger(__name__)
 

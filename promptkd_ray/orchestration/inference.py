@@ -26,9 +26,9 @@ import torch
 
 from ..core.artifacts import ModelRef
 from ..data.decode import DecodeOptions, decode_views
+from .bookkeeping import start_ledger
 from .cluster import has_gpus
 from .encoder import ImageEncoder
-from .pipeline import start_ledger
 
 log = logging.getLogger(__name__)
 

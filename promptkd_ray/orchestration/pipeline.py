@@ -49,7 +49,7 @@ from ..core.artifacts import ModelRef
 from ..data.decode import DecodeOptions, decode_recorded, decode_views
 from ..data.sources import ImageSource, PackSource, ParquetSource, PathSource, is_heldout_bytes
 from ..errors import BadImageError
-from .bookkeeping import Bookkeeping, start_ledger  # noqa: F401  (start_ledger: inference.py's import)
+from .bookkeeping import Bookkeeping
 from .epochs import current_epoch, ids_at
 from .packs import source_rows as pack_source_rows
 from .teacher_pool import add_teacher_features, teacher_actors
