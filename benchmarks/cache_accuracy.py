@@ -56,7 +56,7 @@ def job(args, seed: int, name: str, *extra: str):
 
 def runs_of_seed(args, seed: int, timings: dict) -> dict:
     """The three runs of one seed (building each cache first); wall seconds go into `timings`."""
-    from promptkd_ray.distill import build_soft_label_cache, run_distillation
+    from promptkd_ray.distill import build_cache, run_distillation
 
     streaming = job(args, seed, "streaming")
     epochs = streaming.train.epochs
@@ -65,7 +65,7 @@ def runs_of_seed(args, seed: int, timings: dict) -> dict:
     for views in (epochs, 1):
         label, cache = f"cached K = {views}", Path(args.out).resolve() / "caches" / f"seed{seed}-K{views}"
         started = time.perf_counter()
-        build_soft_label_cache(streaming, out=str(cache), views=views)
+        build_cache(streaming, out=str(cache), views=views)
         timings[(seed, f"build K = {views}")] = [time.perf_counter() - started]
         runs[label] = run_distillation(job(args, seed, f"cached-K{views}", f"teacher.cache={cache}"))
         timings[(seed, label)] = [e["epoch_seconds"] for e in runs[label].history]

@@ -43,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def toy(args) -> dict:
     from promptkd_ray.config import load_distill_job
-    from promptkd_ray.distill import build_soft_label_cache, run_distillation
+    from promptkd_ray.distill import build_cache, run_distillation
 
     out = Path(args.out).resolve()
     base = [
@@ -56,7 +56,7 @@ def toy(args) -> dict:
         return load_distill_job(REPO / "jobs" / "toy_b2n.yaml", [f"name={name}", *base, *extra])
 
     started = time.perf_counter()
-    cache = build_soft_label_cache(job("stream"), out=str(out / "cache"), views=args.epochs)
+    cache = build_cache(job("stream"), out=str(out / "cache"), views=args.epochs)
     build_s = time.perf_counter() - started
     streamed = run_distillation(job("stream")).history
     cached = run_distillation(job("cached", f"teacher.cache={out / 'cache'}")).history

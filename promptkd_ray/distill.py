@@ -3,7 +3,7 @@
 Read top to bottom:
     prepare(job, run)              setup (`distill_setup.py`): the stream, the models, class vectors
     run_distillation(job)          driver: setup → datasets → trainer.fit → student artifact + metrics
-    build_soft_label_cache(job)    driver: the teacher's features of K seeded views per image, once
+    build_cache(job)    driver: the teacher's features of K seeded views per image, once
     train_loop_per_worker(plan)    each Ray Train worker: student, optimiser, resume, epochs, reports
     train_one_epoch(...)           for each of the worker's batches: `core.step.distill_step`, meter
     heldout_metrics(...)           label-free student–teacher agreement and KL on the held-out slice
@@ -19,7 +19,7 @@ Design decisions:
   rank 0, a checkpoint with everything that trains plus the optimiser, scheduler and progress.
   A restart (worker failure, `FailureConfig`) or a re-run of the job with the same name and
   storage resumes after the last reported epoch, with the same history.
-- With `teacher.cache` (built by `build_soft_label_cache`, `orchestration/softlabels.py`) no
+- With `teacher.cache` (built by `build_cache`, `orchestration/cache.py`) no
   teacher actor starts: epoch e replays view slot e mod K, re-rendered from the source images.
 - Class vectors come from `teacher.class_vectors`, or are computed once by the setup and stored in
   the run folder (`distill_setup.py`).
@@ -52,6 +52,7 @@ from .distill_setup import Setup, new_student, prepare, resolve
 from .orchestration import cluster
 from .orchestration.audit import IdAudit
 from .orchestration.bookkeeping import Bookkeeping
+from .orchestration.cache import Cache, check_source, replay_datasets, write_cache
 from .orchestration.checkpoints import (
     TRAINABLE_FILE,
     anchored,
@@ -66,7 +67,6 @@ from .orchestration.epochs import set_epoch
 from .orchestration.meter import BatchPlan, EpochMeter, epoch_batches
 from .orchestration.pipeline import distill_datasets
 from .orchestration.progress import BuildProgress, Console, Reporter
-from .orchestration.softlabels import Cache, build_cache, check_source, replay_datasets
 from .orchestration.tensorboard import TensorBoardLog
 from .orchestration.trainer import dataset_shard, fit, prepare_model, this_worker
 from .storage import Storage
@@ -150,7 +150,7 @@ def run_distillation(job: DistillJob, callbacks: Sequence = ()) -> DistillResult
     return _finish(job, setup, run, result, books)
 
 
-def build_soft_label_cache(job: DistillJob, out: str = "", views: int = 0) -> Cache:
+def build_cache(job: DistillJob, out: str = "", views: int = 0) -> Cache:
     """Write (or finish) the soft-label cache of the job's images: K = `views` (default: the job's
     epochs) seeded views per image and the held-out slice, at `out` (default: teacher.cache, else
     storage_path/soft_labels/NAME)."""
@@ -171,7 +171,7 @@ def build_soft_label_cache(job: DistillJob, out: str = "", views: int = 0) -> Ca
     with BuildProgress(
         source.num_train * views + len(source.heldout_paths), job.ray.progress_bars
     ) as progress:
-        return build_cache(stream, out, views, Bookkeeping.start(), progress)
+        return write_cache(stream, out, views, Bookkeeping.start(), progress)
 
 
 def worker_plan(job: DistillJob, setup: Setup, run: Storage, has_heldout: bool, books, board) -> WorkerPlan:

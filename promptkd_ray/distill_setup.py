@@ -32,8 +32,8 @@ from .core.models import build_student
 from .core.models.loading import vision_setting
 from .data.sources import open_world, resolve_source, vocabulary_names
 from .errors import ConfigError
+from .orchestration.cache import Cache, open_cache
 from .orchestration.pipeline import DecodeSpec, Stream
-from .orchestration.softlabels import Cache, open_cache
 from .storage import Storage
 
 log = logging.getLogger(__name__)

@@ -172,7 +172,7 @@ def run_sweep(sweep: Sweep):
 
 def prepare_caches(sweep: Sweep) -> dict:
     """Teacher label → its soft-label cache (built once, or found whole and reused); {} without caches."""
-    from .distill import build_soft_label_cache
+    from .distill import build_cache
 
     if not sweep.space.search.cache:
         log.info(
@@ -187,7 +187,7 @@ def prepare_caches(sweep: Sweep) -> dict:
         job = distill_job_from_dict(raw, sweep.space.source)
         caches[label] = Storage(sweep.folder).path(f"caches/{label or 'teacher'}")
         log.info("soft-label cache for teacher %s: %s", label or "(the job's)", caches[label])
-        build_soft_label_cache(job, out=caches[label], views=job.train.epochs)
+        build_cache(job, out=caches[label], views=job.train.epochs)
     return caches
 
 

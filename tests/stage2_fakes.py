@@ -99,3 +99,28 @@ def tiny_job(root: Path, storage: "Path | str", name: str, **sections) -> dict:
         else:
             job[key] = value
     return job
+
+
+def two_teachers(folder: Path, classnames=("red", "green", "blue", "yellow")) -> dict:
+    """Two tiny teachers with different weights as a space's teacher choice ({"t0": …, "t1": …});
+    t1 comes with its class vectors, t0's are computed by the run."""
+    import torch
+    from safetensors.torch import save_file
+
+    from promptkd_ray.core.artifacts import ModelRef
+    from promptkd_ray.core.classvectors import compute_class_vectors, save_class_vectors
+    from promptkd_ray.core.models import load_clip
+
+    teachers = {}
+    for i in range(2):
+        torch.manual_seed(i)
+        weights = folder / f"teacher{i}.safetensors"
+        save_file(
+            {k: v.contiguous() for k, v in load_clip("tiny-vit-teacher").state_dict().items()}, str(weights)
+        )
+        teachers[f"t{i}"] = {"spec": f"tiny-vit-teacher:{weights}"}
+    spec = teachers["t1"]["spec"]
+    vectors = compute_class_vectors(ModelRef("zeroshot", spec).build(), list(classnames), teacher_spec=spec)
+    save_class_vectors(vectors, str(folder / "t1_class_vectors"))
+    teachers["t1"]["class_vectors"] = str(folder / "t1_class_vectors")
+    return teachers

@@ -26,7 +26,7 @@ def built(tmp_path_factory, ray_cluster):
     from safetensors.torch import save_file
 
     from promptkd_ray.core.models import load_clip
-    from promptkd_ray.distill import build_soft_label_cache
+    from promptkd_ray.distill import build_cache
 
     tmp = tmp_path_factory.mktemp("cache")
     torch.manual_seed(0)
@@ -45,7 +45,7 @@ def built(tmp_path_factory, ray_cluster):
         seed=11,
     )
     uri = f"file://{tmp / 'cache'}"
-    cache = build_soft_label_cache(distill_job_from_dict(raw), out=uri, views=VIEWS)
+    cache = build_cache(distill_job_from_dict(raw), out=uri, views=VIEWS)
     return {"raw": raw, "uri": uri, "dir": tmp / "cache", "cache": cache, "tmp": tmp}
 
 
@@ -200,7 +200,7 @@ def test_a_tampered_a_missing_file_a_cut_manifest_and_a_half_written_cache_are_r
 
 
 def test_an_interrupted_build_resumes_at_the_first_unfinished_slot(built, tmp_path, caplog):
-    from promptkd_ray.distill import build_soft_label_cache
+    from promptkd_ray.distill import build_cache
 
     copy = _copy(built, tmp_path)
     kept = sorted(p.name for p in (copy / "slot_0000").glob("*.parquet"))
@@ -208,7 +208,7 @@ def test_an_interrupted_build_resumes_at_the_first_unfinished_slot(built, tmp_pa
         (copy / name).unlink()
     shutil.rmtree(copy / "heldout")
     with caplog.at_level("INFO"):
-        cache = build_soft_label_cache(_job(built), out=str(copy), views=VIEWS)
+        cache = build_cache(_job(built), out=str(copy), views=VIEWS)
     assert "slot_0000: written by an earlier attempt, reused" in caplog.text
     assert (
         "slot_0001: 32 views written (2/3 parts; 64/72 views in" in caplog.text
@@ -220,4 +220,4 @@ def test_an_interrupted_build_resumes_at_the_first_unfinished_slot(built, tmp_pa
         and cache.manifest["parts"]["slot_0000"] == built["cache"].manifest["parts"]["slot_0000"]
     )
     with pytest.raises(ConfigError, match="2 views, not 3"):
-        build_soft_label_cache(_job(built), out=str(copy), views=3)
+        build_cache(_job(built), out=str(copy), views=3)

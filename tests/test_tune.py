@@ -1,14 +1,14 @@
 """Sweeps: space files (checked value by value against their job, one sentence when wrong), a tiny
 sweep under ASHA on the session's Ray (outputs, one shared soft-label cache, nothing left held; its
-trials drawn by Optuna and tracked in MLflow), and a sweep over teachers selected on val_accuracy.
-A sweep whose driver is killed resuming without re-running finished trials: tests/test_job_submit.py."""
+trials drawn by Optuna and tracked in MLflow). The sweep over teachers (a cache per teacher, selected on
+val_accuracy) runs on S3 in tests/test_s3.py; a sweep whose driver is killed resuming without re-running
+finished trials, in tests/test_job_submit.py."""
 
 import os
 import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from stage2_fakes import make_split_json, tiny_job
 
@@ -268,53 +268,6 @@ def _teacher_actors(ray_cluster) -> int:
     from ray._private.state import actors
 
     return sum("TeacherPredictor" in a["ActorClassName"] for a in actors().values())
-
-
-@pytest.mark.slow
-def test_a_teacher_choice_builds_one_cache_per_teacher_and_selects_on_val_accuracy(
-    tmp_path, ray_cluster, caplog
-):
-    from safetensors.torch import save_file
-
-    from promptkd_ray.core.classvectors import compute_class_vectors, save_class_vectors
-    from promptkd_ray.core.models import load_clip
-    from promptkd_ray.tune import open_sweep, run_sweep
-
-    root, _ = make_split_json(tmp_path / "data", per_class=6, val_per_class=3)
-    teachers = {}
-    for i in range(2):  # two tiny teachers with different weights; t1 comes with its class vectors
-        torch.manual_seed(i)
-        model = load_clip("tiny-vit-teacher")
-        weights = tmp_path / f"teacher{i}.safetensors"
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
-        teachers[f"t{i}"] = {"spec": f"tiny-vit-teacher:{weights}"}
-    from promptkd_ray.core.artifacts import ModelRef
-
-    cv = compute_class_vectors(
-        ModelRef("zeroshot", teachers["t1"]["spec"]).build(),
-        ["red", "green", "blue", "yellow"],
-        teacher_spec=teachers["t1"]["spec"],
-    )
-    save_class_vectors(cv, str(tmp_path / "t1_class_vectors"))
-    teachers["t1"]["class_vectors"] = str(tmp_path / "t1_class_vectors")
-    job = tiny_job(root, tmp_path / "runs", "teachers", train={"epochs": 2}, data={"heldout_images": 4})
-    path = write_space(
-        tmp_path,
-        job,
-        metric="val_accuracy",
-        search={"val_shots": 2},
-        scheduler={"kind": "fifo"},
-        params={"teacher": {"grid": teachers}},
-    )
-    with caplog.at_level("INFO"):
-        report = run_sweep(open_sweep(str(path)))
-    assert caplog.text.count("soft-label cache for teacher t") == 2  # one per teacher, not one per trial
-    assert {t.params["teacher"] for t in report.trials} == {"t0", "t1"}
-    assert all(t.status == "completed" and len(t.curve) == 1 and 0 <= t.final <= 100 for t in report.trials)
-    best = yaml.safe_load((Path(report.folder) / "best_job.yaml").read_text())
-    assert best["teacher"]["spec"] == teachers[report.best.params["teacher"]]["spec"]
-    assert best["teacher"]["cache"].endswith(f"caches/{report.best.params['teacher']}")
-    assert (Path(report.folder) / "best" / "class_vectors.safetensors").is_file()
 
 
 def test_concurrency_is_what_the_cluster_holds_in_cpus_gpus_and_custom_resources(tmp_path, tiny, monkeypatch):

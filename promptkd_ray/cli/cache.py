@@ -2,7 +2,7 @@
 
 Runs the job's teacher pool once per view slot over the job's images (K slots, default the job's
 epochs) and over its held-out slice, and writes the teacher's features with each view's
-parameters as Parquet (`orchestration/softlabels.py`). Then `distill … teacher.cache=PATH` replays
+parameters as Parquet (`orchestration/cache.py`). Then `distill … teacher.cache=PATH` replays
 it without a teacher. Locally it starts Ray in-process; under `ray job submit` it joins the cluster.
 Re-running the same command finishes an interrupted build.
 """
@@ -30,13 +30,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from ..config import load_distill_job
-    from ..distill import build_soft_label_cache
+    from ..distill import build_cache
     from ..errors import UsageError
 
     if args.views < 0:
         raise UsageError(f"--views must be ≥ 1 (or 0 for the job's epochs), got {args.views}.")
     job = load_distill_job(args.config, args.overrides)
-    cache = build_soft_label_cache(job, args.out, args.views)
+    cache = build_cache(job, args.out, args.views)
     m = cache.manifest
     print(
         f"cache {cache.storage.root}: {m['views']} views, {m['rows']} rows, {m['bytes'] / 1e6:.1f} MB "

@@ -9,7 +9,7 @@
     epochs         which epoch the stream is in and that epoch's image order
     pipeline       Stage II's stream: images → decode tasks → teacher pool → trainers
     packs          a pack's shards read on Ray Data (the chosen ids' bytes)
-    softlabels     the soft-label cache: teacher features of K seeded views, built once, replayed
+    cache          the soft-label cache: teacher features of K seeded views, built once, replayed
     meter          a Train worker's epoch: its batches, one step each, a meter of named sums
     audit          the id audit (`train.record_ids`): which ids each worker received per epoch
     trainer        one Ray Train `TorchTrainer` for both stages, and the worker's view of it

@@ -1,7 +1,7 @@
 """The soft-label cache: the teacher's features of K seeded views per image, computed once and
 replayed by Stage II — a cached run is the streaming run, replayed, at the student's cost alone.
 
-    build_cache(stream, out, views, …)   decode → teacher pool once per view slot → Parquet per slot
+    write_cache(stream, out, views, …)   decode → teacher pool once per view slot → Parquet per slot
     open_cache(path, stream)             the job's `teacher.cache`, checked against the job's stream
     replay_datasets(cache, decode, …)    {"train": slot e mod K re-rendered in epoch e, "heldout": …}
 
@@ -118,7 +118,7 @@ def check_source(source: ImageSource) -> None:
 # --- build ---------------------------------------------------------------------------------------------
 
 
-def build_cache(stream: Stream, out: str, views: int, books: Bookkeeping, progress=None) -> Cache:
+def write_cache(stream: Stream, out: str, views: int, books: Bookkeeping, progress=None) -> Cache:
     """Run the teacher pool once per view slot (and once over the held-out slice) and write the
     cache at `out`; slots already written by an interrupted build are kept. → the opened cache.
     `progress`, if given, has `.rows(n)` (n more views written) and `.part(name, rows, done, total)`."""
