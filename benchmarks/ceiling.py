@@ -250,26 +250,9 @@ def labelled_student(job, setup, images: Labelled, row: LabelledRow, out: Path) 
 
 def save_labelled(student, job, setup, row: LabelledRow, path: str) -> str:
     """A labelled student as a student artifact (what `evaluate.score` reads); → the .safetensors."""
-    from promptkd_ray.core.artifacts import StudentInfo, save_student
+    from promptkd_ray.core.artifacts import save_student
 
-    s, cv = job.student, setup.class_vectors
-    info = StudentInfo(
-        spec=setup.student_spec,
-        teacher_dim=cv.dim,
-        n_ctx=s.n_ctx,
-        depth=s.depth,
-        projector=s.projector,
-        class_vectors_sha256=cv.sha256,
-        edu_attention_width=student.edu_attention_width,
-        extra={
-            "job": job.name,
-            "labelled": row.name,
-            "epochs": row.epochs,
-            "base_only": row.base_only,
-            "teacher_ref": {"kind": setup.stream.teacher.kind, "source": setup.stream.teacher.source},
-            "class_vectors_templates": list(cv.templates),
-        },
-    )
+    info = setup.student_info(job, student, labelled=row.name, epochs=row.epochs, base_only=row.base_only)
     save_student(student, info, path)
     return f"{path}.safetensors"
 

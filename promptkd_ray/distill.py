@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from .config import DistillJob, to_dict
 from .config.distill import StudentConfig, TrainConfig
-from .core.artifacts import StudentInfo, save_student
+from .core.artifacts import save_student
 from .core.losses import LossConfig
 from .core.schedule import build_optimizer, build_scheduler
 from .core.step import autocast_dtype, distill_step, teacher_logits, teacher_scale
@@ -203,7 +203,7 @@ def _finish(job: DistillJob, setup: Setup, run: Storage, result, books: Bookkeep
     """The student artifact, metrics.csv and metrics.json from the last checkpoint."""
     from safetensors.torch import load_file
 
-    s, cv = job.student, setup.class_vectors
+    cv = setup.class_vectors
     with final_checkpoint(result) as directory:
         progress = read_progress(directory)
         student = new_student(job, setup.student_spec, cv.dim)
@@ -221,25 +221,15 @@ def _finish(job: DistillJob, setup: Setup, run: Storage, result, books: Bookkeep
         "final": history[-1] if history else {},
         "history": history,
     }
-    info = StudentInfo(
-        spec=setup.student_spec,
-        teacher_dim=cv.dim,
-        n_ctx=s.n_ctx,
-        depth=s.depth,
-        projector=s.projector,
-        class_vectors_sha256=cv.sha256,
-        edu_attention_width=student.edu_attention_width,
-        extra={
-            "job": job.name,
-            "teacher": setup.teacher_spec,
-            "epochs": len(history),
-            "teacher_ref": {"kind": setup.stream.teacher.kind, "source": setup.stream.teacher.source},
-            "class_vectors_templates": list(cv.templates),
-            "vocabulary": job.teacher.vocabulary,
-            "image_size": setup.stream.decode.size,
-            "loss": to_dict(job)["loss"],
-            "final_metrics": summary["final"],
-        },
+    info = setup.student_info(
+        job,
+        student,
+        teacher=setup.teacher_spec,
+        epochs=len(history),
+        vocabulary=job.teacher.vocabulary,
+        image_size=setup.stream.decode.size,
+        loss=to_dict(job)["loss"],
+        final_metrics=summary["final"],
     )
     save_student(student, info, run.path("student"))
     run.write_text("metrics.json", json.dumps(summary, indent=1) + "\n")

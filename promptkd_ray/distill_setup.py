@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .config import DistillJob
-from .core.artifacts import ModelRef, read_teacher_info
+from .core.artifacts import ModelRef, StudentInfo, read_teacher_info
 from .core.classvectors import (
     ClassVectors,
     check_class_vectors,
@@ -67,6 +67,27 @@ class Setup:
             "teacher": self.teacher_spec,
             "class_vectors_sha256": self.class_vectors.sha256,
         }
+
+    def student_info(self, job: DistillJob, student, **extra) -> StudentInfo:
+        """The artifact header of a student of this setup: backbone, prompts, projector, the class
+        vectors and the teacher they came from, and `extra` (what trained it)."""
+        s, cv = job.student, self.class_vectors
+        teacher_ref = {"kind": self.stream.teacher.kind, "source": self.stream.teacher.source}
+        return StudentInfo(
+            spec=self.student_spec,
+            teacher_dim=cv.dim,
+            n_ctx=s.n_ctx,
+            depth=s.depth,
+            projector=s.projector,
+            class_vectors_sha256=cv.sha256,
+            edu_attention_width=student.edu_attention_width,
+            extra={
+                "job": job.name,
+                "teacher_ref": teacher_ref,
+                "class_vectors_templates": list(cv.templates),
+                **extra,
+            },
+        )
 
 
 def edu_attention_width(job, dim: int) -> int:
