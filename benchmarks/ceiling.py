@@ -43,7 +43,7 @@ How the labelled rows train: the project's own pieces, in this process, no secon
 
     .venv/bin/python benchmarks/ceiling.py --threads 1 --out runs/ceiling            # default world, seeds 0 1 2
     .venv/bin/python benchmarks/ceiling.py --profile quick --seeds 0 --epochs 2 \\
-        --out /tmp/ceiling                                                              # smoke test (Ray)
+        --out runs/ceiling_smoke                                                         # smoke test (Ray)
     .venv/bin/python benchmarks/ceiling.py --distilled runs/method_comparison/runs/promptkd-seed{0,1,2} \\
         --out runs/ceiling                                                              # finished runs, no Ray
 
