@@ -66,7 +66,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from method_comparison import seeds_parser
+from method_comparison import seed_overrides, seeds_parser
 
 from promptkd_ray.core.losses import LossConfig
 
@@ -115,19 +115,7 @@ def seed_job(args, seed: int, name: str, extra: Sequence[str] = ()):
     `extra`: further overrides."""
     from promptkd_ray.config import load_distill_job
 
-    return load_distill_job(
-        args.job,
-        [
-            f"name={name}",
-            f"storage_path={Path(args.out).resolve() / 'runs'}",
-            f"seed={seed}",
-            f"data.root={args.cache_dir}",
-            f"data.toyworld_profile={args.profile}",
-            f"data.toyworld_seed={seed}",
-            *([f"train.epochs={args.epochs}"] if args.epochs else []),
-            *extra,
-        ],
-    )
+    return load_distill_job(args.job, [*seed_overrides(args, seed, name), *extra])
 
 
 def seed_setup(args, seed: int, extra: Sequence[str] = ()) -> tuple:

@@ -75,7 +75,13 @@ def distill(args, seed: int, config: str):
     from promptkd_ray.distill import run_distillation
 
     name = f"{config.replace(' ', '_').replace('/', '')}-seed{seed}"
-    overrides = [
+    return run_distillation(load_distill_job(DEMO_JOB, [*seed_overrides(args, seed, name), *CONFIGS[config]]))
+
+
+def seed_overrides(args, seed: int, name: str) -> list[str]:
+    """A job's overrides for toy-world seed `seed` (the run's seed too), named `name`, under
+    --out/runs, its epochs from --epochs if given (args: --out, --cache-dir, --profile, --epochs)."""
+    return [
         f"name={name}",
         f"storage_path={Path(args.out).resolve() / 'runs'}",
         f"seed={seed}",
@@ -83,9 +89,7 @@ def distill(args, seed: int, config: str):
         f"data.toyworld_profile={args.profile}",
         f"data.toyworld_seed={seed}",
         *([f"train.epochs={args.epochs}"] if args.epochs else []),
-        *CONFIGS[config],
     ]
-    return run_distillation(load_distill_job(DEMO_JOB, overrides))
 
 
 def recorded_seconds(run) -> float:

@@ -3,7 +3,7 @@
 Read top to bottom:
     prepare(job, run)              setup (`distill_setup.py`): the stream, the models, class vectors
     run_distillation(job)          driver: setup → datasets → trainer.fit → student artifact + metrics
-    build_cache(job)    driver: the teacher's features of K seeded views per image, once
+    build_cache(job)               driver: the teacher's features of K seeded views per image, once
     train_loop_per_worker(plan)    each Ray Train worker: student, optimiser, resume, epochs, reports
     train_one_epoch(...)           for each of the worker's batches: `core.step.distill_step`, meter
     heldout_metrics(...)           label-free student–teacher agreement and KL on the held-out slice
