@@ -50,6 +50,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=4, help="epochs per measurement (the first is not counted)")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Train worker counts for ours")
     p.add_argument("--modes", nargs="+", default=["streaming", "cached"], choices=["streaming", "cached"])
+    p.add_argument(
+        "--in-memory",
+        nargs="+",
+        default=["never", "always"],
+        choices=["never", "always"],
+        help="data.in_memory of ours: never streams every epoch, always decodes once into the workers",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads of the limit loop")
     p.add_argument("--num-cpus", type=int, default=6, help="logical CPUs of the local Ray")
     p.add_argument("--out", required=True, help="folder for limit.md and limit.csv")
@@ -148,7 +155,7 @@ def rows_of(limit: dict, runs: dict, modes: list) -> list[dict]:
                 "run_wall_s": "",
             }
         )
-        for (m, workers), run in runs.items():
+        for (m, workers, in_memory), run in runs.items():
             if m != mode:
                 continue
             h = run["history"]
@@ -156,7 +163,7 @@ def rows_of(limit: dict, runs: dict, modes: list) -> list[dict]:
             rows.append(
                 {
                     "mode": mode,
-                    "who": f"ours, {workers} worker(s)",
+                    "who": f"ours, {workers} worker(s)" + (", resident" if in_memory == "always" else ""),
                     "epoch_s": epoch_s,
                     "images_per_s": median_after_first([e["images"] for e in h]) / epoch_s,
                     "startup_s": median_after_first([e["startup_s"] for e in h]),
@@ -203,11 +210,13 @@ def main(argv=None) -> int:
             build_cache(job_of(args, storage, "cache_build"), out=str(Path(tmp) / "cache"), views=args.epochs)
             cache_build_s = time.perf_counter() - start
         for mode in args.modes:
-            for workers in args.workers:
-                extra = [f"teacher.cache={Path(tmp) / 'cache'}"] if mode == "cached" else []
-                log.info("ours: %s, %d worker(s) …", mode, workers)
-                job = job_of(args, storage, f"{mode}_{workers}w", f"train.num_workers={workers}", *extra)
-                runs[(mode, workers)] = ours(job)
+            for in_memory in args.in_memory:
+                for workers in args.workers:
+                    extra = [f"teacher.cache={Path(tmp) / 'cache'}"] if mode == "cached" else []
+                    extra += [f"train.num_workers={workers}", f"data.in_memory={in_memory}"]
+                    log.info("ours: %s, %d worker(s), data.in_memory=%s …", mode, workers, in_memory)
+                    job = job_of(args, storage, f"{mode}_{workers}w_{in_memory}", *extra)
+                    runs[(mode, workers, in_memory)] = ours(job)
         ray.shutdown()
     rows = rows_of(limit, runs, args.modes)
     head = (

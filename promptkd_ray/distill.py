@@ -34,8 +34,8 @@ import csv
 import io
 import json
 import logging
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, replace
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -64,10 +64,12 @@ from .orchestration.checkpoints import (
     run_storage,
 )
 from .orchestration.epochs import set_epoch
-from .orchestration.meter import BatchPlan, EpochMeter, epoch_batches
-from .orchestration.pipeline import distill_datasets
+from .orchestration.meter import BatchPlan, EpochMeter, ShardFeed
+from .orchestration.pipeline import distill_datasets, with_run_teachers
 from .orchestration.progress import BuildProgress, Console, Reporter
+from .orchestration.resident import ResidentFeed, ResidentPlan, resident_plan
 from .orchestration.tensorboard import TensorBoardLog
+from .orchestration.timeline import WORKER_FILE, Marks, phases
 from .orchestration.trainer import dataset_shard, fit, prepare_model, this_worker
 from .storage import Storage
 
@@ -100,6 +102,7 @@ class WorkerPlan:
     has_heldout: bool  # a "heldout" dataset goes to rank 0
     books: Bookkeeping  # unreadable images counted exactly; rank 0 tells the stream's tasks the epoch
     board: object  # ProgressBoard actor of the driver's console
+    resident: Optional[ResidentPlan] = None  # images decoded once into the workers (`data.in_memory`)
 
 
 # --- driver --------------------------------------------------------------------------------------------
@@ -110,7 +113,7 @@ def run_distillation(job: DistillJob, callbacks: Sequence = ()) -> DistillResult
     Train (a Tune trial's `TuneReportCallback` turns each epoch's report into a Tune result)."""
     import yaml
 
-    job = anchored(job)
+    job, marks = anchored(job), Marks()
     cluster.connect(job.ray, cluster.cpus_needed(job.train, job.teacher_pool))
     cluster.warn_missing_resources({**job.teacher_pool.resources, **job.train.resources_per_worker})
     run = run_storage(job)
@@ -118,16 +121,9 @@ def run_distillation(job: DistillJob, callbacks: Sequence = ()) -> DistillResult
     check_resumable(run, setup.fingerprint(job))
     run.write_text("job.yaml", yaml.safe_dump(to_dict(job), sort_keys=False))
     books = Bookkeeping.start()
+    marks.mark("setup")
     with contextlib.ExitStack() as running:  # the run's teacher actors end with it
-        if setup.cache is not None:
-            log.info(
-                "replaying the soft-label cache %s (%d views per image): no teacher actors",
-                setup.cache.storage.root,
-                setup.cache.views,
-            )
-            datasets = replay_datasets(setup.cache, setup.stream.decode, books, job.train.record_ids)
-        else:
-            datasets = distill_datasets(setup.stream, books, job.train.record_ids, running)
+        datasets, resident = _datasets(job, setup, books, running)
         log.info(
             "run %s: %d epochs on %d images, %d worker(s), storage %s",
             job.name,
@@ -138,6 +134,8 @@ def run_distillation(job: DistillJob, callbacks: Sequence = ()) -> DistillResult
         )
         board = running.enter_context(Console("distill", job.ray.progress_bars))
         plan = worker_plan(job, setup, run, "heldout" in datasets, books, board)
+        plan = replace(plan, resident=resident)
+        marks.mark("fit")
         result = fit(
             train_loop_per_worker,
             plan,
@@ -147,7 +145,29 @@ def run_distillation(job: DistillJob, callbacks: Sequence = ()) -> DistillResult
             preserve_order=job.data.preserve_order,
             callbacks=callbacks,
         )
-    return _finish(job, setup, run, result, books)
+    marks.mark("fitted")
+    return _finish(job, setup, run, result, books, marks)
+
+
+def _datasets(job: DistillJob, setup: Setup, books: Bookkeeping, running: contextlib.ExitStack):
+    """The run's Ray datasets and its `ResidentPlan` (None when it streams): the stream or a replay
+    of its soft-label cache, and the held-out slice; no training dataset when the workers hold the
+    images (`data.in_memory`)."""
+    stream, cache = setup.stream, setup.cache
+    if cache is not None:
+        log.info(
+            "replaying the soft-label cache %s (%d views per image): no teacher actors",
+            cache.storage.root,
+            cache.views,
+        )
+        datasets = replay_datasets(cache, stream.decode, books, job.train.record_ids)
+    else:
+        stream = with_run_teachers(stream, running)
+        datasets = distill_datasets(stream, books, job.train.record_ids)
+    resident = resident_plan(job.data, stream, job.train, books, cache)
+    if resident is not None:  # the workers decode their share once and render the views themselves
+        datasets.pop("train")
+    return datasets, resident
 
 
 def build_cache(job: DistillJob, out: str = "", views: int = 0) -> Cache:
@@ -199,7 +219,9 @@ def worker_plan(job: DistillJob, setup: Setup, run: Storage, has_heldout: bool, 
     )
 
 
-def _finish(job: DistillJob, setup: Setup, run: Storage, result, books: Bookkeeping) -> DistillResult:
+def _finish(
+    job: DistillJob, setup: Setup, run: Storage, result, books: Bookkeeping, marks: Marks
+) -> DistillResult:
     """The student artifact, metrics.csv and metrics.json from the last checkpoint."""
     from safetensors.torch import load_file
 
@@ -232,6 +254,9 @@ def _finish(job: DistillJob, setup: Setup, run: Storage, result, books: Bookkeep
         final_metrics=summary["final"],
     )
     save_student(student, info, run.path("student"))
+    marks.mark("finished")
+    worker_marks = json.loads(run.read_text(WORKER_FILE)) if run.is_file(WORKER_FILE) else {}
+    summary["timeline"] = phases(marks.at, worker_marks)
     run.write_text("metrics.json", json.dumps(summary, indent=1) + "\n")
     run.write_text("metrics.csv", _csv(history))
     log.info(
@@ -241,6 +266,8 @@ def _finish(job: DistillJob, setup: Setup, run: Storage, result, books: Bookkeep
         summary["student_artifact"],
         summary["bad_images"],
     )
+    if summary["timeline"]:
+        log.info("run %s: seconds per phase %s", job.name, summary["timeline"])
     return DistillResult(
         run_dir=run.root, student_artifact=summary["student_artifact"], history=history, summary=summary
     )
@@ -260,7 +287,7 @@ def _csv(history: list) -> str:
 
 def train_loop_per_worker(plan: WorkerPlan) -> None:
     """Ray Train worker: build, restore, then train and report epoch after epoch."""
-    worker = this_worker()
+    worker, marks = this_worker(), Marks()
     class_vectors = plan.class_vectors.to(worker.device)
     torch.manual_seed(plan.seed)
     student = new_student(plan, plan.student_spec, class_vectors.shape[1], worker.device)
@@ -281,15 +308,20 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
         TensorBoardLog(Storage(plan.run)) if rank0 else None,
         plan.train.log_every,
     )
-    shard = dataset_shard("train")
+    if plan.resident is not None:
+        feed = ResidentFeed.start(plan.resident, plan.batches.size, worker)
+    else:
+        feed = ShardFeed(dataset_shard("train"), plan.batches)
+    marks.mark("ready")
     for epoch in range(progress["epoch"] + 1, plan.train.epochs):
         lr_now = optimizer.param_groups[0]["lr"]
         if rank0:  # every worker has finished the previous epoch (its all-reduce); none reads this one yet
             set_epoch(plan.books.clock, epoch)
         stats, progress["step"] = train_one_epoch(
-            model, shard, class_vectors, optimizer, plan, epoch, progress["step"], reporter
+            model, feed, class_vectors, optimizer, plan, epoch, progress["step"], reporter
         )
         scheduler.step()
+        marks.mark(f"trained_{epoch}")
         metrics = {"epoch": epoch, "step": progress["step"], "lr": lr_now, **stats}
         if rank0:
             metrics["bad_images"] = len(plan.books.bad_images())
@@ -297,6 +329,7 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
                 scale = teacher_scale(plan.loss, plan.teacher_logit_scale, student)
                 metrics.update(heldout_metrics(student, heldout, class_vectors, scale))
             reporter.epoch_end(epoch, metrics)
+        marks.mark(f"scored_{epoch}")
         progress.update(epoch=epoch, history=progress["history"] + [metrics])
         report(
             metrics,
@@ -305,18 +338,22 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
             {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
             worker.rank,
         )
+        marks.mark(f"reported_{epoch}")
     reporter.close()
+    if rank0:
+        Storage(plan.run).write_text(WORKER_FILE, marks.to_json())
 
 
 def train_one_epoch(
-    model, shard, class_vectors, optimizer, plan: WorkerPlan, epoch: int, step: int, reporter: Reporter
+    model, feed, class_vectors, optimizer, plan: WorkerPlan, epoch: int, step: int, reporter: Reporter
 ) -> tuple[dict, int]:
-    """One pass over this worker's shard; → (metrics averaged over all workers, global step)."""
+    """One pass over this worker's batches of `epoch` (`feed`: its shard of the stream, or its resident
+    images); → (metrics averaged over all workers, global step)."""
     worker, device = this_worker(), class_vectors.device
     precision = autocast_dtype(plan.train.precision, device.type)
     audit = IdAudit() if plan.train.record_ids else None
     meter = EpochMeter(worker.world)
-    for i, batch in enumerate(meter.timed(epoch_batches(shard, plan.batches, epoch, audit))):
+    for i, batch in enumerate(meter.timed(feed.epoch_batches(epoch, audit))):
         images = to_model_input(batch["image"].to(device))
         features = batch["teacher_feature"].to(device)
         out = distill_step(

@@ -77,3 +77,27 @@ def test_data_limit_is_read_by_resolve_source_for_every_kind(tmp_path):
     table = resolve_source(job.data, job.seed)
     assert type(table) is ParquetSource and table.limit == 4 and table.parquet_rows == 10
     assert table.num_train == 4  # the stream reads 4 rows: steps per epoch count those, not the table's
+
+
+def test_a_runs_phases_add_up_from_the_driver_and_rank_0_marks():
+    from promptkd_ray.orchestration.timeline import phases
+
+    driver = {"start": 0.0, "setup": 2.0, "datasets": 5.0, "fit": 6.0, "fitted": 40.0, "finished": 41.5}
+    worker = {"start": 20.0, "ready": 22.0}
+    for e, at in enumerate((22.0, 30.0)):  # epoch e starts when e − 1 was reported
+        worker.update({f"trained_{e}": at + 5, f"scored_{e}": at + 6, f"reported_{e}": at + 8})
+    out = phases(driver, worker)
+    assert out == {
+        "setup_s": 2.0,
+        "datasets_s": 4.0,
+        "worker_group_start_s": 14.0,
+        "worker_setup_s": 2.0,
+        "training_s": 10.0,
+        "heldout_scoring_s": 2.0,
+        "reports_s": 4.0,
+        "shutdown_s": 2.0,
+        "finish_s": 1.5,
+        "total_s": 41.5,
+    }
+    assert sum(v for k, v in out.items() if k != "total_s") == out["total_s"]  # every second in one phase
+    assert phases(driver, {}) == {}

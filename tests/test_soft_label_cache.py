@@ -136,19 +136,119 @@ def _step_losses(run_dir) -> list:
     return [(e.step, e.value) for e in events.Scalars("distill/step/loss")]
 
 
-def test_a_cached_run_trains_as_the_streaming_run_without_a_teacher(built):
+@pytest.fixture(scope="module")
+def runs(built):
+    """The streaming run (2 epochs) and the cached run (3: epoch 2 rereads slot 0, reordered)."""
     from promptkd_ray.distill import run_distillation
 
-    train = {"epochs": VIEWS, "log_every": 1}
-    streamed_run = run_distillation(_job(built, name="streamed", train=train))
-    cached_run = run_distillation(_job(built, name="replayed", teacher={"cache": built["uri"]}, train=train))
-    streamed, cached = streamed_run.history, cached_run.history
-    steps = _step_losses(streamed_run.run_dir)
+    return {
+        "streamed": run_distillation(_job(built, name="streamed", train={"epochs": VIEWS, "log_every": 1})),
+        "replayed": run_distillation(
+            _job(built, name="replayed", teacher={"cache": built["uri"]}, train={"epochs": 3, "log_every": 1})
+        ),
+    }
+
+
+def test_a_cached_run_trains_as_the_streaming_run_without_a_teacher(runs):
+    streamed, cached = runs["streamed"].history, runs["replayed"].history[:VIEWS]
+    steps = _step_losses(runs["streamed"].run_dir)
     assert [s for s, _ in steps] == list(range(1, 2 * 32 // 8 + 1))  # every step of both epochs, one worker
-    assert _step_losses(cached_run.run_dir) == [(s, pytest.approx(loss, abs=1e-4)) for s, loss in steps]
+    assert _step_losses(runs["replayed"].run_dir)[: len(steps)] == [
+        (s, pytest.approx(loss, abs=1e-4)) for s, loss in steps
+    ]
     assert [e["images"] for e in cached] == [e["images"] for e in streamed] == [32, 32]
     assert [e["loss"] for e in cached] == pytest.approx([e["loss"] for e in streamed], abs=1e-4)
     assert [e["heldout_kl"] for e in cached] == pytest.approx([e["heldout_kl"] for e in streamed], abs=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["streamed", "replayed"])
+def test_resident_images_train_on_the_same_batches_as_the_stream_and_the_replay(built, runs, mode):
+    """data.in_memory=always: the images decoded once into the worker, the views rendered there — the
+    same per-step losses as the streaming (or replayed) run, every image once per epoch (the audit)."""
+    from promptkd_ray.distill import run_distillation
+    from promptkd_ray.orchestration.audit import recorded_ids
+    from promptkd_ray.storage import Storage
+
+    epochs = len(runs[mode].history)
+    teacher = {"cache": built["uri"]} if mode == "replayed" else {}
+    job = _job(
+        built,
+        name=f"resident_{mode}",
+        teacher=teacher,
+        data={"in_memory": "always"},
+        train={"epochs": epochs, "log_every": 1, "record_ids": True},
+    )
+    resident = run_distillation(job)
+    expected = _step_losses(runs[mode].run_dir)
+    assert len(expected) == epochs * 32 // 8
+    assert _step_losses(resident.run_dir) == [(s, pytest.approx(loss, abs=1e-4)) for s, loss in expected]
+    paths = {str(p) for p in (built["tmp"] / "data").rglob("*.png")}
+    for epoch in range(epochs):
+        ids = recorded_ids(Storage(resident.run_dir), epoch)
+        assert sorted(ids["trained"]) == sorted(set(ids["trained"])) and not ids["dropped"]
+        assert len(ids["trained"]) == 32 and set(ids["trained"]) <= paths
+
+
+def test_resident_images_on_two_workers_train_every_image_once_per_epoch(built):
+    """Each worker keeps the images at positions ≡ rank (mod 2) and both take the same full batches;
+    the rest is recorded as dropped, as the stream's short last batch."""
+    from promptkd_ray.distill import run_distillation
+    from promptkd_ray.orchestration.audit import recorded_ids
+    from promptkd_ray.storage import Storage
+
+    train = {"epochs": 2, "num_workers": 2, "record_ids": True, "batch_size": 6}
+    run = run_distillation(_job(built, name="resident_2w", data={"in_memory": "always"}, train=train))
+    for epoch in range(2):
+        ids = recorded_ids(Storage(run.run_dir), epoch)
+        assert len(ids["trained"]) == 30 and len(ids["dropped"]) == 2  # 16 each: 5 batches of 3, 1 left
+        assert len(set(ids["trained"]) | set(ids["dropped"])) == 32
+    assert [e["images"] for e in run.history] == [30, 30]
+
+
+def test_a_workers_share_is_decoded_once_skipping_and_counting_unreadable_files(tmp_path):
+    from stage2_fakes import make_split_json as make
+
+    from promptkd_ray.errors import BadImageError
+    from promptkd_ray.orchestration.pipeline import DecodeSpec
+    from promptkd_ray.orchestration.resident import ResidentPlan, decode_share
+
+    root, bad = make(tmp_path, per_class=2, bad_per_kind=1)
+    paths = tuple(sorted(str(p) for p in (root / "toy" / "images").rglob("*.png")))
+    plan = ResidentPlan(DecodeSpec(32), paths, threads=2)
+    shares = [decode_share(plan, rank, 2) for rank in (0, 1)]
+    assert all(p % 2 == rank for rank, share in enumerate(shares) for p in share)
+    held = {ident for share in shares for ident, _ in share.values()}
+    assert held == set(paths) - set(bad) and bad
+    assert all(image.mode == "RGB" for share in shares for _, image in share.values())
+    with pytest.raises(BadImageError, match="is not a readable image"):
+        decode_share(ResidentPlan(DecodeSpec(32, on_bad_image="fail"), paths), 0, 1)
+
+
+def test_in_memory_always_refuses_what_it_cannot_hold_in_one_sentence_and_auto_streams_it(built, caplog):
+    from types import SimpleNamespace
+
+    from promptkd_ray.distill import run_distillation
+    from promptkd_ray.distill_setup import resolve
+    from promptkd_ray.orchestration.bookkeeping import Bookkeeping
+    from promptkd_ray.orchestration.resident import resident_plan
+
+    job = _job(built, name="too_big")
+    stream = resolve(job)[0]
+    stream = stream.__class__(**{**stream.__dict__, "teachers": ("an actor",)})
+    small = SimpleNamespace(in_memory="always", in_memory_mb=0.001)  # the 32 tiny PNGs need ~0.1 MB
+    with pytest.raises(ConfigError, match=r"cannot hold this run's images in memory: .* MB per worker, over"):
+        resident_plan(small, stream, job.train, Bookkeeping())
+    with caplog.at_level("INFO"):
+        assert (
+            resident_plan(SimpleNamespace(in_memory="auto", in_memory_mb=0.001), stream, job.train, None)
+            is None
+        )
+    assert "data.in_memory=auto: streaming, since its decoded images need about" in caplog.text
+    assert resident_plan(SimpleNamespace(in_memory="auto", in_memory_mb=1), stream, job.train, Bookkeeping())
+    job = _job(built, name="autoscaled", data={"in_memory": "always"}, teacher_pool={"max_size": 2})
+    with pytest.raises(ConfigError, match="its teacher pool autoscales"):
+        run_distillation(job)
+    assert not (built["tmp"] / "runs" / "autoscaled" / "checkpoint_epoch_000").exists()
 
 
 @pytest.mark.parametrize(

@@ -70,6 +70,10 @@ class DataConfig(ImagesConfig):
     )
     on_bad_image: str = choice("skip", "fail")  # unreadable file: skip and count it, or fail the run
     decode_batch_size: int = 32  # images per decode + augment task batch
+    in_memory: str = choice(
+        "never", "auto", "always"
+    )  # decode the images once into the Train workers' memory (loose files); auto = when they fit
+    in_memory_mb: int = 2048  # in_memory=auto: the most decoded images one worker may hold (MB)
     decode_memory_mb: int = (
         640  # memory reserved per decode task: its worker (Ray Data measured ~450 MiB) + a batch
     )
@@ -124,7 +128,9 @@ def distill_checks(job: DistillJob) -> Problems:
     problems.need(bool(s.spec or toy), "student.spec", "must be set (MODEL[:PRETRAINED]).")
     problems.at_least("student", s, n_ctx=1, depth=0, edu_attention_width=0)
     problems.at_least("teacher_pool", p, size=1, batch_size=1)
-    problems.at_least("data", d, decode_batch_size=1, decode_memory_mb=1, heldout_images=0, limit=0)
+    problems.at_least(
+        "data", d, decode_batch_size=1, decode_memory_mb=1, in_memory_mb=1, heldout_images=0, limit=0
+    )
     problems.need(
         p.max_size == 0 or p.max_size >= p.size,
         "teacher_pool.max_size",

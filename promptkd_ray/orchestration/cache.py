@@ -211,7 +211,7 @@ def _parquet_bytes(batch: dict) -> bytes:
     return out.getvalue()
 
 
-def _read_part_file(storage_root: str, rel: str) -> dict:
+def read_part_file(storage_root: str, rel: str) -> dict:
     """One cache file → a numpy batch {"id", view columns, "teacher_feature" float16 [b, d]}."""
     import numpy as np
     import pyarrow as pa
@@ -319,7 +319,7 @@ def read_cache_rows(batch: dict, root: str, slots: list, seed: int, clock=None, 
     file_order = epoch_order(seed, epoch, len(files), reorder)
     out = []
     for j in (int(file_order[int(j)]) for j in batch["file"]):
-        rows = _read_part_file(root, f"{part}/{files[j]}")
+        rows = read_part_file(root, f"{part}/{files[j]}")
         if reorder:
             order = np.random.default_rng([seed, epoch, j]).permutation(len(rows["id"]))
             rows = {k: v[order] for k, v in rows.items()}

@@ -58,6 +58,17 @@ def epoch_batches(shard, plan: BatchPlan, epoch: int, audit: Optional[IdAudit] =
         yield batch
 
 
+@dataclass(frozen=True)
+class ShardFeed:
+    """A worker's shard of the streamed (or replayed) dataset, read epoch by epoch."""
+
+    shard: object  # ray.train.get_dataset_shard("train")
+    plan: BatchPlan
+
+    def epoch_batches(self, epoch: int, audit: Optional[IdAudit] = None) -> Iterator[dict]:
+        return epoch_batches(self.shard, self.plan, epoch, audit)
+
+
 class EpochMeter:
     """An epoch's named sums (weighted by images) and its timing, all-reduced by `result()`."""
 

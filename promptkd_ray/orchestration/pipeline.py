@@ -150,17 +150,17 @@ def decode_and_augment(batch: dict, spec: DecodeSpec, mode: str, rows=None, ledg
         crop_scale_min=spec.crop_scale_min,
         options=spec.options,
     )
-    return _without_bad(out, bad, spec.on_bad_image, ledger)
+    return without_bad(out, bad, spec.on_bad_image, ledger)
 
 
 def decode_recorded_task(batch: dict, spec: DecodeSpec, ledger=None) -> dict:
     """Ray Data task: re-render the recorded views of a batch of soft-label cache rows; skip or fail
     on files that have become unreadable since the cache was built."""
     rows, bad = decode_recorded(batch, spec.size, spec.options)
-    return _without_bad(rows, bad, spec.on_bad_image, ledger)
+    return without_bad(rows, bad, spec.on_bad_image, ledger)
 
 
-def _without_bad(rows: dict, bad: list, on_bad_image: str, ledger) -> dict:
+def without_bad(rows: dict, bad: list, on_bad_image: str, ledger) -> dict:
     """`rows`, after failing on the first unreadable file (`fail`) or counting them all (`skip`)."""
     if bad and on_bad_image == "fail":
         ident, reason = bad[0]
@@ -238,15 +238,16 @@ def train_feed(ds, with_ids: bool = False):
     return ds.select_columns(TRAIN_COLUMNS + ["id"] if with_ids else TRAIN_COLUMNS)
 
 
-def distill_datasets(
-    stream: Stream, books: Bookkeeping, record_ids: bool, running: Optional[contextlib.ExitStack] = None
-) -> dict:
+def with_run_teachers(stream: Stream, running: contextlib.ExitStack) -> Stream:
+    """`stream` with the run's teacher actors (a fixed pool's, started here for the whole run and
+    ended with `running`; none for an autoscaled pool)."""
+    actors = running.enter_context(teacher_actors(stream.teacher, stream.pool, stream.gpus))
+    return replace(stream, teachers=tuple(actors))
+
+
+def distill_datasets(stream: Stream, books: Bookkeeping, record_ids: bool) -> dict:
     """{"train": the streamed dataset (epochs told by the clock), "heldout": the materialised
-    held-out slice (when there is one)}; with `running`, a fixed pool's teacher actors start here for
-    the whole run and end with `running`."""
-    if running is not None:
-        actors = running.enter_context(teacher_actors(stream.teacher, stream.pool, stream.gpus))
-        stream = replace(stream, teachers=tuple(actors))
+    held-out slice (when there is one)}."""
     datasets = {"train": train_feed(image_dataset(stream, "train", books), with_ids=record_ids)}
     if stream.source.has_heldout:
         log.info("teacher features of the held-out slice …")

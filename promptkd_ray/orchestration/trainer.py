@@ -64,7 +64,7 @@ def fit(
             callbacks=list(callbacks),
         ),
         datasets=datasets or None,
-        dataset_config=_data_config(preserve_order) if datasets else None,
+        dataset_config=_data_config(preserve_order, "train" in datasets) if datasets else None,
     )
     try:
         result = trainer.fit()
@@ -78,7 +78,7 @@ def fit(
     return result
 
 
-def _data_config(preserve_order: bool):
+def _data_config(preserve_order: bool, split_train: bool = True):
     from ray.data import DataContext, ExecutionOptions
     from ray.train import DataConfig
 
@@ -88,7 +88,7 @@ def _data_config(preserve_order: bool):
         preserve_order=preserve_order or current.preserve_order,
         verbose_progress=current.verbose_progress,
     )
-    return DataConfig(datasets_to_split=["train"], execution_options=options)
+    return DataConfig(datasets_to_split=["train"] if split_train else [], execution_options=options)
 
 
 @dataclass(frozen=True)
@@ -120,14 +120,19 @@ def prepare_model(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
-    """In place over all workers (`op`: "sum" or "max"); a no-op with one worker."""
+    """In place over all workers (`op`: "sum", "max" or "min"); a no-op with one worker."""
     if (
         torch.distributed.is_available()
         and torch.distributed.is_initialized()
         and torch.distributed.get_world_size() > 1
     ):
         torch.distributed.all_reduce(
-            tensor, op={"sum": torch.distributed.ReduceOp.SUM, "max": torch.distributed.ReduceOp.MAX}[op]
+            tensor,
+            op={
+                "sum": torch.distributed.ReduceOp.SUM,
+                "max": torch.distributed.ReduceOp.MAX,
+                "min": torch.distributed.ReduceOp.MIN,
+            }[op],
         )
     return tensor
 
