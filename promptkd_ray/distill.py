@@ -48,11 +48,11 @@ from .core.schedule import build_optimizer, build_scheduler
 from .core.step import autocast_dtype, distill_step, teacher_logits, teacher_scale
 from .data.decode import to_model_input
 from .data.sources import PathSource
-from .distill_setup import Setup, new_student, prepare, resolve
+from .distill_setup import Setup, new_student, prepare, resolve, run_datasets
 from .orchestration import cluster
 from .orchestration.audit import IdAudit
 from .orchestration.bookkeeping import Bookkeeping
-from .orchestration.cache import Cache, check_source, replay_datasets, write_cache
+from .orchestration.cache import Cache, check_source, write_cache
 from .orchestration.checkpoints import (
     TRAINABLE_FILE,
     anchored,
@@ -65,9 +65,8 @@ from .orchestration.checkpoints import (
 )
 from .orchestration.epochs import set_epoch
 from .orchestration.meter import BatchPlan, EpochMeter, ShardFeed
-from .orchestration.pipeline import distill_datasets, with_run_teachers
 from .orchestration.progress import BuildProgress, Console, Reporter
-from .orchestration.resident import ResidentFeed, ResidentPlan, resident_plan
+from .orchestration.resident import ResidentFeed, ResidentPlan
 from .orchestration.tensorboard import TensorBoardLog
 from .orchestration.timeline import WORKER_FILE, Marks, phases
 from .orchestration.trainer import dataset_shard, fit, prepare_model, this_worker
@@ -123,7 +122,7 @@ def run_distillation(job: DistillJob, callbacks: Sequence = ()) -> DistillResult
     books = Bookkeeping.start()
     marks.mark("setup")
     with contextlib.ExitStack() as running:  # the run's teacher actors end with it
-        datasets, resident = _datasets(job, setup, books, running)
+        datasets, resident = run_datasets(job, setup, books, running)
         log.info(
             "run %s: %d epochs on %d images, %d worker(s), storage %s",
             job.name,
@@ -133,7 +132,8 @@ def run_distillation(job: DistillJob, callbacks: Sequence = ()) -> DistillResult
             run.root,
         )
         board = running.enter_context(Console("distill", job.ray.progress_bars))
-        plan = worker_plan(job, setup, run, "heldout" in datasets, books, board)
+        has_heldout = "heldout" in datasets or bool(resident and resident.heldout_paths)
+        plan = worker_plan(job, setup, run, has_heldout, books, board)
         plan = replace(plan, resident=resident)
         marks.mark("fit")
         result = fit(
@@ -147,27 +147,6 @@ def run_distillation(job: DistillJob, callbacks: Sequence = ()) -> DistillResult
         )
     marks.mark("fitted")
     return _finish(job, setup, run, result, books, marks)
-
-
-def _datasets(job: DistillJob, setup: Setup, books: Bookkeeping, running: contextlib.ExitStack):
-    """The run's Ray datasets and its `ResidentPlan` (None when it streams): the stream or a replay
-    of its soft-label cache, and the held-out slice; no training dataset when the workers hold the
-    images (`data.in_memory`)."""
-    stream, cache = setup.stream, setup.cache
-    if cache is not None:
-        log.info(
-            "replaying the soft-label cache %s (%d views per image): no teacher actors",
-            cache.storage.root,
-            cache.views,
-        )
-        datasets = replay_datasets(cache, stream.decode, books, job.train.record_ids)
-    else:
-        stream = with_run_teachers(stream, running)
-        datasets = distill_datasets(stream, books, job.train.record_ids)
-    resident = resident_plan(job.data, stream, job.train, books, cache)
-    if resident is not None:  # the workers decode their share once and render the views themselves
-        datasets.pop("train")
-    return datasets, resident
 
 
 def build_cache(job: DistillJob, out: str = "", views: int = 0) -> Cache:
@@ -300,7 +279,6 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
         scheduler.load_state_dict(state["scheduler"])
     model = prepare_model(student)
     rank0 = worker.rank == 0
-    heldout = dataset_shard("heldout") if rank0 and plan.has_heldout else None
     reporter = Reporter(
         plan.board if rank0 else None,
         plan.train.epochs,
@@ -312,6 +290,7 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
         feed = ResidentFeed.start(plan.resident, plan.batches.size, worker)
     else:
         feed = ShardFeed(dataset_shard("train"), plan.batches)
+    heldout = heldout_slice(plan, feed) if rank0 and plan.has_heldout else None
     marks.mark("ready")
     for epoch in range(progress["epoch"] + 1, plan.train.epochs):
         lr_now = optimizer.param_groups[0]["lr"]
@@ -327,7 +306,7 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
             metrics["bad_images"] = len(plan.books.bad_images())
             if heldout is not None:
                 scale = teacher_scale(plan.loss, plan.teacher_logit_scale, student)
-                metrics.update(heldout_metrics(student, heldout, class_vectors, scale))
+                metrics.update(heldout_metrics(student, heldout(), class_vectors, scale))
             reporter.epoch_end(epoch, metrics)
         marks.mark(f"scored_{epoch}")
         progress.update(epoch=epoch, history=progress["history"] + [metrics])
@@ -377,12 +356,22 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def heldout_metrics(student, shard, class_vectors: torch.Tensor, scale: float) -> dict:
+def heldout_slice(plan: WorkerPlan, feed):
+    """Rank 0's held-out slice: a function giving its batches each epoch (the materialised dataset's,
+    or the resident feed's, built once)."""
+    if plan.resident is not None:
+        batches = feed.heldout_batches()
+        return lambda: batches
+    shard = dataset_shard("heldout")
+    return lambda: shard.iter_torch_batches(batch_size=64)
+
+
+def heldout_metrics(student, batches, class_vectors: torch.Tensor, scale: float) -> dict:
     """Label-free: % of held-out views where student and teacher agree on the top-1 class, and
     the mean KL(teacher ‖ student) at T = 1. Runs the unwrapped student (no DDP collectives)."""
     student.eval()
     agree = kl = count = 0.0
-    for batch in shard.iter_torch_batches(batch_size=64):
+    for batch in batches:
         images = to_model_input(batch["image"].to(class_vectors.device))
         s_logits = student(images, class_vectors).float()
         t_logits = teacher_logits(batch["teacher_feature"].to(class_vectors.device), class_vectors, scale)

@@ -4,6 +4,8 @@
                              class vectors, the soft-label cache to replay
     resolve(job)           → (Stream, teacher spec, student spec), every mismatch in one sentence
     new_student(job, …)    the job's student (driver and workers alike)
+    run_datasets(job, …)   the run's Ray datasets (stream, replay, held-out slice), or none and a
+                           `ResidentPlan` when the workers hold the images (`data.in_memory`)
 
 Design decisions:
 - The stream is built here once (`orchestration.pipeline.Stream`) and every Stage II dataset of the
@@ -32,8 +34,9 @@ from .core.models import build_student
 from .core.models.loading import vision_setting
 from .data.sources import open_world, resolve_source, vocabulary_names
 from .errors import ConfigError
-from .orchestration.cache import Cache, open_cache
-from .orchestration.pipeline import DecodeSpec, Stream
+from .orchestration.cache import Cache, open_cache, replay_datasets
+from .orchestration.pipeline import DecodeSpec, Stream, distill_datasets, with_run_teachers
+from .orchestration.resident import resident_plan
 from .storage import Storage
 
 log = logging.getLogger(__name__)
@@ -186,3 +189,23 @@ def _class_vectors(job: DistillJob, run: Storage, stream: Stream, teacher_spec: 
     )
     save_class_vectors(cv, run.path(CLASS_VECTORS_NAME))
     return cv
+
+
+def run_datasets(job: DistillJob, setup: Setup, books, running):
+    """The run's Ray datasets and its `ResidentPlan` (None when it streams): the stream or a replay
+    of its soft-label cache, and the held-out slice; no training dataset when the workers hold the
+    images (`data.in_memory`)."""
+    stream, cache = setup.stream, setup.cache
+    if cache is None:
+        stream = with_run_teachers(stream, running)
+    resident = resident_plan(job.data, stream, job.train, books, cache)
+    if resident is not None:  # the workers decode the images once and render the views themselves
+        return {}, resident
+    if cache is not None:
+        log.info(
+            "replaying the soft-label cache %s (%d views per image): no teacher actors",
+            cache.storage.root,
+            cache.views,
+        )
+        return replay_datasets(cache, stream.decode, books, job.train.record_ids), None
+    return distill_datasets(stream, books, job.train.record_ids), None

@@ -182,6 +182,9 @@ def test_resident_images_train_on_the_same_batches_as_the_stream_and_the_replay(
     expected = _step_losses(runs[mode].run_dir)
     assert len(expected) == epochs * 32 // 8
     assert _step_losses(resident.run_dir) == [(s, pytest.approx(loss, abs=1e-4)) for s, loss in expected]
+    kl = [e["heldout_kl"] for e in runs[mode].history]  # rank 0 scores its own held-out slice: the same
+    assert [e["heldout_kl"] for e in resident.history] == pytest.approx(kl, abs=1e-4)
+    assert [e["heldout_images"] for e in resident.history] == [8] * epochs
     paths = {str(p) for p in (built["tmp"] / "data").rglob("*.png")}
     for epoch in range(epochs):
         ids = recorded_ids(Storage(resident.run_dir), epoch)

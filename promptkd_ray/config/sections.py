@@ -92,6 +92,9 @@ class WorkersConfig:
     resources_per_worker: Dict[str, float] = field(default_factory=dict)  # custom resources per worker
     max_failures: int = 2  # worker-group restarts from the last checkpoint before the run fails
     checkpoints_to_keep: int = 2  # most recent checkpoints kept in storage
+    poll_s: float = (
+        0.25  # Ray Train's controller polls its workers this often (Ray: 2 s; a run's end waits a poll)
+    )
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,7 @@ def workers_checks(t: WorkersConfig, batch_size: int, problems: Problems, sectio
         f"must be ≥ -1 (-1 = unlimited), got {t.max_failures}.",
     )
     problems.at_least(section, t, cpus_per_worker=0)
+    problems.need(t.poll_s > 0, f"{section}.poll_s", f"must be > 0 seconds, got {t.poll_s}.")
     resources_checks(t.resources_per_worker, f"{section}.resources_per_worker", problems)
 
 

@@ -10,7 +10,9 @@
     pipeline       Stage II's stream: images → decode tasks → teacher pool → trainers
     packs          a pack's shards read on Ray Data (the chosen ids' bytes)
     cache          the soft-label cache: teacher features of K seeded views, built once, replayed
+    resident       `data.in_memory`: each Train worker decodes its share once and renders the views
     meter          a Train worker's epoch: its batches, one step each, a meter of named sums
+    timeline       where a run's time goes: the driver's and rank 0's marks, seconds per phase
     audit          the id audit (`train.record_ids`): which ids each worker received per epoch
     trainer        one Ray Train `TorchTrainer` for both stages, and the worker's view of it
     checkpoints    per-epoch reports, resume, fingerprints (both stages)

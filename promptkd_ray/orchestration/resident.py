@@ -30,7 +30,8 @@ Design decisions:
   paths or URIs alike (`data.decode.read_image`); unreadable files are counted by the run's ledger
   (or fail the run) as in the stream. No Ray Data plan runs for training at all: a Ray Data pass
   that decoded the images for the workers to collect cost 15–19 s of a 4-epoch run's start here,
-  decoding in the worker well under a second. The held-out slice is the stream's, materialised once.
+  decoding in the worker well under a second. Rank 0 holds the held-out slice the same way: its
+  full views, with the teacher's features from the cache or from the actors, once.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ import numpy as np
 
 from ..data.decode import read_image, render_view, row_view, view_rng
 from ..data.sources import PathSource
-from ..data.transforms import CROP_SCALE, sample_view
+from ..data.transforms import CROP_SCALE, full_view, sample_view
 from ..errors import ConfigError
 from .cache import read_part_file, slot_name
 from .epochs import epoch_order
@@ -64,10 +65,11 @@ class ResidentPlan:
 
     decode: DecodeSpec  # size, seed, shuffle, crop scale, decode options: the stream's views
     paths: tuple  # the source's training images (position p = paths[p])
+    heldout_paths: tuple = ()  # the label-free held-out slice (rank 0 scores it every epoch)
     ledger: object = None  # the run's `BadImageLedger`
     threads: int = 1  # decode threads of a worker (its CPUs)
     cache_root: str = ""  # a cached run: the soft-label cache, else ""
-    cache_slots: tuple = ()  # ((slot name, (file names, sorted)), …), one per view slot
+    cache_slots: tuple = ()  # ((slot name, (file names, sorted)), …), one per view slot, then "heldout"
     actors: tuple = ()  # a streaming run: the run's teacher actors
 
 
@@ -83,12 +85,15 @@ def resident_plan(data, stream, workers, books, cache=None) -> Optional[Resident
         return None
     slots = ()
     if cache is not None:
-        names = [slot_name(s) for s in range(cache.views)]
+        names = [slot_name(s) for s in range(cache.views)] + ["heldout"] * (
+            "heldout" in cache.manifest["parts"]
+        )
         slots = tuple((n, tuple(sorted(cache.manifest["parts"][n]["files"]))) for n in names)
     log.info("resident images: decoded once into the Train workers' memory, views rendered there")
     return ResidentPlan(
         decode=stream.decode,
         paths=tuple(stream.source.train_paths),
+        heldout_paths=tuple(stream.source.heldout_paths),
         ledger=books.ledger,
         threads=max(1, int(workers.cpus_per_worker)),
         cache_root=cache.storage.root if cache is not None else "",
@@ -134,20 +139,24 @@ def decoded_mb(paths) -> float:
 def decode_share(plan: ResidentPlan, rank: int, world: int) -> dict:
     """This worker's images (positions p with p mod world = rank), decoded once: position → (id,
     RGB image). Unreadable files are skipped and counted by the ledger, or raise, as the stream's."""
-    mine = list(range(rank, len(plan.paths), world))
+    return _decoded(plan, plan.paths, range(rank, len(plan.paths), world))
+
+
+def _decoded(plan: ResidentPlan, paths: tuple, positions) -> dict:
     spec = plan.decode
 
     def decode(p: int):
         try:
-            return p, read_image(plan.paths[p], spec.options), None
+            return p, read_image(paths[p], spec.options), None
         except Exception as exc:  # any unreadable file, as decode.decode_views
             return p, None, f"{type(exc).__name__}: {exc}"
 
     with ThreadPoolExecutor(plan.threads) as pool:
-        done = list(pool.map(decode, mine))
-    bad = [(plan.paths[p], why) for p, _, why in done if why is not None]
-    without_bad({}, bad, spec.on_bad_image, plan.ledger)
-    return {p: (plan.paths[p], image) for p, image, why in done if why is None}
+        done = list(pool.map(decode, positions))
+    without_bad(
+        {}, [(paths[p], why) for p, _, why in done if why is not None], spec.on_bad_image, plan.ledger
+    )
+    return {p: (paths[p], image) for p, image, why in done if why is None}
 
 
 # --- worker ------------------------------------------------------------------------------------------
@@ -161,7 +170,7 @@ class ResidentFeed:
         self.batch, self.rank = batch, rank
         self.background = background  # render in a thread (a GPU step leaves the CPU free), else inline
         self.by_id = {ident: p for p, (ident, _) in images.items()}
-        self.rows = _cache_rows(plan, set(self.by_id)) if plan.cache_root else None
+        self.rows = _cache_rows(plan, set(self.by_id)) if plan.cache_root else None  # per view slot
         self.steps = int(all_reduce(_tensor(len(images) // batch), "min"))
 
     @classmethod
@@ -171,6 +180,32 @@ class ResidentFeed:
         images = decode_share(plan, worker.rank, worker.world)
         log.info("rank %d holds %d decoded images", worker.rank, len(images))
         return cls(plan, images, batch, worker.rank, background=worker.device.type == "cuda")
+
+    def heldout_batches(self, size: int = 64) -> list:
+        """The held-out slice's full views with the teacher's features, once (rank 0 scores them
+        every epoch): from the cache's held-out rows, or from the run's teacher actors."""
+        import ray
+        import torch
+
+        images = _decoded(self.plan, self.plan.heldout_paths, range(len(self.plan.heldout_paths)))
+        stored = {}
+        for part, files in (s for s in self.plan.cache_slots if s[0] == "heldout"):
+            for name in files:
+                rows = read_part_file(self.plan.cache_root, f"{part}/{name}")
+                stored.update(zip((str(i) for i in rows["id"]), rows["teacher_feature"]))
+        kept = [(i, im) for _, (i, im) in sorted(images.items()) if not self.plan.cache_root or i in stored]
+        views = [render_view(im, full_view(*im.size), self.plan.decode.size) for _, im in kept]
+        batches = []
+        for k in range(0, len(views), size):
+            pixels = np.stack(views[k : k + size])
+            if self.plan.cache_root:
+                feature = np.stack([stored[i] for i, _ in kept[k : k + size]])
+            else:
+                feature = ray.get(
+                    self.plan.actors[(k // size) % len(self.plan.actors)].features.remote(pixels)
+                )
+            batches.append({"image": torch.from_numpy(pixels), "teacher_feature": torch.tensor(feature)})
+        return batches
 
     def epoch_rows(self, epoch: int) -> list:
         """Epoch e's rows of this worker, in order: (position, view, feature or None)."""
@@ -256,7 +291,7 @@ def _cache_rows(plan: ResidentPlan, ids: set) -> list:
     """Per slot, per file: this worker's rows (id, View, fp16 feature), with each row's index in
     its file (a replay permutes rows within a file)."""
     slots = []
-    for part, files in plan.cache_slots:
+    for part, files in (s for s in plan.cache_slots if s[0] != "heldout"):
         per_file = []
         for name in files:
             rows = read_part_file(plan.cache_root, f"{part}/{name}")

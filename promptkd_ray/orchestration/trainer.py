@@ -23,6 +23,7 @@ Design decisions:
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -49,6 +50,9 @@ def fit(
 
     use_gpu = has_gpus() if workers.use_gpu is None else workers.use_gpu
     keep_working_directory()
+    # Ray Train hands this variable of the calling process to its controller, which polls the workers
+    # that often: a run's end (and each report's arrival) waits up to one poll (Ray's default: 2 s)
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(workers.poll_s)
     trainer = TorchTrainer(
         functools.partial(loop, plan),
         scaling_config=ScalingConfig(
