@@ -250,7 +250,8 @@ def main(argv=None) -> int:
         f"{load_before:.1f} → {os.getloadavg()[0]:.1f}; the limit decoded every image once in "
         f"{limit['decode_once_s']:.2f} s; the limit's epoch before → after ours: "
         + ", ".join(
-            f"{mode} {limit_seconds(limit)[mode]:.2f} → {limit_seconds(again)[mode]:.2f} s" for mode in args.modes
+            f"{mode} {limit_seconds(limit)[mode]:.2f} → {limit_seconds(again)[mode]:.2f} s"
+            for mode in args.modes
         )
         + (
             f"; the soft-label cache ({args.epochs} views) was built in {cache_build_s:.1f} s"
