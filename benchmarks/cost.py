@@ -135,3 +135,15 @@ def start_benchmark(parse_args, argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     return args, out
+
+
+def write_outputs(out, text: str, markdown: str, table: str, rows: list) -> None:
+    """A benchmark's results: `text` as out/markdown (and printed), `rows` (dicts) as the CSV out/table."""
+    import csv
+
+    (out / markdown).write_text(text)
+    with (out / table).open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(text)

@@ -5,6 +5,9 @@
                (1,000 classes) and given teacher features, bf16, batch 256: images/s and MFU
     pipeline   the Stage II job end to end: Ray Data decode → one teacher actor → one Train worker,
                the actor and the worker each on half of the GPU; best epoch after the first
+    dtd        a DTD-sized epoch (2,820 images) of the same job with `data.in_memory=always` (the worker
+               decodes once and renders the views; the teacher actor streams their features), against
+               its limit: the teacher forward and the student step above, back to back, per image
     authors    the authors'-style loop: every step the teacher's image forward AND its prompted text
                forward over all 1,000 classes, then the student's step; batch 8 as theirs, bf16
 
@@ -59,6 +62,7 @@ REAL = dict(
     authors_batch=8,
     seconds=20.0,
     pipeline_images=8192,
+    dtd_images=2820,
     pipeline_epochs=3,
     pipeline_timeout=240,
     jpeg_size=(500, 375),
@@ -76,6 +80,7 @@ TINY = dict(
     authors_batch=8,
     seconds=1.0,
     pipeline_images=256,
+    dtd_images=64,
     pipeline_epochs=2,
     pipeline_timeout=480,
     jpeg_size=(56, 48),
@@ -91,11 +96,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--parts",
         nargs="+",
-        default=["teacher", "student", "pipeline", "authors"],
-        choices=["teacher", "student", "pipeline", "authors"],
+        default=["teacher", "student", "pipeline", "dtd", "authors"],
+        choices=["teacher", "student", "pipeline", "dtd", "authors"],
     )
     p.add_argument("--seconds", type=float, help="timed seconds per loop part (default 20; tiny 1)")
-    p.add_argument("--pipeline-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--pipeline-child", choices=["pipeline", "dtd"], help=argparse.SUPPRESS)
     p.add_argument("--out", default="runs/gpu_check")
     return p.parse_args(argv)
 
@@ -200,14 +205,16 @@ def write_jpegs(root: Path, count: int, classes: int, size: tuple) -> Path:
     return root
 
 
-def pipeline_child(s: dict, tiny: bool) -> dict:
-    """The Stage II job on one Train worker and one teacher actor (half a GPU each on a GPU)."""
+def pipeline_child(s: dict, tiny: bool, part: str) -> dict:
+    """The Stage II job on one Train worker and one teacher actor (half a GPU each on a GPU); part
+    "dtd": a DTD-sized image set held in the worker's memory (`data.in_memory=always`)."""
     from promptkd_ray.config import distill_job_from_dict
     from promptkd_ray.distill import run_distillation
 
     gpu = not tiny
+    images = s["dtd_images"] if part == "dtd" else s["pipeline_images"]
     with tempfile.TemporaryDirectory() as tmp:
-        root = write_jpegs(Path(tmp) / "data", s["pipeline_images"], min(s["classes"], 100), s["jpeg_size"])
+        root = write_jpegs(Path(tmp) / "data", images, min(s["classes"], 100), s["jpeg_size"])
         job = distill_job_from_dict(
             {
                 "name": "gpu_check_pipeline",
@@ -222,6 +229,7 @@ def pipeline_child(s: dict, tiny: bool) -> dict:
                     "split_file": "split.json",
                     "heldout_images": 0,
                     "decode_batch_size": 64,
+                    "in_memory": "always" if part == "dtd" else "never",
                 },
                 "teacher_pool": {
                     "size": 1,
@@ -248,7 +256,8 @@ def pipeline_child(s: dict, tiny: bool) -> dict:
     later = history[1:] or history
     best = max(later, key=lambda e: e["images"] / e["epoch_seconds"])
     return {
-        "images_per_epoch": s["pipeline_images"],
+        "images_per_epoch": images,
+        "epoch_s": best["epoch_seconds"],
         "epochs": len(history),
         "images_per_s": best["images"] / best["epoch_seconds"],
         "after_first_batch_images_per_s": best["images_per_s"],
@@ -256,8 +265,8 @@ def pipeline_child(s: dict, tiny: bool) -> dict:
     }
 
 
-def part_pipeline(args, s: dict, out: Path) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--pipeline-child", "--out", str(out)]
+def part_pipeline(args, s: dict, out: Path, part: str) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--pipeline-child", part, "--out", str(out)]
     cmd += ["--tiny"] if args.tiny else []
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=s["pipeline_timeout"], check=False)
@@ -265,7 +274,7 @@ def part_pipeline(args, s: dict, out: Path) -> dict:
         return {"error": f"timed out after {s['pipeline_timeout']} s"}
     if done.returncode != 0:
         return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
-    return json.loads((out / "pipeline.json").read_text())
+    return json.loads((out / f"{part}.json").read_text())
 
 
 # ---- report ----
@@ -278,6 +287,7 @@ def report(r: dict) -> str:
         ("teacher image forward", r.get("teacher"), f["teacher"]),
         ("student step", r.get("student"), f["student_step"]),
         ("pipeline: 1 teacher actor + 1 Train worker", r.get("pipeline"), f["teacher"] + f["student_step"]),
+        ("DTD-sized epoch, images in memory", r.get("dtd"), f["teacher"] + f["student_step"]),
         ("authors'-style loop", r.get("authors"), f["authors_step"]),
     ]
     lines = [
@@ -306,6 +316,14 @@ def report(r: dict) -> str:
             f"{p['startup_s']:.1f} s included; {p['after_first_batch_images_per_s']:.1f} images/s after its "
             "first batch.",
         ]
+    d, t, st = r.get("dtd") or {}, r.get("teacher") or {}, r.get("student") or {}
+    if d and "error" not in d and "images_per_s" in t and "images_per_s" in st:
+        limit = d["images_per_epoch"] * (1 / t["images_per_s"] + 1 / st["images_per_s"])
+        lines.append(
+            f"DTD-sized epoch ({d['images_per_epoch']} images, best after the first): {d['epoch_s']:.2f} s; "
+            f"its limit (teacher forward + student step, back to back) {limit:.2f} s: "
+            f"× {d['epoch_s'] / limit:.2f}."
+        )
     if r.get("authors") and r.get("student") and "error" not in r["authors"]:
         speedup = r["student"]["images_per_s"] / r["authors"]["images_per_s"]
         lines += [
@@ -320,7 +338,8 @@ def main(argv=None) -> int:
     args, out = start_benchmark(parse_args, argv)
     s = settings(args)
     if args.pipeline_child:
-        (out / "pipeline.json").write_text(json.dumps(pipeline_child(s, args.tiny)))
+        part = args.pipeline_child
+        (out / f"{part}.json").write_text(json.dumps(pipeline_child(s, args.tiny, part)))
         return 0
     if not args.tiny and not torch.cuda.is_available():
         print("error: no GPU is visible; use --tiny to check the script on the CPU.", file=sys.stderr)
@@ -363,8 +382,8 @@ def main(argv=None) -> int:
             r["student"] = part_student(m, s)
         elif part == "authors":
             r["authors"] = part_authors(m, s, classnames)
-        elif part == "pipeline":
-            r["pipeline"] = part_pipeline(args, s, out)
+        elif part in ("pipeline", "dtd"):
+            r[part] = part_pipeline(args, s, out, part)
     r["total_s"] = time.perf_counter() - started
     (out / "results.json").write_text(json.dumps(r, indent=1) + "\n")
     text = report(r)

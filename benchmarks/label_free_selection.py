@@ -19,14 +19,13 @@ Re-running with the same --out resumes the sweep (finished trials are kept).
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
-from cost import start_benchmark
+from cost import start_benchmark, write_outputs
 
 REPO = Path(__file__).resolve().parents[1]
 CANDIDATES = {"heldout_kl": -1, "heldout_agreement": 1, "loss": -1}  # sign: higher × sign = better
@@ -126,12 +125,7 @@ def main(argv=None) -> int:
             f"{r['novel']:.2f} | {r['hm']:.2f} |"
         )
     text = "\n".join(lines + ["", f"Sweep outputs: {report.folder}", ""])
-    (out / "selection.md").write_text(text)
-    with open(out / "trials_test.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(text)
+    write_outputs(out, text, "selection.md", "trials_test.csv", rows)
     return 0
 
 

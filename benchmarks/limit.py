@@ -36,7 +36,6 @@ Writes limit.md and limit.csv to --out and prints the table. Ratios mean somethi
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import os
 import statistics
@@ -47,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from cost import write_outputs
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("limit")
@@ -260,12 +260,7 @@ def main(argv=None) -> int:
         )
     )
     text = f"{head}\n\n{table(rows)}\n"
-    (out / "limit.md").write_text(text)
-    with (out / "limit.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(text)
+    write_outputs(out, text, "limit.md", "limit.csv", rows)
     return 0
 
 

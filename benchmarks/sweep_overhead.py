@@ -18,14 +18,13 @@ Writes sweep_overhead.md / .csv to --out and prints them. Ratios mean something 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from cost import start_benchmark
+from cost import start_benchmark, write_outputs
 
 REPO = Path(__file__).resolve().parents[1]
 PHASES = (
@@ -136,12 +135,7 @@ def main(argv=None) -> int:
         + ", ".join(f"{r['setting']} {r['cache_build_s']:.1f} s" for r in rows)
         + f"\n\n{table(rows)}\n"
     )
-    (out / "sweep_overhead.md").write_text(text)
-    with (out / "sweep_overhead.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(text)
+    write_outputs(out, text, "sweep_overhead.md", "sweep_overhead.csv", rows)
     return 0
 
 

@@ -56,17 +56,24 @@ def test_tiny_mode_runs_the_pipeline_part_as_a_ray_job(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local cluster
     env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--tiny", "--parts", "pipeline", "--out", str(tmp_path)],
+        [sys.executable, str(SCRIPT), "--tiny", "--parts", "teacher", "student", "pipeline", "dtd"]
+        + ["--seconds", "0.5", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=1200,
         env=env,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    p = json.loads((tmp_path / "results.json").read_text())["pipeline"]
+    r = json.loads((tmp_path / "results.json").read_text())
+    p, d = r["pipeline"], r["dtd"]
     assert "error" not in p and p["epochs"] >= 2 and p["images_per_epoch"] == 256, p
     assert 0 < p["images_per_s"] <= p["after_first_batch_images_per_s"] and p["startup_s"] >= 0
     assert "| pipeline: 1 teacher actor + 1 Train worker |" in done.stdout
+    # the DTD-sized part: images held in the worker's memory, no per-epoch stream start
+    assert "error" not in d and d["epochs"] >= 2 and d["images_per_epoch"] == 64, d
+    assert d["startup_s"] < p["startup_s"] and d["epoch_s"] == pytest.approx(64 / d["images_per_s"])
+    assert "| DTD-sized epoch, images in memory |" in done.stdout
+    assert "DTD-sized epoch (64 images, best after the first):" in done.stdout and "its limit" in done.stdout
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
