@@ -252,8 +252,10 @@ def test_a_sweep_under_asha_writes_its_outputs_shares_one_cache_and_leaves_the_c
     assert {round(float(r.data.params["train.lr"]), 6) for r in runs} == {
         round(t.params["train.lr"], 6) for t in report.trials
     }
-    time.sleep(2)
-    assert ray_cluster.available_resources().get("CPU") == ray_cluster.cluster_resources()["CPU"]
+    deadline = time.monotonic() + 30  # a stopped trial's controller may take a moment to die
+    while ray_cluster.available_resources().get("CPU") != ray_cluster.cluster_resources()["CPU"]:
+        assert time.monotonic() < deadline, ray_cluster.available_resources()
+        time.sleep(0.5)
     assert all(pg["state"] == "REMOVED" for pg in placement_group_table().values())
     best = load_distill_job(folder / "best_job.yaml")
     assert best.teacher.cache and best.name == "space-best"
@@ -314,3 +316,46 @@ def test_a_restored_trial_counts_each_epoch_once_under_its_own_id(tmp_path, tiny
         "completed",
     )
     assert trial.run_dir.endswith("trials/space-ab123_00001")
+
+
+@pytest.mark.slow
+def test_a_stopped_trials_worker_group_is_released_and_nothing_else_is(ray_cluster):
+    """A placement group created by an actor that has died (a Train controller killed with its trial,
+    perhaps after it started a new worker group) is removed; one of a live actor and the driver's own
+    are kept."""
+    import ray
+    from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
+
+    from promptkd_ray.orchestration.tuning import remove_orphaned_placement_groups
+
+    @ray.remote(num_cpus=0)
+    class Controller:
+        def start_group(self) -> str:
+            group = placement_group([{"CPU": 1}])
+            ray.get(group.ready())
+            return group.id.hex()
+
+    dying, living = Controller.remote(), Controller.remote()
+    orphan, kept = ray.get(dying.start_group.remote()), ray.get(living.start_group.remote())
+    drivers = placement_group([{"CPU": 1}])
+    ray.get(drivers.ready())
+
+    def released(group: str) -> bool:
+        deadline = time.monotonic() + 30  # the GCS learns of an actor's death a moment after the kill
+        while placement_group_table()[group]["state"] != "REMOVED" and time.monotonic() < deadline:
+            remove_orphaned_placement_groups()
+            time.sleep(0.2)
+        return placement_group_table()[group]["state"] == "REMOVED"
+
+    ray.kill(dying)
+    assert released(orphan)
+    assert (
+        placement_group_table()[kept]["state"]
+        == placement_group_table()[drivers.id.hex()]["state"]
+        == "CREATED"
+    )
+    assert remove_orphaned_placement_groups() == 1  # the living controller's group
+    ray.kill(living)
+    assert released(kept) and remove_orphaned_placement_groups() == 0
+    assert placement_group_table()[drivers.id.hex()]["state"] == "CREATED"
+    remove_placement_group(drivers)

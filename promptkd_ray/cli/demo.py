@@ -30,7 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"the toy-world distillation job (default: {DEMO_JOB}, relative to the repository)",
     )
     p.add_argument(
-        "--profile", choices=["full", "quick"], default="full", help="toy world size (quick: tests)"
+        "--profile",
+        choices=["full", "quick", "dialect"],
+        default="full",
+        help="toy world size (quick: tests)",
     )
     p.add_argument("--seed", type=int, default=0, help="world and distillation seed")
     p.add_argument("--epochs", type=int, help="epochs (default: the job's)")

@@ -25,7 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--folder", help="an ImageFolder tree (one sub-folder per class), packed as its train split"
     )
     p.add_argument(
-        "--toyworld", choices=["full", "quick"], help="a toy-world domain (--dataset: the domain key)"
+        "--toyworld",
+        choices=["full", "quick", "dialect"],
+        help="a toy-world domain (--dataset: the domain key)",
     )
     p.add_argument("--toyworld-seed", type=int, default=0, help="seed of the toy world")
     p.add_argument(

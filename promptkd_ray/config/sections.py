@@ -107,7 +107,7 @@ class ImagesConfig:
     image_folder: str = ""  # split_json only: image folder inside the dataset folder
     split_file: str = ""  # split_json only: split JSON file inside the dataset folder
     toyworld_profile: str = choice(
-        "full", "quick"
+        "full", "quick", "dialect"
     )  # toyworld only: which world (quick = the tests' small one)
     toyworld_seed: int = 0  # toyworld only: seed of the world (pretraining + images), not of the run
     image_size: int = 0  # training resolution in pixels; 0 = the model's input size

@@ -284,17 +284,12 @@ def restore(fingerprint: dict, rank: int) -> tuple[Optional[dict], Optional[dict
 
 
 def report(metrics: dict, progress: dict, tensors: dict, state: dict, rank: int) -> None:
-    """Every worker reports the epoch; rank 0 attaches the checkpoint and names its worker group's
-    placement group (`placement_group`, in the report only: a sweep releases a stopped trial's group
-    with it)."""
+    """Every worker reports the epoch; rank 0 attaches the checkpoint."""
     import ray.train
-    from ray.util import get_current_placement_group
 
     if rank != 0:
         ray.train.report(metrics, checkpoint=None)
         return
-    group = get_current_placement_group()
-    metrics = {**metrics, "placement_group": group.id.hex() if group is not None else ""}
     with tempfile.TemporaryDirectory() as tmp:
         save_checkpoint(tmp, tensors, state, progress)
         ray.train.report(

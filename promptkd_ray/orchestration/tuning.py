@@ -65,36 +65,68 @@ def report_to_tune(metrics: dict) -> None:
     tune.report(metrics)
 
 
+ORPHAN_SWEEP_S = 1.0  # how often the sweep driver looks for a stopped trial's Train workers
+ORPHAN_WAIT_S = 15.0  # at the sweep's end, how long it waits for stopped trials' controllers to die
+
+
 def release_stopped_trials():
-    """A Tune callback (sweep driver): when a trial ends, remove its Train worker group's placement
-    group (named in its results). A finished run removed it already; a trial Tune stopped did not —
-    its Train controller dies with the trial, and Ray Train's own cleaner needs the state API, which
-    a cluster without the dashboard lacks, so the group would hold its CPUs until the driver exits."""
+    """A Tune callback (sweep driver): remove the placement groups of stopped trials' Train workers.
+
+    A Train worker group's placement group is created by the trial's Train controller, an actor, and
+    Ray removes such a group only when its creator's job ends too: the sweep driver's. When ASHA
+    stops a trial, its controller dies with it — and a controller still alive for a moment may see its
+    workers go and start a new group (its failure policy) before it dies. So, every second and at the
+    sweep's end (waiting a little for controllers that are dying), every group whose creator actor has
+    died is removed; groups of live actors, of drivers and detached ones are never touched. (Ray
+    Train's own cleaner needs the state API, which a cluster without the dashboard lacks.)"""
+    import time
+
     from ray import tune
 
     class ReleaseStoppedTrials(tune.Callback):
-        def _release(self, trial) -> None:
-            group = (trial.last_result or {}).get("placement_group")
-            if group:
-                _remove_placement_group(group)
+        def __init__(self):
+            self._last = 0.0
 
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            self._release(trial)
+        def on_step_end(self, iteration, trials, **info):
+            if time.monotonic() - self._last >= ORPHAN_SWEEP_S:
+                self._last = time.monotonic()
+                remove_orphaned_placement_groups()
 
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self._release(trial)
+        def on_experiment_end(self, trials, **info):
+            deadline = time.monotonic() + ORPHAN_WAIT_S
+            while remove_orphaned_placement_groups() and time.monotonic() < deadline:
+                time.sleep(0.5)
 
     return ReleaseStoppedTrials()
 
 
-def _remove_placement_group(hex_id: str) -> None:
+def remove_orphaned_placement_groups() -> int:
+    """Remove this job's live placement groups whose creator actor has died (not detached ones);
+    → how many of its live groups were created by actors still alive (0: none can be orphaned next)."""
+    import ray
+    from ray._private.state import state
     from ray._raylet import PlacementGroupID
-    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+    from ray.core.generated.gcs_pb2 import PlacementGroupTableData
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
 
-    group = PlacementGroup(PlacementGroupID(bytes.fromhex(hex_id)))
-    if placement_group_table(group).get("state") not in (None, "REMOVED"):
-        remove_placement_group(group)
-        log.info("released the placement group %s of a stopped trial's Train workers", hex_id[:12])
+    alive, job = 0, bytes.fromhex(ray.get_runtime_context().get_job_id())
+    for raw in state._connect_and_get_accessor().get_placement_group_table():
+        group = PlacementGroupTableData.FromString(raw)
+        by_actor = (
+            group.creator_actor_id and not ray.ActorID(group.creator_actor_id).is_nil()
+        )  # nil: a driver
+        mine = group.creator_job_id == job and by_actor and not group.is_detached
+        if not mine or group.state == PlacementGroupTableData.REMOVED:
+            continue
+        if not group.creator_actor_dead:
+            alive += 1
+            continue
+        remove_placement_group(PlacementGroup(PlacementGroupID(group.placement_group_id)))
+        log.info(
+            "released the placement group %s of a stopped trial's Train workers",
+            group.placement_group_id.hex()[:12],
+        )
+    return alive
 
 
 def tune_param_space(space: Space) -> dict:

@@ -73,6 +73,37 @@ CAPTION_STYLES: dict[str, tuple[str, ...]] = {
 
 ZERO_SHOT_TEMPLATE = "a photo of a {}."
 
+# Dialects: other words for the colours and shapes, which a corpus's captions may use instead of the
+# class names' English ones (the function words and the style words stay English). A model pretrained
+# on such captions sees the same images but has never read a class name ("red star"): its text tower
+# knows "rojo estrella" and meets "red star" as tokens it was never trained on.
+DIALECTS: dict[str, dict[str, str]] = {
+    "es": {
+        "red": "rojo",
+        "orange": "naranja",
+        "yellow": "amarillo",
+        "green": "verde",
+        "cyan": "turquesa",
+        "blue": "azul",
+        "purple": "morado",
+        "pink": "rosa",
+        "brown": "marron",
+        "circle": "circulo",
+        "square": "cuadrado",
+        "triangle": "triangulo",
+        "star": "estrella",
+        "cross": "cruz",
+        "heart": "corazon",
+        "diamond": "rombo",
+        "hexagon": "hexagono",
+        "ring": "anillo",
+        "arrow": "flecha",
+        "moon": "luna",
+        "pentagon": "pentagono",
+    },
+}
+DIALECTS["es_shapes"] = {word: DIALECTS["es"][word] for word in SHAPES}  # English colours, Spanish shapes
+
 
 def class_name(colour: str, shape: str) -> str:
     """The class name of a concept: "<colour> <shape>"."""
@@ -102,13 +133,22 @@ def vocabulary() -> list[str]:
 
 
 def make_caption(
-    colour: str, shape: str, style: str, caption_styles: dict[str, float], rng: np.random.Generator
+    colour: str,
+    shape: str,
+    style: str,
+    caption_styles: dict[str, float],
+    rng: np.random.Generator,
+    dialect: str = "",
 ) -> str:
-    """One caption of a concept rendered in `style`; `caption_styles` weights the caption styles."""
+    """One caption of a concept rendered in `style`; `caption_styles` weights the caption styles;
+    `dialect` ("" = English, else a key of DIALECTS) names the colour and the shape."""
     names = list(caption_styles)
     weights = np.asarray([caption_styles[n] for n in names], dtype=np.float64)
     kind = names[rng.choice(len(names), p=weights / weights.sum())]
     templates = CAPTION_STYLES[kind]
     template = templates[rng.integers(len(templates))]
     words = STYLE_WORDS[style]
-    return template.format(c=colour, s=shape, w=words[rng.integers(len(words))])
+    names_of = DIALECTS[dialect] if dialect else {}
+    return template.format(
+        c=names_of.get(colour, colour), s=names_of.get(shape, shape), w=words[rng.integers(len(words))]
+    )

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .concepts import CAPTION_STYLES, COLOURS, SHAPES, make_caption
+from .concepts import CAPTION_STYLES, COLOURS, DIALECTS, SHAPES, make_caption
 from .render import IMAGE_SIZE, render_batch
 from .styles import STYLES
 
@@ -30,14 +30,16 @@ class CorpusSpec:
     caption_styles: dict = field(default_factory=lambda: {"plain": 1.0, "photo": 1.0})  # → weight
     colours: tuple = tuple(COLOURS)  # colours the corpus mentions
     shapes: tuple = SHAPES  # shapes the corpus mentions
+    dialect: str = ""  # words its captions use for colours and shapes: "" English, else a DIALECTS key
 
     def __post_init__(self):
         unknown = [s for s in self.styles if s not in STYLES]
         unknown += [c for c in self.caption_styles if c not in CAPTION_STYLES]
         unknown += [c for c in self.colours if c not in COLOURS] + [s for s in self.shapes if s not in SHAPES]
+        unknown += [self.dialect] if self.dialect and self.dialect not in DIALECTS else []
         if unknown:
             raise ValueError(
-                f"CorpusSpec names unknown styles / caption styles / colours / shapes: {unknown}."
+                f"CorpusSpec names unknown styles / caption styles / colours / shapes / dialect: {unknown}."
             )
         if not self.styles or min(self.styles.values()) <= 0:
             raise ValueError(
@@ -49,11 +51,13 @@ class CorpusSpec:
         return len(self.colours) * len(self.shapes)
 
     def as_dict(self) -> dict:
+        english = {} if not self.dialect else {"dialect": self.dialect}  # English worlds keep their hash
         return {
             "styles": dict(self.styles),
             "caption_styles": dict(self.caption_styles),
             "colours": list(self.colours),
             "shapes": list(self.shapes),
+            **english,
         }
 
 
@@ -88,7 +92,7 @@ def caption_batch(spec: CorpusSpec, concept_ids, styles, rng: np.random.Generato
     """A fresh caption for each (concept id, style) pair."""
     n = len(spec.shapes)
     return [
-        make_caption(spec.colours[i // n], spec.shapes[i % n], st, spec.caption_styles, rng)
+        make_caption(spec.colours[i // n], spec.shapes[i % n], st, spec.caption_styles, rng, spec.dialect)
         for i, st in zip(concept_ids, styles)
     ]
 

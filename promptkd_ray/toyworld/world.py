@@ -117,6 +117,46 @@ PROFILES: dict[str, WorldProfile] = {
 }
 
 
+# The student's web of the "dialect" world: the teacher's styles (so its image tower learns every
+# style, sketches and outlines included), captions in every caption style, but the shapes named in
+# Spanish ("a photo of a red estrella").
+DIALECT_CORPUS = CorpusSpec(styles=TEACHER_CORPUS.styles, caption_styles=ALL_CAPTIONS, dialect="es_shapes")
+
+# "dialect": a world shaped like the real benchmark, where the student's frozen backbone can see the
+# target domain but its text tower cannot name its classes. The teacher is the full world's. The
+# student (the same 3 × 64 ViT) pretrains for 1,500 steps on the teacher's web of images, so its
+# image features separate the doodles' colours and shapes about as well as the teacher's do (its
+# labelled ceiling nears the teacher); but its captions name every shape in Spanish, so its text tower
+# never read "star" or "heart" as a shape and its zero-shot classifier ("a photo of a red star.")
+# gets the colour right and the shape mostly wrong. This is PromptKD's situation: a student whose
+# image tower is good enough, whose zero-shot alignment to the class names is poor, and a teacher
+# whose soft labels carry the missing alignment. Measured on seed 0 (doodles HM; neon HM):
+# teacher zero-shot 79.51; 90.83, student zero-shot 42.44; 43.87, labelled ceiling at the demo's
+# 8 epochs 78.58. Tried and rejected (seed 0):
+# - every colour and shape in Spanish, 600 steps: student zero-shot 7.65 (neon 1.85), but its labelled
+#   ceiling is 66.40 at 8 epochs and 69.53 at 32, 10 under the teacher, and the distilled student
+#   (66.67) already reaches it: no headroom, the same flaw as the full world;
+# - shapes in Spanish, 600 steps: zero-shot 35.48 (neon 38.50), ceiling 65.29 at 8 epochs: the
+#   backbone is still too weak;
+# - shapes in Spanish plus the doodle style itself in the web (weight 1.5), 600 steps: zero-shot
+#   30.47 (neon 23.33), ceiling 68.66; at 1,500 steps zero-shot 31.13, ceiling 84.47, but neon
+#   zero-shot 12.44 — a student that has seen the target style in pretraining, with almost no
+#   zero-shot transfer left to keep.
+PROFILES["dialect"] = WorldProfile(
+    teacher=PROFILES["full"].teacher,
+    student=PretrainSpec(
+        STUDENT_MODEL,
+        DIALECT_CORPUS,
+        steps=1500,
+        batch_size=128,
+        lr=1e-3,
+        pool_size=30000,
+        warmup_styles=PHOTO_STYLES,
+        style_warmup_steps=150,
+    ),
+)
+
+
 @dataclass(frozen=True)
 class ToyDomain:
     """A domain on disk, as the dataset readers see it."""
