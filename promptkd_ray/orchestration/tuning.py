@@ -112,9 +112,8 @@ def remove_orphaned_placement_groups() -> int:
     alive, job = 0, bytes.fromhex(ray.get_runtime_context().get_job_id())
     for raw in state._connect_and_get_accessor().get_placement_group_table():
         group = PlacementGroupTableData.FromString(raw)
-        by_actor = (
-            group.creator_actor_id and not ray.ActorID(group.creator_actor_id).is_nil()
-        )  # nil: a driver
+        # a driver's groups carry the nil actor id
+        by_actor = group.creator_actor_id and not ray.ActorID(group.creator_actor_id).is_nil()
         mine = group.creator_job_id == job and by_actor and not group.is_detached
         if not mine or group.state == PlacementGroupTableData.REMOVED:
             continue

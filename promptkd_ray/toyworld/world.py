@@ -25,7 +25,7 @@ import json
 import logging
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -142,18 +142,9 @@ DIALECT_CORPUS = CorpusSpec(styles=TEACHER_CORPUS.styles, caption_styles=ALL_CAP
 #   30.47 (neon 23.33), ceiling 68.66; at 1,500 steps zero-shot 31.13, ceiling 84.47, but neon
 #   zero-shot 12.44 — a student that has seen the target style in pretraining, with almost no
 #   zero-shot transfer left to keep.
-PROFILES["dialect"] = WorldProfile(
+PROFILES["dialect"] = WorldProfile(  # the student pretrains as the full teacher does, on its own web, longer
     teacher=PROFILES["full"].teacher,
-    student=PretrainSpec(
-        STUDENT_MODEL,
-        DIALECT_CORPUS,
-        steps=1500,
-        batch_size=128,
-        lr=1e-3,
-        pool_size=30000,
-        warmup_styles=PHOTO_STYLES,
-        style_warmup_steps=150,
-    ),
+    student=replace(PROFILES["full"].teacher, model=STUDENT_MODEL, corpus=DIALECT_CORPUS, steps=1500),
 )
 
 
@@ -296,8 +287,6 @@ def build_world(
 
 
 def _with_seed(spec: PretrainSpec, seed: int) -> PretrainSpec:
-    from dataclasses import replace
-
     return replace(spec, seed=seed)
 
 
