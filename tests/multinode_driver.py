@@ -1,20 +1,21 @@
 """Driver for tests/test_multinode.py, run in its own process: starts a Ray cluster of several
 raylets on 127.0.0.1 shaped like cluster.yaml (one `ray start --block` per node), runs a distill job on
-it, optionally kills one node's raylet (and its workers) mid-run, and writes what happened as JSON.
+it, optionally kills nodes' raylets (and their workers) mid-run, and writes what happened as JSON.
 
     python multinode_driver.py SPEC.json OUT.json
 
 SPEC: {"temp_dir": short folder for Ray's sockets and logs,
        "nodes": [{"name": "head", "num_cpus": 0, "resources": {}}, ...]   (the first one is the head),
        "runs": [{"job": a distill job dict,
-                 "kill": null | {"nodes": [candidate names], "actor": part of the class name of an actor
-                                 that must be ALIVE on the node killed,
-                                 "after_checkpoint": "checkpoint_epoch_000"}}, ...]}
-       The runs go one after the other on the same cluster (a node killed by one stays dead for the next).
+                 "kills": [{"nodes": [candidate names], "actor": part of the class name of an actor
+                            that must be ALIVE on the node killed,
+                            "after_checkpoint": "checkpoint_epoch_000"}, ...]}, ...]}
+       The runs go one after the other on the same cluster (a node killed by one stays dead for the next);
+       a run's kills each wait for their own checkpoint (give them different ones).
 OUT: {"nodes": {name: node id},
       "runs": [{"actors": [...], "tasks": [...], "history": [...], "summary": {...},
-                "killed": {...} | null, "seconds": float}, ...]}   (a run's actors and tasks: those that
-      were not listed after the runs before it)
+                "killed": [{"node": ..., "after_checkpoint": ...}, ...], "seconds": float}, ...]}
+      (a run's actors and tasks: those that were not listed after the runs before it)
 
 Design decisions:
 - A pytest process can be connected to one Ray cluster only, and the test session already has its
@@ -192,7 +193,11 @@ def kill_later(
             if victims:
                 ids_before = sorted(p.name for p in (run_dir / "ids").glob("epoch_*"))
                 cluster.kill(victims[0])
-                killed.update(node=victims[0], id_epochs_written_before=ids_before)
+                killed.update(
+                    node=victims[0],
+                    after_checkpoint=kill["after_checkpoint"],
+                    id_epochs_written_before=ids_before,
+                )
                 return
             time.sleep(0.2)
 
@@ -233,7 +238,7 @@ def placement(dashboard: str, names: dict) -> tuple[list, list]:
 
 
 def run_one(cluster: LocalCluster, names: dict, run: dict, listed: set) -> dict:
-    """Run one job of SPEC (killing a node if it says so); its report, with the actors and tasks
+    """Run one job of SPEC (killing the nodes it says); its report, with the actors and tasks
     not in `listed` (the ids listed after the runs before; this run's are added)."""
     from promptkd_ray.config import distill_job_from_dict
     from promptkd_ray.distill import run_distillation
@@ -241,13 +246,14 @@ def run_one(cluster: LocalCluster, names: dict, run: dict, listed: set) -> dict:
 
     job = distill_job_from_dict(run["job"])
     run_dir = Path(Storage(job.storage_path).path(job.name))
-    killed: dict = {}
-    stop = kill_later(cluster, names, run_dir, run["kill"], killed) if run.get("kill") else threading.Event()
+    killed: list = [{} for _ in run.get("kills", [])]
+    stops = [kill_later(cluster, names, run_dir, *pair) for pair in zip(run.get("kills", []), killed)]
     start = time.time()
     try:
         result = run_distillation(job)
     finally:
-        stop.set()
+        for stop in stops:
+            stop.set()
     seconds = time.time() - start
     actors, tasks = placement(cluster.dashboard, names)
     actors, tasks = ([row for row in rows if row["id"] not in listed] for rows in (actors, tasks))
@@ -257,7 +263,7 @@ def run_one(cluster: LocalCluster, names: dict, run: dict, listed: set) -> dict:
         "tasks": tasks,
         "history": result.history,
         "summary": {k: v for k, v in result.summary.items() if k != "history"},
-        "killed": killed or None,
+        "killed": killed,
         "seconds": seconds,
     }
 

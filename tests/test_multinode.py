@@ -7,10 +7,9 @@ All resources are logical (everything runs on this machine's CPUs): the head adv
 teacher nodes `teacher`, trainer nodes `trainer`, decode nodes CPUs only — as in cluster.yaml, and
 the job asks for them as jobs/imagenet_full.yaml does.
 
-One cluster serves the module (starting 7 raylets here takes a minute or more): two teacher nodes, three
-trainer nodes, a decode node and the head. Two runs go on it one after the other: the first loses a
-teacher node mid-run and also shows where everything runs; the second, on the teacher node left, loses
-a trainer node.
+One cluster and one run serve the module (starting 7 raylets here takes a minute or more): two teacher
+nodes, three trainer nodes, a decode node and the head. The run (3 epochs) shows where everything
+runs, loses a teacher node right after epoch 0's checkpoint and a trainer node right after epoch 1's.
 """
 
 import json
@@ -64,8 +63,8 @@ def shaped_job(
 
 
 def run_on_cluster(tmp_path: Path, nodes: list, runs: list, timeout: float = 1500) -> list:
-    """The driver's JSON reports of running each (job, kill) of `runs`, one after the other, on one
-    cluster of `nodes` (killing `kill`'s node during its run)."""
+    """The driver's JSON reports of running each (job, kills) of `runs`, one after the other, on one
+    cluster of `nodes` (killing each of `kills`' nodes during its run)."""
     from promptkd_ray.config import distill_job_from_dict
 
     for job, _ in runs:
@@ -74,7 +73,11 @@ def run_on_cluster(tmp_path: Path, nodes: list, runs: list, timeout: float = 150
     spec, out = tmp_path / "spec.json", tmp_path / "out.json"
     spec.write_text(
         json.dumps(
-            {"temp_dir": temp_dir, "nodes": nodes, "runs": [{"job": job, "kill": kill} for job, kill in runs]}
+            {
+                "temp_dir": temp_dir,
+                "nodes": nodes,
+                "runs": [{"job": job, "kills": kills} for job, kills in runs],
+            }
         )
     )
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
@@ -103,7 +106,7 @@ def run_on_cluster(tmp_path: Path, nodes: list, runs: list, timeout: float = 150
         print(
             f"{job['name']}: {report['seconds']:.0f} s, epochs {[m['epoch'] for m in report['history']]}, "
             f"images {[m['images'] for m in report['history']]}, bad {report['summary']['bad_images']}, "
-            f"resumes {report['summary']['resumes']}, killed {report['killed']}"
+            f"resumes {report['summary']['resumes']}, killed {[k.get('node') for k in report['killed']]}"
         )
     return reports
 
@@ -146,37 +149,41 @@ TEACHER_NODES = ("teacher_1", "teacher_2")
 TRAINER_NODES = ("trainer_1", "trainer_2", "trainer_3")
 
 
+def killed_node(report: dict, checkpoint: str) -> str:
+    """The node the driver killed after `checkpoint` (fails if it killed none)."""
+    (node,) = [k["node"] for k in report["killed"] if k.get("after_checkpoint") == checkpoint]
+    return node
+
+
 @pytest.fixture(scope="module")
-def cluster_runs(tmp_path_factory):
-    """The module's one cluster and its two runs: {"teacher_lost": (job, bad, report, tmp),
-    "trainer_lost": (…)}.
+def cluster_run(tmp_path_factory):
+    """The module's one cluster and its one run: (job, bad, report, tmp).
 
-    teacher_lost: a pool of 2 teacher actors, 2 Train workers; right after epoch 0's checkpoint the
-    raylet of a teacher node holding a live teacher actor (and every process on it) is killed.
-    trainer_lost (then, on the teacher node left, which has 2 teacher slots): a pool of 1, 2 Train
-    workers on the three 1-slot trainer nodes; the raylet of a node running a worker is killed after
-    epoch 0's checkpoint."""
+    A pool of 2 teacher actors on the two 2-slot teacher nodes, 2 Train workers on the three 1-slot
+    trainer nodes, 3 epochs. Right after epoch 0's checkpoint the raylet of a teacher node holding a
+    live teacher actor (and every process on it) is killed; right after epoch 1's, the raylet of a
+    trainer node running a Train worker."""
     nodes = [HEAD, *map(teacher_node, TEACHER_NODES), *map(trainer_node, TRAINER_NODES), DECODE]
-    runs, out = [], {}
-    for name, pool, actor, candidates in (
-        ("teacher_lost", 2, "TeacherPredictor", TEACHER_NODES),
-        ("trainer_lost", 1, "RayTrainWorker", TRAINER_NODES),
-    ):
-        tmp = tmp_path_factory.mktemp(name)
-        job, bad = shaped_job(tmp, name, per_class=6, pool=pool, workers=2, epochs=2)
-        kill = {"nodes": list(candidates), "actor": actor, "after_checkpoint": "checkpoint_epoch_000"}
-        runs.append((job, kill))
-        out[name] = (job, bad, tmp)
-    reports = run_on_cluster(tmp_path_factory.mktemp("cluster"), nodes, runs)
-    return {name: (job, bad, report, tmp) for (name, (job, bad, tmp)), report in zip(out.items(), reports)}
+    tmp = tmp_path_factory.mktemp("nodes_lost")
+    job, bad = shaped_job(tmp, "nodes_lost", per_class=6, pool=2, workers=2, epochs=3)
+    kills = [
+        {
+            "nodes": list(TEACHER_NODES),
+            "actor": "TeacherPredictor",
+            "after_checkpoint": "checkpoint_epoch_000",
+        },
+        {"nodes": list(TRAINER_NODES), "actor": "RayTrainWorker", "after_checkpoint": "checkpoint_epoch_001"},
+    ]
+    (report,) = run_on_cluster(tmp_path_factory.mktemp("cluster"), nodes, [(job, kills)])
+    return job, bad, report, tmp
 
 
-def test_teachers_trainers_and_decode_run_only_where_cluster_yaml_puts_them(cluster_runs):
+def test_teachers_trainers_and_decode_run_only_where_cluster_yaml_puts_them(cluster_run):
     """Head (0 CPUs), teacher nodes, trainer nodes, a decode node: teacher actors only on teacher
     nodes (the one restarted after its node was lost included), Train workers only on trainer nodes,
     decode tasks never on the head, the run's bookkeeping actors on the driver's node, as Ray Data's
-    split coordinator (the teacher_lost run)."""
-    job, bad, report, tmp = cluster_runs["teacher_lost"]
+    split coordinator."""
+    job, bad, report, tmp = cluster_run
     teachers, trainers = where(report, "TeacherPredictor"), where(report, "RayTrainWorker")
     decode = where(report, "decode_and_augment", kind="tasks")
     bookkeeping = {
@@ -196,26 +203,27 @@ def test_teachers_trainers_and_decode_run_only_where_cluster_yaml_puts_them(clus
     assert_every_image_once_per_epoch(job, bad, report, tmp)
 
 
-def test_losing_a_teacher_node_mid_epoch_still_trains_every_image_once_per_epoch(cluster_runs):
+def test_losing_a_teacher_node_mid_epoch_still_trains_every_image_once_per_epoch(cluster_run):
     """Two teacher nodes (2 teacher slots each), a pool of 2 teacher actors; right after epoch 0's
     checkpoint the raylet of a teacher node holding a live teacher actor (and every process on it)
-    is killed: the run goes on with the teacher node left."""
-    job, bad, report, tmp = cluster_runs["teacher_lost"]
+    is killed: the run goes on with the teacher node left, without going back to a checkpoint."""
+    job, bad, report, tmp = cluster_run
     # the killed node held a live teacher actor (the kill's condition); where the state API last saw
     # that actor depends on whether its restart on the node left was done when the run ended (runs
     # here gave {'teacher_2': 2} and {'teacher_2': 1, 'teacher_1': 1}), so only the nodes are checked
-    assert report["killed"] and report["killed"]["node"] in set(TEACHER_NODES)
+    assert killed_node(report, "checkpoint_epoch_000") in set(TEACHER_NODES)
     assert set(where(report, "TeacherPredictor")) <= set(TEACHER_NODES)
+    assert 1 not in report["summary"]["resumes"]  # no restart from epoch 0's checkpoint
     assert_every_image_once_per_epoch(job, bad, report, tmp)
 
 
-def test_losing_a_trainer_node_resumes_from_the_last_checkpoint(cluster_runs):
+def test_losing_a_trainer_node_resumes_from_the_last_checkpoint(cluster_run):
     """Three trainer nodes, two Train workers; the raylet of a node running a worker is killed
-    after epoch 0's checkpoint: the worker group restarts on the two left and resumes after epoch 0."""
-    job, bad, report, tmp = cluster_runs["trainer_lost"]
-    assert report["killed"] and report["killed"]["node"] in where(report, "RayTrainWorker")
+    after epoch 1's checkpoint: the worker group restarts on the two left and resumes after epoch 1."""
+    job, bad, report, tmp = cluster_run
+    assert killed_node(report, "checkpoint_epoch_001") in where(report, "RayTrainWorker")
     resumes = report["summary"]["resumes"]
-    assert resumes == [1]  # the restarted group went on after epoch 0's checkpoint
+    assert resumes == [2]  # the restarted group went on after epoch 1's checkpoint (the teacher loss: none)
     assert_every_image_once_per_epoch(job, bad, report, tmp)
     steps = [m["step"] for m in report["history"]]
-    assert steps == [steps[0] * (e + 1) for e in range(2)]  # no step counted twice
+    assert steps == [steps[0] * (e + 1) for e in range(3)]  # no step counted twice
