@@ -141,33 +141,6 @@ def write_job(tmp_path: Path, name: str, epochs: int = 2) -> Path:
     return job_file
 
 
-def test_ray_job_submit_builds_a_soft_label_cache_then_distils_from_it(tmp_path, ray_head):
-    address, env, _ = ray_head
-    job_file = write_job(tmp_path, "from_cache")
-    cache = tmp_path / "cache"
-    logs = submit_and_wait(
-        address, env, "cache-test", "cache", "--config", str(job_file), "--out", str(cache)
-    )
-    assert "2 views, 48 rows" in logs and (cache / "manifest.json").is_file()
-    logs = submit_and_wait(
-        address, env, "cached-distill-test", "distill", "--config", str(job_file), f"teacher.cache={cache}"
-    )
-    assert "replaying the soft-label cache" in logs and "run from_cache: 2 epochs" in logs
-    from ray.job_submission import JobSubmissionClient
-    from ray.util.state import list_actors
-
-    jobs = {
-        sid: JobSubmissionClient(address).get_job_info(sid).job_id
-        for sid in ("cache-test", "cached-distill-test")
-    }
-    teachers = [
-        a.job_id for a in list_actors(address=address, limit=1000) if "TeacherPredictor" in a.class_name
-    ]
-    assert (
-        jobs["cache-test"] in teachers and jobs["cached-distill-test"] not in teachers
-    )  # the distill ran none
-
-
 def test_ray_job_submit_runs_a_sweep_and_a_killed_one_resubmitted_reruns_no_finished_trial(
     tmp_path, ray_head
 ):
@@ -235,22 +208,31 @@ def test_ray_job_submit_runs_a_sweep_and_a_killed_one_resubmitted_reruns_no_fini
     assert {f"sweep-{r['trial']}" for r in rows} >= set(finished)
 
 
-def test_a_killed_driver_resubmitted_resumes_from_its_last_checkpoint_and_leaves_the_run_whole(
+def test_a_cache_then_a_distill_from_it_killed_and_resubmitted_resumes_and_leaves_the_run_whole(
     tmp_path, ray_head
 ):
-    """The driver of a submitted distill job is SIGKILLed once epoch 0's checkpoint is registered;
-    its Train workers and teacher actors end with it; the same command submitted again resumes
-    after the last checkpoint, and the run's history holds every epoch once, the first ones as the
-    killed driver's checkpoint recorded them; the submitted run leaves its checkpoints, TensorBoard
-    events, student and metrics. (This run is also the test that `ray job submit` runs a distill job.)"""
+    """`ray job submit` builds a soft-label cache, then a distill job replaying it (no teacher actor).
+    That job's driver is SIGKILLed once epoch 0's checkpoint is registered; its Train workers end with
+    it; the same command submitted again resumes after the last checkpoint, and the run's history holds
+    every epoch once, the first ones as the killed driver's checkpoint recorded them; the submitted run
+    leaves its checkpoints, TensorBoard events, student and metrics. (One cached run serves what were
+    two tests: a cache then a cached distill, and a killed driver resubmitted.)"""
     import json
     import re
 
     from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.util.state import list_actors
 
     address, env, head_pid = ray_head
-    epochs, run_dir = 3, tmp_path / "runs" / "driver_killed"
-    command = ("distill", "--config", str(write_job(tmp_path, "driver_killed", epochs=epochs)))
+    # 5 epochs: a cached epoch after the first takes well under a second here, and the kill must land
+    # before the last one
+    epochs, run_dir, cache = 5, tmp_path / "runs" / "driver_killed", tmp_path / "cache"
+    job_file = write_job(tmp_path, "driver_killed", epochs=epochs)
+    logs = submit_and_wait(
+        address, env, "cache-test", "cache", "--config", str(job_file), "--out", str(cache)
+    )
+    assert "5 views, 120 rows" in logs and (cache / "manifest.json").is_file()
+    command = ("distill", "--config", str(job_file), f"teacher.cache={cache}")
     client = JobSubmissionClient(address)
     submit(address, env, "driver-killed", *command)
     deadline = time.time() + 400
@@ -259,7 +241,7 @@ def test_a_killed_driver_resubmitted_resumes_from_its_last_checkpoint_and_leaves
             client.get_job_status("driver-killed") in (JobStatus.PENDING, JobStatus.RUNNING)
             and time.time() < deadline
         ), client.get_job_logs("driver-killed")[-3000:]
-        time.sleep(0.2)
+        time.sleep(0.1)
     drivers = descendants(head_pid, "promptkd_ray.cli", "distill")
     assert drivers
     for driver in drivers:
@@ -279,7 +261,7 @@ def test_a_killed_driver_resubmitted_resumes_from_its_last_checkpoint_and_leaves
         time.sleep(1)
 
     logs = submit_and_wait(address, env, "driver-resubmitted", *command)
-    assert f"run driver_killed: {epochs} epochs" in logs
+    assert "replaying the soft-label cache" in logs and f"run driver_killed: {epochs} epochs" in logs
     summary = json.loads((run_dir / "metrics.json").read_text())
     assert [m["epoch"] for m in summary["history"]] == list(range(epochs))
     assert summary["resumes"] == [before["epoch"] + 1]
@@ -289,6 +271,14 @@ def test_a_killed_driver_resubmitted_resumes_from_its_last_checkpoint_and_leaves
     assert f"checkpoint_epoch_{epochs - 1:03d}" in {p.name for p in run_dir.glob("checkpoint_epoch_*")}
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert (run_dir / "student.safetensors").is_file()
+    jobs = {
+        sid: client.get_job_info(sid).job_id for sid in ("cache-test", "driver-killed", "driver-resubmitted")
+    }
+    teachers = {
+        a.job_id for a in list_actors(address=address, limit=1000) if "TeacherPredictor" in a.class_name
+    }
+    assert jobs["cache-test"] in teachers  # the cache's build ran teachers, the distill runs none
+    assert not teachers & {jobs["driver-killed"], jobs["driver-resubmitted"]}
 
 
 def _read(path: Path) -> str:
