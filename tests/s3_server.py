@@ -80,6 +80,11 @@ class S3Server:
         pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         return sorted(obj["Key"] for page in pages for obj in page.get("Contents", ()))
 
+    def modified(self, bucket: str, prefix: str = "") -> dict:
+        """{key: (last-modified time, ETag)} of every object under `prefix`."""
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return {o["Key"]: (o["LastModified"], o["ETag"]) for page in pages for o in page.get("Contents", ())}
+
     def read(self, bucket: str, key: str) -> bytes:
         return self.client().get_object(Bucket=bucket, Key=key)["Body"].read()
 

@@ -1,4 +1,5 @@
-"""A real `ray job submit` of a small distill job to a Ray head that this test starts on 127.0.0.1.
+"""Real `ray job submit`s (a soft-label cache, a distill, a sweep) to a Ray head that this module starts on
+127.0.0.1.
 
 The head runs `ray start --head --block` in its own session with its own temp dir and free ports,
 so it never touches another Ray on this machine; teardown ends exactly the processes it started
@@ -141,42 +142,53 @@ def write_job(tmp_path: Path, name: str, epochs: int = 2) -> Path:
     return job_file
 
 
-def test_ray_job_submit_runs_a_sweep_and_a_killed_one_resubmitted_reruns_no_finished_trial(
-    tmp_path, ray_head
+def test_ray_job_submit_sweeps_two_teachers_on_s3_and_a_killed_sweep_resubmitted_reruns_no_finished_trial(
+    tmp_path, s3, ray_head
 ):
-    """A sweep submitted as a Ray job (one trial at a time) whose driver is SIGKILLed as soon as a
-    trial has finished; the same command submitted again ends the sweep with its outputs, every trial
-    completed, without training the finished trial again. (It was two sweeps: one submitted, one
-    killed in a driver of its own; one sweep checks both.)"""
+    """A sweep over two teachers (a soft-label cache per teacher, not per trial; trials selected on
+    labelled few-shot val images), data, caches, trials and outputs all on S3, submitted as a Ray job
+    (one trial at a time) whose driver is SIGKILLed as soon as a trial has finished; the same command
+    submitted again ends the sweep with its outputs, every trial completed, without training the
+    finished trial again. Checked on the server's listing. (It was two sweeps: one over teachers on S3
+    in the session's Ray, one submitted and killed here; one sweep checks both.)"""
     from ray.job_submission import JobStatus, JobSubmissionClient
+    from stage2_fakes import two_teachers
+
+    from promptkd_ray.storage import Storage
 
     address, env, head_pid = ray_head
-    root, _ = make_split_json(tmp_path / "data", per_class=6)
+    bucket = "submitted"
+    base = s3.create_bucket(bucket)
+    root, _ = make_split_json(tmp_path / "data", per_class=6, val_per_class=3)
+    Storage(f"{base}/data").upload(root)
     job_file = tmp_path / "sweep_job.yaml"
-    job_file.write_text(
-        yaml.safe_dump(
-            tiny_job(root, tmp_path / "runs", "swept", train={"epochs": 2}, data={"heldout_images": 4})
-        )
-    )
+    train = {"epochs": 1, "warmup_epochs": 0}
+    job = tiny_job(f"{base}/data", f"{base}/runs", "swept", train=train, data={"heldout_images": 4})
+    job_file.write_text(yaml.safe_dump(job))
+    teachers = two_teachers(tmp_path)
     space = tmp_path / "sweep.yaml"
     space.write_text(
         yaml.safe_dump(
             {
                 "kind": "space",
                 "job": str(job_file),
-                "metric": "heldout_kl",
-                "search": {"max_concurrent": 1},
+                "metric": "val_accuracy",
+                "search": {"max_concurrent": 1, "val_shots": 2},
                 "scheduler": {"kind": "fifo"},
-                "params": {"loss.temperature": {"grid": [1, 4]}},
+                "params": {"teacher": {"grid": teachers}},
             }
         )
     )
     command = ("tune", "--space", str(space))
     client = JobSubmissionClient(address)
     submit(address, env, "tune-killed", *command)
-    folder = tmp_path / "runs" / "sweeps" / "sweep"
-    trials, deadline = folder / "trials", time.time() + 600
-    while not list(trials.glob("*/student.safetensors")):
+    folder, deadline = "runs/sweeps/sweep/", time.time() + 600
+
+    def students() -> dict:
+        found = s3.modified(bucket, folder + "trials/")
+        return {k: v for k, v in found.items() if k.endswith("/student.safetensors")}
+
+    while not students():
         assert client.get_job_status("tune-killed") in (JobStatus.PENDING, JobStatus.RUNNING), (
             "the sweep ended before it could be killed: " + client.get_job_logs("tune-killed")[-3000:]
         )
@@ -190,22 +202,29 @@ def test_ray_job_submit_runs_a_sweep_and_a_killed_one_resubmitted_reruns_no_fini
         assert time.time() < deadline
         time.sleep(1)
     assert client.get_job_status("tune-killed") == JobStatus.FAILED
-    finished = {p.parent.name: p.stat().st_mtime_ns for p in trials.glob("*/student.safetensors")}
+    finished = students()
     assert len(finished) == 1
-    checkpoints = {name: sorted(c.name for c in (trials / name).glob("checkpoint_*")) for name in finished}
+    (trial_dir,) = {k.rsplit("/", 1)[0] for k in finished}
+    checkpoints = sorted(k for k in s3.keys(bucket, trial_dir + "/checkpoint_"))
 
     logs = submit_and_wait(address, env, "tune-resubmitted", *command)
-    assert "sweep sweep: best trial" in logs and (folder / "best_job.yaml").is_file()
-    text = (folder / "trials.csv").read_text()
-    assert len(text.splitlines()) == 3  # header + 2 trials
-    rows = list(csv.DictReader(io.StringIO(text)))
-    assert all(r["status"] == "completed" and r["epochs"] == "2" for r in rows), rows
-    assert all(len(r["heldout_kl_per_epoch"].split(";")) == 2 for r in rows), rows
-    assert all((trials / f"sweep-{r['trial']}" / "student.safetensors").is_file() for r in rows)
-    for name, mtime in finished.items():  # the finished trial was not trained again
-        assert (trials / name / "student.safetensors").stat().st_mtime_ns == mtime
-        assert sorted(c.name for c in (trials / name).glob("checkpoint_*")) == checkpoints[name]
-    assert {f"sweep-{r['trial']}" for r in rows} >= set(finished)
+    assert "sweep sweep: best trial" in logs and logs.count("soft-label cache for teacher t") == 2
+    keys = set(s3.keys(bucket, folder))
+    assert {f"{folder}caches/{t}/manifest.json" for t in teachers} <= keys
+    assert {f"{folder}best_job.yaml", f"{folder}best/class_vectors.safetensors"} <= keys
+    rows = list(csv.DictReader(io.StringIO(s3.read(bucket, folder + "trials.csv").decode())))
+    assert sorted(r["teacher"] for r in rows) == ["t0", "t1"], rows
+    assert all(r["status"] == "completed" and r["epochs"] == "1" for r in rows), rows
+    assert all(0 <= float(r["val_accuracy"]) <= 100 for r in rows), rows
+    assert len(students()) == 2
+    for key, stamp in finished.items():  # the finished trial was not trained again
+        assert students()[key] == stamp
+    assert sorted(k for k in s3.keys(bucket, trial_dir + "/checkpoint_")) == checkpoints
+    best = yaml.safe_load(s3.read(bucket, folder + "best_job.yaml"))
+    top = max(float(r["val_accuracy"]) for r in rows)
+    winners = {r["teacher"] for r in rows if float(r["val_accuracy"]) == top}  # a tie names either
+    label = next(t for t in winners if teachers[t]["spec"] == best["teacher"]["spec"])
+    assert best["teacher"]["cache"] == f"{base}/{folder}caches/{label}"
 
 
 def test_a_cache_then_a_distill_from_it_killed_and_resubmitted_resumes_and_leaves_the_run_whole(

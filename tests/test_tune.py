@@ -1,8 +1,8 @@
 """Sweeps: space files (checked value by value against their job, one sentence when wrong), a tiny
 sweep under ASHA on the session's Ray (outputs, one shared soft-label cache, nothing left held; its
 trials drawn by Optuna and tracked in MLflow). The sweep over teachers (a cache per teacher, selected on
-val_accuracy) runs on S3 in tests/test_s3.py; a sweep whose driver is killed resuming without re-running
-finished trials, in tests/test_job_submit.py."""
+val_accuracy, on S3) is the one submitted as a Ray job in tests/test_job_submit.py, whose driver is killed
+and which resumes without re-running finished trials."""
 
 import os
 import time
