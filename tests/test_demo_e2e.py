@@ -77,22 +77,15 @@ def test_the_gain_bound_fails_for_the_runs_student_before_it_learnt(demo, tmp_pa
     from promptkd_ray.cli.demo import evaluate_demo
     from promptkd_ray.config import load_distill_job
     from promptkd_ray.core.artifacts import read_student_info, save_student
-    from promptkd_ray.core.models import build_student
     from promptkd_ray.data.sources import open_world
+    from promptkd_ray.distill_setup import new_student
 
     teacher, zero_shot, _, out = demo
     (run_dir,) = [p.parent for p in out.glob("*/job.yaml")]
     job = load_distill_job(run_dir / "job.yaml")
     info = read_student_info(str(run_dir / "student"))
     torch.manual_seed(job.seed)
-    untrained = build_student(
-        info.spec,
-        teacher_dim=info.teacher_dim,
-        n_ctx=info.n_ctx,
-        depth=info.depth,
-        projector=info.projector,
-        edu_attention_width=info.edu_attention_width,
-    )
+    untrained = new_student(job, info.spec, info.teacher_dim)  # as distill builds it before epoch 0
     artifact = save_student(untrained, info, str(tmp_path / "student"))
     result = SimpleNamespace(run_dir=str(run_dir), student_artifact=artifact)
     hm = {s.model: s.metrics["hm"] for s in evaluate_demo(open_world(job.data), job, result)}
