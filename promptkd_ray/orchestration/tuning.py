@@ -117,7 +117,7 @@ def remove_orphaned_placement_groups() -> int:
         mine = group.creator_job_id == job and by_actor and not group.is_detached
         if not mine or group.state == PlacementGroupTableData.REMOVED:
             continue
-        if not group.creator_actor_dead:
+        if not (group.creator_actor_dead or _actor_dead(state, group.creator_actor_id)):
             alive += 1
             continue
         remove_placement_group(PlacementGroup(PlacementGroupID(group.placement_group_id)))
@@ -126,6 +126,13 @@ def remove_orphaned_placement_groups() -> int:
             group.placement_group_id.hex()[:12],
         )
     return alive
+
+
+def _actor_dead(state, actor_id: bytes) -> bool:
+    """Whether the actor table records this actor as dead. A group created by a controller that was
+    already dying (its trial ended while it retried its worker group) never gets the group's
+    creator_actor_dead flag: the GCS sets it only when the creator dies after the group exists."""
+    return state.actor_table(actor_id.hex()).get("State") == "DEAD"
 
 
 def tune_param_space(space: Space) -> dict:
