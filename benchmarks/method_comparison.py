@@ -40,6 +40,8 @@ from pathlib import Path
 
 from cost import start_benchmark
 
+from promptkd_ray.config.sections import TOYWORLD_PROFILES
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO_JOB = REPO / "jobs" / "toy_b2n.yaml"
 CONFIGS = {
@@ -57,7 +59,7 @@ def seeds_parser(description: str, out: str) -> argparse.ArgumentParser:
     """The options of a benchmark that runs the demo's job once per toy-world seed."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--profile", choices=["full", "quick", "dialect"], default="full")
+    p.add_argument("--profile", choices=TOYWORLD_PROFILES, default=TOYWORLD_PROFILES[0])
     p.add_argument("--cache-dir", default="", help="toy world cache (default ~/.cache/promptkd_ray/toyworld)")
     p.add_argument("--epochs", type=int, default=0, help="epochs (default: the job's)")
     p.add_argument("--out", default=out)

@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from cost import start_benchmark
 
+from promptkd_ray.config.sections import TOYWORLD_PROFILES
+
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("soft_label_cache")
 
@@ -34,9 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--part", choices=["toy", "real", "both"], default="both")
     p.add_argument("--epochs", type=int, default=3, help="(a) epochs of each run, and K")
-    p.add_argument(
-        "--profile", choices=["full", "quick", "dialect"], default="full", help="(a) toy world size"
-    )
+    p.add_argument("--profile", choices=TOYWORLD_PROFILES, default=TOYWORLD_PROFILES[0], help="(a) toy world")
     p.add_argument("--images", type=int, default=24, help="(b) images per timed pass")
     p.add_argument("--batch-size", type=int, default=8, help="(b) batch size")
     p.add_argument("--out", default="runs/soft_label_cache")

@@ -71,12 +71,13 @@ DEMO_JOB = REPO / "jobs" / "toy_b2n.yaml"
 
 def parse_args(argv=None) -> argparse.Namespace:
     from promptkd_ray.config import load_distill_job
+    from promptkd_ray.config.sections import TOYWORLD_PROFILES
 
     demo = load_distill_job(DEMO_JOB, check_paths_exist=False)
     defaults = {"epochs": demo.train.epochs, "workers": demo.train.num_workers}
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="toy world seeds (also run seeds)")
-    p.add_argument("--profile", choices=["full", "quick", "dialect"], default="full", help="toy world size")
+    p.add_argument("--profile", choices=TOYWORLD_PROFILES, default=TOYWORLD_PROFILES[0], help="toy world")
     p.add_argument("--cache-dir", default="", help="toy world cache (default ~/.cache/promptkd_ray/toyworld)")
     p.add_argument("--out", default="runs/toy_teacher_comparison", help="folder for runs and the report")
     p.add_argument(

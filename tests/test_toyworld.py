@@ -321,6 +321,21 @@ def test_world_folders_differ_by_profile_and_seed_and_the_cache_root_follows_the
         build_world(tmp_path, profile="huge")
 
 
+def test_the_dialect_world_is_the_default_with_40_train_images_a_class_and_the_others_keep_theirs():
+    from promptkd_ray.config.sections import TOYWORLD_PROFILES, ImagesConfig
+    from promptkd_ray.toyworld.world import DOMAINS, PROFILES, world_recipe
+
+    assert set(TOYWORLD_PROFILES) == set(PROFILES) and TOYWORLD_PROFILES[0] == "dialect"
+    assert ImagesConfig().toyworld_profile == "dialect"
+    dialect, full = world_recipe("dialect", 0)["domains"], world_recipe("full", 0)["domains"]
+    for key, spec in DOMAINS.items():
+        assert dialect[key]["train_per_class"] == 40 and full[key]["train_per_class"] == spec.train_per_class
+        assert dialect[key]["test_per_class"] == spec.test_per_class  # same test images as the full world
+    # a profile without its own train size writes no key, so the worlds built before it keep their folders
+    assert "train_per_class" not in world_recipe("full", 0)["pretrain"]
+    assert world_recipe("dialect", 0)["pretrain"]["train_per_class"] == 40
+
+
 # --- the quick world (slow: pretrains once per cache) -----------------------------------------
 
 

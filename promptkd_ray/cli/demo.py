@@ -14,8 +14,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
+
+from ..config.sections import TOYWORLD_PROFILES
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--profile",
-        choices=["full", "quick", "dialect"],
-        default="full",
-        help="toy world size (quick: tests)",
+        choices=TOYWORLD_PROFILES,
+        help="toy world (default: the job's, dialect; full: the earlier demo world; quick: tests)",
     )
     p.add_argument("--seed", type=int, default=0, help="world and distillation seed")
     p.add_argument("--epochs", type=int, help="epochs (default: the job's)")
@@ -62,17 +64,18 @@ def run(args) -> int:
             "the repository's root folder or pass --config."
         )
     flags = [
-        f"name=demo-{args.profile}-seed{args.seed}",
         f"storage_path={Path(args.out).resolve()}",
         f"seed={args.seed}",
         f"data.toyworld_seed={args.seed}",
-        f"data.toyworld_profile={args.profile}",
         f"data.root={args.cache_dir}",
     ]
+    flags += [f"data.toyworld_profile={args.profile}"] * (args.profile is not None)
     flags += [f"train.epochs={args.epochs}"] * (args.epochs is not None)
     flags += [f"train.num_workers={args.workers}"] * (args.workers is not None)
     job = load_distill_job(args.config, flags + list(args.overrides))
-    log.info("stage 1/3: the toy world (%s profile, seed %d)", args.profile, args.seed)
+    profile = job.data.toyworld_profile
+    job = dataclasses.replace(job, name=f"demo-{profile}-seed{args.seed}")
+    log.info("stage 1/3: the toy world (%s profile, seed %d)", profile, args.seed)
     world = open_world(job.data)
     with ray_session():  # a local Ray started here for the run is shut down before the report
         log.info("stage 2/3: distillation (%s)", args.config)

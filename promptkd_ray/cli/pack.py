@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..config.sections import TOYWORLD_PROFILES
 from .args import add_dataset_arguments
 
 
@@ -26,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--toyworld",
-        choices=["full", "quick", "dialect"],
+        choices=TOYWORLD_PROFILES,
         help="a toy-world domain (--dataset: the domain key)",
     )
     p.add_argument("--toyworld-seed", type=int, default=0, help="seed of the toy world")

@@ -97,6 +97,11 @@ class WorkersConfig:
     )
 
 
+# The toy world's profiles (promptkd_ray.toyworld.world.PROFILES; a test keeps the two equal), the
+# default first: "dialect" is the demo's world, "full" the earlier one, "quick" the tests'.
+TOYWORLD_PROFILES = ("dialect", "full", "quick")
+
+
 @dataclass(frozen=True)
 class ImagesConfig:
     source: str = choice(*IMAGE_SOURCES)  # how to find the images (see `data.sources`)
@@ -107,8 +112,8 @@ class ImagesConfig:
     image_folder: str = ""  # split_json only: image folder inside the dataset folder
     split_file: str = ""  # split_json only: split JSON file inside the dataset folder
     toyworld_profile: str = choice(
-        "full", "quick", "dialect"
-    )  # toyworld only: which world (quick = the tests' small one)
+        *TOYWORLD_PROFILES
+    )  # toyworld only: which world (dialect: the demo's; full: the earlier one; quick: the tests')
     toyworld_seed: int = 0  # toyworld only: seed of the world (pretraining + images), not of the run
     image_size: int = 0  # training resolution in pixels; 0 = the model's input size
     crop_scale_min: float = 0.08  # smallest train crop, as a fraction of the image area (authors: 0.08)

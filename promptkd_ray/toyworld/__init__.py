@@ -8,7 +8,7 @@ Nothing can be downloaded here, yet the method must be shown working. The toy wo
 - `build_world`, which builds all of it once per (profile, seed) and caches it (`world`).
 
 Usage:
-    world = build_world(profile="quick")          # or "full" (the demo's world)
+    world = build_world(profile="quick")          # or "dialect" (the demo's world), "full"
     teacher = build_teacher(world.teacher_spec)
     domain = world.domain()                        # default: "doodles"
     domain.root, domain.dataset_folder, domain.split_file, domain.classnames

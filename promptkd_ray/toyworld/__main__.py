@@ -1,4 +1,4 @@
-"""`python -m promptkd_ray.toyworld [--profile full|quick] [--seed S] [--cache-dir DIR]`: build the
+"""`python -m promptkd_ray.toyworld [--profile dialect|full|quick] [--seed S] [--cache-dir DIR]`: build the
 toy world (or find it in the cache) and print where its parts are."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from .world import PROFILES, build_world
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m promptkd_ray.toyworld", description=__doc__)
-    parser.add_argument("--profile", default="full", choices=sorted(PROFILES))
+    parser.add_argument("--profile", default="dialect", choices=sorted(PROFILES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--cache-dir",

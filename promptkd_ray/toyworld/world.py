@@ -13,6 +13,39 @@ Design decisions:
   teacher knows the domain and the student does not, which is the situation PromptKD is for.
   Measured (full profile, seeds 0–2, doodles, base/novel HM): teacher zero-shot 79.9 ± 0.3,
   student zero-shot 17.5 ± 1.5.
+- Profiles: "dialect" (the demo's world, below), "full" (the earlier demo world) and "quick" (tests).
+
+The "dialect" world, shaped like the real benchmark:
+- The student's frozen backbone can see the target domain; its text tower cannot name the classes.
+  The teacher is the full world's. The student (the same 3 × 64 ViT) pretrains for 1,500 steps on
+  the teacher's web of images (every style, sketches and outlines included), so its image features
+  separate the doodles' colours and shapes nearly as well as the teacher's: its labelled ceiling
+  nears the teacher. But its captions name every shape in Spanish ("a photo of a red estrella"), so
+  its text tower never read "star" or "heart" as a shape, and its zero-shot classifier ("a photo of a
+  red star.") gets the colour right and the shape mostly wrong. That is PromptKD's situation: an image
+  tower good enough, a poor zero-shot alignment to the class names, and a teacher whose soft labels
+  carry the missing alignment. Neon (another style, other shapes) stays the transfer domain.
+- 40 unlabeled train images per class (1,200 for 30 classes), the median of the eleven base-to-novel
+  datasets' train splits (Flowers102 ≈ 40, DTD 60, Aircraft and Cars ≈ 33, SUN397 40, …), where the
+  full world has 150: with 150 the demo's 8 epochs already reach the teacher, and nothing is left for
+  a better recipe to show.
+- Measured, seed 0 (doodles HM; `benchmarks/ceiling.py`, the demo's job): teacher zero-shot 79.51,
+  student zero-shot 42.44 (neon: teacher 90.83, student 43.87); with 40 images per class the labelled
+  ceiling is 75.90 at 8 epochs and 77.69 at 32, the distilled student 76.47. Tried and rejected, seed 0:
+  - 150 images per class: ceiling 78.18 (8 epochs) and 79.04 (32), distilled 78.85: teacher-gap
+    closure 0.982 at the demo's budget, no headroom;
+  - 20 per class: ceiling 72.12 / 75.00 (4.51 under the teacher: other seeds would break the 5-HM
+    bound), distilled 74.12;
+  - 16 per class and 1,000 pretraining steps: ceiling 66.45 / 71.13, 8.4 under the teacher;
+  - every colour and shape in Spanish, 600 steps (150 per class): student zero-shot 7.65 (neon 1.85),
+    but the ceiling is 66.40 at 8 epochs and 69.53 at 32, 10 under the teacher, and the distilled
+    student (66.67) already reaches it, as on the full world;
+  - shapes in Spanish, 600 steps: zero-shot 35.48 (neon 38.50), ceiling 65.29 at 8 epochs: the
+    backbone is too weak;
+  - shapes in Spanish plus the doodle style itself in the web (weight 1.5): at 600 steps zero-shot
+    30.47 (neon 23.33), ceiling 68.66; at 1,500 steps zero-shot 31.13, ceiling 84.47, but neon
+    zero-shot 12.44: a student that saw the target style in pretraining, with almost no zero-shot
+    transfer left to keep.
 - Pretraining is deterministic for a fixed number of torch threads; the folder name does not
   include it, so a world rebuilt with other threads has the same data but slightly different weights.
 - Cache root: `cache_dir`, else `$PROMPTKD_RAY_CACHE/toyworld`, else `~/.cache/promptkd_ray/toyworld`.
@@ -68,12 +101,22 @@ class WorldProfile:
     teacher: PretrainSpec
     student: PretrainSpec
     domain_scale: float = 1.0  # × images per class of every domain
+    train_per_class: int = 0  # unlabeled train images per class of every domain (0: the domain's own)
+
+    def domain(self, spec: DomainSpec) -> DomainSpec:
+        """A domain as this profile writes it."""
+        spec = spec.scaled(self.domain_scale)
+        return replace(spec, train_per_class=self.train_per_class) if self.train_per_class else spec
 
     def as_dict(self) -> dict:
+        size = (
+            {"train_per_class": self.train_per_class} if self.train_per_class else {}
+        )  # others keep their hash
         return {
             "teacher": self.teacher.as_dict(),
             "student": self.student.as_dict(),
             "domain_scale": self.domain_scale,
+            **size,
         }
 
 
@@ -122,29 +165,11 @@ PROFILES: dict[str, WorldProfile] = {
 # Spanish ("a photo of a red estrella").
 DIALECT_CORPUS = CorpusSpec(styles=TEACHER_CORPUS.styles, caption_styles=ALL_CAPTIONS, dialect="es_shapes")
 
-# "dialect": a world shaped like the real benchmark, where the student's frozen backbone can see the
-# target domain but its text tower cannot name its classes. The teacher is the full world's. The
-# student (the same 3 × 64 ViT) pretrains for 1,500 steps on the teacher's web of images, so its
-# image features separate the doodles' colours and shapes about as well as the teacher's do (its
-# labelled ceiling nears the teacher); but its captions name every shape in Spanish, so its text tower
-# never read "star" or "heart" as a shape and its zero-shot classifier ("a photo of a red star.")
-# gets the colour right and the shape mostly wrong. This is PromptKD's situation: a student whose
-# image tower is good enough, whose zero-shot alignment to the class names is poor, and a teacher
-# whose soft labels carry the missing alignment. Measured on seed 0 (doodles HM; neon HM):
-# teacher zero-shot 79.51; 90.83, student zero-shot 42.44; 43.87, labelled ceiling at the demo's
-# 8 epochs 78.58. Tried and rejected (seed 0):
-# - every colour and shape in Spanish, 600 steps: student zero-shot 7.65 (neon 1.85), but its labelled
-#   ceiling is 66.40 at 8 epochs and 69.53 at 32, 10 under the teacher, and the distilled student
-#   (66.67) already reaches it: no headroom, the same flaw as the full world;
-# - shapes in Spanish, 600 steps: zero-shot 35.48 (neon 38.50), ceiling 65.29 at 8 epochs: the
-#   backbone is still too weak;
-# - shapes in Spanish plus the doodle style itself in the web (weight 1.5), 600 steps: zero-shot
-#   30.47 (neon 23.33), ceiling 68.66; at 1,500 steps zero-shot 31.13, ceiling 84.47, but neon
-#   zero-shot 12.44 — a student that has seen the target style in pretraining, with almost no
-#   zero-shot transfer left to keep.
+# "dialect": the default world (jobs/toy_b2n.yaml); see the module docstring for why it is built so.
 PROFILES["dialect"] = WorldProfile(  # the student pretrains as the full teacher does, on its own web, longer
     teacher=PROFILES["full"].teacher,
     student=replace(PROFILES["full"].teacher, model=STUDENT_MODEL, corpus=DIALECT_CORPUS, steps=1500),
+    train_per_class=40,
 )
 
 
@@ -218,7 +243,7 @@ def world_recipe(profile: str, seed: int, domains: Optional[dict] = None) -> dic
         "seed": seed,
         "pretrain": prof.as_dict(),
         "model_configs": configs,
-        "domains": {k: d.scaled(prof.domain_scale).as_dict() for k, d in domains.items()},
+        "domains": {k: prof.domain(d).as_dict() for k, d in domains.items()},
     }
 
 
@@ -249,14 +274,17 @@ def _locked(path: Path):
 
 
 def build_world(
-    cache_dir: "str | os.PathLike | None" = None, seed: int = 0, profile: str = "full", progress: bool = True
+    cache_dir: "str | os.PathLike | None" = None,
+    seed: int = 0,
+    profile: str = "dialect",
+    progress: bool = True,
 ) -> ToyWorld:
     """Build (or load from the cache) the toy world of `profile` and `seed`.
 
     Args:
         cache_dir: folder holding worlds; None → `default_cache_dir()`.
         seed: fixes the pretraining (init and corpus) and every domain image.
-        profile: "full" (the demo's world) or "quick" (tests: short pretraining, small domains).
+        profile: "dialect" (the demo's world), "full" (the earlier one) or "quick" (tests).
         progress: show tqdm progress bars.
     Returns:
         the ToyWorld; a second call with the same arguments only reads `world.json`.
@@ -279,7 +307,7 @@ def build_world(
             if not weights.is_file():
                 pretrain_clip(_with_seed(spec, model_seed), weights, progress=progress)
         for key, domain in DOMAINS.items():
-            write_domain(domain.scaled(prof.domain_scale), path / "data", seed=seed, progress=progress)
+            write_domain(prof.domain(domain), path / "data", seed=seed, progress=progress)
         tmp = manifest.with_name(f".world.json.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(recipe, indent=1, sort_keys=True))
         os.replace(tmp, manifest)
