@@ -82,6 +82,7 @@ def test_the_gain_bound_fails_for_the_runs_student_before_it_learnt(demo, tmp_pa
 
     teacher, zero_shot, _, out = demo
     (run_dir,) = [p.parent for p in out.glob("*/job.yaml")]
+    assert run_dir.name == "demo-quick-seed0"  # the run's folder names the world the demo ran on
     job = load_distill_job(run_dir / "job.yaml")
     info = read_student_info(str(run_dir / "student"))
     torch.manual_seed(job.seed)

@@ -74,7 +74,8 @@ def run(args) -> int:
     flags += [f"train.num_workers={args.workers}"] * (args.workers is not None)
     job = load_distill_job(args.config, flags + list(args.overrides))
     profile = job.data.toyworld_profile
-    job = dataclasses.replace(job, name=f"demo-{profile}-seed{args.seed}")
+    if not any(o.startswith("name=") for o in args.overrides):  # the run's folder names its world
+        job = dataclasses.replace(job, name=f"demo-{profile}-seed{args.seed}")
     log.info("stage 1/3: the toy world (%s profile, seed %d)", profile, args.seed)
     world = open_world(job.data)
     with ray_session():  # a local Ray started here for the run is shut down before the report
