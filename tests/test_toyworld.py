@@ -323,9 +323,9 @@ def test_world_folders_differ_by_profile_and_seed_and_the_cache_root_follows_the
 
 def test_the_dialect_world_is_the_default_with_40_train_images_a_class_and_the_others_keep_theirs():
     from promptkd_ray.config.sections import TOYWORLD_PROFILES, ImagesConfig
-    from promptkd_ray.toyworld.world import DOMAINS, PROFILES, world_recipe
+    from promptkd_ray.toyworld.world import DEFAULT_PROFILE, DOMAINS, PROFILES, world_recipe
 
-    assert set(TOYWORLD_PROFILES) == set(PROFILES) and TOYWORLD_PROFILES[0] == "dialect"
+    assert set(TOYWORLD_PROFILES) == set(PROFILES) and TOYWORLD_PROFILES[0] == DEFAULT_PROFILE == "dialect"
     assert ImagesConfig().toyworld_profile == "dialect"
     dialect, full = world_recipe("dialect", 0)["domains"], world_recipe("full", 0)["domains"]
     for key, spec in DOMAINS.items():

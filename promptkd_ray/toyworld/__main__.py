@@ -7,12 +7,12 @@ import argparse
 import logging
 import time
 
-from .world import PROFILES, build_world
+from .world import DEFAULT_PROFILE, PROFILES, build_world
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m promptkd_ray.toyworld", description=__doc__)
-    parser.add_argument("--profile", default="dialect", choices=sorted(PROFILES))
+    parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--cache-dir",

@@ -109,15 +109,14 @@ class WorldProfile:
         return replace(spec, train_per_class=self.train_per_class) if self.train_per_class else spec
 
     def as_dict(self) -> dict:
-        size = (
-            {"train_per_class": self.train_per_class} if self.train_per_class else {}
-        )  # others keep their hash
-        return {
+        out = {
             "teacher": self.teacher.as_dict(),
             "student": self.student.as_dict(),
             "domain_scale": self.domain_scale,
-            **size,
         }
+        if self.train_per_class:  # only where set, so the worlds built before the field keep their hash
+            out["train_per_class"] = self.train_per_class
+        return out
 
 
 # Tiny ViTs from scratch learn shapes much faster from filled shapes than from outlines (measured:
@@ -166,6 +165,7 @@ PROFILES: dict[str, WorldProfile] = {
 DIALECT_CORPUS = CorpusSpec(styles=TEACHER_CORPUS.styles, caption_styles=ALL_CAPTIONS, dialect="es_shapes")
 
 # "dialect": the default world (jobs/toy_b2n.yaml); see the module docstring for why it is built so.
+DEFAULT_PROFILE = "dialect"
 PROFILES["dialect"] = WorldProfile(  # the student pretrains as the full teacher does, on its own web, longer
     teacher=PROFILES["full"].teacher,
     student=replace(PROFILES["full"].teacher, model=STUDENT_MODEL, corpus=DIALECT_CORPUS, steps=1500),
@@ -276,7 +276,7 @@ def _locked(path: Path):
 def build_world(
     cache_dir: "str | os.PathLike | None" = None,
     seed: int = 0,
-    profile: str = "dialect",
+    profile: str = DEFAULT_PROFILE,
     progress: bool = True,
 ) -> ToyWorld:
     """Build (or load from the cache) the toy world of `profile` and `seed`.
