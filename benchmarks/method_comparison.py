@@ -1,7 +1,7 @@
 """PromptKD, KDPL, KDPL-CA and ComKD-CLIP (with ComKD's two ablations) side by side on the toy world.
 
 Per seed S (the toy world's seed, also the run's): the demo's job file, jobs/toy_b2n.yaml (8 epochs,
-2 DDP workers, AdamW 0.005 at batch 32, crops ≥ 50 %), once per configuration:
+2 DDP workers, SGD 0.005 at batch 8, crops ≥ 50 %), once per configuration:
 
     promptkd          loss.preset=promptkd                 KL·T² (authors' normalisation, weight 1000)
     kdpl              loss.preset=kdpl                     symmetric KL, the student's logit scale
@@ -24,9 +24,9 @@ over seeds; report.md, results.csv and comparison.md go to --out.
         --epochs 1 --out /tmp/mc                                                  # smoke test
 
 Why K = 32 for KDPL-CA: the authors keep 1,000 of 20,930 names (4.8 %) of a batch's mean teacher
-distribution; here each worker's batch holds 16 images of up to 16 of the domain's 30 classes, and
-4.8 % of 108 names (5) would drop most of a batch's own classes, so K is set to twice the per-worker
-batch. Re-running with the same --out reuses finished runs (their names are fixed).
+distribution, far more names than a batch of 8 images holds classes; here 4.8 % of 108 names (5) would
+keep little beyond a worker's own 4 images' classes, so K is 32, a little more than the domain's 30 classes.
+Re-running with the same --out reuses finished runs (their names are fixed).
 """
 
 from __future__ import annotations
