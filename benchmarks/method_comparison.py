@@ -12,12 +12,17 @@ Per seed S (the toy world's seed, also the run's): the demo's job file, jobs/toy
     comkd             loss.preset=comkd                    KL + IFAlign + EduAttention
     comkd w/o EduAttention   loss.preset=comkd loss.edu_attention=false
     comkd w/o IFAlign        loss.preset=comkd loss.ifalign_weight=0
+    comkd, grad_clip_norm 1  loss.preset=comkd train.grad_clip_norm=1
+                                                           (EduAttention diverges under the job's SGD
+                                                           without it; docs/protocol.md)
+    promptkd, grad_clip_norm 1  loss.preset=promptkd train.grad_clip_norm=1   (the clipping's own effect)
 
 and scores every student twice (docs/protocol.md): base-to-novel on the doodles domain (where it was
 distilled, without labels), and cross-domain on the neon domain (other colours, shapes and style;
 all its classes, class vectors of its classes from the same zero-shot teacher) — the cross-dataset
 protocol. The zero-shot teacher and student are scored alongside. Tables are mean ± std (population)
-over seeds; report.md, results.csv and comparison.md go to --out.
+over seeds; report.md, results.csv and comparison.md go to --out. A run whose loss becomes NaN or infinite
+stops (`DivergedError`): it is listed in comparison.md with its message and left out of the tables.
 
     RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/method_comparison.py --out runs/method_comparison
     RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/method_comparison.py --profile quick --seeds 0 \\
@@ -51,6 +56,8 @@ CONFIGS = {
     "comkd": ["loss.preset=comkd"],
     "comkd w/o EduAttention": ["loss.preset=comkd", "loss.edu_attention=false"],
     "comkd w/o IFAlign": ["loss.preset=comkd", "loss.ifalign_weight=0"],
+    "comkd, grad_clip_norm 1": ["loss.preset=comkd", "train.grad_clip_norm=1"],
+    "promptkd, grad_clip_norm 1": ["loss.preset=promptkd", "train.grad_clip_norm=1"],
 }
 log = logging.getLogger("method_comparison")
 
@@ -140,15 +147,22 @@ def table(scores: list, dataset: str, keys: tuple) -> tuple[str, list]:
 
 def main(argv=None) -> int:
     args, out = start_benchmark(parse_args, argv)
-    began, scores, trained = time.perf_counter(), [], 0.0
+    from promptkd_ray.errors import DivergedError
+
+    began, scores, trained, diverged = time.perf_counter(), [], 0.0, []
     for seed in args.seeds:
         runs = {}
         for config in args.configs:
-            runs[config] = distill(args, seed, config)
+            try:
+                runs[config] = distill(args, seed, config)
+            except DivergedError as exc:
+                log.warning("%s seed %d diverged: %s", config, seed, exc)
+                diverged.append(f"- {config}, seed {seed}: {exc}")
+                continue
             trained += recorded_seconds(runs[config])
         scores += score_seed(args, seed, runs)
     total = time.perf_counter() - began
-    n_runs = len(args.seeds) * len(args.configs)
+    n_runs = len(args.seeds) * len(args.configs) - len(diverged)
     from promptkd_ray.report import write_report
 
     write_report(
@@ -174,6 +188,7 @@ def main(argv=None) -> int:
             "",
             cross,
             "",
+            *(["## Diverged runs (stopped, not scored)", "", *diverged, ""] if diverged else []),
         ]
     )
     (out / "comparison.md").write_text(text)

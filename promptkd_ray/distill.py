@@ -49,6 +49,7 @@ from .core.step import autocast_dtype, distill_step, teacher_logits, teacher_sca
 from .data.decode import to_model_input
 from .data.sources import PathSource
 from .distill_setup import Setup, new_student, prepare, resolve, run_datasets
+from .errors import DivergedError
 from .orchestration import cluster
 from .orchestration.audit import IdAudit
 from .orchestration.bookkeeping import Bookkeeping
@@ -335,16 +336,20 @@ def train_one_epoch(
     for i, batch in enumerate(meter.timed(feed.epoch_batches(epoch, audit))):
         images = to_model_input(batch["image"].to(device))
         features = batch["teacher_feature"].to(device)
-        out = distill_step(
-            model,
-            images,
-            features,
-            class_vectors,
-            optimizer,
-            plan.loss,
-            plan.teacher_logit_scale,
-            autocast=precision,
-        )
+        try:
+            out = distill_step(
+                model,
+                images,
+                features,
+                class_vectors,
+                optimizer,
+                plan.loss,
+                plan.teacher_logit_scale,
+                precision,
+            )
+        except DivergedError as exc:
+            where = f"At epoch {epoch + 1} of {plan.train.epochs}, step {i + 1} of worker {worker.rank}, the training loss"
+            raise DivergedError(str(exc).replace("The training loss", where, 1)) from None
         meter.add(out, images.shape[0])
         step += 1
         reporter.step(

@@ -54,3 +54,8 @@ class CheckpointCorruptError(PromptKDError, ValueError):
 
 class UsageError(PromptKDError, ValueError):
     """A command line that cannot be run as given (missing or conflicting options)."""
+
+
+class DivergedError(PromptKDError, FloatingPointError):
+    """A training loss that became NaN or infinite: the student diverged, so the run stops rather than
+    train on at chance."""

@@ -153,6 +153,7 @@ def test_loss_preset_then_fields_override_it(tmp_path):
         ({"data": {"crop_scale_min": 0.0}}, "data.crop_scale_min must be in (0, 1], got 0.0"),
         ({"data": {"source": "benchmark"}}, "data.dataset must be set when data.source is benchmark"),
         ({"train": {"checkpoints_to_keep": 0}}, "train.checkpoints_to_keep must be ≥ 1, got 0"),
+        ({"train": {"grad_clip_norm": -1.0}}, "train.grad_clip_norm must be ≥ 0, got -1.0"),
     ],
 )
 def test_cross_field_rules(tmp_path, changes, words):
@@ -183,6 +184,30 @@ def test_authors_schedule_warmup_then_cosine_per_epoch(tmp_path):
     assert lrs[0] == 1e-5 and lrs[1] == pytest.approx(0.005)
     assert lrs[2] == pytest.approx(0.5 * 0.005 * (1 + __import__("math").cos(__import__("math").pi / 20)))
     assert all(a > b for a, b in zip(lrs[1:], lrs[2:])) and lrs[-1] > 0
+
+
+def test_grad_clip_norm_caps_the_steps_gradient_norm_and_is_off_by_default(tmp_path):
+    """SGD's first step moves the parameters by lr × gradient: with train.grad_clip_norm: 1 that
+    displacement has norm lr × 1 for a gradient of norm 50; with the default (0) it is lr × 50."""
+    import dataclasses
+
+    import torch
+
+    from promptkd_ray.core.schedule import build_optimizer
+
+    train = load_job(write_job(tmp_path, minimal(tmp_path))).train
+    assert train.grad_clip_norm == 0.0
+    moved = {}
+    for clip in (0.0, 1.0):
+        weights = torch.nn.Parameter(torch.zeros(3, 4))
+        optimizer = build_optimizer(
+            [weights], dataclasses.replace(train, grad_clip_norm=clip, warmup_epochs=0)
+        )
+        (weights * torch.full((3, 4), 50.0 / 12**0.5)).sum().backward()  # gradient norm 50
+        optimizer.step()
+        moved[clip] = float(weights.detach().norm())
+    assert moved[0.0] == pytest.approx(train.lr * 50.0, rel=1e-4)
+    assert moved[1.0] == pytest.approx(train.lr * 1.0, rel=1e-4)
 
 
 @pytest.mark.parametrize("path", STAGE2_JOBS, ids=lambda p: p.name)

@@ -6,6 +6,7 @@ TensorBoard staged locally and uploaded) while the test reads the files on local
 import csv
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -193,3 +194,30 @@ def test_distill_with_on_bad_image_fail_ends_in_one_sentence(tmp_path, ray_clust
     (err,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert " is not a readable image (" in err and "data.on_bad_image=skip" in err
     assert any(path in err for path in bad) and "Traceback" not in err
+
+
+def test_a_diverging_run_stops_with_one_sentence_and_saves_no_student(tmp_path, ray_cluster, capsys):
+    """A student whose loss becomes NaN (a ComKD student at an absurd SGD learning rate) ends the run
+    with the DivergedError raised in its Train worker: one line naming the epoch and step, exit status
+    2, and no student artifact trained on at chance."""
+    import yaml
+
+    from promptkd_ray.cli import main
+
+    root, _ = make_split_json(tmp_path / "data", per_class=4, bad_per_kind=0)
+    raw = tiny_job(
+        root,
+        tmp_path / "runs",
+        "diverging",
+        loss={"preset": "comkd"},
+        train={"epochs": 2, "warmup_epochs": 0, "max_failures": 0, "optimizer": "sgd", "lr": 1e6},
+        data={"heldout_images": 0},
+    )
+    (tmp_path / "diverging.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["distill", "--config", str(tmp_path / "diverging.yaml")]) == 2
+    (err,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert re.match(
+        r"error: At epoch [12] of 2, step \d+ of worker 0, the training loss became (nan|inf)", err
+    ), err
+    assert "the student diverged" in err and "Traceback" not in err
+    assert not (tmp_path / "runs" / "diverging" / "student.safetensors").exists()

@@ -154,3 +154,39 @@ def test_distill_step_class_agnostic_k_restricts_both_logit_sets_to_the_teachers
     by_hand = losses.symmetric_kl(s_logits[:, keep], t_logits[:, keep])
     assert out["loss"] == pytest.approx(float(by_hand), rel=1e-4)
     assert abs(out["loss"] - float(losses.symmetric_kl(s_logits, t_logits))) > 1e-3
+
+
+def test_distill_step_stops_on_a_non_finite_loss_in_one_sentence_naming_its_terms():
+    """A diverged student (here: a teacher feature that is NaN) ends the step with a DivergedError that
+    names the loss and its terms, instead of returning a NaN that a run would train on at chance."""
+    from promptkd_ray.core.step import distill_step
+    from promptkd_ray.errors import DivergedError, PromptKDError
+
+    student, images, w, u_t, _ = _step_setup()
+    u_t = u_t.clone()
+    u_t[1, 0] = float("nan")
+    with pytest.raises(
+        DivergedError, match=r"^The training loss became nan \(kd nan\): the student diverged"
+    ) as err:
+        distill_step(
+            student,
+            images,
+            u_t,
+            w,
+            torch.optim.SGD(student.trainable_parameters(), lr=0.0),
+            LOSS_PRESETS["promptkd"],
+            7.0,
+        )
+    assert isinstance(err.value, PromptKDError) and "lower optim.lr" in str(err.value)
+    assert str(err.value).count(". ") == 0 and str(err.value).endswith(".")
+    student, images, w, u_t, _ = _step_setup()  # a fresh student: the NaN step spoiled the weights
+    finite = distill_step(
+        student,
+        images,
+        u_t,
+        w,
+        torch.optim.SGD(student.trainable_parameters(), lr=0.0),
+        LOSS_PRESETS["promptkd"],
+        7.0,
+    )
+    assert math.isfinite(finite["loss"])

@@ -75,6 +75,9 @@ class OptimConfig:
     schedule: str = choice("cosine", "constant")  # per-epoch lr schedule after the warm-up
     warmup_epochs: int = 1  # epochs at constant `warmup_lr` before the schedule (authors: 1)
     warmup_lr: float = 1e-5  # warm-up learning rate (authors: 1e-5)
+    grad_clip_norm: float = (
+        0.0  # clip the gradients' global norm to this before each step (0 = off, the authors')
+    )
     log_every: int = 50  # TensorBoard gets the step loss/agreement every this many global steps (rank 0)
 
     @property
@@ -169,7 +172,7 @@ def optim_checks(t: OptimConfig, problems: Problems, section: str = "train") -> 
         f"× batch_size / base_batch_size (lr_scaling: linear) must be a finite number, got {t.effective_lr}.",
     )
     problems.need(0 <= t.momentum < 1, f"{section}.momentum", f"must be in [0, 1), got {t.momentum}.")
-    problems.at_least(section, t, weight_decay=0, warmup_lr=0)
+    problems.at_least(section, t, weight_decay=0, warmup_lr=0, grad_clip_norm=0)
     problems.need(
         0 <= t.warmup_epochs < t.epochs,
         f"{section}.warmup_epochs",

@@ -11,6 +11,12 @@ successor with `epoch - warmup`, so epoch e (0-based) trains at
 `lr` is the job's effective lr (linear scaling applied). AdamW (beta1 = momentum) is an option
 for short toy jobs, where SGD at the authors' lr moves the prompts too little. The settings come
 from a job's optimisation section, read by attribute (`OptimSettings`).
+
+`grad_clip_norm` > 0 clips the global norm of the gradients before every step (a step pre-hook of the
+optimiser, so every caller of `build_optimizer` gets it and a resumed run too; under DDP every rank
+clips the same all-reduced gradients). The authors do not clip (0, the default). It exists for
+parameters whose gradients dwarf the prompts' under SGD: ComKD-CLIP's EduAttention enters the logits
+unnormalised, and at the authors' lr its scale α diverges within a few steps (docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ class OptimSettings(Protocol):
     warmup_epochs: int
     warmup_lr: float
     momentum: float
+    grad_clip_norm: float
     weight_decay: float
 
     @property
@@ -50,10 +57,25 @@ def lr_at_epoch(epoch: int, optim: OptimSettings) -> float:
 def build_optimizer(params, optim: OptimSettings) -> torch.optim.Optimizer:
     params, lr = list(params), optim.effective_lr
     if optim.optimizer == "adamw":
-        return torch.optim.AdamW(
+        optimizer = torch.optim.AdamW(
             params, lr=lr, betas=(optim.momentum, 0.999), weight_decay=optim.weight_decay
         )
-    return torch.optim.SGD(params, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(params, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+    if optim.grad_clip_norm > 0:
+        clip_gradients(optimizer, optim.grad_clip_norm)
+    return optimizer
+
+
+def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
+    """Before each of `optimizer`'s steps, scale its parameters' gradients so that their global L2
+    norm is at most `max_norm`."""
+
+    def clip(opt, args, kwargs):
+        grads = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(grads, max_norm)
+
+    optimizer.register_step_pre_hook(clip)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimSettings):

@@ -12,10 +12,12 @@ The teacher never runs here: it emitted u_t upstream (the teacher pool, or a sto
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
 
+from ..errors import DivergedError
 from .losses import LossConfig, compute_loss
 
 
@@ -59,6 +61,10 @@ def distill_step(
         autocast: e.g. torch.bfloat16 on GPU; None = full precision.
     Returns:
         floats: loss, its parts, and `agreement` (student–teacher top-1 agreement, percent).
+    Raises:
+        DivergedError: the loss is NaN or infinite (read after the step, where it is read anyway, so
+            the check costs no extra synchronisation; the caller stops, so the spoiled weights are
+            never saved).
     """
     student.train()
     with torch.autocast(images.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
@@ -71,5 +77,12 @@ def distill_step(
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        terms = ", ".join(f"{name} {part:.4g}" for name, part in parts.items())
+        raise DivergedError(
+            f"The training loss became {value} ({terms}): the student diverged, so the run stops rather "
+            "than train on at chance; lower optim.lr or add optim.warmup_epochs."
+        )
     agreement = 100.0 * (s_logits.argmax(-1) == t_logits.argmax(-1)).float().mean().item()
-    return {"loss": float(loss.detach()), **parts, "agreement": agreement}
+    return {"loss": value, **parts, "agreement": agreement}
