@@ -15,7 +15,7 @@ Per seed S (the toy world's seed, also the run's): the demo's job file, jobs/toy
     comkd, grad_clip_norm 1  loss.preset=comkd train.grad_clip_norm=1
                                                            (EduAttention diverges under the job's SGD
                                                            without it; docs/protocol.md)
-    promptkd, grad_clip_norm 1  loss.preset=promptkd train.grad_clip_norm=1   (the clipping's own effect)
+    comkd w/o EduAttention, grad_clip_norm 1, and promptkd, grad_clip_norm 1: the clipping's own effect
 
 and scores every student twice (docs/protocol.md): base-to-novel on the doodles domain (where it was
 distilled, without labels), and cross-domain on the neon domain (other colours, shapes and style;
@@ -57,6 +57,11 @@ CONFIGS = {
     "comkd w/o EduAttention": ["loss.preset=comkd", "loss.edu_attention=false"],
     "comkd w/o IFAlign": ["loss.preset=comkd", "loss.ifalign_weight=0"],
     "comkd, grad_clip_norm 1": ["loss.preset=comkd", "train.grad_clip_norm=1"],
+    "comkd w/o EduAttention, grad_clip_norm 1": [
+        "loss.preset=comkd",
+        "loss.edu_attention=false",
+        "train.grad_clip_norm=1",
+    ],
     "promptkd, grad_clip_norm 1": ["loss.preset=promptkd", "train.grad_clip_norm=1"],
 }
 log = logging.getLogger("method_comparison")
