@@ -162,31 +162,18 @@ def test_distill_step_stops_on_a_non_finite_loss_in_one_sentence_naming_its_term
     from promptkd_ray.core.step import distill_step
     from promptkd_ray.errors import DivergedError, PromptKDError
 
-    student, images, w, u_t, _ = _step_setup()
-    u_t = u_t.clone()
-    u_t[1, 0] = float("nan")
+    def step(nan_feature: bool) -> dict:
+        student, images, w, u_t, _ = _step_setup()  # a fresh student each time: a NaN step spoils it
+        if nan_feature:
+            u_t = u_t.clone()
+            u_t[1, 0] = float("nan")
+        optimizer = torch.optim.SGD(student.trainable_parameters(), lr=0.0)
+        return distill_step(student, images, u_t, w, optimizer, LOSS_PRESETS["promptkd"], 7.0)
+
     with pytest.raises(
         DivergedError, match=r"^The training loss became nan \(kd nan\): the student diverged"
     ) as err:
-        distill_step(
-            student,
-            images,
-            u_t,
-            w,
-            torch.optim.SGD(student.trainable_parameters(), lr=0.0),
-            LOSS_PRESETS["promptkd"],
-            7.0,
-        )
+        step(nan_feature=True)
     assert isinstance(err.value, PromptKDError) and "lower optim.lr" in str(err.value)
     assert str(err.value).count(". ") == 0 and str(err.value).endswith(".")
-    student, images, w, u_t, _ = _step_setup()  # a fresh student: the NaN step spoiled the weights
-    finite = distill_step(
-        student,
-        images,
-        u_t,
-        w,
-        torch.optim.SGD(student.trainable_parameters(), lr=0.0),
-        LOSS_PRESETS["promptkd"],
-        7.0,
-    )
-    assert math.isfinite(finite["loss"])
+    assert math.isfinite(step(nan_feature=False)["loss"])
