@@ -82,7 +82,7 @@ def distill_step(
         terms = ", ".join(f"{name} {part:.4g}" for name, part in parts.items())
         raise DivergedError(
             f"The training loss became {value} ({terms}): the student diverged, so the run stops rather "
-            "than train on at chance; lower optim.lr or add optim.warmup_epochs."
+            "than train on at chance; lower train.lr or set train.grad_clip_norm, say to 1."
         )
     agreement = 100.0 * (s_logits.argmax(-1) == t_logits.argmax(-1)).float().mean().item()
     return {"loss": value, **parts, "agreement": agreement}
