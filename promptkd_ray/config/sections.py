@@ -75,9 +75,7 @@ class OptimConfig:
     schedule: str = choice("cosine", "constant")  # per-epoch lr schedule after the warm-up
     warmup_epochs: int = 1  # epochs at constant `warmup_lr` before the schedule (authors: 1)
     warmup_lr: float = 1e-5  # warm-up learning rate (authors: 1e-5)
-    grad_clip_norm: float = (
-        0.0  # clip the gradients' global norm to this before each step (0 = off, the authors')
-    )
+    grad_clip_norm: float = 0.0  # the gradients' global norm is clipped to this before each step (0 = off)
     log_every: int = 50  # TensorBoard gets the step loss/agreement every this many global steps (rank 0)
 
     @property
