@@ -202,26 +202,34 @@ def labelled_epoch(student, optimizer, data: Supervision, spec, epoch: int, opti
     """One epoch of labelled steps: the job's order and views of epoch `epoch` (`spec`: the stream's
     `DecodeSpec`), full batches of `optim.batch_size`; → (mean loss, train accuracy %, images)."""
     from promptkd_ray.core.step import distill_step
-    from promptkd_ray.data.decode import decode_views, to_model_input
-    from promptkd_ray.orchestration.epochs import epoch_order
 
-    order, batch = epoch_order(spec.seed, epoch, len(data.paths), spec.shuffle), optim.batch_size
     sums, n = np.zeros(2), 0
-    for first in range(0, len(order) - batch + 1, batch):  # full batches only (drop_last)
-        take = order[first : first + batch]
-        rows, bad = decode_views(
-            {"id": data.paths[take]}, spec.size, "train", spec.seed, epoch, spec.crop_scale_min, spec.options
-        )
-        if bad:
-            raise OSError(f"{len(bad)} unreadable train image(s), first {bad[0][0]}: {bad[0][1]}")
+    for take, images, _ in seeded_batches(data.paths, spec, epoch, optim.batch_size):
         y = data.labels[take]
-        images = to_model_input(torch.from_numpy(rows["image"]))
         out = distill_step(
             student, images, data.vectors[y], data.vectors, optimizer, CROSS_ENTROPY, LABEL_SCALE, autocast
         )
         sums += np.array([out["loss"], out["agreement"]]) * len(take)
         n += len(take)
     return *(sums / max(n, 1)), n
+
+
+def seeded_batches(paths: np.ndarray, spec, epoch: int, batch: int):
+    """Epoch `epoch`'s full batches (drop_last) of `paths` in the job's order, with the job's seeded
+    views (`spec`: the stream's `DecodeSpec`): yields (positions into `paths`, model input [B, 3, S, S],
+    the views as uint8 [B, S, S, 3])."""
+    from promptkd_ray.data.decode import decode_views, to_model_input
+    from promptkd_ray.orchestration.epochs import epoch_order
+
+    order = epoch_order(spec.seed, epoch, len(paths), spec.shuffle)
+    for first in range(0, len(order) - batch + 1, batch):
+        take = order[first : first + batch]
+        rows, bad = decode_views(
+            {"id": paths[take]}, spec.size, "train", spec.seed, epoch, spec.crop_scale_min, spec.options
+        )
+        if bad:
+            raise OSError(f"{len(bad)} unreadable train image(s), first {bad[0][0]}: {bad[0][1]}")
+        yield take, to_model_input(torch.from_numpy(rows["image"])), rows["image"]
 
 
 def labelled_student(job, setup, images: Labelled, row: LabelledRow, out: Path) -> tuple[str, float]:

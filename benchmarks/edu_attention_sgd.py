@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from ceiling import parse_args as ceiling_args
-from ceiling import seed_setup
+from ceiling import seed_setup, seeded_batches
 
 VARIANTS = {
     "raw": [],
@@ -105,20 +105,18 @@ def run_variant(name: str, args) -> None:
 def epoch_steps(run: Training, epoch: int, first_steps: int) -> tuple:
     """One epoch of distillation steps (the job's order and views); → (mean loss, mean agreement %)."""
     from promptkd_ray.core.step import distill_step
-    from promptkd_ray.data.decode import decode_views, to_model_input
-    from promptkd_ray.orchestration.epochs import epoch_order
 
     spec, batch, cv = run.setup.stream.decode, run.job.train.batch_size, run.setup.class_vectors
-    order, sums = epoch_order(spec.seed, epoch, len(run.paths), spec.shuffle), []
-    for k, first in enumerate(range(0, len(order) - batch + 1, batch)):
-        take = order[first : first + batch]
-        rows, _ = decode_views(
-            {"id": run.paths[take]}, spec.size, "train", spec.seed, epoch, spec.crop_scale_min, spec.options
-        )
-        x = to_model_input(torch.from_numpy(rows["image"]))
-        features = run.teacher.encode(rows["image"])
+    sums = []
+    for k, (_, x, views) in enumerate(seeded_batches(run.paths, spec, epoch, batch)):
         out = distill_step(
-            run.student, x, features, cv.vectors.float(), run.optimizer, run.job.loss, cv.logit_scale
+            run.student,
+            x,
+            run.teacher.encode(views),
+            cv.vectors.float(),
+            run.optimizer,
+            run.job.loss,
+            cv.logit_scale,
         )
         sums.append((out["loss"], out["agreement"]))
         if k < first_steps:

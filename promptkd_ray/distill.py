@@ -45,7 +45,7 @@ from .config.distill import StudentConfig, TrainConfig
 from .core.artifacts import save_student
 from .core.losses import LossConfig
 from .core.schedule import build_optimizer, build_scheduler
-from .core.step import autocast_dtype, distill_step, teacher_logits, teacher_scale
+from .core.step import autocast_dtype, distill_step, diverged, teacher_logits, teacher_scale
 from .data.decode import to_model_input
 from .data.sources import PathSource
 from .distill_setup import Setup, new_student, prepare, resolve, run_datasets
@@ -348,8 +348,8 @@ def train_one_epoch(
                 precision,
             )
         except DivergedError as exc:
-            where = f"At epoch {epoch + 1} of {plan.train.epochs}, step {i + 1} of worker {worker.rank}, the training loss"
-            raise DivergedError(str(exc).replace("The training loss", where, 1)) from None
+            where = f"epoch {epoch + 1} of {plan.train.epochs}, step {i + 1} of worker {worker.rank}"
+            raise diverged(exc.loss, exc.terms, where) from None
         meter.add(out, images.shape[0])
         step += 1
         reporter.step(

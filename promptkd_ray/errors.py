@@ -58,4 +58,7 @@ class UsageError(PromptKDError, ValueError):
 
 class DivergedError(PromptKDError, FloatingPointError):
     """A training loss that became NaN or infinite: the student diverged, so the run stops rather than
-    train on at chance."""
+    train on at chance. `loss` and `terms` (its parts, as text) let a caller say the same with where."""
+
+    loss: float = float("nan")
+    terms: str = ""

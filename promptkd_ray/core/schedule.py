@@ -71,9 +71,8 @@ def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
     """Before each of `optimizer`'s steps, scale its parameters' gradients so that their global L2
     norm is at most `max_norm`."""
 
-    def clip(opt, args, kwargs):
-        grads = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
-        torch.nn.utils.clip_grad_norm_(grads, max_norm)
+    def clip(opt, args, kwargs):  # clip_grad_norm_ skips parameters without a gradient
+        torch.nn.utils.clip_grad_norm_([p for group in opt.param_groups for p in group["params"]], max_norm)
 
     optimizer.register_step_pre_hook(clip)
 

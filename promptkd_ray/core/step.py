@@ -40,6 +40,18 @@ def autocast_dtype(precision: str, device: str) -> Optional[torch.dtype]:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
 
+def diverged(loss: float, terms: str, where: str = "") -> DivergedError:
+    """The error of a non-finite loss `loss` (`terms`: its parts, as text), said at `where` if given
+    (e.g. "epoch 1 of 8, step 11 of worker 0")."""
+    subject = f"At {where}, the training loss" if where else "The training loss"
+    error = DivergedError(
+        f"{subject} became {loss} ({terms}): the student diverged, so the run stops rather than train on "
+        "at chance; lower train.lr or set train.grad_clip_norm, say to 1."
+    )
+    error.loss, error.terms = loss, terms
+    return error
+
+
 def distill_step(
     student: torch.nn.Module,
     images: torch.Tensor,
@@ -79,10 +91,6 @@ def distill_step(
     optimizer.step()
     value = float(loss.detach())
     if not math.isfinite(value):
-        terms = ", ".join(f"{name} {part:.4g}" for name, part in parts.items())
-        raise DivergedError(
-            f"The training loss became {value} ({terms}): the student diverged, so the run stops rather "
-            "than train on at chance; lower train.lr or set train.grad_clip_norm, say to 1."
-        )
+        raise diverged(value, ", ".join(f"{name} {part:.4g}" for name, part in parts.items()))
     agreement = 100.0 * (s_logits.argmax(-1) == t_logits.argmax(-1)).float().mean().item()
     return {"loss": value, **parts, "agreement": agreement}
