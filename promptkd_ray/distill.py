@@ -21,6 +21,9 @@ Design decisions:
   storage resumes after the last reported epoch, with the same history.
 - With `teacher.cache` (built by `build_cache`, `orchestration/cache.py`) no
   teacher actor starts: epoch e replays view slot e mod K, re-rendered from the source images.
+- With `teacher.ensemble` (further caches of other teachers, `orchestration/ensemble.py`) each batch
+  carries every member's features and the step is `core.step.ensemble_step`: the KD target combines
+  the members' distributions, each from its own class vectors (`core/ensemble.py`).
 - Class vectors come from `teacher.class_vectors`, or are computed once by the setup and stored in
   the run folder (`distill_setup.py`).
 - The defaults are the authors' optimisation (SGD 0.005, cosine per epoch, 1 warm-up epoch at
@@ -35,20 +38,18 @@ import io
 import json
 import logging
 from dataclasses import dataclass, replace
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .config import DistillJob, to_dict
-from .config.distill import StudentConfig, TrainConfig
 from .core.artifacts import save_student
-from .core.losses import LossConfig
+from .core.ensemble import Teacher
 from .core.schedule import build_optimizer, build_scheduler
-from .core.step import autocast_dtype, distill_step, diverged, teacher_logits, teacher_scale
+from .core.step import autocast_dtype, distill_step, diverged, ensemble_step, teacher_logits, teacher_scale
 from .data.decode import to_model_input
-from .data.sources import PathSource
-from .distill_setup import Setup, new_student, prepare, resolve, run_datasets
+from .distill_setup import Setup, WorkerPlan, new_student, prepare, resolve, run_datasets, worker_plan
 from .errors import DivergedError
 from .orchestration import cluster
 from .orchestration.audit import IdAudit
@@ -65,9 +66,9 @@ from .orchestration.checkpoints import (
     run_storage,
 )
 from .orchestration.epochs import set_epoch
-from .orchestration.meter import BatchPlan, EpochMeter, ShardFeed
+from .orchestration.meter import EpochMeter, ShardFeed
 from .orchestration.progress import BuildProgress, Console, Reporter
-from .orchestration.resident import ResidentFeed, ResidentPlan
+from .orchestration.resident import ResidentFeed
 from .orchestration.tensorboard import TensorBoardLog
 from .orchestration.timeline import WORKER_FILE, Marks, phases
 from .orchestration.trainer import dataset_shard, fit, prepare_model, this_worker
@@ -82,27 +83,6 @@ class DistillResult:
     student_artifact: str  # the student's .safetensors (with its .json beside it)
     history: list  # one metrics dict per epoch
     summary: dict  # what metrics.json holds
-
-
-@dataclass(frozen=True)
-class WorkerPlan:
-    """Everything a Ray Train worker needs, and nothing else (sent to every worker)."""
-
-    seed: int  # the job's seed (the student's fresh prompts)
-    student: StudentConfig  # the job's student section
-    loss: LossConfig  # the job's loss section
-    train: TrainConfig  # the job's optimiser, schedule and workers
-    run: str  # the run folder (TensorBoard, the id audit)
-    student_spec: str  # the student's MODEL[:PRETRAINED]
-    class_vectors: torch.Tensor  # W [N, d_t]
-    teacher_logit_scale: float  # exp'd; KDPL uses the student's instead (`core.step.teacher_scale`)
-    fingerprint: dict  # see Setup.fingerprint
-    steps_per_epoch: int  # global steps per epoch
-    batches: BatchPlan  # how each worker reads its shard
-    has_heldout: bool  # a "heldout" dataset goes to rank 0
-    books: Bookkeeping  # unreadable images counted exactly; rank 0 tells the stream's tasks the epoch
-    board: object  # ProgressBoard actor of the driver's console
-    resident: Optional[ResidentPlan] = None  # images decoded once into the workers (`data.in_memory`)
 
 
 # --- driver --------------------------------------------------------------------------------------------
@@ -174,31 +154,6 @@ def build_cache(job: DistillJob, out: str = "", views: int = 0) -> Cache:
         return write_cache(stream, out, views, Bookkeeping.start(), progress)
 
 
-def worker_plan(job: DistillJob, setup: Setup, run: Storage, has_heldout: bool, books, board) -> WorkerPlan:
-    """What the Ray Train workers get of the job and the setup."""
-    parquet_like = not isinstance(setup.source, PathSource)
-    return WorkerPlan(
-        seed=job.seed,
-        student=job.student,
-        loss=job.loss,
-        train=job.train,
-        run=run.root,
-        student_spec=setup.student_spec,
-        class_vectors=setup.class_vectors.vectors,
-        teacher_logit_scale=setup.class_vectors.logit_scale,
-        fingerprint=setup.fingerprint(job),
-        steps_per_epoch=setup.source.num_train // job.train.batch_size,
-        batches=BatchPlan(
-            size=job.train.batch_size // job.train.num_workers,
-            seed=job.seed,
-            local_shuffle=4 * job.train.batch_size if parquet_like and job.data.shuffle else None,
-        ),
-        has_heldout=has_heldout,
-        books=books,
-        board=board,
-    )
-
-
 def _finish(
     job: DistillJob, setup: Setup, run: Storage, result, books: Bookkeeping, marks: Marks
 ) -> DistillResult:
@@ -219,6 +174,7 @@ def _finish(
         "bad_images": history[-1]["bad_images"] if history else len(bad),
         "bad_image_examples": sorted(bad)[:20],
         "class_vectors_sha256": cv.sha256,
+        **({"teacher_ensemble": setup.ensemble(job)} if setup.members else {}),
         "student_artifact": run.path("student.safetensors"),
         "final": history[-1] if history else {},
         "history": history,
@@ -269,6 +225,8 @@ def train_loop_per_worker(plan: WorkerPlan) -> None:
     """Ray Train worker: build, restore, then train and report epoch after epoch."""
     worker, marks = this_worker(), Marks()
     class_vectors = plan.class_vectors.to(worker.device)
+    if plan.ensemble is not None:
+        plan = replace(plan, ensemble=plan.ensemble.to(worker.device))
     torch.manual_seed(plan.seed)
     student = new_student(plan, plan.student_spec, class_vectors.shape[1], worker.device)
     optimizer = build_optimizer(student.trainable_parameters(), plan.train)
@@ -337,16 +295,31 @@ def train_one_epoch(
         images = to_model_input(batch["image"].to(device))
         features = batch["teacher_feature"].to(device)
         try:
-            out = distill_step(
-                model,
-                images,
-                features,
-                class_vectors,
-                optimizer,
-                plan.loss,
-                plan.teacher_logit_scale,
-                precision,
-            )
+            if plan.ensemble is None:
+                out = distill_step(
+                    model,
+                    images,
+                    features,
+                    class_vectors,
+                    optimizer,
+                    plan.loss,
+                    plan.teacher_logit_scale,
+                    precision,
+                )
+            else:  # a teacher ensemble: the job's teacher, then each further cache's (`teacher_feature_i`)
+                teachers = plan.ensemble.teachers(
+                    batch, Teacher(features, class_vectors, plan.teacher_logit_scale)
+                )
+                out = ensemble_step(
+                    model,
+                    images,
+                    teachers,
+                    plan.ensemble.combine,
+                    class_vectors,
+                    optimizer,
+                    plan.loss,
+                    precision,
+                )
         except DivergedError as exc:
             where = f"epoch {epoch + 1} of {plan.train.epochs}, step {i + 1} of worker {worker.rank}"
             raise diverged(exc.loss, exc.terms, where) from None

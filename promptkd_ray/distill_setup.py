@@ -1,18 +1,21 @@
 """Stage II's setup: what the driver resolves from a job before any worker starts.
 
     prepare(job, run)      → Setup: the stream (images, teacher, decode spec), the model specs, the
-                             class vectors, the soft-label cache to replay
+                             class vectors, the soft-label cache to replay (and a teacher ensemble's
+                             further caches with their teachers' class vectors)
     resolve(job)           → (Stream, teacher spec, student spec), every mismatch in one sentence
     new_student(job, …)    the job's student (driver and workers alike)
     run_datasets(job, …)   the run's Ray datasets (stream, replay, held-out slice), or none and a
                            `ResidentPlan` when the workers hold the images (`data.in_memory`)
+    worker_plan(job, …)    → WorkerPlan: what every Ray Train worker gets of the job and the setup
 
 Design decisions:
 - The stream is built here once (`orchestration.pipeline.Stream`) and every Stage II dataset of the
   run (the training stream, the held-out slice, a soft-label cache build) is made from it.
 - Class vectors come from `teacher.class_vectors`, or are computed here once with the teacher's
   text tower and stored in the run folder; a resumed run reuses the stored ones, so its
-  checkpoint fingerprint (class-vector hash) still matches.
+  checkpoint fingerprint (class-vector hash) still matches. A teacher ensemble's members get theirs
+  the same way, each from the teacher its cache records (`orchestration/ensemble.py`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ import logging
 from dataclasses import dataclass
 from typing import Optional
 
+import torch
+
 from .config import DistillJob
+from .config.distill import StudentConfig, TrainConfig
 from .core.artifacts import ModelRef, StudentInfo, read_teacher_info
 from .core.classvectors import (
     ClassVectors,
@@ -30,13 +36,17 @@ from .core.classvectors import (
     load_class_vectors,
     save_class_vectors,
 )
+from .core.loss_config import LossConfig
 from .core.models import build_student
 from .core.models.loading import vision_setting
-from .data.sources import open_world, resolve_source, vocabulary_names
+from .data.sources import PathSource, open_world, resolve_source, vocabulary_names
 from .errors import ConfigError
+from .orchestration.bookkeeping import Bookkeeping
 from .orchestration.cache import Cache, open_cache, replay_datasets
+from .orchestration.ensemble import EnsemblePlan, Member, member_class_vectors, open_members
+from .orchestration.meter import BatchPlan
 from .orchestration.pipeline import DecodeSpec, Stream, distill_datasets, with_run_teachers
-from .orchestration.resident import resident_plan
+from .orchestration.resident import ResidentPlan, resident_plan
 from .storage import Storage
 
 log = logging.getLogger(__name__)
@@ -53,6 +63,7 @@ class Setup:
     student_spec: str  # the student's MODEL[:PRETRAINED]
     class_vectors: ClassVectors  # W [N, d_t]
     cache: Optional[Cache] = None  # the soft-label cache to replay (teacher.cache), checked against the job
+    members: tuple = ()  # a teacher ensemble's further `Member`s (teacher.ensemble), checked against `cache`
 
     @property
     def source(self):
@@ -69,6 +80,15 @@ class Setup:
             "edu_attention_width": edu_attention_width(job, self.class_vectors.dim),
             "teacher": self.teacher_spec,
             "class_vectors_sha256": self.class_vectors.sha256,
+            **({"ensemble": self.ensemble(job)} if self.members else {}),
+        }
+
+    def ensemble(self, job: DistillJob) -> dict:
+        """The teacher ensemble as a run records it: its further caches, their class vectors, the rule."""
+        return {
+            "caches": [m.cache.storage.root for m in self.members],
+            "class_vectors_sha256": [m.class_vectors.sha256 for m in self.members],
+            "combine": job.teacher.combine,
         }
 
     def student_info(self, job: DistillJob, student, **extra) -> StudentInfo:
@@ -88,6 +108,7 @@ class Setup:
                 "job": job.name,
                 "teacher_ref": teacher_ref,
                 "class_vectors_templates": list(cv.templates),
+                **({"teacher_ensemble": self.ensemble(job)} if self.members else {}),
                 **extra,
             },
         )
@@ -119,13 +140,25 @@ def prepare(job: DistillJob, run: Storage, gpus: bool = False) -> Setup:
     one sentence before any worker starts. `gpus`: the cluster offers GPUs (the teacher's place)."""
     stream, teacher_spec, student_spec = resolve(job, gpus)
     cache = open_cache(job.teacher.cache, stream) if job.teacher.cache else None
+    members = open_members(job.teacher.ensemble, cache) if job.teacher.ensemble else ()
     cv = _class_vectors(job, run, stream, teacher_spec)
     if cv.dim != vision_setting(teacher_spec, "embed_dim"):
         raise ConfigError(
             f"The class vectors have dim {cv.dim}, but the teacher {teacher_spec} emits "
             f"features of dim {vision_setting(teacher_spec, 'embed_dim')}."
         )
-    return Setup(stream, teacher_spec, student_spec, cv, cache)
+    members = tuple(
+        Member(m, member_class_vectors(m, cv.classnames, job.teacher.templates, run, i))
+        for i, m in enumerate(members, 1)
+    )
+    if members:
+        log.info(
+            "teacher ensemble (combine: %s): the job's teacher %s and %s",
+            job.teacher.combine,
+            teacher_spec,
+            ", ".join(f"{m.class_vectors.teacher} ({m.cache.storage.root})" for m in members),
+        )
+    return Setup(stream, teacher_spec, student_spec, cv, cache, members)
 
 
 def resolve(job: DistillJob, gpus: bool = False) -> tuple:
@@ -195,10 +228,10 @@ def run_datasets(job: DistillJob, setup: Setup, books, running):
     """The run's Ray datasets and its `ResidentPlan` (None when it streams): the stream or a replay
     of its soft-label cache, and the held-out slice; no training dataset when the workers hold the
     images (`data.in_memory`)."""
-    stream, cache = setup.stream, setup.cache
+    stream, cache, members = setup.stream, setup.cache, tuple(m.cache.storage.root for m in setup.members)
     if cache is None:
         stream = with_run_teachers(stream, running)
-    resident = resident_plan(job.data, stream, job.train, books, cache)
+    resident = resident_plan(job.data, stream, job.train, books, cache, members)
     if resident is not None:  # the workers decode the images once and render the views themselves
         return {}, resident
     if cache is not None:
@@ -207,5 +240,53 @@ def run_datasets(job: DistillJob, setup: Setup, books, running):
             cache.storage.root,
             cache.views,
         )
-        return replay_datasets(cache, stream.decode, books, job.train.record_ids), None
+        return replay_datasets(cache, stream.decode, books, job.train.record_ids, members), None
     return distill_datasets(stream, books, job.train.record_ids), None
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """Everything a Ray Train worker needs, and nothing else (sent to every worker)."""
+
+    seed: int  # the job's seed (the student's fresh prompts)
+    student: StudentConfig  # the job's student section
+    loss: LossConfig  # the job's loss section
+    train: TrainConfig  # the job's optimiser, schedule and workers
+    run: str  # the run folder (TensorBoard, the id audit)
+    student_spec: str  # the student's MODEL[:PRETRAINED]
+    class_vectors: torch.Tensor  # W [N, d_t]
+    teacher_logit_scale: float  # exp'd; KDPL uses the student's instead (`core.step.teacher_scale`)
+    fingerprint: dict  # see Setup.fingerprint
+    steps_per_epoch: int  # global steps per epoch
+    batches: BatchPlan  # how each worker reads its shard
+    has_heldout: bool  # a "heldout" dataset goes to rank 0
+    books: Bookkeeping  # unreadable images counted exactly; rank 0 tells the stream's tasks the epoch
+    board: object  # ProgressBoard actor of the driver's console
+    resident: Optional[ResidentPlan] = None  # images decoded once into the workers (`data.in_memory`)
+    ensemble: Optional[EnsemblePlan] = None  # a teacher ensemble's further members (`teacher.ensemble`)
+
+
+def worker_plan(job: DistillJob, setup: Setup, run: Storage, has_heldout: bool, books, board) -> WorkerPlan:
+    """What the Ray Train workers get of the job and the setup."""
+    parquet_like = not isinstance(setup.source, PathSource)
+    return WorkerPlan(
+        seed=job.seed,
+        student=job.student,
+        loss=job.loss,
+        train=job.train,
+        run=run.root,
+        student_spec=setup.student_spec,
+        class_vectors=setup.class_vectors.vectors,
+        teacher_logit_scale=setup.class_vectors.logit_scale,
+        fingerprint=setup.fingerprint(job),
+        steps_per_epoch=setup.source.num_train // job.train.batch_size,
+        batches=BatchPlan(
+            size=job.train.batch_size // job.train.num_workers,
+            seed=job.seed,
+            local_shuffle=4 * job.train.batch_size if parquet_like and job.data.shuffle else None,
+        ),
+        has_heldout=has_heldout,
+        books=books,
+        board=board,
+        ensemble=EnsemblePlan.of(setup.members, job.teacher.combine) if setup.members else None,
+    )

@@ -6,7 +6,7 @@ says what it means, and `jobs/*.yaml` show them in use.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict
+from typing import Dict, Tuple
 
 from ..core.loss_config import LOSS_PRESETS, LossConfig
 from .loader import choice, path_field, section, show_value, spec_field
@@ -40,6 +40,8 @@ class TeacherConfig:
     cache: str = (
         ""  # soft-label cache folder or URI (`promptkd-ray cache`): replayed instead of running the teacher
     )
+    ensemble: Tuple[str, ...] = ()  # further soft-label caches: other teachers, the same views ([] = none)
+    combine: str = choice("mean", "confidence")  # ensemble target: mean probability, or per-image confidence
 
 
 @dataclass(frozen=True)
@@ -150,4 +152,21 @@ def distill_checks(job: DistillJob) -> Problems:
         f"must be single, imagenet60 or one template with one '{{}}', "
         f"got {show_value(job.teacher.templates)}.",
     )
+    ensemble_checks(job.teacher, problems)
     return problems
+
+
+def ensemble_checks(t: TeacherConfig, problems: Problems) -> None:
+    """A teacher ensemble replays soft-label caches: the job's own first, each named once."""
+    problems.need(
+        not t.ensemble or bool(t.cache),
+        "teacher.ensemble",
+        "needs teacher.cache: an ensemble replays soft-label caches, so build one per teacher with "
+        "`promptkd-ray cache` and set the job's own as teacher.cache.",
+    )
+    repeated = [c for i, c in enumerate(t.ensemble) if c in (t.cache, *t.ensemble[:i])]
+    problems.need(
+        not repeated,
+        "teacher.ensemble",
+        f"names the cache {show_value(repeated[0] if repeated else '')} twice (teacher.cache counts).",
+    )

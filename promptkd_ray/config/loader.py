@@ -35,7 +35,7 @@ import reprlib
 import typing
 from dataclasses import field
 from pathlib import Path
-from typing import Any, Callable, Dict, Sequence
+from typing import Any, Callable, Dict, Sequence, Tuple
 
 from ..errors import ConfigError
 
@@ -180,8 +180,14 @@ def build(cls, raw: dict, source: str, overrides: Sequence[str] = (), checks: "C
 
 
 def to_dict(job) -> dict:
-    """A job as plain nested dicts (YAML-ready; preset sections written out in full)."""
-    return dataclasses.asdict(job)
+    """A job as plain nested dicts (YAML-ready: lists, not tuples; preset sections written out in full)."""
+    return _plain(dataclasses.asdict(job))
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -273,8 +279,8 @@ def _convert_section(cls, raw, key: str, source: str, presets: "dict | None"):
 
 
 def check_value(value, hint, key: str, source: str):
-    """`value` as the type `hint` (bool, int, float, str, Optional, Dict[str, float]),
-    or a ConfigError naming `key`."""
+    """`value` as the type `hint` (bool, int, float, str, Optional, Dict[str, float], Tuple[str, ...]
+    from a list of strings), or a ConfigError naming `key`."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is typing.Union and type(None) in args:
         if value is None:
@@ -298,6 +304,10 @@ def check_value(value, hint, key: str, source: str):
         ):
             return {k: float(v) for k, v in value.items()}
         raise ConfigError(f"{source}: {key} must be a mapping of names to numbers, got {show_value(value)}.")
+    if origin in (tuple, Tuple) and args == (str, Ellipsis):
+        if isinstance(value, list) and all(_is_text(v) and v.strip() for v in value):
+            return tuple(value)
+        raise ConfigError(f"{source}: {key} must be a list of non-empty strings, got {show_value(value)}.")
     raise TypeError(f"config field {key} has an unsupported type {hint}")  # a bug in a config module
 
 

@@ -248,8 +248,10 @@ def spec_checks(job, problems: Problems) -> None:
 
 
 def location_checks(job, problems: Problems) -> None:
-    """`storage_path`, a soft-label `teacher.cache` and every path field must be usable locations."""
+    """`storage_path`, a soft-label `teacher.cache` (and `teacher.ensemble`'s) and every path field must be
+    usable locations."""
     places = [("storage_path", job.storage_path), ("teacher.cache", getattr(job.teacher, "cache", ""))]
+    places += [("teacher.ensemble", value) for value in getattr(job.teacher, "ensemble", ())]
     places += [
         (f"{prefix}.{f.name}", getattr(section, f.name))
         for prefix, section in _sections(job)

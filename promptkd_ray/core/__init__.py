@@ -3,6 +3,7 @@
     models/         prompted open_clip towers, the student (prompts + projector), the teacher
     losses.py       every loss term, LossConfig, the method presets (promptkd, kdpl, kdpl_ca, comkd)
     step.py         one distillation step from stored teacher features
+    ensemble.py     a teacher ensemble's combined target (mean or confidence-weighted)
     schedule.py     the optimiser and learning-rate rule of both stages
     promptsrc.py    Stage I's PromptSRC loss and Gaussian Prompt Aggregation
     classvectors.py the teacher's text features W, computed once and stored

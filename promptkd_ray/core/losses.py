@@ -12,6 +12,8 @@ optimisers or Ray. Shapes use B = batch, N = number of classes, D = feature dime
 - `class_agnostic_topk`  KDPL-CA: the K classes with the largest batch-mean teacher probability.
 
 `compute_loss` combines the terms a `LossConfig` (`loss_config.py`, the methods' presets) enables.
+Wherever a teacher's logits go, an `ensemble.EnsembleLogits` may go instead (ours, not in the papers):
+its combined distribution p replaces softmax(t / T) (`teacher_probs`, `teacher_log_probs`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .ensemble import EnsembleLogits
 from .loss_config import FEATURE_LOSSES, KD_NORMALIZATIONS, LossConfig
 
 
@@ -29,8 +32,9 @@ def compute_loss(
     teacher_features: torch.Tensor,
     cfg: LossConfig,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Total loss of the terms `cfg` enables, and each term as a float. logits [B, N]; features
-    [B, d] (normalised). KDPL-CA first restricts both logit sets to the teacher's top-K classes."""
+    """Total loss of the terms `cfg` enables, and each term as a float. logits [B, N] (the teacher's
+    may be an `EnsembleLogits`); features [B, d] (normalised; an ensemble's are its first member's).
+    KDPL-CA first restricts both logit sets to the teacher's top-K classes."""
     if cfg.class_agnostic_k:
         keep = class_agnostic_topk(teacher_logits, cfg.class_agnostic_k)
         student_logits, teacher_logits = student_logits[:, keep], teacher_logits[:, keep]
@@ -60,7 +64,8 @@ def kd_kl(
 
     Args:
         student_logits: [B, N] student logits.
-        teacher_logits: [B, N] teacher logits (no gradient is taken through them).
+        teacher_logits: [B, N] teacher logits (no gradient is taken through them), or an
+            `EnsembleLogits` whose combined distribution p replaces softmax(t/T).
         temperature: T; both logit sets are divided by T and the KL is multiplied by T².
         normalization: "authors" → sum / (B·N); "batchmean" → sum / B.
         weight: multiplies the result (the authors' KD_WEIGHT: 1000, or 200 for some datasets).
@@ -75,7 +80,7 @@ def kd_kl(
         raise ValueError(f"normalization must be one of {KD_NORMALIZATIONS}, got {normalization!r}.")
     t = temperature
     log_p_student = F.log_softmax(student_logits.float() / t, dim=-1)
-    p_teacher = F.softmax(teacher_logits.detach().float() / t, dim=-1)
+    p_teacher = teacher_probs(teacher_logits, t)
     kl_sum = F.kl_div(log_p_student, p_teacher, reduction="sum")
     denom = student_logits.numel() if normalization == "authors" else student_logits.shape[0]
     return weight * kl_sum * (t * t) / denom
@@ -85,13 +90,14 @@ def symmetric_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> 
     """KDPL's symmetric KL: ½·KL(t‖s) + ½·KL(s‖t), each averaged over the batch.
 
     Args:
-        student_logits, teacher_logits: [B, N]. The teacher side carries no gradient.
+        student_logits, teacher_logits: [B, N] (or an `EnsembleLogits`: its log p at T = 1). The
+            teacher side carries no gradient.
     Returns:
         scalar tensor.
     """
     _check_pair(student_logits, teacher_logits, "logits")
     log_s = F.log_softmax(student_logits.float(), dim=-1)
-    log_t = F.log_softmax(teacher_logits.detach().float(), dim=-1)
+    log_t = teacher_log_probs(teacher_logits)
     kl_t_s = F.kl_div(log_s, log_t, reduction="batchmean", log_target=True)
     kl_s_t = F.kl_div(log_t, log_s, reduction="batchmean", log_target=True)
     return 0.5 * kl_t_s + 0.5 * kl_s_t
@@ -126,16 +132,30 @@ def ifalign(student_features: torch.Tensor, teacher_features: torch.Tensor) -> t
 
 def class_agnostic_topk(teacher_logits: torch.Tensor, k: int) -> torch.Tensor:
     """KDPL-CA class selection: indices [K] of the classes with the largest batch-mean teacher
-    probability (softmax over [B, N] teacher logits, mean over B, top-K)."""
-    if teacher_logits.dim() != 2:
+    probability (softmax over [B, N] teacher logits, or an ensemble's combined p, mean over B, top-K)."""
+    if len(teacher_logits.shape) != 2:
         raise ValueError(f"teacher logits must be [B, N], got shape {tuple(teacher_logits.shape)}.")
     k = min(k, teacher_logits.shape[1])
-    mean_prob = F.softmax(teacher_logits.float(), dim=-1).mean(dim=0)
+    mean_prob = teacher_probs(teacher_logits).mean(dim=0)
     return mean_prob.topk(k).indices
 
 
+def teacher_probs(teacher_logits, temperature: float = 1.0) -> torch.Tensor:
+    """softmax(t / T) of [B, N] teacher logits, or an ensemble's combined p; no gradient."""
+    if isinstance(teacher_logits, EnsembleLogits):
+        return teacher_logits.probs(temperature)
+    return F.softmax(teacher_logits.detach().float() / temperature, dim=-1)
+
+
+def teacher_log_probs(teacher_logits) -> torch.Tensor:
+    """log_softmax(t) of [B, N] teacher logits, or an ensemble's log p (T = 1); no gradient."""
+    if isinstance(teacher_logits, EnsembleLogits):
+        return teacher_logits.log_probs()
+    return F.log_softmax(teacher_logits.detach().float(), dim=-1)
+
+
 def _check_pair(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
-    if a.dim() != 2 or a.shape != b.shape:
+    if a.dim() != 2 or a.shape != b.shape:  # b: a tensor, or an EnsembleLogits (its members' shape)
         raise ValueError(
             f"student and teacher {what} must both be [B, N] of the same shape, "
             f"got {tuple(a.shape)} and {tuple(b.shape)}."

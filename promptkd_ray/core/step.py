@@ -8,16 +8,22 @@
 The teacher never runs here: it emitted u_t upstream (the teacher pool, or a stored cache).
 `scale_t` is the teacher's logit scale (PromptKD) or the student's (KDPL: `teacher_scale="student"`);
 `teacher_scale` is the one place that rule is written.
+
+`ensemble_step` is the same step against several teachers (ours, not in the papers): member i's
+logits t_i = scale_i · u_i · W_iᵀ with its own features, class vectors and scale, combined into one
+target (`ensemble.EnsembleLogits`); the student still scores the job's class vectors W, and the
+feature terms see the first member's (the job's own teacher's) features.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
 from ..errors import DivergedError
+from .ensemble import EnsembleLogits, Teacher
 from .losses import LossConfig, compute_loss
 
 
@@ -78,13 +84,41 @@ def distill_step(
             the check costs no extra synchronisation; the caller stops, so the spoiled weights are
             never saved).
     """
+    t_logits = teacher_logits(
+        teacher_features, class_vectors, teacher_scale(loss_cfg, teacher_logit_scale, student)
+    )
+    return _step(student, images, class_vectors, optimizer, loss_cfg, t_logits, teacher_features, autocast)
+
+
+def ensemble_step(
+    student: torch.nn.Module,
+    images: torch.Tensor,
+    teachers: Sequence[Teacher],
+    combine: str,
+    class_vectors: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    loss_cfg: LossConfig,
+    autocast: Optional[torch.dtype] = None,
+) -> dict[str, float]:
+    """`distill_step` against an ensemble: `teachers` (`ensemble.Teacher`: features [B, d_i], class
+    vectors [N, d_i], logit scale), the job's own first, combined by `combine` ("mean" or
+    "confidence"); `class_vectors`: W [N, d] the student scores. One member gives `distill_step`'s
+    loss and gradients exactly. Returns and raises as `distill_step`; `agreement` is with the
+    combined distribution's top-1."""
+    logits = tuple(
+        teacher_logits(t.features, t.class_vectors, teacher_scale(loss_cfg, t.logit_scale, student))
+        for t in teachers
+    )
+    target = EnsembleLogits(logits, combine)
+    return _step(student, images, class_vectors, optimizer, loss_cfg, target, teachers[0].features, autocast)
+
+
+def _step(student, images, class_vectors, optimizer, loss_cfg, t_logits, teacher_features, autocast):
+    """The student's forward, the loss against `t_logits` ([B, N] or `EnsembleLogits`), the update."""
     student.train()
     with torch.autocast(images.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
         s_logits, s_features = student(images, class_vectors, return_features=True)
     s_logits, s_features = s_logits.float(), s_features.float()
-    t_logits = teacher_logits(
-        teacher_features, class_vectors, teacher_scale(loss_cfg, teacher_logit_scale, student)
-    )
     loss, parts = compute_loss(s_logits, t_logits, s_features, teacher_features.float(), loss_cfg)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

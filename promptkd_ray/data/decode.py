@@ -290,8 +290,9 @@ def decode_views(
 
 
 def decode_recorded(batch: dict, size: int, options: DecodeOptions = DecodeOptions()) -> tuple[dict, list]:
-    """Re-render recorded views: a batch {"id", the view columns, "teacher_feature"} → rows {"id",
-    "image": uint8 [b, S, S, 3], "teacher_feature"} and the unreadable ids (as `decode_views`)."""
+    """Re-render recorded views: a batch {"id", the view columns, "teacher_feature" (and a teacher
+    ensemble's "teacher_feature_i")} → rows {"id", "image": uint8 [b, S, S, 3], those features} and
+    the unreadable ids (as `decode_views`)."""
     ids = [str(i) for i in batch["id"]]
     images, keep, bad = [], [], []
     for i, ident in enumerate(ids):
@@ -302,12 +303,13 @@ def decode_recorded(batch: dict, size: int, options: DecodeOptions = DecodeOptio
             continue
         images.append(render_view(image, row_view({c: batch[c][i] for c in VIEW_COLUMNS}), size))
         keep.append(i)
-    features = np.asarray(batch["teacher_feature"])
     rows = {
         "id": np.asarray([ids[i] for i in keep], dtype=object),
         "image": np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8),
-        "teacher_feature": features[keep] if keep else features[:0],
     }
+    for column in (c for c in batch if c.startswith("teacher_feature")):
+        features = np.asarray(batch[column])
+        rows[column] = features[keep] if keep else features[:0]
     return rows, bad
 
 

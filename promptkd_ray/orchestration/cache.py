@@ -12,7 +12,8 @@ Layout of a cache (a local folder or a URI, through `promptkd_ray.storage`):
                                                      the streaming order of epoch 0; the JSON, written
                                                      after its files, lists them with their sha256
     heldout/part-….parquet          heldout.json     the held-out slice's full views
-    manifest.json                           written last: what made the cache, K, rows, sha256 per file
+    manifest.json                           written last: what made the cache, K, rows, sha256 per file,
+                                            and the teacher to rebuild (`teacher_ref`, outside the key)
 
 Design decisions:
 - A row holds a view, not pixels: replay re-renders the recorded crop box and flip from the source
@@ -27,6 +28,8 @@ Design decisions:
 - Only what the teacher's features depend on is in the cache's key: the teacher (spec, or
   artifact, with the sha256 of its weights), image size, crop setting, seed and the image list.
   Temperature, loss, student, projector and prompt depth are not: one cache serves them all.
+- A teacher ensemble (`teacher.ensemble`, `orchestration/ensemble.py`) zips further caches of the
+  same views file by file: `read_cache_rows(…, members)` adds their features as `teacher_feature_i`.
 - A build writes each slot's files, then the slot's JSON, and the manifest last: an interrupted
   build resumes at the first slot without a JSON (its partial files are removed first), and a
   folder without a manifest is never taken for a cache.
@@ -41,11 +44,11 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..core.artifacts import ModelRef
-from ..data.decode import VIEW_COLUMNS
 from ..data.sources import ImageSource, PathSource
 from ..errors import ConfigError
 from ..storage import Storage
 from .bookkeeping import Bookkeeping
+from .cache_files import CACHE_COLUMNS, member_column, parquet_bytes, read_part_file, with_members
 from .epochs import current_epoch, epoch_order, set_epoch
 from .pipeline import DecodeSpec, Stream, decode_recorded_task, image_dataset, train_feed
 
@@ -54,7 +57,16 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 FORMAT = 1
 ROWS_PER_FILE = 1024
-CACHE_COLUMNS = ["id", *VIEW_COLUMNS, "teacher_feature"]
+KEY_WORDS = (  # the cache key's fields, in words, in the order a difference is told
+    ("teacher", "teacher"),
+    ("image_size", "image size"),
+    ("crop_scale_min", "crop setting"),
+    ("seed", "seed"),
+    ("images_sha256", "image list"),
+    ("train_images", "image list"),
+    ("heldout_images", "held-out slice"),
+    ("exif_orientation", "EXIF orientation rule"),
+)
 
 
 def slot_name(slot: int) -> str:
@@ -140,6 +152,7 @@ def write_cache(stream: Stream, out: str, views: int, books: Bookkeeping, progre
     manifest = {
         "format": FORMAT,
         "key": key,
+        "teacher_ref": {"kind": stream.teacher.kind, "source": stream.teacher.source},
         "views": views,
         "parts": parts,
         "rows": sum(p["rows"] for p in parts.values()),
@@ -182,7 +195,7 @@ def _write_part(
     info: dict = {"files": {}, "sizes": {}, "rows": 0}
     batches = ds.select_columns(CACHE_COLUMNS).iter_batches(batch_size=ROWS_PER_FILE, batch_format="numpy")
     for j, batch in enumerate(batches):
-        file, data = f"part-{j:05d}.parquet", _parquet_bytes(batch)
+        file, data = f"part-{j:05d}.parquet", parquet_bytes(batch)
         store.write_bytes(f"{name}/{file}", data)
         info["files"][file], info["sizes"][file] = hashlib.sha256(data).hexdigest(), len(data)
         info["rows"] += len(batch["id"])
@@ -192,45 +205,20 @@ def _write_part(
     return info
 
 
-def _parquet_bytes(batch: dict) -> bytes:
-    """A numpy batch of cache rows → Parquet bytes (teacher_feature as fixed_size_list<float16>[d])."""
-    import io
-
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    features = np.ascontiguousarray(batch["teacher_feature"], dtype=np.float16)
-    columns = {"id": pa.array([str(i) for i in batch["id"]], pa.string())}
-    columns.update({c: pa.array(np.asarray(batch[c])) for c in VIEW_COLUMNS})
-    columns["teacher_feature"] = pa.FixedSizeListArray.from_arrays(
-        pa.array(features.reshape(-1)), features.shape[1]
-    )
-    out = io.BytesIO()
-    pq.write_table(pa.table(columns), out)
-    return out.getvalue()
-
-
-def read_part_file(storage_root: str, rel: str) -> dict:
-    """One cache file → a numpy batch {"id", view columns, "teacher_feature" float16 [b, d]}."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(pa.BufferReader(Storage(storage_root).read_bytes(rel)))
-    feature = table.column("teacher_feature").combine_chunks()
-    batch = {"id": np.asarray(table.column("id").to_pylist(), dtype=object)}
-    batch.update({c: table.column(c).to_numpy() for c in VIEW_COLUMNS})
-    batch["teacher_feature"] = feature.flatten().to_numpy().reshape(len(table), feature.type.list_size)
-    return batch
-
-
 # --- open and check --------------------------------------------------------------------------------------
 
 
 def open_cache(path: str, stream: Stream) -> Cache:
     """The cache at `path`, whole, untampered and made for this job's stream; else one sentence."""
     check_source(stream.source)
+    cache = read_manifest(path)
+    _check_key(cache, cache_key(stream), None, f"teacher.cache {cache.storage.root} was made")
+    check_files(cache)
+    return cache
+
+
+def read_manifest(path: str, setting: str = "teacher.cache") -> Cache:
+    """The cache at `path` (named by the job's `setting`) with its manifest read; its files unchecked."""
     store = Storage(path)
     if not store.is_file(MANIFEST):
         what = (
@@ -238,11 +226,8 @@ def open_cache(path: str, stream: Stream) -> Cache:
             if store.is_file("build.json")
             else "no soft-label cache (no manifest.json)"
         )
-        raise ConfigError(f"teacher.cache {store.root} holds {what}.")
-    cache = _opened(store, f"teacher.cache {store.root}")
-    _check_key(cache, cache_key(stream), None, f"teacher.cache {store.root} was made")
-    _check_files(cache)
-    return cache
+        raise ConfigError(f"{setting} {store.root} holds {what}.")
+    return _opened(store, f"{setting} {store.root}")
 
 
 def _opened(store: Storage, where: str) -> Cache:
@@ -268,38 +253,29 @@ def _check_key(cache: Cache, key: dict, views: Optional[int], what: str) -> None
 
 def _difference(made: dict, wanted: dict) -> str:
     """The first field where a cache's key differs from the job's, in words ("" when none)."""
-    for field, words in (
-        ("teacher", "teacher"),
-        ("image_size", "image size"),
-        ("crop_scale_min", "crop setting"),
-        ("seed", "seed"),
-        ("images_sha256", "image list"),
-        ("train_images", "image list"),
-        ("heldout_images", "held-out slice"),
-        ("exif_orientation", "EXIF orientation rule"),
-    ):
+    for field, words in KEY_WORDS:
         if made.get(field) != wanted.get(field):
-            return f"{words} ({_short(made.get(field))} in the cache, {_short(wanted.get(field))} in the job)"
+            return f"{words} ({short_value(made.get(field))} in the cache, {short_value(wanted.get(field))} in the job)"
     return ""
 
 
-def _short(value) -> str:
+def short_value(value) -> str:
     if isinstance(value, dict):
         return f"{value.get('spec')}, weights {str(value.get('weights_sha256'))[:12]}"
     text = str(value)
     return text[:12] + "…" if len(text) > 16 else text
 
 
-def _check_files(cache: Cache) -> None:
-    """Every file the manifest lists is there, with its sha256."""
+def check_files(cache: Cache, setting: str = "teacher.cache") -> None:
+    """Every file the manifest lists is there, with its sha256 (`setting`: the job's key naming it)."""
     for part, info in cache.manifest["parts"].items():
         for name, digest in info["files"].items():
             rel = f"{part}/{name}"
             if not cache.storage.is_file(rel):
-                raise ConfigError(f"teacher.cache {cache.storage.root} is missing {rel}; rebuild the cache.")
+                raise ConfigError(f"{setting} {cache.storage.root} is missing {rel}; rebuild the cache.")
             if hashlib.sha256(cache.storage.read_bytes(rel)).hexdigest() != digest:
                 raise ConfigError(
-                    f"teacher.cache {cache.storage.root}: {rel} does not match the sha256 its "
+                    f"{setting} {cache.storage.root}: {rel} does not match the sha256 its "
                     "manifest records (changed after the build); rebuild the cache."
                 )
 
@@ -307,10 +283,13 @@ def _check_files(cache: Cache) -> None:
 # --- replay ------------------------------------------------------------------------------------------------
 
 
-def read_cache_rows(batch: dict, root: str, slots: list, seed: int, clock=None, shuffle: bool = True) -> dict:
+def read_cache_rows(
+    batch: dict, root: str, slots: list, seed: int, clock=None, shuffle: bool = True, members: tuple = ()
+) -> dict:
     """Ray Data task: input row j → the rows of file j of the slot of the `clock`'s epoch e (slot
-    e mod K; `slots`: each slot's file names). Epochs e < K keep the stored (streaming) order;
-    later ones permute the files and each file's rows by (seed, e)."""
+    e mod K; `slots`: each slot's file names), with the ensemble `members`' features of the same
+    file. Epochs e < K keep the stored (streaming) order; later ones permute the files and each
+    file's rows by (seed, e)."""
     import numpy as np
 
     epoch = current_epoch(clock) if clock is not None else 0
@@ -319,7 +298,7 @@ def read_cache_rows(batch: dict, root: str, slots: list, seed: int, clock=None, 
     file_order = epoch_order(seed, epoch, len(files), reorder)
     out = []
     for j in (int(file_order[int(j)]) for j in batch["file"]):
-        rows = read_part_file(root, f"{part}/{files[j]}")
+        rows = with_members(read_part_file(root, f"{part}/{files[j]}"), members, f"{part}/{files[j]}")
         if reorder:
             order = np.random.default_rng([seed, epoch, j]).permutation(len(rows["id"]))
             rows = {k: v[order] for k, v in rows.items()}
@@ -327,9 +306,10 @@ def read_cache_rows(batch: dict, root: str, slots: list, seed: int, clock=None, 
     return {k: np.concatenate([r[k] for r in out]) for k in out[0]}
 
 
-def replay_dataset(cache: Cache, parts: list, decode: DecodeSpec, books: Bookkeeping):
+def replay_dataset(cache: Cache, parts: list, decode: DecodeSpec, books: Bookkeeping, members: tuple = ()):
     """The cached rows of `parts` (the view slots, or ["heldout"]) re-rendered from their source
-    images: uint8 `image` + the stored `teacher_feature`; the slot is the clock's epoch mod K."""
+    images: uint8 `image` + the stored `teacher_feature` (+ the ensemble `members`' columns, cache
+    roots); the slot is the clock's epoch mod K."""
     import ray
 
     slots = [(part, sorted(cache.manifest["parts"][part]["files"])) for part in parts]
@@ -351,6 +331,7 @@ def replay_dataset(cache: Cache, parts: list, decode: DecodeSpec, books: Bookkee
             "seed": decode.seed,
             "clock": books.clock,
             "shuffle": decode.shuffle,
+            "members": members,
         },
     )
     return ds.map_batches(
@@ -363,10 +344,15 @@ def replay_dataset(cache: Cache, parts: list, decode: DecodeSpec, books: Bookkee
     )
 
 
-def replay_datasets(cache: Cache, decode: DecodeSpec, books: Bookkeeping, record_ids: bool) -> dict:
-    """{"train": slot e mod K in epoch e (told by the clock); "heldout": the cached held-out slice}."""
+def replay_datasets(
+    cache: Cache, decode: DecodeSpec, books: Bookkeeping, record_ids: bool, members: tuple = ()
+) -> dict:
+    """{"train": slot e mod K in epoch e (told by the clock), with the ensemble `members`' features
+    (cache roots; `member_column`); "heldout": the cached held-out slice (the job's teacher only)}."""
     slots = [slot_name(s) for s in range(cache.views)]
-    datasets = {"train": train_feed(replay_dataset(cache, slots, decode, books), with_ids=record_ids)}
+    train = replay_dataset(cache, slots, decode, books, members)
+    extra = [member_column(i) for i in range(1, len(members) + 1)]
+    datasets = {"train": train_feed(train, with_ids=record_ids, extra=extra)}
     if "heldout" in cache.manifest["parts"]:
         heldout = replay_dataset(cache, ["heldout"], decode, Bookkeeping(books.ledger))
         datasets["heldout"] = train_feed(heldout).materialize()

@@ -41,7 +41,7 @@ import contextlib
 import hashlib
 import logging
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -232,10 +232,10 @@ def image_dataset(stream: Stream, mode: str, books: Bookkeeping = Bookkeeping())
     return add_teacher_features(ds, stream.teacher, stream.pool, stream.gpus, stream.teachers)
 
 
-def train_feed(ds, with_ids: bool = False):
-    """Only what the trainer reads (image view + teacher feature; the ids too when the run records
-    them, `train.record_ids`); views stay upstream."""
-    return ds.select_columns(TRAIN_COLUMNS + ["id"] if with_ids else TRAIN_COLUMNS)
+def train_feed(ds, with_ids: bool = False, extra: Sequence[str] = ()):
+    """Only what the trainer reads (image view + teacher feature, and the `extra` columns: a teacher
+    ensemble's; the ids too when the run records them, `train.record_ids`); views stay upstream."""
+    return ds.select_columns(TRAIN_COLUMNS + list(extra) + (["id"] if with_ids else []))
 
 
 def with_run_teachers(stream: Stream, running: contextlib.ExitStack) -> Stream:

@@ -17,7 +17,8 @@ Design decisions:
   differ by at most one image, and every worker takes the same number of full batches (the smallest
   share's, all-reduced); the images beyond them are recorded as dropped by the id audit, as the
   stream's short last batch is.
-- Teacher features: a cached run holds its share of the cache's rows (K slots × d fp16 per image);
+- Teacher features: a cached run holds its share of the cache's rows (K slots × d fp16 per image;
+  a teacher ensemble's further caches' features beside them, `cache_files.with_members`);
   a streaming run sends each rendered batch to one of the run's fixed teacher actors
   (`teacher_pool.teacher_actors`, round robin from the worker's rank) and keeps `PREFETCH` batches in
   flight; on a GPU worker one background thread renders them, so the student's step waits on neither
@@ -48,7 +49,8 @@ from ..data.decode import read_image, render_view, row_view, view_rng
 from ..data.sources import PathSource
 from ..data.transforms import CROP_SCALE, full_view, sample_view
 from ..errors import ConfigError
-from .cache import read_part_file, slot_name
+from .cache import slot_name
+from .cache_files import member_column, read_part_file, with_members
 from .epochs import epoch_order
 from .pipeline import DecodeSpec, without_bad
 from .trainer import all_reduce
@@ -70,11 +72,13 @@ class ResidentPlan:
     threads: int = 1  # decode threads of a worker (its CPUs)
     cache_root: str = ""  # a cached run: the soft-label cache, else ""
     cache_slots: tuple = ()  # ((slot name, (file names, sorted)), …), one per view slot, then "heldout"
+    members: tuple = ()  # a teacher ensemble's further caches (roots), read beside `cache_root`
     actors: tuple = ()  # a streaming run: the run's teacher actors
 
 
-def resident_plan(data, stream, workers, books, cache=None) -> Optional[ResidentPlan]:
-    """The `ResidentPlan` of a run when `data.in_memory` makes it resident, else None."""
+def resident_plan(data, stream, workers, books, cache=None, members: tuple = ()) -> Optional[ResidentPlan]:
+    """The `ResidentPlan` of a run when `data.in_memory` makes it resident, else None (`members`: a
+    teacher ensemble's further caches)."""
     if data.in_memory == "never":
         return None
     why_not = _why_not(data, stream, workers.num_workers, cache)
@@ -98,6 +102,7 @@ def resident_plan(data, stream, workers, books, cache=None) -> Optional[Resident
         threads=max(1, int(workers.cpus_per_worker)),
         cache_root=cache.storage.root if cache is not None else "",
         cache_slots=slots,
+        members=members,
         actors=tuple(stream.teachers),
     )
 
@@ -246,11 +251,12 @@ class ResidentFeed:
             ids.append(ident)
             features.append(feature)
         pixels = np.stack(views)
-        if self.rows is not None:
-            feature = torch.from_numpy(np.stack(features))
-        else:
-            actors = self.plan.actors
-            feature = actors[(step + self.rank) % len(actors)].features.remote(pixels)
+        if self.rows is not None:  # per row, the features of the job's teacher and of each member
+            columns = ["teacher_feature"] + [member_column(i) for i in range(1, len(self.plan.members) + 1)]
+            stored = {c: torch.from_numpy(np.stack([f[k] for f in features])) for k, c in enumerate(columns)}
+            return {"image": torch.from_numpy(pixels), **stored, "id": ids}
+        actors = self.plan.actors
+        feature = actors[(step + self.rank) % len(actors)].features.remote(pixels)
         return {"image": torch.from_numpy(pixels), "teacher_feature": feature, "id": ids}
 
 
@@ -288,18 +294,25 @@ def _tensor(value: int):
 
 
 def _cache_rows(plan: ResidentPlan, ids: set) -> list:
-    """Per slot, per file: this worker's rows (id, View, fp16 feature), with each row's index in
-    its file (a replay permutes rows within a file)."""
+    """Per slot, per file: this worker's rows (id, View, (fp16 feature, each ensemble member's)), with
+    each row's index in its file (a replay permutes rows within a file)."""
+    columns = ["teacher_feature"] + [member_column(i) for i in range(1, len(plan.members) + 1)]
     slots = []
     for part, files in (s for s in plan.cache_slots if s[0] != "heldout"):
         per_file = []
         for name in files:
-            rows = read_part_file(plan.cache_root, f"{part}/{name}")
+            rows = with_members(
+                read_part_file(plan.cache_root, f"{part}/{name}"), plan.members, f"{part}/{name}"
+            )
             per_file.append(
                 (
                     len(rows["id"]),
                     {
-                        j: (str(i), row_view({c: rows[c][j] for c in rows}), rows["teacher_feature"][j])
+                        j: (
+                            str(i),
+                            row_view({c: rows[c][j] for c in rows}),
+                            tuple(rows[c][j] for c in columns),
+                        )
                         for j, i in enumerate(rows["id"])
                         if str(i) in ids
                     },
