@@ -1,0 +1,566 @@
+"""Patient teaching: the student's test HM against the schedule's length, for K cached views per image.
+
+Beyer et al. (CVPR 2022) found a distilled student keeps improving over very long schedules when the
+teacher sees the student's very view each step ("consistent"), and that one fixed teacher output per
+image overfits. A soft-label cache makes a long schedule cost the student's step alone; this benchmark
+measures what it buys on the toy world, against the labelled ceiling.
+
+Per seed S (toy world and job seed), the job (default jobs/toy_b2n.yaml: doodles, the authors' SGD),
+one point per (epochs E, views K), each a fresh student trained E epochs with the job's cosine over
+E, then scored base-to-novel on doodles and zero-shot on the neon domain (its own class vectors):
+
+    K = 1, 8, 64     a soft-label cache of K views per image: epoch e reads view slot e mod K
+    K = E            (--views 0) a fresh view every epoch: what a streaming run, or a cache of E views, sees
+
+K is capped at E (a slot past the last epoch never replays). Slot s holds the views a streaming run
+draws in its epoch s (`decode.view_rng` with the job's seed and crop scale), so a point of K = E is
+the streaming run's math and every (E, K) point replays the same views its cache would hold.
+
+How a point trains: in this process, the project's own pieces — as `benchmarks/limit.py`'s plain loop:
+the images decoded once; every epoch its order (`epochs.epoch_order`), each image's seeded view of
+slot e mod K rendered, the teacher's normalised features of those views read from the slot's stored
+features (computed once per seed and slot, kept under --out/features), the step
+`core.step.distill_step` with the job's student, loss, optimiser, schedule and class vectors. Named
+differences from a Ray run: one process takes the job's global batch (2 DDP workers take halves:
+same mean gradient, but the projector's BatchNorm sees 8 images, not 4); epochs e ≥ K draw a fresh
+order over the images, where the cache's replay permutes its files' rows. Nothing is selected on
+test: every student is its last epoch.
+
+Wall time per point, both as measured here: "cached" = the teacher over K slots once (the cache's
+build) + E epochs of render + step; "streaming" = E epochs of render + teacher + step (the teacher's
+seconds per slot, measured). References per seed: the teacher and the student zero-shot, and the
+labelled ceiling (`benchmarks/ceiling.py`'s: true labels, the job's recipe) at --ceiling-epochs.
+
+    .venv/bin/python benchmarks/patient_teaching.py --seeds 0 --threads 1 --out runs/patient
+    .venv/bin/python benchmarks/patient_teaching.py --seeds 0 --schedules 8 32 --views 1 0 \\
+        --set train.grad_clip_norm=1 --tag clip --out runs/patient           # a variant, same --out
+    .venv/bin/python benchmarks/patient_teaching.py --profile quick --seeds 0 --schedules 2 4 \\
+        --views 1 0 --ceiling-epochs 2 --out /tmp/pt                          # smoke test
+
+Every point is saved under --out/points as it finishes and reused by a later invocation with the same
+--out (so two invocations with disjoint --views or --schedules share the cores and one report);
+patient.md, patient.csv and patient.png (HM against epochs, one curve per K and tag, the ceiling and
+the teacher as lines) are written from every point there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from ceiling import CEILING, LabelledRow, labelled_images, labelled_student, score_in_process
+from method_comparison import DEMO_JOB, seed_overrides, seeds_parser
+
+log = logging.getLogger("patient_teaching")
+CSV_KEYS = [
+    "tag",
+    "seed",
+    "epochs",
+    "views",
+    "base",
+    "novel",
+    "hm",
+    "neon",
+    "heldout_kl",
+    "heldout_agreement",
+]
+CSV_KEYS += ["train_s", "cached_s", "streaming_s"]
+
+
+def parse_args(argv=None):
+    p = seeds_parser(__doc__.splitlines()[0], "runs/patient")
+    p.set_defaults(seeds=[0])
+    p.add_argument("--job", default=str(DEMO_JOB), help="the distill job (default jobs/toy_b2n.yaml)")
+    p.add_argument("--schedules", type=int, nargs="+", default=[8, 16, 32, 64, 128], help="epochs E")
+    p.add_argument("--views", type=int, nargs="+", default=[1, 8, 64, 0], help="K (0: K = E)")
+    p.add_argument("--set", nargs="*", default=[], help="further job overrides KEY=VALUE (a variant)")
+    p.add_argument("--tag", default="", help="the variant's name in the tables (default: --set joined)")
+    p.add_argument("--ceiling-epochs", type=int, default=32, help="the labelled ceiling's epochs")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--report-only", action="store_true", help="write the report from --out's points")
+    p.add_argument(
+        "--grid-seeds", type=int, nargs="+", default=[0], help="the seeds whose points the curves show"
+    )
+    args = p.parse_args(argv)
+    if any(e < 1 for e in args.schedules) or any(k < 0 for k in args.views):
+        p.error("--schedules must be ≥ 1 and --views ≥ 0 (0: as many views as epochs).")
+    args.tag = args.tag or ", ".join(args.set) or "job"
+    return args
+
+
+@dataclass
+class SeedWorld:
+    """One seed's job, its setup, its train images decoded once, and the splits it is scored on."""
+
+    job: object
+    setup: object
+    ids: list
+    images: list
+    doodles: object
+    neon: object
+
+
+def open_seed(args, seed: int, out: Path) -> SeedWorld:
+    from promptkd_ray.config import load_distill_job
+    from promptkd_ray.data.decode import read_image
+    from promptkd_ray.data.sources import domain_splits
+    from promptkd_ray.distill_setup import prepare
+    from promptkd_ray.storage import Storage
+    from promptkd_ray.toyworld import build_world
+
+    overrides = [*seed_overrides(args, seed, f"patient-seed{seed}"), *args.set]
+    job = load_distill_job(args.job, overrides)
+    job = dataclasses.replace(job, teacher=dataclasses.replace(job.teacher, vocabulary="", cache=""))
+    setup = prepare(job, Storage(str(out / "runs" / f"setup-seed{seed}")))
+    world = build_world(args.cache_dir or None, seed=seed, profile=args.profile)
+    ids = list(setup.source.train_paths)
+    images = [read_image(i, setup.stream.decode.options) for i in ids]
+    doodles, neon = (domain_splits(world.domain(d)) for d in (job.data.dataset, "neon"))
+    return SeedWorld(job, setup, ids, images, doodles, neon)
+
+
+def render_slot(world: SeedWorld, slot: int, order) -> np.ndarray:
+    """The views of view slot `slot` of the images at `order`, uint8 [len(order), S, S, 3]."""
+    from promptkd_ray.data.decode import render_view, view_rng
+    from promptkd_ray.data.transforms import sample_view
+
+    spec = world.setup.stream.decode
+    return np.stack(
+        [
+            render_view(
+                world.images[i],
+                sample_view(
+                    *world.images[i].size,
+                    view_rng(spec.seed, world.ids[i], slot),
+                    scale=(spec.crop_scale_min, 1.0),
+                ),
+                spec.size,
+            )
+            for i in order
+        ]
+    )
+
+
+def slot_features(world: SeedWorld, slots: int, folder: Path) -> tuple[list, float]:
+    """The teacher's normalised features of slots 0 … slots−1 (each [N, d] float16, image order),
+    computed once and kept in `folder`; → (features per slot, the teacher's mean seconds per slot)."""
+    from promptkd_ray.orchestration.encoder import ImageEncoder
+
+    folder.mkdir(parents=True, exist_ok=True)
+    encoder, features, seconds = None, [], []
+    for slot in range(slots):
+        path, timing = folder / f"slot_{slot:04d}.npy", folder / f"slot_{slot:04d}.json"
+        if not (path.exists() and timing.exists()):
+            encoder = encoder or ImageEncoder(world.setup.stream.teacher, world.job.train.precision)
+            began = time.perf_counter()
+            views = render_slot(world, slot, range(len(world.ids)))
+            rendered = time.perf_counter()
+            encoded = torch.cat([encoder.encode(views[i : i + 256]) for i in range(0, len(views), 256)])
+            written = {"teacher_s": time.perf_counter() - rendered}
+            atomic_write(path, lambda f: np.save(f, encoded.numpy().astype(np.float16)))
+            atomic_write(timing, lambda f: f.write(json.dumps(written).encode()))
+            log.info("seed %d slot %d: teacher features in %.1f s", world.job.seed, slot, rendered - began)
+        features.append(np.load(path))
+        seconds.append(json.loads(timing.read_text())["teacher_s"])
+    return features, statistics.fmean(seconds) if seconds else 0.0
+
+
+def atomic_write(path: Path, write) -> None:
+    """`write(file)` into a temporary file beside `path`, then renamed onto it: a concurrent
+    invocation on the same --out never reads half a file."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    with open(temporary, "wb") as f:
+        write(f)
+    os.replace(temporary, path)
+
+
+def heldout_batches(world: SeedWorld, folder: Path) -> list:
+    """The job's label-free held-out slice as the training loop scores it: full views of the held-out
+    images and the teacher's features of them (computed once, kept in `folder`), batches of 64."""
+    from promptkd_ray.data.decode import decode_views
+    from promptkd_ray.orchestration.encoder import ImageEncoder
+
+    spec, paths = world.setup.stream.decode, np.asarray(world.setup.source.heldout_paths, dtype=object)
+    rows, bad = decode_views(
+        {"id": paths}, spec.size, "heldout", spec.seed, 0, spec.crop_scale_min, spec.options
+    )
+    if bad:
+        raise OSError(f"{len(bad)} unreadable held-out image(s), first {bad[0][0]}: {bad[0][1]}")
+    path = folder / "heldout.npy"
+    if not path.exists():
+        encoder = ImageEncoder(world.setup.stream.teacher, world.job.train.precision)
+        encoded = encoder.encode(rows["image"]).numpy()
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f: np.save(f, encoded))
+    features, images = torch.from_numpy(np.load(path)), torch.from_numpy(rows["image"])
+    return [
+        {"image": images[i : i + 64], "teacher_feature": features[i : i + 64]}
+        for i in range(0, len(images), 64)
+    ]
+
+
+def heldout_scores(world: SeedWorld, student, folder: Path) -> dict:
+    """The label-free selection metrics of `student` (held-out KL at T = 1, agreement %)."""
+    from promptkd_ray.distill import heldout_metrics
+
+    cv = world.setup.class_vectors
+    with torch.no_grad():
+        found = heldout_metrics(student, heldout_batches(world, folder), cv.vectors, cv.logit_scale)
+    return {"heldout_kl": found["heldout_kl"], "heldout_agreement": found["heldout_agreement"]}
+
+
+def train_point(world: SeedWorld, epochs: int, views: int, features: list):
+    """A fresh student trained `epochs` epochs, epoch e on view slot e mod `views`; → (student, s)."""
+    from promptkd_ray.core.schedule import build_optimizer, build_scheduler
+    from promptkd_ray.core.step import autocast_dtype, distill_step
+    from promptkd_ray.data.decode import to_model_input
+    from promptkd_ray.distill_setup import new_student
+    from promptkd_ray.orchestration.epochs import epoch_order
+
+    job, cv, spec = world.job, world.setup.class_vectors, world.setup.stream.decode
+    optim = dataclasses.replace(job.train, epochs=epochs)
+    torch.manual_seed(job.seed)
+    student = new_student(job, world.setup.student_spec, cv.dim)
+    optimizer = build_optimizer(student.trainable_parameters(), optim)
+    scheduler = build_scheduler(optimizer, optim)
+    autocast, batch, began = autocast_dtype(optim.precision, "cpu"), optim.batch_size, time.perf_counter()
+    for epoch in range(epochs):
+        slot = epoch % views
+        order = epoch_order(spec.seed, epoch, len(world.ids), spec.shuffle)
+        pixels = to_model_input(torch.from_numpy(render_slot(world, slot, order)))
+        teacher = torch.from_numpy(features[slot][order].astype(np.float32))
+        for first in range(0, len(order) - batch + 1, batch):
+            take = slice(first, first + batch)
+            out = distill_step(
+                student,
+                pixels[take],
+                teacher[take],
+                cv.vectors,
+                optimizer,
+                job.loss,
+                cv.logit_scale,
+                autocast,
+            )
+        scheduler.step()
+        if (epoch + 1) % max(1, epochs // 8) == 0 or epoch + 1 == epochs:
+            log.info(
+                "seed %d E=%d K=%d: epoch %d, loss %.4f, agreement %.1f%%",
+                job.seed,
+                epochs,
+                views,
+                epoch + 1,
+                out["loss"],
+                out["agreement"],
+            )
+    return student.eval(), time.perf_counter() - began
+
+
+def score_student(world: SeedWorld, name: str, artifact: str) -> dict:
+    """Base / novel / HM on the job's domain and accuracy on neon of a saved student."""
+    from promptkd_ray.core.artifacts import ModelRef
+    from promptkd_ray.evaluate import Entry, class_vectors_for, score
+    from promptkd_ray.orchestration.inference import Encoding
+
+    b2n = score_in_process(
+        [Entry(name, ModelRef("student", artifact), world.setup.class_vectors, world.job.seed)],
+        world.doodles,
+        world.job.teacher.templates,
+    )[0].metrics
+    cv = class_vectors_for(artifact, world.neon, [world.setup.class_vectors], "cross")
+    entry = Entry(name, ModelRef("student", artifact), cv, world.job.seed)
+    neon = score([entry], world.neon, "cross", how=Encoding(use_ray=False, batch_size=128))[0].metrics
+    return {"base": b2n["base"], "novel": b2n["novel"], "hm": b2n["hm"], "neon": neon["accuracy"]}
+
+
+def point_name(tag: str, seed: int, epochs: int, views: int) -> str:
+    return f"{tag.replace(' ', '_').replace('=', '-').replace(',', '')}-seed{seed}-e{epochs}-k{views}"
+
+
+def run_point(world: SeedWorld, tag: str, epochs: int, views: int, out: Path) -> dict:
+    """One (E, K) point of `tag` at the world's seed, trained and scored now or read from --out."""
+    from promptkd_ray.core.artifacts import save_student
+
+    name = point_name(tag, world.job.seed, epochs, views)
+    path = out / "points" / f"{name}.json"
+    folder = out / "features" / f"seed{world.job.seed}"
+    if path.exists():
+        point = json.loads(path.read_text())
+        if "heldout_kl" not in point:  # a point of an earlier version of this script
+            from promptkd_ray.core.artifacts import load_student
+
+            student, _ = load_student(str(out / "students" / f"{name}.safetensors"))
+            point.update(heldout_scores(world, student, folder))
+            atomic_write(path, lambda f: f.write(json.dumps(point, indent=1).encode()))
+        return point
+    features, teacher_s = slot_features(world, views, folder)
+    student, train_s = train_point(world, epochs, views, features)
+    info = world.setup.student_info(world.job, student, patient=tag, epochs=epochs, views=views)
+    artifact = save_student(student, info, str(out / "students" / name))
+    point = {
+        "tag": tag,
+        "seed": world.job.seed,
+        "epochs": epochs,
+        "views": views,
+        **score_student(world, name, artifact),
+        **heldout_scores(world, student, folder),
+        "train_s": train_s,
+        "cached_s": views * teacher_s + train_s,
+        "streaming_s": epochs * teacher_s + train_s,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: f.write(json.dumps(point, indent=1).encode()))
+    log.info("%s: HM %.2f, neon %.2f (%.0f s)", name, point["hm"], point["neon"], train_s)
+    return point
+
+
+def references(args, seed: int, out: Path) -> dict:
+    """{teacher, student zero-shot, labelled ceiling: scores} of `seed` (the job without --set)."""
+    from promptkd_ray.core.artifacts import ModelRef
+    from promptkd_ray.data.sources import open_splits, open_world
+    from promptkd_ray.evaluate import Entry, score
+    from promptkd_ray.orchestration.inference import Encoding
+
+    path = out / "points" / f"references-seed{seed}-ceiling{args.ceiling_epochs}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    world = open_seed(argparse.Namespace(**{**vars(args), "set": []}), seed, out)
+    job, setup = world.job, world.setup
+    splits = open_splits(job.data, job.data.split, open_world(job.data))
+    row = LabelledRow(CEILING, args.ceiling_epochs)
+    artifact, _ = labelled_student(
+        job, setup, labelled_images(setup.source, splits, job.data.split), row, out
+    )
+    found = {f"labelled ceiling ({args.ceiling_epochs} epochs)": score_student(world, "ceiling", artifact)}
+    for name, spec in (("teacher zero-shot", setup.teacher_spec), ("student zero-shot", setup.student_spec)):
+        entry = Entry(name, ModelRef("zeroshot", spec), None, seed)
+        b2n = score_in_process([entry], world.doodles, job.teacher.templates)[0].metrics
+        neon = score([entry], world.neon, "cross", how=Encoding(use_ray=False, batch_size=128))[0].metrics
+        found[name] = {**{k: b2n[k] for k in ("base", "novel", "hm")}, "neon": neon["accuracy"]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: f.write(json.dumps(found, indent=1).encode()))
+    return found
+
+
+def mean_std(values: list, digits: int = 2) -> str:
+    std = statistics.pstdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.{digits}f} ± {std:.{digits}f}"
+
+
+def curves(points: list) -> dict:
+    """{(tag, curve): {E: [points of the seeds]}}. A point of K = E views belongs to the "K = E" curve
+    and to every fixed-K curve of its variant with K ≥ E (K is capped at E); a variant's fixed Ks are
+    those of its points."""
+    fixed: dict = {}
+    for p in points:
+        if p["views"] < p["epochs"]:
+            fixed.setdefault(p["tag"], set()).add(p["views"])
+    found: dict = {}
+    for p in points:
+        labels = [f"K = {p['views']}"] if p["views"] < p["epochs"] else ["K = E"]
+        if p["views"] == p["epochs"]:
+            labels += [f"K = {k}" for k in sorted(fixed.get(p["tag"], ())) if k >= p["epochs"]]
+        for label in labels:
+            found.setdefault((p["tag"], label), {}).setdefault(p["epochs"], []).append(p)
+    return found
+
+
+def curve_order(key: tuple) -> tuple:
+    tag, label = key
+    return tag, 10**9 if label == "K = E" else int(label.split("= ")[1])
+
+
+def report_tables(points: list, refs: list) -> str:
+    """The HM (and neon) table of every curve against epochs, and the references, mean ± std over seeds."""
+    found = curves(points)
+    epochs = sorted({p["epochs"] for p in points})
+    lines = ["| variant | views | " + " | ".join(f"E = {e}" for e in epochs) + " |"]
+    lines.append("|---|---|" + "---|" * len(epochs))
+    for (tag, label), by_epochs in sorted(found.items(), key=lambda kv: curve_order(kv[0])):
+        cells = []
+        for e in epochs:
+            got = by_epochs.get(e, [])
+            cells.append(
+                f"{mean_std([p['hm'] for p in got])} (neon {mean_std([p['neon'] for p in got])}; "
+                f"{statistics.fmean(p['cached_s'] for p in got):.0f} s / "
+                f"{statistics.fmean(p['streaming_s'] for p in got):.0f} s; n={len(got)})"
+                if got
+                else ""
+            )
+        lines.append(f"| {tag} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + ["", reference_table(refs)])
+
+
+def reference_table(refs: list) -> str:
+    """The teacher, the zero-shot student and the labelled ceiling, mean ± std over `refs`' seeds."""
+    lines = ["| reference | base | novel | HM | neon | seeds |", "|---|---|---|---|---|---|"]
+    for name in refs[0] if refs else []:
+        rows = [r[name] for r in refs]
+        cells = " | ".join(mean_std([r[k] for r in rows]) for k in ("base", "novel", "hm", "neon"))
+        lines.append(f"| {name} | {cells} | {len(rows)} |")
+    return "\n".join(lines)
+
+
+def seeds_table(points: list, refs: dict) -> str:
+    """Every (variant, E, K) measured on two seeds or more: base, novel, HM, neon, teacher-gap closure
+    ((HM − student zero-shot) / (teacher − student zero-shot), per seed) and wall time, mean ± std."""
+    runs: dict = {}
+    for p in points:
+        runs.setdefault((p["tag"], p["epochs"], p["views"]), []).append(p)
+    lines = [
+        "| variant | E | K | base | novel | HM | neon | teacher-gap closure | cached s | streaming s | seeds |"
+    ]
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for (tag, epochs, views), got in sorted(runs.items()):
+        if len(got) < 2:
+            continue
+        closure = []
+        for p in got:
+            ref = refs.get(p["seed"])
+            if ref:
+                zero, teacher = ref["student zero-shot"]["hm"], ref["teacher zero-shot"]["hm"]
+                closure.append((p["hm"] - zero) / (teacher - zero))
+        cells = [mean_std([p[k] for p in got]) for k in ("base", "novel", "hm", "neon")]
+        cells += [mean_std(closure, 3) if closure else ""]
+        cells += [f"{statistics.fmean(p[k] for p in got):.0f}" for k in ("cached_s", "streaming_s")]
+        seeds = "/".join(str(p["seed"]) for p in sorted(got, key=lambda p: p["seed"]))
+        lines.append(f"| {tag} | {epochs} | {views} | {' | '.join(cells)} | {seeds} |")
+    return "\n".join(lines)
+
+
+def label_free_choice(points: list) -> str:
+    """Per seed, the point a label-free selection picks (the lowest held-out KL at T = 1, what a
+    sweep's `metric: heldout_kl` minimises), its test HM, the regret (the best test HM of the seed's
+    points minus the picked one's) and the Spearman correlation of −KL with test HM over the points."""
+    from label_free_selection import spearman
+
+    lines = [
+        "| seed | points | picked (lowest held-out KL) | its KL | its HM | best HM | regret | Spearman |"
+    ]
+    lines.append("|---|---|---|---|---|---|---|---|")
+    for seed in sorted({p["seed"] for p in points}):
+        mine = [p for p in points if p["seed"] == seed and "heldout_kl" in p]
+        if len(mine) < 2:
+            continue
+        picked, best = min(mine, key=lambda p: p["heldout_kl"]), max(p["hm"] for p in mine)
+        rho = spearman([-p["heldout_kl"] for p in mine], [p["hm"] for p in mine])
+        lines.append(
+            f"| {seed} | {len(mine)} | {picked['tag']}, E = {picked['epochs']}, K = {picked['views']} | "
+            f"{picked['heldout_kl']:.4f} | {picked['hm']:.2f} | {best:.2f} | {best - picked['hm']:.2f} | {rho:+.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(points: list, refs: list, path: Path) -> None:
+    """HM against epochs (log scale), one line per curve (mean over seeds), the references as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for (tag, label), by_epochs in sorted(curves(points).items(), key=lambda kv: curve_order(kv[0])):
+        xs = sorted(by_epochs)
+        ys = [statistics.fmean(p["hm"] for p in by_epochs[e]) for e in xs]
+        ax.plot(xs, ys, marker="o", label=f"{tag}: {label}")
+    for name, style in (
+        ("teacher zero-shot", ":"),
+        *((n, "--") for n in refs[0] if n.startswith("labelled")),
+    ):
+        value = statistics.fmean(r[name]["hm"] for r in refs)
+        ax.axhline(value, color="black", ls=style, label=f"{name}: {value:.2f}")
+    zero = statistics.fmean(r["student zero-shot"]["hm"] for r in refs)
+    ax.set_xscale("log", base=2)
+    ticks = sorted({p["epochs"] for p in points})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_xlabel("epochs E (each point: a fresh student, cosine over E)")
+    ax.set_ylabel("test HM, base-to-novel (%)")
+    seeds = sorted({p["seed"] for p in points})
+    ax.set_title(
+        f"Patient teaching on the toy world (seeds {', '.join(map(str, seeds))}; "
+        f"student zero-shot {zero:.2f}, off the axis)"
+    )
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(args, out: Path, command: str) -> str:
+    """patient.md (the curves of --grid-seeds, the label-free choice per seed, every point measured on
+    two seeds or more), patient.csv (every point) and patient.png (the curves)."""
+    points = [json.loads(p.read_text()) for p in sorted((out / "points").glob("*-e*-k*.json"))]
+    by_seed = {
+        int(p.name.split("-")[1][len("seed") :]): json.loads(p.read_text())
+        for p in sorted((out / "points").glob("references-seed*.json"))
+    }
+    refs = list(by_seed.values())
+    grid = [p for p in points if p["seed"] in args.grid_seeds]
+    grid_refs = [by_seed[seed] for seed in args.grid_seeds if seed in by_seed]
+    if not grid or not grid_refs:
+        raise SystemExit(
+            f"error: {out / 'points'} holds no points and references of seeds {args.grid_seeds} yet."
+        )
+    with open(out / "patient.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_KEYS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(points)
+    plot(grid, grid_refs, out / "patient.png")
+    text = "\n".join(
+        [
+            "# Patient teaching: test HM against epochs, per number of cached views K",
+            "",
+            f"Last command: `{command}`. Each cell: HM mean ± std over seeds (neon accuracy; wall time "
+            "cached / streaming, mean over seeds, this machine, one process; seeds).",
+            "",
+            report_tables(grid, grid_refs),
+            "",
+            "Chosen without labels, over every point of a --grid-seeds seed (the held-out slice: the job's "
+            "`data.heldout_split` images, full views, the teacher's features of them):",
+            "",
+            label_free_choice(grid),
+            "",
+            "Every point measured on two seeds or more (wall time: mean over seeds):",
+            "",
+            seeds_table(points, by_seed),
+            "",
+            f"The references on seeds {', '.join(map(str, sorted(by_seed)))}:",
+            "",
+            reference_table(refs),
+            "",
+        ]
+    )
+    (out / "patient.md").write_text(text)
+    return text
+
+
+def main(argv=None) -> int:
+    from cost import start_benchmark
+
+    args, out = start_benchmark(parse_args, argv)
+    torch.set_num_threads(args.threads)
+    command = "python benchmarks/patient_teaching.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if not args.report_only:
+        for seed in args.seeds:
+            references(args, seed, out)
+            world = open_seed(args, seed, out)
+            for epochs in args.schedules:
+                for views in args.views:
+                    run_point(world, args.tag, epochs, epochs if views == 0 else min(views, epochs), out)
+    print(write_report(args, out, command.strip()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
