@@ -38,9 +38,10 @@ labelled ceiling (`benchmarks/ceiling.py`'s: true labels, the job's recipe) at -
         --views 1 0 --ceiling-epochs 2 --out /tmp/pt                          # smoke test
 
 Every point is saved under --out/points as it finishes and reused by a later invocation with the same
---out (so two invocations with disjoint --views or --schedules share the cores and one report);
-patient.md, patient.csv and patient.png (HM against epochs, one curve per K and tag, the ceiling and
-the teacher as lines) are written from every point there.
+--out, --tag, seed, E and K (one trained with another job, --set or profile is refused, not reused), so
+two invocations with disjoint --views or --schedules share the cores and one report. patient.md,
+patient.csv and patient.png (HM against epochs, one curve per K and tag, the ceiling and the teacher as
+lines) are written from every point there.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import statistics
 import sys
 import time
@@ -63,19 +65,7 @@ from ceiling import CEILING, LabelledRow, labelled_images, labelled_student, sco
 from method_comparison import DEMO_JOB, seed_overrides, seeds_parser
 
 log = logging.getLogger("patient_teaching")
-CSV_KEYS = [
-    "tag",
-    "seed",
-    "epochs",
-    "views",
-    "base",
-    "novel",
-    "hm",
-    "neon",
-    "heldout_kl",
-    "heldout_agreement",
-]
-CSV_KEYS += ["train_s", "cached_s", "streaming_s"]
+CSV_KEYS = "tag seed epochs views base novel hm neon heldout_kl heldout_agreement train_s cached_s streaming_s".split()
 
 
 def parse_args(argv=None):
@@ -109,6 +99,7 @@ class SeedWorld:
     images: list
     doodles: object
     neon: object
+    recipe: dict  # what trains its points beyond (tag, seed, E, K): the job file, --set, the world profile
 
 
 def open_seed(args, seed: int, out: Path) -> SeedWorld:
@@ -127,7 +118,8 @@ def open_seed(args, seed: int, out: Path) -> SeedWorld:
     ids = list(setup.source.train_paths)
     images = [read_image(i, setup.stream.decode.options) for i in ids]
     doodles, neon = (domain_splits(world.domain(d)) for d in (job.data.dataset, "neon"))
-    return SeedWorld(job, setup, ids, images, doodles, neon)
+    recipe = {"job": Path(args.job).name, "set": list(args.set), "profile": args.profile}
+    return SeedWorld(job, setup, ids, images, doodles, neon, recipe)
 
 
 def render_slot(world: SeedWorld, slot: int, order) -> np.ndarray:
@@ -296,12 +288,11 @@ def run_point(world: SeedWorld, tag: str, epochs: int, views: int, out: Path) ->
     folder = out / "features" / f"seed{world.job.seed}"
     if path.exists():
         point = json.loads(path.read_text())
-        if "heldout_kl" not in point:  # a point of an earlier version of this script
-            from promptkd_ray.core.artifacts import load_student
-
-            student, _ = load_student(str(out / "students" / f"{name}.safetensors"))
-            point.update(heldout_scores(world, student, folder))
-            atomic_write(path, lambda f: f.write(json.dumps(point, indent=1).encode()))
+        if point.get("recipe") != world.recipe:
+            raise SystemExit(
+                f"error: {path} was trained with {point.get('recipe')}, not {world.recipe}; give this "
+                "variant another --tag or another --out."
+            )
         return point
     features, teacher_s = slot_features(world, views, folder)
     student, train_s = train_point(world, epochs, views, features)
@@ -312,6 +303,7 @@ def run_point(world: SeedWorld, tag: str, epochs: int, views: int, out: Path) ->
         "seed": world.job.seed,
         "epochs": epochs,
         "views": views,
+        "recipe": world.recipe,
         **score_student(world, name, artifact),
         **heldout_scores(world, student, folder),
         "train_s": train_s,
@@ -331,7 +323,8 @@ def references(args, seed: int, out: Path) -> dict:
     from promptkd_ray.evaluate import Entry, score
     from promptkd_ray.orchestration.inference import Encoding
 
-    path = out / "points" / f"references-seed{seed}-ceiling{args.ceiling_epochs}.json"
+    name = f"references-{Path(args.job).stem}-{args.profile}-seed{seed}-ceiling{args.ceiling_epochs}.json"
+    path = out / "points" / name
     if path.exists():
         return json.loads(path.read_text())
     world = open_seed(argparse.Namespace(**{**vars(args), "set": []}), seed, out)
@@ -502,8 +495,8 @@ def write_report(args, out: Path, command: str) -> str:
     two seeds or more), patient.csv (every point) and patient.png (the curves)."""
     points = [json.loads(p.read_text()) for p in sorted((out / "points").glob("*-e*-k*.json"))]
     by_seed = {
-        int(p.name.split("-")[1][len("seed") :]): json.loads(p.read_text())
-        for p in sorted((out / "points").glob("references-seed*.json"))
+        int(re.search(r"-seed(\d+)-", p.name).group(1)): json.loads(p.read_text())
+        for p in sorted((out / "points").glob("references-*.json"))
     }
     refs = list(by_seed.values())
     grid = [p for p in points if p["seed"] in args.grid_seeds]
