@@ -462,10 +462,11 @@ def plot(points: list, refs: list, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
+    styles = {tag: ("-", "--", "-.", ":")[i % 4] for i, tag in enumerate(sorted({p["tag"] for p in points}))}
     for (tag, label), by_epochs in sorted(curves(points).items(), key=lambda kv: curve_order(kv[0])):
         xs = sorted(by_epochs)
         ys = [statistics.fmean(p["hm"] for p in by_epochs[e]) for e in xs]
-        ax.plot(xs, ys, marker="o", label=f"{tag}: {label}")
+        ax.plot(xs, ys, marker="o", ls=styles[tag], label=f"{tag}: {label}")
     for name, style in (
         ("teacher zero-shot", ":"),
         *((n, "--") for n in refs[0] if n.startswith("labelled")),
