@@ -184,6 +184,11 @@ def heldout_batches(world: SeedWorld, folder: Path) -> list:
     from promptkd_ray.orchestration.encoder import ImageEncoder
 
     spec, paths = world.setup.stream.decode, np.asarray(world.setup.source.heldout_paths, dtype=object)
+    if not len(paths):
+        raise SystemExit(
+            f"error: {world.job.name} holds no held-out images (data.heldout_split, data.heldout_images); "
+            "the label-free choice needs them."
+        )
     rows, bad = decode_views(
         {"id": paths}, spec.size, "heldout", spec.seed, 0, spec.crop_scale_min, spec.options
     )
@@ -227,6 +232,8 @@ def train_point(world: SeedWorld, epochs: int, views: int, features: list):
     optimizer = build_optimizer(student.trainable_parameters(), optim)
     scheduler = build_scheduler(optimizer, optim)
     autocast, batch, began = autocast_dtype(optim.precision, "cpu"), optim.batch_size, time.perf_counter()
+    if len(world.ids) < batch:
+        raise SystemExit(f"error: {len(world.ids)} train images make no full batch of {batch}.")
     for epoch in range(epochs):
         slot = epoch % views
         order = epoch_order(spec.seed, epoch, len(world.ids), spec.shuffle)
@@ -279,13 +286,21 @@ def point_name(tag: str, seed: int, epochs: int, views: int) -> str:
     return f"{tag.replace(' ', '_').replace('=', '-').replace(',', '')}-seed{seed}-e{epochs}-k{views}"
 
 
+def features_key(world: SeedWorld) -> str:
+    """The folder name of a seed's stored teacher features: what they depend on beyond the seed (the job
+    file and world profile fix the teacher and images; the crop setting and image size the views)."""
+    spec = world.setup.stream.decode
+    job, profile = Path(world.recipe["job"]).stem, world.recipe["profile"]
+    return f"{job}-{profile}-seed{world.job.seed}-crop{spec.crop_scale_min}-size{spec.size}"
+
+
 def run_point(world: SeedWorld, tag: str, epochs: int, views: int, out: Path) -> dict:
     """One (E, K) point of `tag` at the world's seed, trained and scored now or read from --out."""
     from promptkd_ray.core.artifacts import save_student
 
     name = point_name(tag, world.job.seed, epochs, views)
     path = out / "points" / f"{name}.json"
-    folder = out / "features" / f"seed{world.job.seed}"
+    folder = out / "features" / features_key(world)
     if path.exists():
         point = json.loads(path.read_text())
         if point.get("recipe") != world.recipe:
