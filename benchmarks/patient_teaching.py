@@ -162,7 +162,13 @@ def slot_features(world: SeedWorld, slots: int, folder: Path) -> tuple[list, flo
             written = {"teacher_s": time.perf_counter() - rendered}
             atomic_write(path, lambda f: np.save(f, encoded.numpy().astype(np.float16)))
             atomic_write(timing, lambda f: f.write(json.dumps(written).encode()))
-            log.info("seed %d slot %d: teacher features in %.1f s", world.job.seed, slot, rendered - began)
+            log.info(
+                "seed %d slot %d: views rendered in %.1f s, the teacher's features in %.1f s",
+                world.job.seed,
+                slot,
+                rendered - began,
+                written["teacher_s"],
+            )
         features.append(np.load(path))
         seconds.append(json.loads(timing.read_text())["teacher_s"])
     return features, statistics.fmean(seconds) if seconds else 0.0
