@@ -54,7 +54,7 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +98,8 @@ class SeedWorld:
     doodles: object
     neon: object
     recipe: dict  # what trains its points beyond (tag, seed, E, K): the job file, --set, the world profile
+    slots: dict = field(default_factory=dict)  # view slot → the teacher's features, read once per seed
+    heldout: list = field(default_factory=list)  # the held-out slice's batches, built once per seed
 
 
 def open_seed(args, seed: int, out: Path) -> SeedWorld:
@@ -167,7 +169,9 @@ def slot_features(world: SeedWorld, slots: int, folder: Path) -> tuple[list, flo
                 rendered - began,
                 written["teacher_s"],
             )
-        features.append(np.load(path))
+        if slot not in world.slots:
+            world.slots[slot] = np.load(path)
+        features.append(world.slots[slot])
         seconds.append(json.loads(timing.read_text())["teacher_s"])
     return features, statistics.fmean(seconds) if seconds else 0.0
 
@@ -217,7 +221,8 @@ def heldout_scores(world: SeedWorld, student, folder: Path) -> dict:
 
     cv = world.setup.class_vectors
     with torch.no_grad():
-        found = heldout_metrics(student, heldout_batches(world, folder), cv.vectors, cv.logit_scale)
+        world.heldout = world.heldout or heldout_batches(world, folder)
+        found = heldout_metrics(student, world.heldout, cv.vectors, cv.logit_scale)
     return {"heldout_kl": found["heldout_kl"], "heldout_agreement": found["heldout_agreement"]}
 
 
