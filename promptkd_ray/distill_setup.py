@@ -174,6 +174,11 @@ def resolve(job: DistillJob, gpus: bool = False) -> tuple:
         teacher_spec = job.teacher.spec or (world.teacher_spec if world else "")
         teacher = ModelRef("zeroshot", teacher_spec)
     source = resolve_source(job.data, job.seed, world)
+    if job.data.mixup_alpha > 0 and not isinstance(source, PathSource):
+        raise ConfigError(
+            f"data.mixup_alpha mixes views with partner images read by path; data.source: {job.data.source} "
+            "does not give loose image files, so set data.mixup_alpha: 0."
+        )
     size = job.data.image_size or vision_setting(student_spec, "image_size")
     for role, spec in (("teacher", teacher_spec), ("student", student_spec)):
         if vision_setting(spec, "image_size") != size:

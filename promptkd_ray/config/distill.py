@@ -79,6 +79,10 @@ class DataConfig(ImagesConfig):
     decode_memory_mb: int = (
         640  # memory reserved per decode task: its worker (Ray Data measured ~450 MiB) + a batch
     )
+    mixup_alpha: float = (
+        0.0  # consistent mixup (ours): λ ~ Beta(α, α) blends a view with a partner's; 0 = off
+    )
+    mixup_prob: float = 1.0  # mixup on: the share of train views that are mixed
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,8 @@ def distill_checks(job: DistillJob) -> Problems:
     problems.at_least(
         "data", d, decode_batch_size=1, decode_memory_mb=1, in_memory_mb=1, heldout_images=0, limit=0
     )
+    problems.need(d.mixup_alpha >= 0, "data.mixup_alpha", f"must be ≥ 0 (0 = off), got {d.mixup_alpha}.")
+    problems.need(0 < d.mixup_prob <= 1, "data.mixup_prob", f"must be in (0, 1], got {d.mixup_prob}.")
     problems.need(
         p.max_size == 0 or p.max_size >= p.size,
         "teacher_pool.max_size",

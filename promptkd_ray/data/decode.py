@@ -4,11 +4,13 @@
     DecodeOptions(max_pixels, exif)           the pixel limit and EXIF rule (`data.max_image_pixels`,
                                               `data.exif_orientation`), sent to every decode task
     render_view(image, view, size)            crop box in source pixels + flip, resized (bicubic)
+    render(image, view, size, open_partner)   the same, a mixed view blended with its partner's crop
     render_test(image, size)                  Resize(size, bicubic) → CenterCrop(size): the test transform
     to_model_input(uint8 [B, S, S, 3])        → CLIP-normalised float32 [B, 3, S, S], on any device
     decode_views(batch, size, mode)           a batch of ids (and bytes) → rows of views + the unreadable ones
     view_rng(seed, image_id, slot)            the generator that draws an image's view in a slot
     decode_recorded(batch, size)              re-render recorded views (the soft-label cache's replay)
+    (consistent mixup, a view blending two images: `data.mixup`)
 
 Design decisions:
 - Every stage decodes here: Stage II's decode tasks, Stage I's few-shot batches, batch inference
@@ -69,6 +71,7 @@ from torchvision.transforms import functional as TF
 
 from .. import storage
 from .limits import DEFAULT_MAX_IMAGE_PIXELS, EXIF_ORIENTATIONS, PIL_REFUSAL_PIXELS
+from .mixup import MIX_COLUMNS, Mixup, blend, draw_view, mix_columns, row_mix
 from .transforms import CLIP_MEAN, CLIP_STD, CROP_SCALE, View, full_view, sample_view
 
 VIEW_COLUMNS = ("view_top", "view_left", "view_height", "view_width", "view_flip")
@@ -177,6 +180,14 @@ def render_view(image: Image.Image, view: View, size: int) -> np.ndarray:
     return np.array(crop, dtype=np.uint8)
 
 
+def render(image: Image.Image, view: View, size: int, open_partner) -> np.ndarray:
+    """`view` of `image` as uint8 [size, size, 3]; a mixed view (`mixup.MixedView`) blends in its
+    partner's crop (`open_partner(id)` → the partner's RGB image; it raises when that is unreadable)."""
+    mix = getattr(view, "mix", None)
+    own = render_view(image, View(view.top, view.left, view.height, view.width, view.flip), size)
+    return own if mix is None else blend(own, render_view(open_partner(mix.partner), mix.box, size), mix.lam)
+
+
 def render_test(image: Image.Image, size: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """The authors' test transform before normalisation: Resize(size, bicubic) → CenterCrop(size);
     `ImageTooLargeError` when the resized image would exceed the pixel limit (at least PIL's
@@ -242,19 +253,23 @@ def decode_views(
     slot: int = 0,
     crop_scale_min: float = CROP_SCALE[0],
     options: DecodeOptions = DecodeOptions(),
+    mixup: Mixup = Mixup(),
 ) -> tuple[dict, list]:
     """Decode a batch {"id": [B] str, ("bytes": [B] bytes)} and render one view per readable image
     (train crops cover a fraction `crop_scale_min` … 1 of the image area; the authors' 0.08). With a
     `seed`, each train view is drawn by `view_rng(seed, id, slot)`; without, from fresh entropy.
+    With `mixup` on, a train view may blend in a partner image (`data.mixup`, read by id).
 
     Returns (rows, bad): rows {"id", "image": uint8 [b, S, S, 3]} plus, in train / heldout mode,
-    the view columns `VIEW_COLUMNS`; bad = [(id, reason), …] for unreadable files (b ≤ B).
+    the view columns `VIEW_COLUMNS` (and, mixup on in train mode, `MIX_COLUMNS`); bad = [(id,
+    reason), …] for unreadable files (b ≤ B).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
     fresh = np.random.default_rng() if seed is None else None
     ids = [str(i) for i in batch["id"]]
     blobs = batch.get("bytes")
+    partner = PartnerImages(options)
     images, views, keep, bad = [], [], [], []
     for i, ident in enumerate(ids):
         try:
@@ -267,12 +282,11 @@ def decode_views(
             images.append(pixels)
         else:
             rng = fresh if seed is None else view_rng(seed, ident, slot)
-            view = (
-                sample_view(*image.size, rng, scale=(crop_scale_min, CROP_SCALE[1]))
-                if mode == "train"
-                else full_view(*image.size)
-            )
-            images.append(render_view(image, view, size))
+            if mode == "train":
+                view = draw_view(image, ident, rng, crop_scale_min, mixup, partner)
+            else:
+                view = full_view(*image.size)
+            images.append(render(image, view, size, partner))
             views.append(view)
         keep.append(i)
     rows = {
@@ -286,22 +300,38 @@ def decode_views(
                 for column, dtype in zip(VIEW_COLUMNS, (np.int32,) * 4 + (bool,))
             }
         )
+    if mode == "train" and mixup.on:
+        rows.update(mix_columns(views))
     return rows, bad
 
 
+class PartnerImages:
+    """Mixup partners by id, each read once per batch (`read_image`)."""
+
+    def __init__(self, options: DecodeOptions):
+        self.options, self.images = options, {}
+
+    def __call__(self, ident: str) -> Image.Image:
+        if ident not in self.images:
+            self.images[ident] = read_image(ident, self.options)
+        return self.images[ident]
+
+
 def decode_recorded(batch: dict, size: int, options: DecodeOptions = DecodeOptions()) -> tuple[dict, list]:
-    """Re-render recorded views: a batch {"id", the view columns, "teacher_feature" (and a teacher
-    ensemble's "teacher_feature_i")} → rows {"id", "image": uint8 [b, S, S, 3], those features} and
-    the unreadable ids (as `decode_views`)."""
+    """Re-render recorded views: a batch {"id", the view columns (and mix columns), "teacher_feature"
+    (and a teacher ensemble's "teacher_feature_i")} → rows {"id", "image": uint8 [b, S, S, 3], those
+    features} and the unreadable ids (as `decode_views`; a mixed view's unreadable partner too)."""
     ids = [str(i) for i in batch["id"]]
+    columns = [c for c in (*VIEW_COLUMNS, *MIX_COLUMNS) if c in batch]
+    partner = PartnerImages(options)
     images, keep, bad = [], [], []
     for i, ident in enumerate(ids):
         try:
             image = read_image(ident, options)
-        except Exception as exc:  # any unreadable file, as in decode_views
+            images.append(render(image, row_view({c: batch[c][i] for c in columns}), size, partner))
+        except Exception as exc:  # any unreadable file (its own or its mixup partner), as in decode_views
             bad.append((ident, f"{type(exc).__name__}: {exc}"))
             continue
-        images.append(render_view(image, row_view({c: batch[c][i] for c in VIEW_COLUMNS}), size))
         keep.append(i)
     rows = {
         "id": np.asarray([ids[i] for i in keep], dtype=object),
@@ -314,11 +344,12 @@ def decode_recorded(batch: dict, size: int, options: DecodeOptions = DecodeOptio
 
 
 def row_view(row: dict) -> View:
-    """The `View` stored in a decoded row (to replay it)."""
-    return View(
+    """The `View` stored in a decoded row or cache row, its mixup partner included (to replay it)."""
+    view = View(
         int(row["view_top"]),
         int(row["view_left"]),
         int(row["view_height"]),
         int(row["view_width"]),
         bool(row["view_flip"]),
     )
+    return row_mix(view, row)

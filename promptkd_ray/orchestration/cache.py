@@ -8,7 +8,8 @@ replayed by Stage II — a cached run is the streaming run, replayed, at the stu
 Layout of a cache (a local folder or a URI, through `promptkd_ray.storage`):
 
     slot_0000/part-00000.parquet …  slot_0000.json   rows: id, view_top/left/height/width/flip,
-    …                                                teacher_feature (fixed_size_list<float16>[d]), in
+    …                                                (mixup on: mix_partner, mix_lambda, mix_top/…/flip),
+                                                     teacher_feature (fixed_size_list<float16>[d]), in
                                                      the streaming order of epoch 0; the JSON, written
                                                      after its files, lists them with their sha256
     heldout/part-….parquet          heldout.json     the held-out slice's full views
@@ -26,7 +27,8 @@ Design decisions:
 - The driver writes the files (`ROWS_PER_FILE` rows each, sha256 taken as they are written): plain
   Parquet any reader opens, names that say their order.
 - Only what the teacher's features depend on is in the cache's key: the teacher (spec, or
-  artifact, with the sha256 of its weights), image size, crop setting, seed and the image list.
+  artifact, with the sha256 of its weights), image size, crop setting, seed, the image list and,
+  when on, the mixup setting (a mixed view's partner, its box and λ are stored beside the view).
   Temperature, loss, student, projector and prompt depth are not: one cache serves them all.
 - A teacher ensemble (`teacher.ensemble`, `orchestration/ensemble.py`) zips further caches of the
   same views file by file: `read_cache_rows(…, members)` adds their features as `teacher_feature_i`.
@@ -44,6 +46,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..core.artifacts import ModelRef
+from ..data.mixup import MIX_COLUMNS
 from ..data.sources import ImageSource, PathSource
 from ..errors import ConfigError
 from ..storage import Storage
@@ -66,6 +69,7 @@ KEY_WORDS = (  # the cache key's fields, in words, in the order a difference is 
     ("train_images", "image list"),
     ("heldout_images", "held-out slice"),
     ("exif_orientation", "EXIF orientation rule"),
+    ("mixup", "mixup setting"),
 )
 
 
@@ -98,6 +102,7 @@ def cache_key(stream: Stream) -> dict:
         "train_images": len(source.train_paths),
         "heldout_images": len(source.heldout_paths),
         **({"exif_orientation": "apply"} if decode.options.exif_orientation == "apply" else {}),
+        **decode.mixup.key(),
     }
 
 
@@ -193,7 +198,8 @@ def _write_part(
     ds = image_dataset(stream, "heldout" if slot is None else "train", books)
     ds.context.execution_options.preserve_order = True  # the stream's order (this dataset's context only)
     info: dict = {"files": {}, "sizes": {}, "rows": 0}
-    batches = ds.select_columns(CACHE_COLUMNS).iter_batches(batch_size=ROWS_PER_FILE, batch_format="numpy")
+    columns = CACHE_COLUMNS + list(MIX_COLUMNS) * (slot is not None and stream.decode.mixup.on)
+    batches = ds.select_columns(columns).iter_batches(batch_size=ROWS_PER_FILE, batch_format="numpy")
     for j, batch in enumerate(batches):
         file, data = f"part-{j:05d}.parquet", parquet_bytes(batch)
         store.write_bytes(f"{name}/{file}", data)

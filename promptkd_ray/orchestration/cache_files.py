@@ -1,7 +1,7 @@
 """The soft-label cache's files (`orchestration/cache.py`): Parquet rows of views and teacher features.
 
 parquet_bytes(batch)            a numpy batch of cache rows → the bytes of one Parquet file
-read_part_file(root, rel)       one file → a numpy batch {"id", view columns, "teacher_feature"}
+read_part_file(root, rel)       one file → a numpy batch {"id", view (and mix) columns, "teacher_feature"}
 with_members(rows, members, …)  a teacher ensemble: the same file of each further cache, zipped in
                                 as `teacher_feature_1` … (same images, same views, same order)
 """
@@ -9,6 +9,7 @@ with_members(rows, members, …)  a teacher ensemble: the same file of each furt
 from __future__ import annotations
 
 from ..data.decode import VIEW_COLUMNS
+from ..data.mixup import MIX_COLUMNS
 from ..errors import ConfigError
 from ..storage import Storage
 
@@ -26,6 +27,9 @@ def parquet_bytes(batch: dict) -> bytes:
     features = np.ascontiguousarray(batch["teacher_feature"], dtype=np.float16)
     columns = {"id": pa.array([str(i) for i in batch["id"]], pa.string())}
     columns.update({c: pa.array(np.asarray(batch[c])) for c in VIEW_COLUMNS})
+    if "mix_partner" in batch:  # a mixup cache: each view's partner, its box and λ
+        columns["mix_partner"] = pa.array([str(p) for p in batch["mix_partner"]], pa.string())
+        columns.update({c: pa.array(np.asarray(batch[c])) for c in MIX_COLUMNS[1:]})
     columns["teacher_feature"] = pa.FixedSizeListArray.from_arrays(
         pa.array(features.reshape(-1)), features.shape[1]
     )
@@ -44,6 +48,9 @@ def read_part_file(storage_root: str, rel: str) -> dict:
     feature = table.column("teacher_feature").combine_chunks()
     batch = {"id": np.asarray(table.column("id").to_pylist(), dtype=object)}
     batch.update({c: table.column(c).to_numpy() for c in VIEW_COLUMNS})
+    if "mix_partner" in table.column_names:
+        batch["mix_partner"] = np.asarray(table.column("mix_partner").to_pylist(), dtype=object)
+        batch.update({c: table.column(c).to_numpy() for c in MIX_COLUMNS[1:]})
     batch["teacher_feature"] = feature.flatten().to_numpy().reshape(len(table), feature.type.list_size)
     return batch
 
@@ -60,7 +67,8 @@ def with_members(rows: dict, members: tuple, rel: str) -> dict:
 
     for i, root in enumerate(members, 1):
         other = read_part_file(root, rel)
-        if not all(np.array_equal(other[c], rows[c]) for c in ["id", *VIEW_COLUMNS]):
+        same = ["id", *VIEW_COLUMNS, *(c for c in MIX_COLUMNS if c in rows or c in other)]
+        if not all(c in other and c in rows and np.array_equal(other[c], rows[c]) for c in same):
             raise ConfigError(
                 f"teacher.ensemble cache {root}: {rel} holds other images or views than the job's cache "
                 "there; an ensemble's caches must hold the same views."

@@ -48,15 +48,20 @@ def epoch_order(seed: int, epoch: int, n: int, shuffle: bool = True) -> np.ndarr
 _PROCESS_CACHE: dict = {}  # per worker process: the image ids, and the latest epoch's order
 
 
-def ids_at(positions, ids_ref, seed: int, epoch: int, shuffle: bool) -> list:
-    """The image ids at `positions` of epoch `epoch`'s order (`ids_ref`: the ids, in the object store)."""
+def all_ids(ids_ref) -> list:
+    """The image ids in the object store at `ids_ref`, fetched once per process."""
     import ray
 
     key = ids_ref.hex()
     if _PROCESS_CACHE.get("ids_key") != key:
         _PROCESS_CACHE.clear()
         _PROCESS_CACHE.update(ids_key=key, ids=ray.get(ids_ref))
-    ids = _PROCESS_CACHE["ids"]
+    return _PROCESS_CACHE["ids"]
+
+
+def ids_at(positions, ids_ref, seed: int, epoch: int, shuffle: bool) -> list:
+    """The image ids at `positions` of epoch `epoch`'s order (`ids_ref`: the ids, in the object store)."""
+    ids = all_ids(ids_ref)
     if _PROCESS_CACHE.get("order_key") != (seed, epoch, shuffle):
         _PROCESS_CACHE.update(
             order_key=(seed, epoch, shuffle), order=epoch_order(seed, epoch, len(ids), shuffle)

@@ -47,10 +47,11 @@ import numpy as np
 
 from ..core.artifacts import ModelRef
 from ..data.decode import DecodeOptions, decode_recorded, decode_views
+from ..data.mixup import Mixup, with_partners
 from ..data.sources import ImageSource, PackSource, ParquetSource, PathSource, is_heldout_bytes
 from ..errors import BadImageError
 from .bookkeeping import Bookkeeping
-from .epochs import current_epoch, ids_at
+from .epochs import all_ids, current_epoch, ids_at
 from .packs import source_rows as pack_source_rows
 from .teacher_pool import add_teacher_features, teacher_actors
 
@@ -71,6 +72,7 @@ class DecodeSpec:
     options: DecodeOptions = DecodeOptions()  # pixel limit, EXIF rule
     batch_size: int = 64  # images per decode task
     memory_mb: int = 0  # memory each decode task reserves
+    mixup: Mixup = Mixup()  # data.mixup_alpha / mixup_prob (partners: the job's training ids, in the tasks)
 
     @classmethod
     def of(cls, job, size: int) -> "DecodeSpec":
@@ -85,6 +87,7 @@ class DecodeSpec:
             DecodeOptions.of(d),
             d.decode_batch_size,
             d.decode_memory_mb,
+            Mixup(d.mixup_alpha, d.mixup_prob),
         )
 
 
@@ -110,6 +113,10 @@ class EpochPositions:
     def rows(self, batch: dict, mode: str, spec: DecodeSpec, epoch: int) -> dict:
         ids = ids_at(batch["position"], self.ids_ref, spec.seed, epoch, spec.shuffle)
         return {"id": np.asarray(ids, dtype=object)}
+
+    def partners(self) -> list:
+        """The job's training image ids (mixup draws partners from them)."""
+        return all_ids(self.ids_ref)
 
 
 @dataclass(frozen=True)
@@ -141,6 +148,9 @@ def decode_and_augment(batch: dict, spec: DecodeSpec, mode: str, rows=None, ledg
     `ParquetColumn`); without it the batch holds them already."""
     epoch = current_epoch(clock) if clock is not None else 0
     batch = rows.rows(batch, mode, spec, epoch) if rows is not None else batch
+    mixup = spec.mixup
+    if mixup.on and mode == "train":  # loose files only (`distill_setup.resolve` refuses the rest)
+        mixup = with_partners(mixup, rows.partners())
     out, bad = decode_views(
         batch,
         spec.size,
@@ -149,6 +159,7 @@ def decode_and_augment(batch: dict, spec: DecodeSpec, mode: str, rows=None, ledg
         slot=epoch,
         crop_scale_min=spec.crop_scale_min,
         options=spec.options,
+        mixup=mixup,
     )
     return without_bad(out, bad, spec.on_bad_image, ledger)
 

@@ -23,6 +23,9 @@ Design decisions:
   (`teacher_pool.teacher_actors`, round robin from the worker's rank) and keeps `PREFETCH` batches in
   flight; on a GPU worker one background thread renders them, so the student's step waits on neither
   (on a CPU worker they render inline: its one core is the step's, and a thread measured ~10 % slower).
+- Mixup (`data.mixup_alpha`): a view's partner is any training image; one this worker does not hold
+  is read from its file (the last `PARTNERS_KEPT` kept), so a mixed epoch decodes up to one more
+  image per view.
 - The rule of `data.in_memory`: "never" streams (the default); "always" requires loose image files and a
   fixed teacher pool (or a cache) and refuses otherwise in one sentence; "auto" is resident when those
   hold and the decoded images are estimated (from the headers of up to 32 files) at most
@@ -38,16 +41,17 @@ Design decisions:
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
-from ..data.decode import read_image, render_view, row_view, view_rng
+from ..data.decode import read_image, render, render_view, row_view, view_rng
+from ..data.mixup import draw_view, with_partners
 from ..data.sources import PathSource
-from ..data.transforms import CROP_SCALE, full_view, sample_view
+from ..data.transforms import full_view
 from ..errors import ConfigError
 from .cache import slot_name
 from .cache_files import member_column, read_part_file, with_members
@@ -59,6 +63,7 @@ log = logging.getLogger(__name__)
 
 PREFETCH = 2  # batches rendered (and sent to the teacher) ahead of the step
 HEADER_SAMPLE = 32  # files whose headers estimate the decoded size
+PARTNERS_KEPT = 256  # mixup partners another worker holds, kept decoded after a read
 
 
 @dataclass(frozen=True)
@@ -176,6 +181,8 @@ class ResidentFeed:
         self.background = background  # render in a thread (a GPU step leaves the CPU free), else inline
         self.by_id = {ident: p for p, (ident, _) in images.items()}
         self.rows = _cache_rows(plan, set(self.by_id)) if plan.cache_root else None  # per view slot
+        self.mixup = with_partners(plan.decode.mixup, plan.paths)
+        self.partner = ResidentPartners(self.images, self.by_id, plan.decode.options)
         self.steps = int(all_reduce(_tensor(len(images) // batch), "min"))
 
     @classmethod
@@ -245,9 +252,9 @@ class ResidentFeed:
         for p, view, feature in chunk:
             ident, image = self.images[p]
             if view is None:
-                scale = (d.crop_scale_min, CROP_SCALE[1])
-                view = sample_view(*image.size, view_rng(d.seed, ident, epoch), scale=scale)
-            views.append(render_view(image, view, d.size))
+                rng = view_rng(d.seed, ident, epoch)
+                view = draw_view(image, ident, rng, d.crop_scale_min, self.mixup, self.partner)
+            views.append(render(image, view, d.size, self.partner))
             ids.append(ident)
             features.append(feature)
         pixels = np.stack(views)
@@ -258,6 +265,24 @@ class ResidentFeed:
         actors = self.plan.actors
         feature = actors[(step + self.rank) % len(actors)].features.remote(pixels)
         return {"image": torch.from_numpy(pixels), "teacher_feature": feature, "id": ids}
+
+
+class ResidentPartners:
+    """Mixup partners by id: a resident image when this worker holds it, else read from its file
+    (the last `PARTNERS_KEPT` kept)."""
+
+    def __init__(self, images: dict, by_id: dict, options):
+        self.images, self.by_id, self.options = images, by_id, options
+        self.read: OrderedDict = OrderedDict()
+
+    def __call__(self, ident: str):
+        if ident in self.by_id:
+            return self.images[self.by_id[ident]][1]
+        if ident not in self.read:
+            self.read[ident] = read_image(ident, self.options)
+            while len(self.read) > PARTNERS_KEPT:
+                self.read.popitem(last=False)
+        return self.read[ident]
 
 
 class _Inline:
