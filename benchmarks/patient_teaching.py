@@ -34,6 +34,8 @@ labelled ceiling (`benchmarks/ceiling.py`'s: true labels, the job's recipe) at -
     .venv/bin/python benchmarks/patient_teaching.py --seeds 0 --threads 1 --out runs/patient
     .venv/bin/python benchmarks/patient_teaching.py --seeds 0 --schedules 8 32 --views 1 0 \\
         --set train.grad_clip_norm=1 --tag clip --out runs/patient           # a variant, same --out
+    .venv/bin/python benchmarks/patient_teaching.py --seeds 0 --views 0 --set data.mixup_alpha=1.0 \\
+        --tag "mixup a1.0" --out runs/patient                                # consistent mixup, α = 1
     .venv/bin/python benchmarks/patient_teaching.py --profile quick --seeds 0 --schedules 2 4 \\
         --views 1 0 --ceiling-epochs 2 --out /tmp/pt                          # smoke test
 
@@ -123,25 +125,24 @@ def open_seed(args, seed: int, out: Path) -> SeedWorld:
 
 
 def render_slot(world: SeedWorld, slot: int, order) -> np.ndarray:
-    """The views of view slot `slot` of the images at `order`, uint8 [len(order), S, S, 3]."""
-    from promptkd_ray.data.decode import render_view, view_rng
-    from promptkd_ray.data.transforms import sample_view
+    """The views of view slot `slot` of the images at `order`, uint8 [len(order), S, S, 3] (mixed
+    views too, with the job's `data.mixup_alpha`: the same draw as the decode tasks')."""
+    from promptkd_ray.data.decode import render, view_rng
+    from promptkd_ray.data.mixup import draw_view, with_partners
 
     spec = world.setup.stream.decode
-    return np.stack(
-        [
-            render_view(
-                world.images[i],
-                sample_view(
-                    *world.images[i].size,
-                    view_rng(spec.seed, world.ids[i], slot),
-                    scale=(spec.crop_scale_min, 1.0),
-                ),
-                spec.size,
-            )
-            for i in order
-        ]
-    )
+    mixup = with_partners(spec.mixup, world.ids)
+    index = {ident: i for i, ident in enumerate(world.ids)}
+
+    def partner(ident: str):
+        return world.images[index[ident]]
+
+    views = []
+    for i in order:
+        rng = view_rng(spec.seed, world.ids[i], slot)
+        view = draw_view(world.images[i], world.ids[i], rng, spec.crop_scale_min, mixup, partner)
+        views.append(render(world.images[i], view, spec.size, partner))
+    return np.stack(views)
 
 
 def slot_features(world: SeedWorld, slots: int, folder: Path) -> tuple[list, float]:
@@ -297,10 +298,11 @@ def point_name(tag: str, seed: int, epochs: int, views: int) -> str:
 
 def features_key(world: SeedWorld) -> str:
     """The folder name of a seed's stored teacher features: what they depend on beyond the seed (the job
-    file and world profile fix the teacher and images; the crop setting and image size the views)."""
+    file and world profile fix the teacher and images; the crop setting, image size and mixup the views)."""
     spec = world.setup.stream.decode
     job, profile = Path(world.recipe["job"]).stem, world.recipe["profile"]
-    return f"{job}-{profile}-seed{world.job.seed}-crop{spec.crop_scale_min}-size{spec.size}"
+    mix = f"-mixup{spec.mixup.alpha}-p{spec.mixup.prob}" if spec.mixup.on else ""
+    return f"{job}-{profile}-seed{world.job.seed}-crop{spec.crop_scale_min}-size{spec.size}{mix}"
 
 
 def run_point(world: SeedWorld, tag: str, epochs: int, views: int, out: Path) -> dict:
