@@ -174,7 +174,7 @@ def _finish(
         "bad_images": history[-1]["bad_images"] if history else len(bad),
         "bad_image_examples": sorted(bad)[:20],
         "class_vectors_sha256": cv.sha256,
-        **({"teacher_ensemble": setup.ensemble(job)} if setup.members else {}),
+        **setup.recorded(job),
         "student_artifact": run.path("student.safetensors"),
         "final": history[-1] if history else {},
         "history": history,

@@ -12,6 +12,9 @@
 Design decisions:
 - The stream is built here once (`orchestration.pipeline.Stream`) and every Stage II dataset of the
   run (the training stream, the held-out slice, a soft-label cache build) is made from it.
+- The job's cache is opened whole (a teacher ensemble's further caches are checked against all of
+  it), then cut to its first `teacher.cache_views` slots (`Cache.first`): every reader of
+  `Setup.cache` — the replay, resident workers, the log — sees that K and nothing else.
 - Class vectors come from `teacher.class_vectors`, or are computed here once with the teacher's
   text tower and stored in the run folder; a resumed run reuses the stored ones, so its
   checkpoint fingerprint (class-vector hash) still matches. A teacher ensemble's members get theirs
@@ -62,7 +65,9 @@ class Setup:
     teacher_spec: str  # the teacher's MODEL[:PRETRAINED]
     student_spec: str  # the student's MODEL[:PRETRAINED]
     class_vectors: ClassVectors  # W [N, d_t]
-    cache: Optional[Cache] = None  # the soft-label cache to replay (teacher.cache), checked against the job
+    cache: Optional[Cache] = (
+        None  # the soft-label cache to replay (teacher.cache, cut to teacher.cache_views)
+    )
     members: tuple = ()  # a teacher ensemble's further `Member`s (teacher.ensemble), checked against `cache`
 
     @property
@@ -81,6 +86,14 @@ class Setup:
             "teacher": self.teacher_spec,
             "class_vectors_sha256": self.class_vectors.sha256,
             **({"ensemble": self.ensemble(job)} if self.members else {}),
+        }
+
+    def recorded(self, job: DistillJob) -> dict:
+        """What a run's metrics.json and its student's JSON record of how the cache was replayed:
+        the view slots (`cache_views`, when the job cuts the cache) and the ensemble (`teacher_ensemble`)."""
+        return {
+            **({"cache_views": job.teacher.cache_views} if self.cache and job.teacher.cache_views else {}),
+            **({"teacher_ensemble": self.ensemble(job)} if self.members else {}),
         }
 
     def ensemble(self, job: DistillJob) -> dict:
@@ -108,7 +121,7 @@ class Setup:
                 "job": job.name,
                 "teacher_ref": teacher_ref,
                 "class_vectors_templates": list(cv.templates),
-                **({"teacher_ensemble": self.ensemble(job)} if self.members else {}),
+                **self.recorded(job),
                 **extra,
             },
         )
@@ -141,6 +154,8 @@ def prepare(job: DistillJob, run: Storage, gpus: bool = False) -> Setup:
     stream, teacher_spec, student_spec = resolve(job, gpus)
     cache = open_cache(job.teacher.cache, stream) if job.teacher.cache else None
     members = open_members(job.teacher.ensemble, cache) if job.teacher.ensemble else ()
+    if cache is not None:  # members are checked against the whole cache, then it is cut to K slots
+        cache = cache.first(job.teacher.cache_views)
     cv = _class_vectors(job, run, stream, teacher_spec)
     if cv.dim != vision_setting(teacher_spec, "embed_dim"):
         raise ConfigError(

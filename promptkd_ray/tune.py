@@ -3,19 +3,27 @@ run by the distill recipe; the winner is chosen without test labels.
 
 Read top to bottom:
     open_sweep(space, job, overrides)   the space checked against the job (every value of every key)
-    run_sweep(sweep)                    caches (one per teacher) → Tune trials → trials.csv, sweep.md,
-                                        sweep.png, best_job.yaml, best/ (`sweep_report.py`)
+    cache_plan(space, job)              the caches a space needs: K and label → the point they are built at
+    run_sweep(sweep)                    caches (one per teacher and view setting) → Tune trials →
+                                        trials.csv, sweep.md, sweep.png, best_job.yaml, best/ (`sweep_report.py`)
     run_trial(config, plan)             a Tune trial: its job → `run_distillation` with TuneReportCallback
 
 Design decisions:
 - The sweep folder is `storage_path/sweeps/NAME/`: `tune/` (Tune's state, restored when the same
   command runs again), `trials/NAME-TRIAL_ID/` (each trial's Stage II run folder: checkpoints,
   TensorBoard, student), `caches/LABEL/` (soft-label caches), and the outputs.
-- Teacher sharing: before any trial starts, one soft-label cache per teacher choice is built (or
-  found whole and reused) and every trial replays it, so a sweep pays one teacher pass per teacher,
-  not one per trial. That holds only while the swept keys leave the teacher's views alone (loss,
-  student, train except epochs, the teacher's class vectors/templates); a space over anything else
-  is refused with cache on, and with `search.cache: false` the log says what every trial pays.
+- Teacher sharing: before any trial starts, one soft-label cache per distinct (teacher choice, view
+  setting) is built (or found whole and reused) and every trial replays its own, so a sweep pays one
+  teacher pass per view setting, not one per trial. Swept keys may leave the views alone (loss,
+  student, train, the teacher's class vectors/templates, `teacher.cache_views`: which slots a trial
+  replays), be a view setting listed by grid or choice (`VIEW_KEYS`: mixup, crop; a cache per
+  value), or be `train.epochs` listed likewise: every cache holds K = the largest epochs, so a trial
+  of E epochs replays the views a streaming run of E epochs draws. A range over those, or any other
+  key that changes the views (seed, image size, images), is refused with cache on; with
+  `search.cache: false` the log says what every trial pays.
+- Cache folders are `caches/LABEL`: the teacher's name (or "teacher") and each swept view setting's
+  value (`teacher-mixup_alpha0.2`), so a space that sweeps none keeps `caches/teacher`; with mixup
+  off (α = 0) `data.mixup_prob` leaves the views alone, so its values share one cache.
 - Selection metrics: see `config/space.py` (held-out KL at T = 1 or agreement, or val accuracy for
   teacher choice); the training loss at a swept temperature is never used.
 """
@@ -23,7 +31,9 @@ Design decisions:
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -51,24 +61,21 @@ CACHE_NEUTRAL = (
     "teacher.class_vectors",
     "teacher.templates",
     "teacher.vocabulary",
+    "teacher.cache_views",
 )
+VIEW_KEYS = ("data.mixup_alpha", "data.mixup_prob", "data.crop_scale_min")  # a cache per listed value
+LISTED = ("train.epochs", *VIEW_KEYS)  # swept over shared caches only with grid or choice
+CACHE_STANDIN = "(the sweep's soft-label cache)"  # teacher.cache of a trial, as open_sweep checks it
 
 
 @dataclass(frozen=True)
 class Sweep:
     space: Space
     raw_job: dict  # the job file with the command line's overrides applied
-    job: DistillJob  # the job at every key's first value
+    job: DistillJob  # the job at every key's first value (with cache on, teacher.cache is CACHE_STANDIN)
     name: str  # sweep name
     folder: str  # storage_path/sweeps/NAME (absolute, or a URI)
     command: str = ""  # how it was started (for sweep.md)
-
-    @property
-    def teachers(self) -> dict:
-        """Teacher label → the teacher section's values it sets ({"": {}} when the teacher is not swept)."""
-        if "teacher" not in self.space.params:
-            return {"": {}}
-        return dict(domain_parts(self.space.params["teacher"])[1])  # named values (checked by read_space)
 
     def trial_name(self, trial_id: str) -> str:
         """A trial's Stage II run name; its run folder is `trial_run_dir`."""
@@ -78,15 +85,11 @@ class Sweep:
         return Storage(self.folder).path(f"trials/{self.trial_name(trial_id)}")
 
     def trial_raw(self, config: dict, trial_id: str, caches: dict) -> dict:
-        """The job mapping of a trial: the space's point (named values resolved), its run folder, its cache."""
-        params = dict(config)
-        for key, domain in self.space.params.items():
-            values = domain_parts(domain)[1]
-            if isinstance(values, dict) and key in params:  # named values: Tune holds the name
-                params[key] = values[str(params[key])]
-        raw = apply_params(self.raw_job, params, self.space.source)
+        """The job mapping of a trial: the space's point (named values resolved), its run folder, its
+        cache (`caches`: label → folder, from `prepare_caches`)."""
+        raw = apply_params(self.raw_job, resolve_names(self.space, config), self.space.source)
         raw["name"], raw["storage_path"] = self.trial_name(trial_id), Storage(self.folder).path("trials")
-        label = str(config.get("teacher", ""))
+        label = cache_label(self.space, self.job, config)
         if caches.get(label):
             raw.setdefault("teacher", {})["cache"] = caches[label]
         raw.setdefault("ray", {})["progress_bars"] = False
@@ -100,18 +103,32 @@ def open_sweep(
     command: str = "",
     check_paths: bool = True,
 ) -> Sweep:
-    """Read the space and its job; check every value of every key against the job (`check_paths`:
-    local paths must exist, as for a job file)."""
+    """Read the space and its job; check every value of every key against the job as a trial runs it
+    (`check_paths`: local paths must exist, as for a job file)."""
     space = read_space(space_path)
     job_path, raw = read_space_job(space, job_path)
     for text in overrides:
         apply_override(raw, text, job_path)
-    job = check_space(
-        space, raw, lambda r, source: distill_job_from_dict(r, source, check_paths_exist=check_paths)
-    )
+    teacher = raw.get("teacher")
+    if space.search.cache and isinstance(teacher, dict) and teacher.get("cache"):
+        raise ConfigError(
+            f"{space.source}: the job already names teacher.cache; the sweep builds its own caches "
+            "(search.cache: true), so drop it from the job or set search.cache: false."
+        )
+    build = functools.partial(_trial_job, cached=space.search.cache, check_paths=check_paths)
+    job = check_space(space, raw, build)
     _check_metric_and_cache(space, job)
     name = space.name or Path(space_path).stem
     return Sweep(space, raw, job, name, Storage(job.storage_path).path(f"sweeps/{name}"), command)
+
+
+def _trial_job(raw: dict, source: str, cached: bool, check_paths: bool) -> DistillJob:
+    """The job a trial runs: with cache on it replays a cache (a stand-in here: `prepare_caches` names
+    it), so the keys that need one (`teacher.cache_views`) are checked as the trial will see them."""
+    teacher = raw.get("teacher") or {}
+    if cached and isinstance(teacher, dict):
+        raw = {**raw, "teacher": {**teacher, "cache": CACHE_STANDIN}}
+    return distill_job_from_dict(raw, source, check_paths_exist=check_paths)
 
 
 def _check_metric_and_cache(space: Space, job: DistillJob) -> None:
@@ -122,6 +139,14 @@ def _check_metric_and_cache(space: Space, job: DistillJob) -> None:
         )
     if not space.search.cache:
         return
+    for key in (key for key in LISTED if key in space.params):
+        kind = domain_parts(space.params[key])[0]
+        if kind not in ("grid", "choice"):
+            raise ConfigError(
+                f"{space.source}: params.{key} takes a {kind} domain, but the sweep's soft-label caches are "
+                "built for its values before the trials (search.cache: true); list them with grid or "
+                "choice, or set search.cache: false."
+            )
     views = [k for k, domain in space.params.items() if _changes_views(k, domain)]
     if views:
         raise ConfigError(
@@ -129,20 +154,70 @@ def _check_metric_and_cache(space: Space, job: DistillJob) -> None:
             "trials cannot share a soft-label cache; set search.cache: false (each trial then runs "
             "the teacher) or sweep teachers with teacher: {grid: {NAME: …}}."
         )
-    if job.teacher.cache:
+    slots = [job.teacher.cache_views]
+    if "teacher.cache_views" in space.params:
+        slots += candidate_values(space.params["teacher.cache_views"])
+    views = max_epochs(space, job)
+    if max(slots) > views:
         raise ConfigError(
-            f"{space.source}: the job already names teacher.cache; the sweep builds its own caches "
-            "(search.cache: true), so drop it from the job or set search.cache: false."
+            f"{space.source}: teacher.cache_views reaches {max(slots)}, but the sweep's caches hold "
+            f"{views} views per image (the most train.epochs gives); set it to at most {views}."
         )
 
 
 def _changes_views(key: str, domain) -> bool:
-    """Whether a swept key changes the teacher's views or their number (so a shared cache would be wrong)."""
-    if key == "teacher":
-        return False  # one cache per teacher choice
+    """Whether a swept key changes the teacher's views (so a shared cache would be wrong): not the
+    teacher (a cache per choice), the view settings (a cache per value) nor train.epochs (K = the most)."""
+    if key in ("teacher", *LISTED):
+        return False
     if key in ("loss", "student", "train"):  # whole sections: look at the keys the values set
-        return any(_changes_views(f"{key}.{k}", None) for v in candidate_values(domain) for k in (v or {}))
-    return not key.startswith(CACHE_NEUTRAL) or key == "train.epochs"
+        return any(
+            _changes_views(f"{key}.{k}", None) or f"{key}.{k}" == "train.epochs"
+            for v in candidate_values(domain)
+            for k in (v or {})
+        )
+    return not key.startswith(CACHE_NEUTRAL)
+
+
+def max_epochs(space: Space, job: DistillJob) -> int:
+    """The most epochs a trial runs: the job's, or the largest value the space gives train.epochs."""
+    swept = candidate_values(space.params["train.epochs"]) if "train.epochs" in space.params else []
+    return max(int(v) for v in [job.train.epochs, *swept])
+
+
+def resolve_names(space: Space, config: dict) -> dict:
+    """A Tune config (a point of the space) with named values replaced by what they name."""
+    params = dict(config)
+    for key, domain in space.params.items():
+        values = domain_parts(domain)[1]
+        if isinstance(values, dict) and key in params:  # named values: Tune holds the name
+            params[key] = values[str(params[key])]
+    return params
+
+
+def cache_label(space: Space, job: DistillJob, config: dict) -> str:
+    """The soft-label cache a trial at `config` (a Tune config) replays, `caches/LABEL`: its teacher's
+    name (or "teacher") and each swept view setting's value; mixup_prob only while mixup is on."""
+    values = resolve_names(space, config)
+    mixup_on = float(values.get("data.mixup_alpha", job.data.mixup_alpha)) > 0
+    parts = [str(config.get("teacher") or "teacher")] + [
+        f"{key.split('.', 1)[1]}{values[key]}"
+        for key in space.params
+        if key in VIEW_KEYS and (mixup_on or key != "data.mixup_prob")
+    ]
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", "-".join(parts))
+
+
+def cache_plan(space: Space, job: DistillJob) -> tuple[int, dict]:
+    """(K, {label: point}): the caches a sweep with `search.cache: true` builds, each with K views
+    per image (`max_epochs`), one per distinct label over every teacher choice × listed view value;
+    the point (teacher name and view values, as Tune holds them) is where its job is built."""
+    keys = [key for key in space.params if key == "teacher" or key in VIEW_KEYS]
+    entries = [list(domain_parts(space.params[key])[1]) for key in keys]  # values, or their names
+    caches: dict = {}
+    for point in (dict(zip(keys, combo)) for combo in itertools.product(*entries)):
+        caches.setdefault(cache_label(space, job, point), point)
+    return max_epochs(space, job), caches
 
 
 def run_sweep(sweep: Sweep):
@@ -166,12 +241,13 @@ def run_sweep(sweep: Sweep):
         sweep.folder,
     )
     trial = functools.partial(run_trial, sweep=sweep, caches=caches)
-    results = run_tuner(trial, sweep.space, sweep.folder, "tune", job.train.epochs, concurrency)
+    epochs = max_epochs(sweep.space, job)  # ASHA's top rung
+    results = run_tuner(trial, sweep.space, sweep.folder, "tune", epochs, concurrency)
     return write_sweep_outputs(sweep, results, caches)
 
 
 def prepare_caches(sweep: Sweep) -> dict:
-    """Teacher label → its soft-label cache (built once, or found whole and reused); {} without caches."""
+    """Cache label → its soft-label cache (built once, or found whole and reused); {} without caches."""
     from .distill import build_cache
 
     if not sweep.space.search.cache:
@@ -181,13 +257,23 @@ def prepare_caches(sweep: Sweep) -> dict:
             sweep.job.train.epochs,
         )
         return {}
+    views, plan = cache_plan(sweep.space, sweep.job)
     caches = {}
-    for label in sweep.teachers:
-        raw = sweep.trial_raw({"teacher": label} if label else {}, "cache", {})
+    for label, point in plan.items():
+        raw = sweep.trial_raw(point, "cache", {})
+        if isinstance(raw.get("teacher"), dict):
+            raw["teacher"].pop("cache_views", None)  # a build replays nothing
         job = distill_job_from_dict(raw, sweep.space.source)
-        caches[label] = Storage(sweep.folder).path(f"caches/{label or 'teacher'}")
-        log.info("soft-label cache for teacher %s: %s", label or "(the job's)", caches[label])
-        build_cache(job, out=caches[label], views=job.train.epochs)
+        caches[label] = Storage(sweep.folder).path(f"caches/{label}")
+        settings = ", ".join(f"{k} {v}" for k, v in point.items() if k != "teacher")
+        log.info(
+            "soft-label cache for teacher %s%s (%d views per image): %s",
+            point.get("teacher", "(the job's)"),
+            f", {settings}" if settings else "",
+            views,
+            caches[label],
+        )
+        build_cache(job, out=caches[label], views=views)
     return caches
 
 

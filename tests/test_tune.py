@@ -58,6 +58,7 @@ def test_every_shipped_space_validates_and_its_header_gives_the_command(capsys):
         "prompt_depth",
         "teacher_choice",
         "promptkd_joint",
+        "toy_recipe",
     }
     cwd = os.getcwd()
     os.chdir(REPO)  # a space's job: is relative to where the command runs
@@ -103,10 +104,10 @@ def test_every_shipped_space_validates_and_its_header_gives_the_command(capsys):
         ),
         ({"search": {"algorithm": "optuna"}}, "optuna draws its trials; use choice instead of grid"),
         (
-            {"params": {"data.crop_scale_min": {"grid": [0.2, 0.5]}}},
-            "params.data.crop_scale_min changes what the teacher",
+            {"params": {"data.image_size": {"grid": [32, 64]}}},
+            "params.data.image_size changes what the teacher",
         ),
-        ({"params": {"train.epochs": {"grid": [2, 3]}}}, "params.train.epochs changes what the teacher sees"),
+        ({"params": {"train.epochs": {"randint": [2, 4]}}}, "params.train.epochs takes a randint domain"),
     ],
 )
 def test_a_bad_space_is_one_sentence_naming_the_file_and_the_key_exit_2(
@@ -148,7 +149,7 @@ def test_named_choices_reach_the_trial_as_their_values(tmp_path, tiny):
         },
     )
     sweep = open_sweep(str(path))
-    job = distill_job_from_dict(sweep.trial_raw({"student": "deep"}, "x_00001", {"": "/c"}))
+    job = distill_job_from_dict(sweep.trial_raw({"student": "deep"}, "x_00001", {"teacher": "/c"}))
     assert (job.student.depth, job.student.n_ctx, job.name, job.teacher.cache) == (
         2,
         4,

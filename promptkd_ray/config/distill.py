@@ -40,6 +40,7 @@ class TeacherConfig:
     cache: str = (
         ""  # soft-label cache folder or URI (`promptkd-ray cache`): replayed instead of running the teacher
     )
+    cache_views: int = 0  # replay only the cache's first K view slots (epoch e reads slot e mod K); 0 = all
     ensemble: Tuple[str, ...] = ()  # further soft-label caches: other teachers, the same views ([] = none)
     combine: str = choice("mean", "confidence")  # ensemble target: mean probability, or per-image confidence
 
@@ -158,12 +159,23 @@ def distill_checks(job: DistillJob) -> Problems:
         f"must be single, imagenet60 or one template with one '{{}}', "
         f"got {show_value(job.teacher.templates)}.",
     )
-    ensemble_checks(job.teacher, problems)
+    cache_checks(job.teacher, problems)
     return problems
 
 
-def ensemble_checks(t: TeacherConfig, problems: Problems) -> None:
-    """A teacher ensemble replays soft-label caches: the job's own first, each named once."""
+def cache_checks(t: TeacherConfig, problems: Problems) -> None:
+    """What replays soft-label caches needs one: `cache_views` (a prefix of the job's cache; checked
+    against its K when the run opens it) and a teacher ensemble (the job's own first, each named once)."""
+    problems.need(
+        t.cache_views >= 0,
+        "teacher.cache_views",
+        f"must be ≥ 0 (0 = every view slot of the cache), got {t.cache_views}.",
+    )
+    problems.need(
+        not t.cache_views or bool(t.cache),
+        "teacher.cache_views",
+        "replays the first K view slots of a soft-label cache, so it needs teacher.cache.",
+    )
     problems.need(
         not t.ensemble or bool(t.cache),
         "teacher.ensemble",

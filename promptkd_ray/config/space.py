@@ -68,7 +68,9 @@ class SearchConfig:
     max_concurrent: int = (
         0  # trials at once; 0 = as many as the cluster holds (a trial starts when all its workers fit)
     )
-    cache: bool = True  # one soft-label cache per teacher, built once (or reused) and read by every trial
+    cache: bool = (
+        True  # one soft-label cache per teacher and view setting, built once (or reused), replayed by trials
+    )
     val_shots: int = (
         16  # val_accuracy: labelled val images per base class (Stage I's few-shot val; never test)
     )

@@ -30,6 +30,9 @@ Design decisions:
   artifact, with the sha256 of its weights), image size, crop setting, seed, the image list and,
   when on, the mixup setting (a mixed view's partner, its box and λ are stored beside the view).
   Temperature, loss, student, projector and prompt depth are not: one cache serves them all.
+- `teacher.cache_views: k` replays only the first k slots (epoch e reads slot e mod k): the job's
+  cache is opened whole, then cut (`Cache.first`) to a cache whose manifest says K = k, so the
+  replay, resident workers and the run's log read k slots without a rule of their own.
 - A teacher ensemble (`teacher.ensemble`, `orchestration/ensemble.py`) zips further caches of the
   same views file by file: `read_cache_rows(…, members)` adds their features as `teacher_feature_i`.
 - A build writes each slot's files, then the slot's JSON, and the manifest last: an interrupted
@@ -87,6 +90,20 @@ class Cache:
     @property
     def views(self) -> int:
         return int(self.manifest["views"])
+
+    def first(self, k: int, setting: str = "teacher.cache_views") -> "Cache":
+        """This cache cut to its first `k` view slots (and its held-out slice), a cache of K = k that
+        every reader replays as it is (`k` 0: the whole cache); more than it holds is one sentence."""
+        if not k or k == self.views:
+            return self
+        if k > self.views:
+            raise ConfigError(
+                f"{setting} is {k}, but the soft-label cache {self.storage.root} holds {self.views} "
+                f"views per image; set it to at most {self.views} (0 = all of them)."
+            )
+        kept = {slot_name(s) for s in range(k)} | {"heldout"}
+        parts = {part: info for part, info in self.manifest["parts"].items() if part in kept}
+        return Cache(self.storage, {**self.manifest, "views": k, "parts": parts})
 
 
 def cache_key(stream: Stream) -> dict:
