@@ -101,6 +101,45 @@ def tiny_job(root: Path, storage: "Path | str", name: str, **sections) -> dict:
     return job
 
 
+def fixed_teacher(path: Path, model: str = "tiny-vit-teacher", seed: int = 0) -> str:
+    """`model` with weights drawn under `seed`, saved at `path` (safetensors) → its spec MODEL:PATH: a
+    teacher whose features are the same in every process (and so in every cache built with it)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from promptkd_ray.core.models import load_clip
+
+    torch.manual_seed(seed)
+    save_file({k: v.contiguous() for k, v in load_clip(model).state_dict().items()}, str(path))
+    return f"{model}:{path}"
+
+
+def job_with(raw: dict, **changes):
+    """The DistillJob of a copy of the job dict `raw` with `changes` (a dict updates its section)."""
+    from promptkd_ray.config import distill_job_from_dict
+
+    raw = json.loads(json.dumps(raw))
+    for section, values in changes.items():
+        raw[section] = dict(raw.get(section, {}), **values) if isinstance(values, dict) else values
+    return distill_job_from_dict(raw)
+
+
+def part_rows(cache_dir: Path, part: str) -> list:
+    """The rows of a soft-label cache's part, as plain pyarrow reads them (no Ray), in stored order."""
+    import pyarrow.parquet as pq
+
+    tables = [pq.read_table(f) for f in sorted((Path(cache_dir) / part).glob("*.parquet"))]
+    return [row for t in tables for row in t.to_pylist()]
+
+
+def step_losses(run_dir) -> list:
+    """(global step, loss) of every step, from a run's TensorBoard files (train.log_every = 1)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(Path(run_dir) / "tensorboard"), size_guidance={"scalars": 0}).Reload()
+    return [(e.step, e.value) for e in events.Scalars("distill/step/loss")]
+
+
 def two_teachers(folder: Path, classnames=("red", "green", "blue", "yellow")) -> dict:
     """Two tiny teachers with different weights as a space's teacher choice ({"t0": …, "t1": …});
     t1 comes with its class vectors, t0's are computed by the run."""

@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 import torch
-from stage2_fakes import make_split_json, tiny_job
+from stage2_fakes import fixed_teacher, make_split_json, tiny_job
 
 from promptkd_ray.config import distill_job_from_dict, to_dict
 from promptkd_ray.core import losses
@@ -240,16 +240,6 @@ def test_a_streaming_ensemble_and_malformed_ensemble_keys_are_refused_in_one_sen
 VIEWS = 2
 
 
-def _weights(path, model: str, seed: int) -> str:
-    from safetensors.torch import save_file
-
-    from promptkd_ray.core.models import load_clip
-
-    torch.manual_seed(seed)
-    save_file({k: v.contiguous() for k, v in load_clip(model).state_dict().items()}, str(path))
-    return f"{model}:{path}"
-
-
 @pytest.fixture(scope="module")
 def caches(tmp_path_factory, ray_cluster):
     """32 + 8 images; the job's cache (tiny-vit-teacher, dim 48) and a member made by another teacher
@@ -259,8 +249,8 @@ def caches(tmp_path_factory, ray_cluster):
 
     tmp = tmp_path_factory.mktemp("ensemble")
     root, _ = make_split_json(tmp / "data", per_class=10)
-    teachers = {"own": _weights(tmp / "t0.safetensors", "tiny-vit-teacher", 0)}
-    teachers["other"] = _weights(tmp / "t1.safetensors", "toy-teacher", 1)
+    teachers = {"own": fixed_teacher(tmp / "t0.safetensors", "tiny-vit-teacher", 0)}
+    teachers["other"] = fixed_teacher(tmp / "t1.safetensors", "toy-teacher", 1)
 
     def job(teacher: str, name: str = "ens", **sections) -> dict:
         base = {"data": {"preserve_order": True}, "train": {"epochs": VIEWS, "log_every": 1}, "seed": 11}

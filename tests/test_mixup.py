@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from stage2_fakes import make_split_json, tiny_job
+from stage2_fakes import fixed_teacher, job_with, make_split_json, part_rows, step_losses, tiny_job
 
 from promptkd_ray.config import distill_job_from_dict
 from promptkd_ray.data.decode import decode_recorded, decode_views, read_image, render, render_view
@@ -127,23 +127,15 @@ VIEWS = 2
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, ray_cluster):
     """A tiny teacher with fixed weights, 32 training images + 8 held out, and their mixup cache (K = 2)."""
-    from safetensors.torch import save_file
-
-    from promptkd_ray.core.models import load_clip
     from promptkd_ray.distill import build_cache
 
     tmp = tmp_path_factory.mktemp("mixcache")
-    torch.manual_seed(0)
-    weights = tmp / "teacher.safetensors"
-    save_file(
-        {k: v.contiguous() for k, v in load_clip("tiny-vit-teacher").state_dict().items()}, str(weights)
-    )
     root, _ = make_split_json(tmp / "data", per_class=10)
     raw = tiny_job(
         root,
         tmp / "runs",
         "mixed",
-        teacher={"spec": f"tiny-vit-teacher:{weights}"},
+        teacher={"spec": fixed_teacher(tmp / "teacher.safetensors")},
         data={"preserve_order": True, "mixup_alpha": 0.4},
         train={"epochs": VIEWS, "log_every": 1},
         seed=11,
@@ -154,17 +146,11 @@ def built(tmp_path_factory, ray_cluster):
 
 
 def _job(built, **changes):
-    raw = json.loads(json.dumps(built["raw"]))
-    for section, values in changes.items():
-        raw[section] = dict(raw.get(section, {}), **values) if isinstance(values, dict) else values
-    return distill_job_from_dict(raw)
+    return job_with(built["raw"], **changes)
 
 
 def _rows(built, part):
-    import pyarrow.parquet as pq
-
-    tables = [pq.read_table(f) for f in sorted((built["dir"] / part).glob("*.parquet"))]
-    return [row for t in tables for row in t.to_pylist()]
+    return part_rows(built["dir"], part)
 
 
 @pytest.mark.slow
@@ -216,15 +202,6 @@ def test_the_cache_records_the_mixup_setting_and_a_job_of_another_setting_is_ref
         assert "mixup setting" in str(err.value) and "\n" not in str(err.value)
 
 
-def _step_losses(run_dir) -> list:
-    from pathlib import Path
-
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(Path(run_dir) / "tensorboard"), size_guidance={"scalars": 0}).Reload()
-    return [(e.step, e.value) for e in events.Scalars("distill/step/loss")]
-
-
 @pytest.mark.slow
 def test_a_mixup_run_trains_alike_streamed_replayed_and_resident(built):
     """Per-step losses of the streaming run, the Ray Data replay of the cache, and resident workers
@@ -239,8 +216,8 @@ def test_a_mixup_run_trains_alike_streamed_replayed_and_resident(built):
     resident_streamed = run_distillation(
         _job(built, name="mix_resident_streamed", data={"in_memory": "always"})
     )
-    expected = _step_losses(streamed.run_dir)
+    expected = step_losses(streamed.run_dir)
     assert len(expected) == VIEWS * 32 // 8
     for run in (replayed, resident, resident_streamed):
-        assert _step_losses(run.run_dir) == [(s, pytest.approx(loss, abs=1e-4)) for s, loss in expected]
+        assert step_losses(run.run_dir) == [(s, pytest.approx(loss, abs=1e-4)) for s, loss in expected]
     assert not re.search(r"nan", json.dumps(streamed.history))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from stage2_fakes import make_split_json, tiny_job
+from stage2_fakes import fixed_teacher, make_split_json, tiny_job
 
 from promptkd_ray.cli import main
 from promptkd_ray.config import distill_job_from_dict
@@ -203,26 +203,17 @@ def test_a_run_cut_to_one_view_slot_trains_epoch_1_on_slot_0_as_a_one_view_cache
     is): step for step the run on a cache built with K = 1; resident workers get the same slots."""
     from types import SimpleNamespace
 
-    import torch
-    from safetensors.torch import save_file
-
-    from promptkd_ray.core.models import load_clip
     from promptkd_ray.distill import build_cache, run_distillation
     from promptkd_ray.distill_setup import resolve
     from promptkd_ray.orchestration.bookkeeping import Bookkeeping
     from promptkd_ray.orchestration.resident import resident_plan
 
-    torch.manual_seed(0)
-    weights = tmp_path / "teacher.safetensors"  # fixed weights: both caches hold the same features
-    save_file(
-        {k: v.contiguous() for k, v in load_clip("tiny-vit-teacher").state_dict().items()}, str(weights)
-    )
     root, _ = make_split_json(tmp_path / "data", per_class=10)
     raw = tiny_job(
         root,
         tmp_path / "runs",
         "base",
-        teacher={"spec": f"tiny-vit-teacher:{weights}"},
+        teacher={"spec": fixed_teacher(tmp_path / "teacher.safetensors")},  # both caches: the same features
         data={"preserve_order": True},
         train={"epochs": 2, "log_every": 1},
     )

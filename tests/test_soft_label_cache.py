@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from stage2_fakes import make_split_json, tiny_job
+from stage2_fakes import fixed_teacher, job_with, make_split_json, part_rows, step_losses, tiny_job
 
 from promptkd_ray.config import distill_job_from_dict
 from promptkd_ray.errors import ConfigError
@@ -23,23 +23,15 @@ VIEWS = 2
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, ray_cluster):
     """A tiny teacher with fixed weights, 32 training images + 8 held out, and their cache (K = 2)."""
-    from safetensors.torch import save_file
-
-    from promptkd_ray.core.models import load_clip
     from promptkd_ray.distill import build_cache
 
     tmp = tmp_path_factory.mktemp("cache")
-    torch.manual_seed(0)
-    weights = tmp / "teacher.safetensors"
-    save_file(
-        {k: v.contiguous() for k, v in load_clip("tiny-vit-teacher").state_dict().items()}, str(weights)
-    )
     root, _ = make_split_json(tmp / "data", per_class=10)  # 40 images: 32 to distil on, 8 held out
     raw = tiny_job(
         root,
         tmp / "runs",
         "cached",
-        teacher={"spec": f"tiny-vit-teacher:{weights}"},
+        teacher={"spec": fixed_teacher(tmp / "teacher.safetensors")},
         data={"preserve_order": True},
         train={"epochs": 3},
         seed=11,
@@ -50,18 +42,11 @@ def built(tmp_path_factory, ray_cluster):
 
 
 def _job(built, **changes):
-    raw = json.loads(json.dumps(built["raw"]))
-    for section, values in changes.items():
-        raw[section] = dict(raw.get(section, {}), **values) if isinstance(values, dict) else values
-    return distill_job_from_dict(raw)
+    return job_with(built["raw"], **changes)
 
 
 def _rows(built, part):
-    """The rows of a part, as plain pyarrow reads them (no Ray), in their stored order."""
-    import pyarrow.parquet as pq
-
-    tables = [pq.read_table(f) for f in sorted((built["dir"] / part).glob("*.parquet"))]
-    return [row for t in tables for row in t.to_pylist()]
+    return part_rows(built["dir"], part)
 
 
 def test_a_slot_is_stored_in_its_epochs_streaming_order(built):
@@ -128,14 +113,6 @@ def test_a_replayed_view_through_the_teacher_reproduces_the_stored_feature(built
         assert torch.allclose(feature, torch.tensor(row["teacher_feature"], dtype=torch.float32), atol=1e-3)
 
 
-def _step_losses(run_dir) -> list:
-    """(global step, loss) of every step, from the run's TensorBoard files (train.log_every = 1)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(Path(run_dir) / "tensorboard"), size_guidance={"scalars": 0}).Reload()
-    return [(e.step, e.value) for e in events.Scalars("distill/step/loss")]
-
-
 @pytest.fixture(scope="module")
 def runs(built):
     """The streaming run (2 epochs) and the cached run (3: epoch 2 rereads slot 0, reordered)."""
@@ -151,9 +128,9 @@ def runs(built):
 
 def test_a_cached_run_trains_as_the_streaming_run_without_a_teacher(runs):
     streamed, cached = runs["streamed"].history, runs["replayed"].history[:VIEWS]
-    steps = _step_losses(runs["streamed"].run_dir)
+    steps = step_losses(runs["streamed"].run_dir)
     assert [s for s, _ in steps] == list(range(1, 2 * 32 // 8 + 1))  # every step of both epochs, one worker
-    assert _step_losses(runs["replayed"].run_dir)[: len(steps)] == [
+    assert step_losses(runs["replayed"].run_dir)[: len(steps)] == [
         (s, pytest.approx(loss, abs=1e-4)) for s, loss in steps
     ]
     assert [e["images"] for e in cached] == [e["images"] for e in streamed] == [32, 32]
@@ -179,9 +156,9 @@ def test_resident_images_train_on_the_same_batches_as_the_stream_and_the_replay(
         train={"epochs": epochs, "log_every": 1, "record_ids": True},
     )
     resident = run_distillation(job)
-    expected = _step_losses(runs[mode].run_dir)
+    expected = step_losses(runs[mode].run_dir)
     assert len(expected) == epochs * 32 // 8
-    assert _step_losses(resident.run_dir) == [(s, pytest.approx(loss, abs=1e-4)) for s, loss in expected]
+    assert step_losses(resident.run_dir) == [(s, pytest.approx(loss, abs=1e-4)) for s, loss in expected]
     kl = [e["heldout_kl"] for e in runs[mode].history]  # rank 0 scores its own held-out slice: the same
     assert [e["heldout_kl"] for e in resident.history] == pytest.approx(kl, abs=1e-4)
     assert [e["heldout_images"] for e in resident.history] == [8] * epochs
