@@ -10,7 +10,7 @@
     decode_views(batch, size, mode)           a batch of ids (and bytes) → rows of views + the unreadable ones
     view_rng(seed, image_id, slot)            the generator that draws an image's view in a slot
     decode_recorded(batch, size)              re-render recorded views (the soft-label cache's replay)
-    (consistent mixup, a view blending two images: `data.mixup`)
+    (consistent mixup — a view blending two images, `data.mixup_alpha` — is drawn in `mixup.py`)
 
 Design decisions:
 - Every stage decodes here: Stage II's decode tasks, Stage I's few-shot batches, batch inference
@@ -258,7 +258,7 @@ def decode_views(
     """Decode a batch {"id": [B] str, ("bytes": [B] bytes)} and render one view per readable image
     (train crops cover a fraction `crop_scale_min` … 1 of the image area; the authors' 0.08). With a
     `seed`, each train view is drawn by `view_rng(seed, id, slot)`; without, from fresh entropy.
-    With `mixup` on, a train view may blend in a partner image (`data.mixup`, read by id).
+    With `mixup` on (`data.mixup_alpha`), a train view may blend in a partner image, read by id.
 
     Returns (rows, bad): rows {"id", "image": uint8 [b, S, S, 3]} plus, in train / heldout mode,
     the view columns `VIEW_COLUMNS` (and, mixup on in train mode, `MIX_COLUMNS`); bad = [(id,
