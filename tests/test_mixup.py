@@ -117,6 +117,13 @@ def test_mixup_on_images_that_are_not_loose_files_is_refused_in_one_sentence(tmp
         "data.mixup_alpha mixes views with partner images read by path; data.source: parquet does not "
         "give loose image files, so set data.mixup_alpha: 0."
     )
+    # a decode task handed rows that name no partner list (past that check) stops in one sentence too
+    from promptkd_ray.orchestration.pipeline import DecodeSpec, decode_and_augment
+
+    with pytest.raises(
+        ConfigError, match=r"^Consistent mixup \(data.mixup_alpha\) draws .* folder source\.$"
+    ):
+        decode_and_augment({"id": images[:2]}, DecodeSpec(SIZE, mixup=Mixup(alpha=0.4)), "train")
 
 
 # --- the cache (local Ray) ---------------------------------------------------------------------------------

@@ -76,6 +76,32 @@ def test_a_cache_cut_to_its_first_k_slots_keeps_them_and_the_heldout_slice_and_r
     )
 
 
+def test_resuming_with_another_cache_views_is_refused_as_another_run(tmp_path, tiny):
+    """A checkpoint records K, the view slots its epochs replayed (epoch e reads slot e mod K): a job
+    that would replay another K is refused by the fingerprint check; the same K resumes."""
+    from types import SimpleNamespace
+
+    from promptkd_ray.distill_setup import Setup
+    from promptkd_ray.errors import CheckpointMismatchError
+    from promptkd_ray.orchestration.cache import Cache
+    from promptkd_ray.orchestration.checkpoints import check_fingerprint, new_progress
+    from promptkd_ray.storage import Storage
+
+    parts = {f"slot_{s:04d}": {"rows": 4} for s in range(3)}
+    cache = Cache(Storage(str(tmp_path)), {"views": 3, "parts": parts, "key": {}})
+    job = distill_job_from_dict(tiny)
+    vectors = SimpleNamespace(dim=16, sha256="ab")
+
+    def fingerprint(k: int) -> dict:
+        return Setup(None, "teacher", "student", vectors, cache.first(k)).fingerprint(job)
+
+    streamed = Setup(None, "teacher", "student", vectors).fingerprint(job)
+    assert fingerprint(3)["cache_views"] == 3 and "cache_views" not in streamed
+    check_fingerprint(new_progress(fingerprint(0)), fingerprint(3), "epoch 1")  # all 3 slots = K of 3
+    with pytest.raises(CheckpointMismatchError, match=r"made with cache_views=3, but the job now has 2;"):
+        check_fingerprint(new_progress(fingerprint(3)), fingerprint(2), "epoch 1")
+
+
 # --- the sweep's cache plan (no Ray) --------------------------------------------------------------------------
 
 

@@ -49,7 +49,7 @@ from ..core.artifacts import ModelRef
 from ..data.decode import DecodeOptions, decode_recorded, decode_views
 from ..data.mixup import Mixup, with_partners
 from ..data.sources import ImageSource, PackSource, ParquetSource, PathSource, is_heldout_bytes
-from ..errors import BadImageError
+from ..errors import BadImageError, ConfigError
 from .bookkeeping import Bookkeeping
 from .epochs import all_ids, current_epoch, ids_at
 from .packs import source_rows as pack_source_rows
@@ -150,6 +150,11 @@ def decode_and_augment(batch: dict, spec: DecodeSpec, mode: str, rows=None, ledg
     batch = rows.rows(batch, mode, spec, epoch) if rows is not None else batch
     mixup = spec.mixup
     if mixup.on and mode == "train":  # loose files only (`distill_setup.resolve` refuses the rest)
+        if not hasattr(rows, "partners"):
+            raise ConfigError(
+                "Consistent mixup (data.mixup_alpha) draws its partners from the job's image files; "
+                "this task's rows are not such a list, so set data.mixup_alpha to 0 or use a folder source."
+            )
         mixup = with_partners(mixup, rows.partners())
     out, bad = decode_views(
         batch,
