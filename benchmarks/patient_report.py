@@ -65,8 +65,8 @@ def report_tables(points: list, refs: list) -> str:
 def reference_table(refs: list) -> str:
     """The teacher, the zero-shot student and the labelled ceiling, mean ± std over `refs`' seeds."""
     lines = ["| reference | base | novel | HM | neon | seeds |", "|---|---|---|---|---|---|"]
-    for name in refs[0] if refs else []:
-        rows = [r[name] for r in refs]
+    for name in dict.fromkeys(name for r in refs for name in r):  # every reference, in first-seen order
+        rows = [r[name] for r in refs if name in r]
         cells = " | ".join(mean_std([r[k] for r in rows]) for k in ("base", "novel", "hm", "neon"))
         lines.append(f"| {name} | {cells} | {len(rows)} |")
     return "\n".join(lines)

@@ -78,13 +78,20 @@ def parse_args(argv=None):
     p.add_argument("--tag", default="", help="the variant's name in the tables (default: --set joined)")
     p.add_argument("--ceiling-epochs", type=int, default=32, help="the labelled ceiling's epochs")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument(
+        "--members",
+        type=int,
+        default=0,
+        help="a teacher ensemble: this many further teachers of the world (toyworld.further_teacher), "
+        "combined with the job's by teacher.combine",
+    )
     p.add_argument("--report-only", action="store_true", help="write the report from --out's points")
     p.add_argument(
         "--grid-seeds", type=int, nargs="+", default=[0], help="the seeds whose points the curves show"
     )
     args = p.parse_args(argv)
-    if any(e < 1 for e in args.schedules) or any(k < 0 for k in args.views):
-        p.error("--schedules must be ≥ 1 and --views ≥ 0 (0: as many views as epochs).")
+    if any(e < 1 for e in args.schedules) or any(k < 0 for k in args.views) or args.members < 0:
+        p.error("--schedules must be ≥ 1, --views ≥ 0 (0: as many views as epochs) and --members ≥ 0.")
     args.tag = args.tag or ", ".join(args.set) or "job"
     return args
 
@@ -100,8 +107,12 @@ class SeedWorld:
     doodles: object
     neon: object
     recipe: dict  # what trains its points beyond (tag, seed, E, K): the job file, --set, the world profile
+    members: list = field(default_factory=list)  # further teachers: (ModelRef, their class vectors)
     slots: dict = field(default_factory=dict)  # view slot → the teacher's features, read once per seed
     heldout: list = field(default_factory=list)  # the held-out slice's batches, built once per seed
+
+    def __post_init__(self):
+        self.index = {ident: i for i, ident in enumerate(self.ids)}  # id → its place in `images`
 
 
 def open_seed(args, seed: int, out: Path) -> SeedWorld:
@@ -121,7 +132,24 @@ def open_seed(args, seed: int, out: Path) -> SeedWorld:
     images = [read_image(i, setup.stream.decode.options) for i in ids]
     doodles, neon = (domain_splits(world.domain(d)) for d in (job.data.dataset, "neon"))
     recipe = {"job": Path(args.job).name, "set": list(args.set), "profile": args.profile}
-    return SeedWorld(job, setup, ids, images, doodles, neon, recipe)
+    if args.members:
+        recipe["members"] = args.members
+    members = [
+        member(world, i, setup.class_vectors, job.teacher.templates) for i in range(1, args.members + 1)
+    ]
+    return SeedWorld(job, setup, ids, images, doodles, neon, recipe, members)
+
+
+def member(world, index: int, class_vectors, templates: str) -> tuple:
+    """Further teacher `index` of the toy world (pretrained now if new) and its class vectors of the
+    job's classes (its own text tower, the job's templates)."""
+    from promptkd_ray.core.artifacts import ModelRef
+    from promptkd_ray.core.classvectors import compute_class_vectors
+    from promptkd_ray.toyworld import further_teacher
+
+    teacher = ModelRef("zeroshot", further_teacher(world, index))
+    names = list(class_vectors.classnames)
+    return teacher, compute_class_vectors(teacher.build("cpu"), names, templates=templates)
 
 
 def render_slot(world: SeedWorld, slot: int, order) -> np.ndarray:
@@ -132,10 +160,9 @@ def render_slot(world: SeedWorld, slot: int, order) -> np.ndarray:
 
     spec = world.setup.stream.decode
     mixup = with_partners(spec.mixup, world.ids)
-    index = {ident: i for i, ident in enumerate(world.ids)}
 
     def partner(ident: str):
-        return world.images[index[ident]]
+        return world.images[world.index[ident]]
 
     views = []
     for i in order:
@@ -145,17 +172,22 @@ def render_slot(world: SeedWorld, slot: int, order) -> np.ndarray:
     return np.stack(views)
 
 
-def slot_features(world: SeedWorld, slots: int, folder: Path) -> tuple[list, float]:
+def slot_features(world: SeedWorld, slots: int, folder: Path, member: int = 0) -> tuple[list, float]:
     """The teacher's normalised features of slots 0 … slots−1 (each [N, d] float16, image order),
-    computed once and kept in `folder`; → (features per slot, the teacher's mean seconds per slot)."""
+    computed once and kept in `folder`; → (features per slot, the teacher's mean seconds per slot).
+    `member` i ≥ 1: further teacher i's (`world.members[i - 1]`), in `folder`/member-i."""
     from promptkd_ray.orchestration.encoder import ImageEncoder
 
+    teacher, kept = world.setup.stream.teacher, world.slots
+    if member:
+        teacher, folder = world.members[member - 1][0], folder / f"member-{member}"
+        kept = world.slots.setdefault(f"member-{member}", {})
     folder.mkdir(parents=True, exist_ok=True)
     encoder, features, seconds = None, [], []
     for slot in range(slots):
         path, timing = folder / f"slot_{slot:04d}.npy", folder / f"slot_{slot:04d}.json"
         if not (path.exists() and timing.exists()):
-            encoder = encoder or ImageEncoder(world.setup.stream.teacher, world.job.train.precision)
+            encoder = encoder or ImageEncoder(teacher, world.job.train.precision)
             began = time.perf_counter()
             views = render_slot(world, slot, range(len(world.ids)))
             rendered = time.perf_counter()
@@ -170,9 +202,9 @@ def slot_features(world: SeedWorld, slots: int, folder: Path) -> tuple[list, flo
                 rendered - began,
                 written["teacher_s"],
             )
-        if slot not in world.slots:
-            world.slots[slot] = np.load(path)
-        features.append(world.slots[slot])
+        if slot not in kept:
+            kept[slot] = np.load(path)
+        features.append(kept[slot])
         seconds.append(json.loads(timing.read_text())["teacher_s"])
     return features, statistics.fmean(seconds) if seconds else 0.0
 
@@ -228,14 +260,17 @@ def heldout_scores(world: SeedWorld, student, folder: Path) -> dict:
 
 
 def train_point(world: SeedWorld, epochs: int, views: int, features: list):
-    """A fresh student trained `epochs` epochs, epoch e on view slot e mod `views`; → (student, s)."""
+    """A fresh student trained `epochs` epochs, epoch e on view slot e mod `views`; → (student, s).
+    `features`: per teacher (the job's, then each of `world.members`), its features per slot."""
+    from promptkd_ray.core.ensemble import Teacher
     from promptkd_ray.core.schedule import build_optimizer, build_scheduler
-    from promptkd_ray.core.step import autocast_dtype, distill_step
+    from promptkd_ray.core.step import autocast_dtype, ensemble_step
     from promptkd_ray.data.decode import to_model_input
     from promptkd_ray.distill_setup import new_student
     from promptkd_ray.orchestration.epochs import epoch_order
 
     job, cv, spec = world.job, world.setup.class_vectors, world.setup.stream.decode
+    vectors = [cv] + [w for _, w in world.members]
     optim = dataclasses.replace(job.train, epochs=epochs)
     torch.manual_seed(job.seed)
     student = new_student(job, world.setup.student_spec, cv.dim)
@@ -248,17 +283,18 @@ def train_point(world: SeedWorld, epochs: int, views: int, features: list):
         slot = epoch % views
         order = epoch_order(spec.seed, epoch, len(world.ids), spec.shuffle)
         pixels = to_model_input(torch.from_numpy(render_slot(world, slot, order)))
-        teacher = torch.from_numpy(features[slot][order].astype(np.float32))
+        teachers = [torch.from_numpy(f[slot][order].astype(np.float32)) for f in features]
         for first in range(0, len(order) - batch + 1, batch):
             take = slice(first, first + batch)
-            out = distill_step(
+            batch_teachers = [Teacher(t[take], w.vectors, w.logit_scale) for t, w in zip(teachers, vectors)]
+            out = ensemble_step(
                 student,
                 pixels[take],
-                teacher[take],
+                batch_teachers,
+                job.teacher.combine,
                 cv.vectors,
                 optimizer,
                 job.loss,
-                cv.logit_scale,
                 autocast,
             )
         scheduler.step()
@@ -320,8 +356,9 @@ def run_point(world: SeedWorld, tag: str, epochs: int, views: int, out: Path) ->
                 "variant another --tag or another --out."
             )
         return point
-    features, teacher_s = slot_features(world, views, folder)
-    student, train_s = train_point(world, epochs, views, features)
+    found = [slot_features(world, views, folder, i) for i in range(len(world.members) + 1)]
+    teacher_s = sum(seconds for _, seconds in found)
+    student, train_s = train_point(world, epochs, views, [features for features, _ in found])
     info = world.setup.student_info(world.job, student, patient=tag, epochs=epochs, views=views)
     artifact = save_student(student, info, str(out / "students" / name))
     point = {
@@ -343,16 +380,14 @@ def run_point(world: SeedWorld, tag: str, epochs: int, views: int, out: Path) ->
 
 
 def references(args, seed: int, out: Path) -> dict:
-    """{teacher, student zero-shot, labelled ceiling: scores} of `seed` (the job without --set)."""
-    from promptkd_ray.core.artifacts import ModelRef
+    """{teacher, student zero-shot, labelled ceiling (and --members' teachers): scores} of `seed` (the
+    job without --set)."""
     from promptkd_ray.data.sources import open_splits, open_world
-    from promptkd_ray.evaluate import Entry, score
-    from promptkd_ray.orchestration.inference import Encoding
 
     name = f"references-{Path(args.job).stem}-{args.profile}-seed{seed}-ceiling{args.ceiling_epochs}.json"
     path = out / "points" / name
     if path.exists():
-        return json.loads(path.read_text())
+        return member_references(args, seed, out, path)
     world = open_seed(argparse.Namespace(**{**vars(args), "set": []}), seed, out)
     job, setup = world.job, world.setup
     splits = open_splits(job.data, job.data.split, open_world(job.data))
@@ -362,12 +397,35 @@ def references(args, seed: int, out: Path) -> dict:
     )
     found = {f"labelled ceiling ({args.ceiling_epochs} epochs)": score_student(world, "ceiling", artifact)}
     for name, spec in (("teacher zero-shot", setup.teacher_spec), ("student zero-shot", setup.student_spec)):
-        entry = Entry(name, ModelRef("zeroshot", spec), None, seed)
-        b2n = score_in_process([entry], world.doodles, job.teacher.templates)[0].metrics
-        neon = score([entry], world.neon, "cross", how=Encoding(use_ray=False, batch_size=128))[0].metrics
-        found[name] = {**{k: b2n[k] for k in ("base", "novel", "hm")}, "neon": neon["accuracy"]}
+        found[name] = zero_shot_scores(world, name, spec)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: f.write(json.dumps(found, indent=1).encode()))
+    return member_references(args, seed, out, path)
+
+
+def zero_shot_scores(world: SeedWorld, name: str, spec: str) -> dict:
+    """Base / novel / HM on the job's domain and accuracy on neon of the zero-shot model `spec`."""
+    from promptkd_ray.core.artifacts import ModelRef
+    from promptkd_ray.evaluate import Entry, score
+    from promptkd_ray.orchestration.inference import Encoding
+
+    entry = Entry(name, ModelRef("zeroshot", spec), None, world.job.seed)
+    b2n = score_in_process([entry], world.doodles, world.job.teacher.templates)[0].metrics
+    neon = score([entry], world.neon, "cross", how=Encoding(use_ray=False, batch_size=128))[0].metrics
+    return {**{k: b2n[k] for k in ("base", "novel", "hm")}, "neon": neon["accuracy"]}
+
+
+def member_references(args, seed: int, out: Path, path: Path) -> dict:
+    """The references in `path`, with further teachers 1 … --members scored zero-shot and added if new."""
+    found = json.loads(path.read_text())
+    missing = [i for i in range(1, args.members + 1) if f"teacher {i} zero-shot" not in found]
+    if missing:
+        world = open_seed(argparse.Namespace(**{**vars(args), "set": []}), seed, out)
+        for i in missing:
+            found[f"teacher {i} zero-shot"] = zero_shot_scores(
+                world, f"teacher {i}", world.members[i - 1][0].source
+            )
+        atomic_write(path, lambda f: f.write(json.dumps(found, indent=1).encode()))
     return found
 
 

@@ -298,6 +298,32 @@ def test_build_world_makes_loadable_models_and_domains_then_hits_the_cache(tmp_p
         built.domain("imagenet")
 
 
+def test_a_further_teacher_is_the_worlds_recipe_from_another_seed_kept_beside_it(tmp_path, tiny_profile):
+    """An ensemble's second teacher: same architecture and corpus recipe, model seed 1000·i + 2·seed
+    (the world's own teacher and student take 2·seed and 2·seed + 1), written once, then reused."""
+    from safetensors import safe_open
+
+    from promptkd_ray.core.models import load_clip
+    from promptkd_ray.toyworld import further_teacher
+
+    built = build_world(tmp_path, seed=5, profile=tiny_profile, progress=False)
+    spec = further_teacher(built, 1, progress=False)
+    assert spec == f"toy-teacher:{built.path / 'teacher-1.safetensors'}"
+    seeds = {}
+    for name in ("teacher", "teacher-1"):
+        with safe_open(str(built.path / f"{name}.safetensors"), "pt") as f:
+            seeds[name] = json.loads(f.metadata()["pretrain_spec"])["seed"]
+    assert seeds == {"teacher": 10, "teacher-1": 1010}
+    mine, other = load_clip(built.teacher_spec), load_clip(spec)
+    assert other.text_projection.shape == mine.text_projection.shape
+    assert not torch.equal(other.text_projection, mine.text_projection)
+    stamp = (built.path / "teacher-1.safetensors").stat().st_mtime_ns
+    assert further_teacher(built, 1, progress=False) == spec
+    assert (built.path / "teacher-1.safetensors").stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match=r"index is ≥ 1 \(0 is the world's own teacher\), got 0\.$"):
+        further_teacher(built, 0)
+
+
 def test_module_entry_point_builds_and_reports_the_world(tmp_path, tiny_profile, capsys):
     from promptkd_ray.toyworld.__main__ import main
 

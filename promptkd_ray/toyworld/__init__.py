@@ -5,7 +5,8 @@ Nothing can be downloaded here, yet the method must be shown working. The toy wo
 - "web" corpora and CPU contrastive pretraining of a teacher and a student CLIP (`corpus`,
   `pretrain`), saved as safetensors that `promptkd_ray.core.models.load_clip` reads;
 - named domains written in the real benchmarks' on-disk layout (`domains`);
-- `build_world`, which builds all of it once per (profile, seed) and caches it (`world`).
+- `build_world`, which builds all of it once per (profile, seed) and caches it (`world`), and
+  `further_teacher`, another teacher of the same world from another model seed (an ensemble member).
 
 Usage:
     world = build_world(profile="quick")          # or "dialect" (the demo's world), "full"
@@ -19,7 +20,7 @@ Importing this package does no work (no rendering, no training, no file access).
 from .concepts import vocabulary
 from .domains import DEFAULT_DOMAIN, DOMAINS, DomainSpec, write_domain
 from .render import IMAGE_SIZE, render_batch, render_image
-from .world import PROFILES, ToyDomain, ToyWorld, build_world, default_cache_dir
+from .world import PROFILES, ToyDomain, ToyWorld, build_world, default_cache_dir, further_teacher
 
 __all__ = [
     "DEFAULT_DOMAIN",
@@ -34,5 +35,6 @@ __all__ = [
     "ToyWorld",
     "build_world",
     "default_cache_dir",
+    "further_teacher",
     "vocabulary",
 ]

@@ -317,6 +317,30 @@ def build_world(
     return _load_world(path)
 
 
+def further_teacher(world: ToyWorld, index: int = 1, progress: bool = True) -> str:
+    """The spec of another teacher of `world` (a teacher ensemble's member): the world's teacher recipe
+    (architecture, corpus, steps) pretrained from another model seed, 1000·index + 2·seed (the world's own
+    teacher and student take 2·seed and 2·seed + 1), kept beside them as `teacher-{index}.safetensors`.
+
+    Raises:
+        ValueError: `index` < 1 (index 0 is the world's own teacher, `world.teacher_spec`).
+    """
+    if index < 1:
+        raise ValueError(f"a further teacher's index is ≥ 1 (0 is the world's own teacher), got {index}.")
+    weights = world.path / f"teacher-{index}.safetensors"
+    with _locked(world.path):
+        if not weights.is_file():
+            spec = _with_seed(PROFILES[world.profile].teacher, 1000 * index + 2 * world.seed)
+            log.info(
+                "pretraining further teacher %d of world %s (model seed %d)",
+                index,
+                world.path.name,
+                spec.seed,
+            )
+            pretrain_clip(spec, weights, progress=progress)
+    return f"{TEACHER_MODEL}:{weights}"
+
+
 def _with_seed(spec: PretrainSpec, seed: int) -> PretrainSpec:
     return replace(spec, seed=seed)
 
