@@ -36,8 +36,16 @@ labelled ceiling (`benchmarks/ceiling.py`'s: true labels, the job's recipe) at -
         --set train.grad_clip_norm=1 --tag clip --out runs/patient           # a variant, same --out
     .venv/bin/python benchmarks/patient_teaching.py --seeds 0 --views 0 --set data.mixup_alpha=1.0 \\
         --tag "mixup a1.0" --out runs/patient                                # consistent mixup, α = 1
+    .venv/bin/python benchmarks/patient_teaching.py --seeds 0 --schedules 8 --views 8 --members 1 \\
+        --tag "ensemble mean" --out runs/patient                             # a teacher ensemble
     .venv/bin/python benchmarks/patient_teaching.py --profile quick --seeds 0 --schedules 2 4 \\
         --views 1 0 --ceiling-epochs 2 --out /tmp/pt                          # smoke test
+
+A teacher ensemble (--members M): M further teachers of the same world (`toyworld.further_teacher`: the
+world's teacher recipe from other model seeds), each with its own class vectors (its text tower, the job's
+templates) and its features of the same slots (kept under features/…/member-i), combined with the job's
+teacher per step by `teacher.combine` (`core.step.ensemble_step`, as a Train worker does); their zero-shot
+scores join the references. The held-out KL stays against the job's own teacher, as a run's does.
 
 Every point is saved under --out/points as it finishes and reused by a later invocation with the same
 --out, --tag, seed, E and K (one trained with another job, --set or profile is refused, not reused), so
@@ -416,14 +424,24 @@ def zero_shot_scores(world: SeedWorld, name: str, spec: str) -> dict:
 
 
 def member_references(args, seed: int, out: Path, path: Path) -> dict:
-    """The references in `path`, with further teachers 1 … --members scored zero-shot and added if new."""
+    """The references in `path`, with further teachers 1 … --members scored zero-shot and the ensemble of
+    them all (mean and confidence, `teacher_ensemble.py`) added if new."""
+    from teacher_ensemble import ensemble_scores
+
     found = json.loads(path.read_text())
     missing = [i for i in range(1, args.members + 1) if f"teacher {i} zero-shot" not in found]
-    if missing:
+    together = {f"teachers 0–{args.members}, {rule}": rule for rule in ("mean", "confidence")}
+    together = {name: rule for name, rule in together.items() if args.members and name not in found}
+    if missing or together:
         world = open_seed(argparse.Namespace(**{**vars(args), "set": []}), seed, out)
         for i in missing:
             found[f"teacher {i} zero-shot"] = zero_shot_scores(
                 world, f"teacher {i}", world.members[i - 1][0].source
+            )
+        teachers = [world.setup.stream.teacher] + [ref for ref, _ in world.members]
+        for name, rule in together.items():
+            found[name] = ensemble_scores(
+                teachers, world.doodles, world.neon, world.job.teacher.templates, rule
             )
         atomic_write(path, lambda f: f.write(json.dumps(found, indent=1).encode()))
     return found
