@@ -126,6 +126,8 @@ def write_sweep_outputs(sweep, results, caches: dict) -> SweepReport:
             f"# The winner of sweep {sweep.name} (trial {best.trial_id}, {sweep.space.metric} "
             f"{best.final:.4g}).\n#   promptkd-ray distill --config {folder.path('best_job.yaml')}\n"
         )
+        if "teacher.ensemble" in best.params:  # the caches below are the members', in this order
+            header += f"# Its teacher ensemble: {best.params['teacher.ensemble']} (teacher.ensemble).\n"
         class_vectors = class_vectors_of(job, best.run_dir)
         for suffix in (".safetensors", ".json"):  # tensors first, sidecars last
             files[f"best/student{suffix}"] = Storage(best.run_dir).read_bytes(f"student{suffix}")

@@ -4,7 +4,7 @@ run by the distill recipe; the winner is chosen without test labels.
 Read top to bottom:
     open_sweep(space, job, overrides)   the space checked against the job (every value of every key)
     cache_plan(space, job)              the caches a space needs: K and label → the point they are built at
-    run_sweep(sweep)                    caches (one per teacher and view setting) → Tune trials →
+    run_sweep(sweep)                    caches (per teacher or member × view setting) → Tune trials →
                                         trials.csv, sweep.md, sweep.png, best_job.yaml, best/ (`sweep_report.py`)
     run_trial(config, plan)             a Tune trial: its job → `run_distillation` with TuneReportCallback
 
@@ -21,11 +21,16 @@ Design decisions:
   of E epochs replays the views a streaming run of E epochs draws. A range over those, or any other
   key that changes the views (seed, image size, images), is refused with cache on; with
   `search.cache: false` the log says what every trial pays.
+- Teacher ensembles: a space may name further teachers (`members:`) and sweep `teacher.ensemble`
+  over lists of their names. For every view setting the plan builds each named member's cache too
+  (`caches/member-NAME-…`, the same K and views: only the teacher differs), and a trial replays its
+  own cache as `teacher.cache` and its members' caches of its view setting, in the listed order, as
+  `teacher.ensemble` ([] = none). `teacher.combine` leaves the caches alone.
 - Cache folders are `caches/LABEL`: the teacher's name (or "teacher") and each swept view setting's
   value (`teacher-mixup_alpha0.2`), so a space that sweeps none keeps `caches/teacher`; with mixup
   off (α = 0) `data.mixup_prob` leaves the views alone, so its values share one cache.
 - Selection metrics: see `config/space.py` (held-out KL at T = 1 or agreement, or val accuracy for
-  teacher choice); the training loss at a swept temperature is never used.
+  teacher and ensemble choice); the training loss at a swept temperature is never used.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from typing import Sequence
 from .config import DistillJob, distill_job_from_dict
 from .config.loader import apply_override
 from .config.space import (
+    ENSEMBLE,
     Space,
     apply_params,
     candidate_values,
@@ -62,10 +68,13 @@ CACHE_NEUTRAL = (
     "teacher.templates",
     "teacher.vocabulary",
     "teacher.cache_views",
+    "teacher.combine",
 )
 VIEW_KEYS = ("data.mixup_alpha", "data.mixup_prob", "data.crop_scale_min")  # a cache per listed value
 LISTED = ("train.epochs", *VIEW_KEYS)  # swept over shared caches only with grid or choice
 CACHE_STANDIN = "(the sweep's soft-label cache)"  # teacher.cache of a trial, as open_sweep checks it
+MEMBER = "member"  # in a cache plan's point: the ensemble member the cache is built with
+THE_JOBS = "(the job's)"  # the teacher of a cache plan's point that names none
 
 
 @dataclass(frozen=True)
@@ -86,12 +95,16 @@ class Sweep:
 
     def trial_raw(self, config: dict, trial_id: str, caches: dict) -> dict:
         """The job mapping of a trial: the space's point (named values resolved), its run folder, its
-        cache (`caches`: label → folder, from `prepare_caches`)."""
-        raw = apply_params(self.raw_job, resolve_names(self.space, config), self.space.source)
+        cache and its ensemble members' caches (`caches`: label → folder, from `prepare_caches`)."""
+        params = resolve_names(self.space, config)
+        raw = apply_params(self.raw_job, params, self.space.source)
         raw["name"], raw["storage_path"] = self.trial_name(trial_id), Storage(self.folder).path("trials")
         label = cache_label(self.space, self.job, config)
         if caches.get(label):
             raw.setdefault("teacher", {})["cache"] = caches[label]
+            if ENSEMBLE in params:
+                labels = [cache_label(self.space, self.job, config, name) for name in params[ENSEMBLE]]
+                raw["teacher"]["ensemble"] = [caches[member] for member in labels]
         raw.setdefault("ray", {})["progress_bars"] = False
         return raw
 
@@ -110,13 +123,16 @@ def open_sweep(
     for text in overrides:
         apply_override(raw, text, job_path)
     teacher = raw.get("teacher")
-    if space.search.cache and isinstance(teacher, dict) and teacher.get("cache"):
+    named = [key for key in ("cache", "ensemble") if isinstance(teacher, dict) and teacher.get(key)]
+    if space.search.cache and named:
         raise ConfigError(
-            f"{space.source}: the job already names teacher.cache; the sweep builds its own caches "
+            f"{space.source}: the job already names teacher.{named[0]}; the sweep builds its own caches "
             "(search.cache: true), so drop it from the job or set search.cache: false."
         )
     build = functools.partial(_trial_job, cached=space.search.cache, check_paths=check_paths)
     job = check_space(space, raw, build)
+    for member, fields in space.members.items():  # each member as its cache is built
+        build(apply_params(raw, {"teacher": fields}, space.source), f"{space.source} (members.{member})")
     _check_metric_and_cache(space, job)
     name = space.name or Path(space_path).stem
     return Sweep(space, raw, job, name, Storage(job.storage_path).path(f"sweeps/{name}"), command)
@@ -128,6 +144,9 @@ def _trial_job(raw: dict, source: str, cached: bool, check_paths: bool) -> Disti
     teacher = raw.get("teacher") or {}
     if cached and isinstance(teacher, dict):
         raw = {**raw, "teacher": {**teacher, "cache": CACHE_STANDIN}}
+        if isinstance(teacher.get("ensemble"), list):  # member names: the caches the sweep builds
+            members = [f"(the sweep's cache of member {name})" for name in teacher["ensemble"]]
+            raw["teacher"]["ensemble"] = members
     return distill_job_from_dict(raw, source, check_paths_exist=check_paths)
 
 
@@ -163,12 +182,14 @@ def _check_metric_and_cache(space: Space, job: DistillJob) -> None:
             f"{space.source}: teacher.cache_views reaches {max(slots)}, but the sweep's caches hold "
             f"{views} views per image (the most train.epochs gives); set it to at most {views}."
         )
+    cache_plan(space, job)  # two teachers whose labels meet are refused here, before any cache
 
 
 def _changes_views(key: str, domain) -> bool:
     """Whether a swept key changes the teacher's views (so a shared cache would be wrong): not the
-    teacher (a cache per choice), the view settings (a cache per value) nor train.epochs (K = the most)."""
-    if key in ("teacher", *LISTED):
+    teacher (a cache per choice), its ensemble (a cache per member), the view settings (a cache per
+    value) nor train.epochs (K = the most)."""
+    if key in ("teacher", ENSEMBLE, *LISTED):
         return False
     if key in ("loss", "student", "train"):  # whole sections: look at the keys the values set
         return any(
@@ -195,12 +216,13 @@ def resolve_names(space: Space, config: dict) -> dict:
     return params
 
 
-def cache_label(space: Space, job: DistillJob, config: dict) -> str:
+def cache_label(space: Space, job: DistillJob, config: dict, member: str = "") -> str:
     """The soft-label cache a trial at `config` (a Tune config) replays, `caches/LABEL`: its teacher's
-    name (or "teacher") and each swept view setting's value; mixup_prob only while mixup is on."""
+    name (or "teacher"; `member`: "member-NAME", that ensemble member's cache of the same views) and
+    each swept view setting's value; mixup_prob only while mixup is on."""
     values = resolve_names(space, config)
     mixup_on = float(values.get("data.mixup_alpha", job.data.mixup_alpha)) > 0
-    parts = [str(config.get("teacher") or "teacher")] + [
+    parts = [f"member-{member}" if member else str(config.get("teacher") or "teacher")] + [
         f"{key.split('.', 1)[1]}{values[key]}"
         for key in space.params
         if key in VIEW_KEYS and (mixup_on or key != "data.mixup_prob")
@@ -210,14 +232,35 @@ def cache_label(space: Space, job: DistillJob, config: dict) -> str:
 
 def cache_plan(space: Space, job: DistillJob) -> tuple[int, dict]:
     """(K, {label: point}): the caches a sweep with `search.cache: true` builds, each with K views
-    per image (`max_epochs`), one per distinct label over every teacher choice × listed view value;
-    the point (teacher name and view values, as Tune holds them) is where its job is built."""
+    per image (`max_epochs`), one per distinct label over every teacher choice × listed view value,
+    and per view value one of each member an ensemble names; the point (teacher name and view values,
+    as Tune holds them; `MEMBER`: the member's name) is where its job is built."""
     keys = [key for key in space.params if key == "teacher" or key in VIEW_KEYS]
     entries = [list(domain_parts(space.params[key])[1]) for key in keys]  # values, or their names
     caches: dict = {}
     for point in (dict(zip(keys, combo)) for combo in itertools.product(*entries)):
-        caches.setdefault(cache_label(space, job, point), point)
+        views = {key: value for key, value in point.items() if key != "teacher"}
+        members = [{MEMBER: name, **views} for name in ensemble_members(space)]
+        for entry in (point, *members):
+            label = cache_label(space, job, entry, entry.get(MEMBER, ""))
+            made = caches.setdefault(label, entry)
+            if _maker(made) != _maker(entry):
+                raise ConfigError(
+                    f"{space.source}: {_maker(made)} and {_maker(entry)} would share the cache folder "
+                    f"caches/{label}; rename one."
+                )
     return max_epochs(space, job), caches
+
+
+def ensemble_members(space: Space) -> list:
+    """The members any value of `teacher.ensemble` names, in the order they first appear."""
+    values = candidate_values(space.params[ENSEMBLE]) if ENSEMBLE in space.params else []
+    return list(dict.fromkeys(name for value in values for name in value))
+
+
+def _maker(point: dict) -> str:
+    """Who makes the cache of a plan's point, in words."""
+    return f"member {point[MEMBER]}" if MEMBER in point else f"teacher {point.get('teacher', THE_JOBS)}"
 
 
 def run_sweep(sweep: Sweep):
@@ -260,21 +303,30 @@ def prepare_caches(sweep: Sweep) -> dict:
     views, plan = cache_plan(sweep.space, sweep.job)
     caches = {}
     for label, point in plan.items():
-        raw = sweep.trial_raw(point, "cache", {})
-        if isinstance(raw.get("teacher"), dict):
-            raw["teacher"].pop("cache_views", None)  # a build replays nothing
-        job = distill_job_from_dict(raw, sweep.space.source)
+        job = _cache_job(sweep, point)
         caches[label] = Storage(sweep.folder).path(f"caches/{label}")
-        settings = ", ".join(f"{k} {v}" for k, v in point.items() if k != "teacher")
+        settings = ", ".join(f"{k} {v}" for k, v in point.items() if k not in ("teacher", MEMBER))
         log.info(
-            "soft-label cache for teacher %s%s (%d views per image): %s",
-            point.get("teacher", "(the job's)"),
+            "soft-label cache for %s%s (%d views per image): %s",
+            _maker(point),
             f", {settings}" if settings else "",
             views,
             caches[label],
         )
         build_cache(job, out=caches[label], views=views)
     return caches
+
+
+def _cache_job(sweep: Sweep, point: dict) -> DistillJob:
+    """The job a cache of the plan is built from: the trial's at the point's teacher and view values;
+    a member's the same with the member as its whole teacher (so the views are the same)."""
+    raw = sweep.trial_raw({k: v for k, v in point.items() if k != MEMBER}, "cache", {})
+    if MEMBER in point:
+        raw = apply_params(raw, {"teacher": sweep.space.members[point[MEMBER]]}, sweep.space.source)
+    for key in ("cache_views", "ensemble"):  # a build replays nothing
+        if isinstance(raw.get("teacher"), dict):
+            raw["teacher"].pop(key, None)
+    return distill_job_from_dict(raw, sweep.space.source)
 
 
 def run_trial(config: dict, sweep: Sweep, caches: dict) -> None:

@@ -13,6 +13,9 @@ Tune domains, and how it searches, stops trials and selects the winner.
       train.lr: {loguniform: [1.0e-4, 1.0e-2]}       # also uniform: [lo, hi]; randint: [lo, hi) (integers)
       teacher:                                        # named values of a whole section (grid: each one)
         grid: {zeroshot: {spec: "ViT-L-14:openai"}, promptsrc: {artifact: runs/t/teacher, class_vectors: …}}
+      teacher.ensemble: {grid: [[], [b], [b, c]]}    # further teachers, named under members:
+      teacher.combine: {grid: [mean, confidence]}
+    members: {b: {spec: "ViT-B-16:openai"}, c: {artifact: runs/t2/teacher}}   # spec or artifact each
 
 Design decisions:
 - A value is checked by building the job with it, through the same strict loader as a job file:
@@ -26,6 +29,12 @@ Design decisions:
   at the swept T. Agreement with different teachers is not comparable, so a space over `teacher`
   must select on `val_accuracy` (labelled few-shot val images, never test), which is measured when
   a trial ends: it goes with `scheduler.kind: fifo`, as ASHA needs the metric every epoch.
+- Ensembles (`teacher.ensemble`, with `search.cache: true` only): each value lists members by name,
+  each a whole teacher (spec or artifact: a member scores the job's classes with its own text tower,
+  so it takes no class vectors), named apart from the `teacher` choices. A listed value is named by
+  its members ("b+c"; "none" for []), as trials and tables show it. The held-out agreement and KL
+  are measured against the job's own teacher alone, so a space over teacher.ensemble or
+  teacher.combine selects on `val_accuracy` too.
 - A space file is read like a job file (`loader.read_yaml_file`: duplicate keys refused, every
   error one line), and its `job:` is read through `read_space_job`, so a missing or wrong job
   file is named as the space's `job` key.
@@ -35,7 +44,7 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import ConfigError
@@ -55,7 +64,10 @@ METRICS = {"heldout_kl": "min", "heldout_agreement": "max", "val_accuracy": "max
 DOMAINS = ("grid", "choice", "uniform", "loguniform", "randint")
 TEACHER_IDENTITY = ("spec", "artifact", "class_vectors", "cache")
 TRIAL_NAME_ROOM = 200  # bytes of a sweep name: its trials' run names append "-TRIAL_ID" to it
-SPACE_KEYS = ("kind", "name", "job", "metric", "search", "scheduler", "tracking", "params")
+SPACE_KEYS = ("kind", "name", "job", "metric", "search", "scheduler", "tracking", "params", "members")
+ENSEMBLE, COMBINE = "teacher.ensemble", "teacher.combine"
+# what a member's cache is made with (its class vectors come from its own text tower, in the run)
+MEMBER_FIELDS = ("spec", "artifact")
 
 
 @dataclass(frozen=True)
@@ -102,6 +114,7 @@ class Space:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     params: dict = field(default_factory=dict)  # dotted job key → {domain: values}, as read
+    members: dict = field(default_factory=dict)  # ensemble member name → its teacher fields, as read
     source: str = ""  # the file it came from (for messages)
 
     @property
@@ -126,7 +139,7 @@ def read_space(path: "str | os.PathLike") -> Space:
     if not isinstance(raw, dict) or raw.get("kind") != "space":
         raise ConfigError(f"{source}: a space file starts with `kind: space`.")
     raw = dict(raw)
-    params = raw.pop("params", None)
+    params, members = raw.pop("params", None), raw.pop("members", None) or {}
     if not isinstance(params, dict) or not params:
         raise ConfigError(
             f"{source}: params must map at least one job key to a domain (e.g. "
@@ -139,7 +152,8 @@ def read_space(path: "str | os.PathLike") -> Space:
             )
     sections = {"search": SearchConfig, "scheduler": SchedulerConfig, "tracking": TrackingConfig}
     values = {k: convert(sections[k], raw.pop(k), k, source) for k in list(raw) if k in sections}
-    space = convert(Space, raw, "", source, base=Space(**values, params=params, source=source))
+    base = Space(**values, params=params, members=members, source=source)
+    space = convert(Space, raw, "", source, base=base)
     if space.name and not folder_name_ok(space.name, TRIAL_NAME_ROOM):
         raise ConfigError(
             f"{source}: name must be a folder name (no '/', not '.' or '..', at most "
@@ -152,7 +166,8 @@ def read_space(path: "str | os.PathLike") -> Space:
             )
         _check_domain(space, key, domain)
     _check_rules(space)
-    return space
+    _check_members(space)
+    return _check_ensemble(space) if ENSEMBLE in params else space
 
 
 def read_space_job(space: Space, job_path: str = "") -> tuple[str, dict]:
@@ -222,6 +237,13 @@ def _check_rules(space: Space) -> None:
             f"{src}: a space over teacher must select on metric: val_accuracy (agreement and KL "
             f"with different teachers are not comparable), not {space.metric}."
         )
+    swept = [key for key in (ENSEMBLE, COMBINE) if key in space.params]
+    if swept and space.metric != "val_accuracy":
+        raise ConfigError(
+            f"{src}: a space over {swept[0]} must select on metric: val_accuracy (the held-out agreement "
+            f"and KL are measured against the job's own teacher alone, so they do not compare "
+            f"ensembles), not {space.metric}."
+        )
     if space.metric == "val_accuracy" and space.scheduler.kind == "asha":
         raise ConfigError(
             f"{src}: metric val_accuracy is measured when a trial ends, so ASHA cannot stop on it; "
@@ -243,6 +265,69 @@ def _check_rules(space: Space) -> None:
             f"{src}: search.samples, search.val_shots and scheduler.grace_period must be ≥ 1, "
             "scheduler.reduction_factor > 1, max_concurrent and max_epochs ≥ 0."
         )
+
+
+def _check_members(space: Space) -> None:
+    """`members:` maps names to whole teachers (spec or artifact), named apart from the teacher choices."""
+    src, members = space.source, space.members
+    if not isinstance(members, dict) or not all(isinstance(n, str) and n.strip() for n in members):
+        raise ConfigError(
+            f"{src}: members maps names to teachers, {{NAME: {{spec: …}}}}, got {show_value(members)}."
+        )
+    teachers = domain_parts(space.params["teacher"])[1] if "teacher" in space.params else {}
+    for name, fields in members.items():
+        if not isinstance(fields, dict) or any(key not in MEMBER_FIELDS for key in fields):
+            raise ConfigError(
+                f"{src}: members.{show_key(name)} is a teacher given by spec or artifact alone (a member "
+                f"scores the job's classes with its own text tower), got {show_value(fields)}."
+            )
+        if name in teachers:
+            raise ConfigError(
+                f"{src}: members.{show_key(name)} has the name of a choice of params.teacher; give the "
+                "member another name."
+            )
+
+
+def _check_ensemble(space: Space) -> Space:
+    """`teacher.ensemble` lists member names by grid or choice, with the sweep's caches; → the space
+    with a listed domain named by members ("b+c", "none" for [])."""
+    src, (kind, values) = space.source, domain_parts(space.params[ENSEMBLE])
+    if kind not in ("grid", "choice"):
+        raise ConfigError(
+            f"{src}: params.teacher.ensemble lists member names by grid or choice, {{grid: [[], [b]]}}, "
+            f"not by a {kind} domain."
+        )
+    if not space.search.cache:
+        raise ConfigError(
+            f"{src}: params.teacher.ensemble replays the soft-label caches the sweep builds for its "
+            "members, so it needs search.cache: true."
+        )
+    for value in values.values() if isinstance(values, dict) else values:
+        if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+            raise ConfigError(
+                f"{src}: params.teacher.ensemble takes lists of member names, got {show_value(value)}."
+            )
+        unknown = [name for name in value if name not in space.members]
+        if unknown:
+            raise ConfigError(
+                f"{src}: params.teacher.ensemble names {show_value(unknown[0])}, which is not one of the "
+                f"space's members ({', '.join(space.members) or 'it names none under members:'})."
+            )
+    if isinstance(values, dict):
+        return space
+    names = [ensemble_name(value) for value in values]
+    twice = [name for i, name in enumerate(names) if name in names[:i]]
+    if twice:
+        raise ConfigError(
+            f"{src}: params.teacher.ensemble lists {show_value(twice[0])} twice (a listed ensemble is "
+            f'named by its members, "none" for []); list it once, or name them: {{grid: {{NAME: [b], …}}}}.'
+        )
+    return replace(space, params={**space.params, ENSEMBLE: {kind: dict(zip(names, values))}})
+
+
+def ensemble_name(members: list) -> str:
+    """How trials and tables name a listed teacher ensemble: its members joined by "+" ("none": [])."""
+    return "+".join(members) or "none"
 
 
 def _number(value) -> bool:
