@@ -116,6 +116,7 @@ class SeedWorld:
     neon: object
     recipe: dict  # what trains its points beyond (tag, seed, E, K): the job file, --set, the world profile
     members: list = field(default_factory=list)  # further teachers: (ModelRef, their class vectors)
+    vectors: str = ""  # where the job's class vectors are stored (the setup's run folder)
     slots: dict = field(default_factory=dict)  # view slot → the teacher's features, read once per seed
     heldout: list = field(default_factory=list)  # the held-out slice's batches, built once per seed
 
@@ -134,7 +135,8 @@ def open_seed(args, seed: int, out: Path) -> SeedWorld:
     overrides = [*seed_overrides(args, seed, f"patient-seed{seed}"), *args.set]
     job = load_distill_job(args.job, overrides)
     job = dataclasses.replace(job, teacher=dataclasses.replace(job.teacher, vocabulary="", cache=""))
-    setup = prepare(job, Storage(str(out / "runs" / f"setup-seed{seed}")))
+    run = Storage(str(out / "runs" / f"setup-seed{seed}"))
+    setup = prepare(job, run)
     world = build_world(args.cache_dir or None, seed=seed, profile=args.profile)
     ids = list(setup.source.train_paths)
     images = [read_image(i, setup.stream.decode.options) for i in ids]
@@ -145,7 +147,9 @@ def open_seed(args, seed: int, out: Path) -> SeedWorld:
     members = [
         member(world, i, setup.class_vectors, job.teacher.templates) for i in range(1, args.members + 1)
     ]
-    return SeedWorld(job, setup, ids, images, doodles, neon, recipe, members)
+    return SeedWorld(
+        job, setup, ids, images, doodles, neon, recipe, members, vectors=run.path("class_vectors")
+    )
 
 
 def member(world, index: int, class_vectors, templates: str) -> tuple:
@@ -363,6 +367,9 @@ def run_point(world: SeedWorld, tag: str, epochs: int, views: int, out: Path) ->
                 f"error: {path} was trained with {point.get('recipe')}, not {world.recipe}; give this "
                 "variant another --tag or another --out."
             )
+        if "val_accuracy" not in point:  # a point scored before val accuracy was: its saved student
+            point["val_accuracy"] = val_score(world, str(out / "students" / name))
+            atomic_write(path, lambda f: f.write(json.dumps(point, indent=1).encode()))
         return point
     found = [slot_features(world, views, folder, i) for i in range(len(world.members) + 1)]
     teacher_s = sum(seconds for _, seconds in found)
@@ -377,6 +384,7 @@ def run_point(world: SeedWorld, tag: str, epochs: int, views: int, out: Path) ->
         "recipe": world.recipe,
         **score_student(world, name, artifact),
         **heldout_scores(world, student, folder),
+        "val_accuracy": val_score(world, artifact),
         "train_s": train_s,
         "cached_s": views * teacher_s + train_s,
         "streaming_s": epochs * teacher_s + train_s,
@@ -385,6 +393,16 @@ def run_point(world: SeedWorld, tag: str, epochs: int, views: int, out: Path) ->
     atomic_write(path, lambda f: f.write(json.dumps(point, indent=1).encode()))
     log.info("%s: HM %.2f, neon %.2f (%.0f s)", name, point["hm"], point["neon"], train_s)
     return point
+
+
+def val_score(world: SeedWorld, artifact: str, shots: int = 16) -> float:
+    """The student's top-1 % on `shots` labelled val images per base class (`evaluate.val_accuracy`, a
+    sweep's `metric: val_accuracy`, the rule for choosing among teachers and ensembles; never test)."""
+    from promptkd_ray.evaluate import val_accuracy
+    from promptkd_ray.orchestration.inference import Encoding
+
+    how, job = Encoding(use_ray=False, batch_size=128), world.job
+    return val_accuracy(job.data, job.seed, artifact, world.vectors, shots, job.train.precision, how)
 
 
 def references(args, seed: int, out: Path) -> dict:

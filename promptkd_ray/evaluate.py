@@ -207,10 +207,12 @@ def all_classes(
     return {"accuracy": accuracy(logits(features, class_vectors.vectors), labels)}
 
 
-def val_accuracy(data, seed: int, student: str, class_vectors: str, shots: int, precision: str) -> float:
+def val_accuracy(
+    data, seed: int, student: str, class_vectors: str, shots: int, precision: str, how=None
+) -> float:
     """Top-1 % of the student artifact against `class_vectors` (a path) on `shots` labelled val images
     per base class of the job's `data`, among the base classes — the few-shot val Stage I uses; test
-    labels are never read."""
+    labels are never read. `how`: how the images are encoded (default: Ray Data, batches of 64)."""
     splits = open_splits(data)
     if not splits.val:
         raise ConfigError(f"metric val_accuracy needs a labelled val split, and {splits.name} has none.")
@@ -219,7 +221,8 @@ def val_accuracy(data, seed: int, student: str, class_vectors: str, shots: int, 
     val = dataclasses.replace(splits, classnames=splits.classnames[:base], train=(), test=items, val=())
     cv = restrict_by_name(load_class_vectors(class_vectors), val.classnames)
     entry = Entry("student", ModelRef("student", student), cv, seed)
-    (s,) = score([entry], val, protocol="cross", how=Encoding(batch_size=64, precision=precision))
+    how = how or Encoding(batch_size=64, precision=precision)
+    (s,) = score([entry], val, protocol="cross", how=how)
     return float(s.metrics["accuracy"])
 
 
