@@ -59,6 +59,7 @@ def test_every_shipped_space_validates_and_its_header_gives_the_command(capsys):
         "teacher_choice",
         "promptkd_joint",
         "toy_recipe",
+        "teacher_ensemble",
     }
     cwd = os.getcwd()
     os.chdir(REPO)  # a space's job: is relative to where the command runs
