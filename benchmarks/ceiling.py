@@ -237,6 +237,15 @@ def labelled_student(job, setup, images: Labelled, row: LabelledRow, out: Path) 
     run; → (its path, seconds trained now)."""
     path = out / "students" / f"{row.key}-seed{job.seed}"
     if Path(f"{path}.safetensors").exists() and Path(f"{path}.json").exists():
+        from promptkd_ray.core.artifacts import read_student_info
+
+        info = read_student_info(str(path))
+        made, now = (info.spec, info.class_vectors_sha256), (setup.student_spec, setup.class_vectors.sha256)
+        if made != now:  # another world, profile or job wrote this folder
+            raise SystemExit(
+                f"error: {path}.safetensors was trained from {made[0]} against class vectors "
+                f"{made[1][:12]}, not {now[0]} and {now[1][:12]}; use another --out."
+            )
         log.info("%s (%d epochs) seed %d: reusing %s.safetensors", row.name, row.epochs, job.seed, path)
         return f"{path}.safetensors", 0.0
     began = time.perf_counter()
