@@ -85,7 +85,7 @@ class Setup:
             "edu_attention_width": edu_attention_width(job, self.class_vectors.dim),
             "teacher": self.teacher_spec,
             "class_vectors_sha256": self.class_vectors.sha256,
-            **({"cache_views": self.cache.views} if self.cache else {}),  # epoch e replays slot e mod K
+            "views_replayed": self.cache.views if self.cache else "streamed",  # K: epoch e reads slot e mod K
             **({"ensemble": self.ensemble(job)} if self.members else {}),
         }
 

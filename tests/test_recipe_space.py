@@ -77,8 +77,9 @@ def test_a_cache_cut_to_its_first_k_slots_keeps_them_and_the_heldout_slice_and_r
 
 
 def test_resuming_with_another_cache_views_is_refused_as_another_run(tmp_path, tiny):
-    """A checkpoint records K, the view slots its epochs replayed (epoch e reads slot e mod K): a job
-    that would replay another K is refused by the fingerprint check; the same K resumes."""
+    """A checkpoint records K, the view slots its epochs replayed (epoch e reads slot e mod K), or that
+    its views were streamed: a job that would replay another K, or a cache after streaming, is refused by
+    the fingerprint check; the same K resumes, and so does a checkpoint made before K was recorded."""
     from types import SimpleNamespace
 
     from promptkd_ray.distill_setup import Setup
@@ -96,10 +97,19 @@ def test_resuming_with_another_cache_views_is_refused_as_another_run(tmp_path, t
         return Setup(None, "teacher", "student", vectors, cache.first(k)).fingerprint(job)
 
     streamed = Setup(None, "teacher", "student", vectors).fingerprint(job)
-    assert fingerprint(3)["cache_views"] == 3 and "cache_views" not in streamed
+    assert fingerprint(3)["views_replayed"] == 3 and streamed["views_replayed"] == "streamed"
     check_fingerprint(new_progress(fingerprint(0)), fingerprint(3), "epoch 1")  # all 3 slots = K of 3
-    with pytest.raises(CheckpointMismatchError, match=r"made with cache_views=3, but the job now has 2;"):
+    older = {k: v for k, v in fingerprint(3).items() if k != "views_replayed"}
+    check_fingerprint(new_progress(older), fingerprint(2), "epoch 1")  # made before K was recorded
+    with pytest.raises(CheckpointMismatchError, match=r"made with views_replayed=3, but the job now has 2;"):
         check_fingerprint(new_progress(fingerprint(3)), fingerprint(2), "epoch 1")
+    with pytest.raises(
+        CheckpointMismatchError, match=r"made with views_replayed='streamed', but the job now has 3;"
+    ):
+        check_fingerprint(new_progress(streamed), fingerprint(3), "epoch 1")
+    other = dict(older, depth=older["depth"] + 1)  # a key every checkpoint records is still checked
+    with pytest.raises(CheckpointMismatchError, match=r"made with depth="):
+        check_fingerprint(new_progress(other), fingerprint(3), "epoch 1")
 
 
 # --- the sweep's cache plan (no Ray) --------------------------------------------------------------------------

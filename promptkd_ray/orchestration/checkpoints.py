@@ -69,10 +69,18 @@ def new_progress(fingerprint: dict) -> dict:
     return {"epoch": -1, "step": 0, "history": [], "resumes": [], "fingerprint": fingerprint}
 
 
+# fingerprint keys that checkpoints made before them do not record: such a checkpoint is not checked on them
+RECORDED_LATER = ("views_replayed",)
+
+
 def check_fingerprint(progress: dict, fingerprint: dict, where: str) -> None:
     """Refuse to resume from a checkpoint made with another model, data or class vectors."""
     theirs = progress.get("fingerprint", {})
-    diff = {k: (theirs.get(k), v) for k, v in fingerprint.items() if theirs.get(k) != v}
+    diff = {
+        k: (theirs.get(k), v)
+        for k, v in fingerprint.items()
+        if theirs.get(k) != v and (k in theirs or k not in RECORDED_LATER)
+    }
     if diff:
         key, (old, new) = next(iter(diff.items()))
         raise CheckpointMismatchError(
