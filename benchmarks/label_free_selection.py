@@ -53,7 +53,7 @@ def spearman(x, y) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
-def test_hm(sweep, trial) -> dict:
+def test_hm(sweep, trial, caches: dict) -> dict:
     from promptkd_ray.config import distill_job_from_dict
     from promptkd_ray.core.artifacts import ModelRef
     from promptkd_ray.core.classvectors import load_class_vectors
@@ -62,7 +62,7 @@ def test_hm(sweep, trial) -> dict:
     from promptkd_ray.orchestration.inference import Encoding
     from promptkd_ray.sweep_report import class_vectors_of
 
-    job = distill_job_from_dict(sweep.trial_raw(trial.params, trial.trial_id, {}))
+    job = distill_job_from_dict(sweep.trial_raw(trial.params, trial.trial_id, caches))
     cv = load_class_vectors(class_vectors_of(job, trial.run_dir))
     (s,) = score(
         [Entry(trial.trial_id, ModelRef("student", f"{trial.run_dir}/student.safetensors"), cv, job.seed)],
@@ -75,7 +75,8 @@ def test_hm(sweep, trial) -> dict:
 
 def main(argv=None) -> int:
     from promptkd_ray.config.space import SchedulerConfig
-    from promptkd_ray.tune import open_sweep, run_sweep
+    from promptkd_ray.storage import Storage
+    from promptkd_ray.tune import cache_plan, open_sweep, run_sweep
 
     args, out = start_benchmark(parse_args, argv)
     sweep = open_sweep(args.space, "", [f"storage_path={out / 'runs'}", *args.overrides])
@@ -83,6 +84,10 @@ def main(argv=None) -> int:
         sweep, space=dataclasses.replace(sweep.space, scheduler=SchedulerConfig(kind="fifo"))
     )
     report = run_sweep(sweep)
+    caches = {
+        label: Storage(sweep.folder).path(f"caches/{label}")
+        for label in cache_plan(sweep.space, sweep.job)[1]
+    }
     rows = []
     for t in (t for t in report.trials if t.status == "completed"):
         final = json.loads(Path(t.run_dir, "metrics.json").read_text())["final"]
@@ -91,7 +96,7 @@ def main(argv=None) -> int:
                 "trial": t.trial_id,
                 **{k: t.params[k] for k in sweep.space.params},
                 **{k: final[k] for k in CANDIDATES},
-                **test_hm(sweep, t),
+                **test_hm(sweep, t, caches if sweep.space.search.cache else {}),
             }
         )
     best_hm = max(r["hm"] for r in rows)
