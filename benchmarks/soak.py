@@ -42,7 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/soak", help="folder for the run and the results")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5, help="epochs left out when judging growth")
-    p.add_argument("--profile", default="quick", choices=("quick", "dialect", "full"), help="toy world profile")
+    p.add_argument(
+        "--profile", default="quick", choices=("quick", "dialect", "full"), help="toy world profile"
+    )
     p.add_argument("--cache-dir", default="", help="toy world cache (default: the user's cache)")
     return p.parse_args(argv)
 
