@@ -129,12 +129,15 @@ def plot(points: list, refs: list, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(11, 5.5))
     styles = {tag: ("-", "--", "-.", ":")[i % 4] for i, tag in enumerate(sorted({p["tag"] for p in points}))}
-    for (tag, label), by_epochs in sorted(curves(points).items(), key=lambda kv: curve_order(kv[0])):
+    colours = plt.get_cmap("tab20").colors  # one colour per curve: a single point is a diamond
+    ordered = sorted(curves(points).items(), key=lambda kv: curve_order(kv[0]))
+    for i, ((tag, label), by_epochs) in enumerate(ordered):
         xs = sorted(by_epochs)
         ys = [statistics.fmean(p["hm"] for p in by_epochs[e]) for e in xs]
-        ax.plot(xs, ys, marker="o", ls=styles[tag], label=f"{tag}: {label}")
+        marker = "o" if len(xs) > 1 else "D"
+        ax.plot(xs, ys, marker=marker, ls=styles[tag], color=colours[i % 20], label=f"{tag}: {label}")
     for name, style in (
         ("teacher zero-shot", ":"),
         *((n, "--") for n in refs[0] if n.startswith("labelled")),
@@ -152,7 +155,7 @@ def plot(points: list, refs: list, path: Path) -> None:
         f"Patient teaching on the toy world (seeds {', '.join(map(str, seeds))}; "
         f"student zero-shot {zero:.2f}, off the axis)"
     )
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
